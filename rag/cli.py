@@ -1,0 +1,222 @@
+"""`rag` command line: a thin shell over the library (rag.*, ingest.*).
+
+Exit codes: 0 success; 1 some files failed to ingest (the others were ingested); 2 nothing could be done
+(bad settings, store locked or unreachable, usage error); 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    ProgressColumn,
+    TaskProgressColumn,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+from rich.table import Table
+from rich.text import Text
+
+from rag import offline
+from rag.errors import RagError
+from rag.settings import Settings
+
+offline.apply()
+
+app = typer.Typer(
+    help="onprem-rag: chat with your company's documents; every byte stays on your machines.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+out = Console(soft_wrap=True)
+err = Console(stderr=True, soft_wrap=True)
+
+
+@app.callback()
+def _main(
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log details (and tracebacks) to stderr.")] = False,
+) -> None:
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    for noisy in ("httpx", "urllib3", "sentence_transformers", "filelock"):
+        logging.getLogger(noisy).setLevel(logging.INFO if verbose else logging.WARNING)
+    _state["verbose"] = verbose
+
+
+_state: dict[str, Any] = {"verbose": False}
+
+
+def _fail(exc: BaseException) -> typer.Exit:
+    if _state["verbose"]:
+        err.print_exception()
+    err.print(Text(f"error: {exc}", style="bold red"))
+    return typer.Exit(2)
+
+
+def _settings() -> Settings:
+    try:
+        return Settings()
+    except Exception as exc:  # pydantic ValidationError: name the variable that is wrong
+        err.print(Text(f"error: invalid settings (RAG_* environment or rag.toml): {exc}", style="bold red"))
+        raise typer.Exit(2) from None
+
+
+def _rel(path: str) -> str:
+    try:
+        return str(Path(path).relative_to(Path.cwd()))
+    except ValueError:
+        return path
+
+
+class _ChunkRate(ProgressColumn):
+    def render(self, task) -> Text:  # type: ignore[override]
+        chunks = task.fields.get("chunks", 0)
+        elapsed = task.elapsed or 0
+        rate = chunks / elapsed if elapsed > 0 else 0.0
+        return Text(f"{chunks} chunks · {rate:.1f}/s", style="cyan")
+
+
+@app.command()
+def ingest(
+    paths: Annotated[list[Path], typer.Argument(help="Files and folders to ingest (folders are walked).")],
+    groups: Annotated[str | None, typer.Option(help="Comma-separated groups allowed to read these documents.")] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar; print only failures.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object (for scripts).")] = False,
+) -> None:
+    """Ingest files and folders: new files are added, changed ones replaced, deleted ones removed."""
+    from ingest import ingest as run_ingest
+
+    settings = _settings()
+    group_list = [g.strip() for g in groups.split(",") if g.strip()] if groups else None
+    show_bar = not quiet and not as_json and err.is_terminal
+    bar = Progress(
+        TextColumn("[bold]ingest"), BarColumn(), TaskProgressColumn(), TextColumn("{task.fields[files]}"),
+        _ChunkRate(), TimeElapsedColumn(), TimeRemainingColumn(), TextColumn("{task.fields[current]}"),
+        console=err, transient=True, disable=not show_bar,
+    )
+    task = bar.add_task("ingest", total=None, files="", chunks=0, current="")
+
+    def on_progress(p) -> None:
+        bar.update(task, total=max(p.bytes_total, 1), completed=p.bytes_done, chunks=p.chunks_done,
+                   files=f"{p.files_done}/{p.files_total} files",
+                   current=Path(p.current).name[:40] if p.current else "")
+
+    try:
+        with bar:
+            report = run_ingest(paths, settings, groups=group_list, progress=on_progress)
+    except KeyboardInterrupt:
+        err.print("interrupted: documents finished so far are stored; run the same command again to continue")
+        raise typer.Exit(130) from None
+    except RagError as exc:
+        raise _fail(exc) from None
+
+    if as_json:
+        d = report.to_dict()
+        for key in ("failed", "skipped", "warnings"):
+            d[key] = [{"path": f["path"], "reason": f["reason"]} for f in d[key]]
+        out.print_json(json.dumps(d))
+    else:
+        for f in report.failed:
+            err.print(Text.assemble(("failed ", "bold red"), (_rel(f.path), "bold"), f": {f.reason}"))
+        if not quiet:
+            for f in report.warnings:
+                err.print(Text.assemble(("warning ", "yellow"), (_rel(f.path), "bold"), f": {f.reason}"))
+            if report.skipped:
+                err.print(f"skipped {len(report.skipped)} unsupported file(s)"
+                          + (": " + ", ".join(_rel(f.path) for f in report.skipped[:5]) if report.skipped else "")
+                          + (" …" if len(report.skipped) > 5 else ""))
+            rate = report.chunks / report.seconds if report.seconds else 0
+            out.print(
+                f"[bold]{report.added}[/] added, [bold]{report.updated}[/] updated, "
+                f"[bold]{report.unchanged}[/] unchanged, [bold]{report.removed}[/] removed, "
+                f"[bold {'red' if report.failed else ''}]{len(report.failed)}[/] failed · "
+                f"{report.chunks} chunks written, {report.chunks_removed} removed · "
+                f"{report.seconds:.1f}s ({rate:.1f} chunks/s)"
+            )
+    raise typer.Exit(0 if report.ok else 1)
+
+
+@app.command()
+def forget(
+    paths: Annotated[list[Path], typer.Argument(help="Files or folders to remove from the index.")],
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Remove documents from the index (the files themselves are not touched)."""
+    from ingest import forget as run_forget
+
+    try:
+        report = run_forget(paths, _settings())
+    except RagError as exc:
+        raise _fail(exc) from None
+    if as_json:
+        out.print_json(json.dumps({"removed": report.removed, "chunks_removed": report.chunks_removed,
+                                   "failed": [{"path": f.path, "reason": f.reason} for f in report.failed]}))
+    else:
+        for f in report.failed:
+            err.print(Text.assemble(("not found ", "yellow"), _rel(f.path), f": {f.reason}"))
+        out.print(f"removed {report.removed} document(s), {report.chunks_removed} chunks")
+    raise typer.Exit(0 if not report.failed else 1)
+
+
+@app.command()
+def status(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """Where the index is and what it holds."""
+    from rag.store import open_store
+
+    settings = _settings()
+    t0 = time.perf_counter()
+    try:
+        store = open_store(settings)
+        try:
+            meta = store.meta() or {}
+            docs = store.documents()
+            chunks = store.count_chunks()
+        finally:
+            store.close()
+    except RagError as exc:
+        raise _fail(exc) from None
+    info = {
+        "backend": store.backend,
+        "location": store.location,
+        "collection": settings.collection,
+        "data_dir": str(settings.data_dir.resolve()),
+        "documents": len(docs),
+        "chunks": chunks,
+        "pages": sum(d.pages or 0 for d in docs.values()),
+        "embedding_model": meta.get("embedding_model") or settings.embedding_model,
+        "embedding_dimension": meta.get("dimension"),
+        "embedding_backend": settings.embedding_backend,
+        "last_ingest": max((d.ingested_at for d in docs.values()), default=None),
+        "seconds": round(time.perf_counter() - t0, 3),
+    }
+    if as_json:
+        out.print_json(json.dumps(info))
+        return
+    table = Table(show_header=False, box=None)
+    for k in ("backend", "location", "collection", "documents", "chunks", "pages", "embedding_model",
+              "embedding_dimension", "embedding_backend"):
+        table.add_row(k.replace("_", " "), str(info[k]))
+    if info["last_ingest"]:
+        table.add_row("last ingest", time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(info["last_ingest"])))
+    out.print(table)
+    if not docs:
+        out.print("The index is empty: run [bold]rag ingest PATH[/] to add documents.")
+
+
+def main() -> None:  # pragma: no cover - console entry point alias
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(app())

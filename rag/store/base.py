@@ -1,0 +1,126 @@
+"""The store interface every backend implements, and the records that cross it.
+
+Two kinds of data live in a store:
+- chunks: one point per chunk, a dense vector and a payload (text + provenance + access groups);
+- the document registry: one record per ingested file, written only after all its chunks are stored, so a
+  record is the "this document is complete" marker that makes ingestion crash-safe; plus one meta record
+  (embedding model and dimension) that stops a store built with one model being queried with another.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any, Protocol, runtime_checkable
+
+# Fixed namespace: ids must be identical across runs and machines so re-running never duplicates.
+_NS = uuid.UUID("6f1c2a1e-5d0b-4c3e-9a8f-2b7d4e6c9a01")
+
+#: Payload fields with a keyword index in every backend (filters on them stay fast at 100k+ points).
+INDEXED_FIELDS = ("path", "doc_sha256", "groups")
+
+
+def document_id(path: str) -> str:
+    return str(uuid.uuid5(_NS, "doc\n" + path))
+
+
+def chunk_id(path: str, sha256: str, index: int) -> str:
+    return str(uuid.uuid5(_NS, f"chunk\n{path}\n{sha256}\n{index}"))
+
+
+META_ID = str(uuid.uuid5(_NS, "meta"))
+
+
+@dataclass(frozen=True)
+class ChunkPoint:
+    id: str
+    vector: Sequence[float]
+    payload: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Hit:
+    id: str
+    score: float
+    payload: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class SearchFilter:
+    """Restrictions every backend applies inside the query (never as a post-filter in Python)."""
+
+    paths: tuple[str, ...] | None = None  # only these documents
+    groups_any: tuple[str, ...] | None = None  # only chunks readable by one of these groups
+
+
+@dataclass
+class DocumentRecord:
+    path: str
+    sha256: str
+    chunks: int
+    config_sig: str
+    size: int = 0
+    mtime: float = 0.0
+    pages: int | None = None
+    title: str | None = None
+    groups: list[str] = field(default_factory=list)
+    ingested_at: float = 0.0
+    kind: str = "document"
+
+    def to_payload(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_payload(cls, payload: dict[str, Any]) -> DocumentRecord:
+        known = {k: payload[k] for k in cls.__dataclass_fields__ if k in payload}
+        return cls(**known)
+
+
+@runtime_checkable
+class Store(Protocol):
+    #: Human-readable location for `rag status` and error messages.
+    location: str
+    backend: str
+
+    def ensure_ready(self, dimension: int, embedding_model: str) -> None:
+        """Create collections/indexes if missing; raise StoreConfigError if built with another model."""
+        ...
+
+    def meta(self) -> dict[str, Any] | None: ...
+
+    def upsert_chunks(self, points: Sequence[ChunkPoint]) -> None: ...
+
+    def delete_chunks(self, path: str) -> None:
+        """Remove every chunk of one document (all versions)."""
+        ...
+
+    def count_chunks(self, path: str | None = None) -> int: ...
+
+    def chunk_paths(self) -> dict[str, int]:
+        """Every document path that has chunks, with its chunk count (finds orphans a crash left behind)."""
+        ...
+
+    def chunks_of(self, path: str, *, groups_any: Sequence[str] | None = None) -> list[Hit]:
+        """All chunks of one document in chunk order (score 0), for source viewers and tests."""
+        ...
+
+    def search(self, vector: Sequence[float], limit: int, flt: SearchFilter | None = None) -> list[Hit]: ...
+
+    def documents(self) -> dict[str, DocumentRecord]: ...
+
+    def get_document(self, path: str) -> DocumentRecord | None: ...
+
+    def put_document(self, record: DocumentRecord) -> None: ...
+
+    def delete_document(self, path: str) -> None:
+        """Remove the registry record only (call before touching chunks: no record = not done)."""
+        ...
+
+    def set_groups(self, path: str, groups: Sequence[str]) -> None:
+        """Change the access groups of a document's chunks and record without re-embedding."""
+        ...
+
+    def flush(self) -> None: ...
+
+    def close(self) -> None: ...

@@ -1,0 +1,239 @@
+"""Embedded store: Qdrant's in-process engine (qdrant-edge-py), on disk under the data dir.
+
+Chosen over qdrant-client's local mode, measured here at 100k 384-d points: upsert 3 s vs 290 s, exact
+top-10 6 ms vs 120 ms, filtered 0.2 ms vs 750 ms, reopen 0.2 s vs 6 s.
+
+Layout: ``<data_dir>/qdrant-edge/<collection>/{chunks,documents}`` — two shards, because the registry holds
+records without vectors. Both shards write a WAL, so an update that returned survives a kill -9.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import qdrant_edge as qe
+from filelock import FileLock, Timeout
+
+from rag.errors import StoreConfigError, StoreLockedError
+from rag.store.base import (
+    INDEXED_FIELDS,
+    META_ID,
+    ChunkPoint,
+    DocumentRecord,
+    Hit,
+    SearchFilter,
+    document_id,
+)
+
+DENSE = "dense"
+_SCROLL_PAGE = 1024
+
+
+def _match(key: str, value: str) -> qe.FieldCondition:
+    return qe.FieldCondition(key=key, match=qe.MatchValue(value))
+
+
+def _filter(flt: SearchFilter | None, path: str | None = None) -> qe.Filter | None:
+    must: list[Any] = []
+    if path is not None:
+        must.append(_match("path", path))
+    if flt is not None and flt.paths is not None:
+        must.append(qe.FieldCondition(key="path", match=qe.MatchAny(list(flt.paths))))
+    if flt is not None and flt.groups_any is not None:
+        must.append(qe.FieldCondition(key="groups", match=qe.MatchAny(list(flt.groups_any))))
+    return qe.Filter(must=must) if must else None
+
+
+class EdgeStore:
+    backend = "qdrant-edge"
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+        self.location = str(self.root.resolve())
+        self.root.mkdir(parents=True, exist_ok=True)
+        # Our own lock first: the engine's WAL lock fails with a bare "WouldBlock"; this one lets us say who
+        # holds the store and what to do about it.
+        self._lock = FileLock(str(self.root / ".lock"))
+        try:
+            self._lock.acquire(timeout=0)
+        except Timeout:
+            holder = _read_holder(self.root / ".holder")
+            raise StoreLockedError(
+                f"the embedded store at {self.location} is open in another process{holder}. "
+                "Stop that process, add documents through the running UI instead, or run a Qdrant server "
+                "and set RAG_QDRANT_URL so several processes can share the index."
+            ) from None
+        (self.root / ".holder").write_text(f"{os.getpid()}\n")
+        self._chunks: qe.EdgeShard | None = None
+        self._docs: qe.EdgeShard | None = None
+        self._dimension: int | None = None
+        if (self.root / "chunks" / "edge_config.json").exists():
+            self._open_existing()
+
+    # --- lifecycle -----------------------------------------------------------------------------
+    def _open_existing(self) -> None:
+        self._chunks = qe.EdgeShard.load(str(self.root / "chunks"))
+        self._docs = qe.EdgeShard.load(str(self.root / "documents"))
+
+    def ensure_ready(self, dimension: int, embedding_model: str) -> None:
+        if self._chunks is None:
+            # Exact search with payload indexes, no HNSW: up to ~100k points that is faster than paying
+            # ~165 s per 100k points to build a graph on 2 cores, and it has perfect recall.
+            self._chunks = qe.EdgeShard.create(
+                str(self.root / "chunks"),
+                qe.EdgeConfig(
+                    vectors={DENSE: qe.EdgeVectorParams(size=dimension, distance=qe.Distance.Cosine)},
+                    optimizers=qe.EdgeOptimizersConfig(indexing_threshold=0),
+                ),
+            )
+            for name in INDEXED_FIELDS:
+                self._chunks.update(qe.UpdateOperation.create_field_index(name, qe.PayloadSchemaType.Keyword))
+            self._docs = qe.EdgeShard.create(
+                str(self.root / "documents"),
+                qe.EdgeConfig(sparse_vectors={"none": qe.EdgeSparseVectorParams()}),
+            )
+            self._docs.update(qe.UpdateOperation.create_field_index("kind", qe.PayloadSchemaType.Keyword))
+        meta = self.meta()
+        if meta is None:
+            self._put_registry(META_ID, {"kind": "meta", "embedding_model": embedding_model,
+                                         "dimension": dimension, "created_at": time.time()})
+        elif meta.get("embedding_model") != embedding_model or meta.get("dimension") != dimension:
+            raise StoreConfigError(
+                f"the store at {self.location} was built with embedding model {meta.get('embedding_model')!r} "
+                f"({meta.get('dimension')} dimensions), but the settings ask for {embedding_model!r} "
+                f"({dimension}). Set RAG_EMBEDDING_MODEL={meta.get('embedding_model')}, or use another "
+                "RAG_COLLECTION / RAG_DATA_DIR for the new model and ingest again."
+            )
+        self._dimension = dimension
+
+    def flush(self) -> None:
+        for shard in (self._chunks, self._docs):
+            if shard is not None:
+                shard.flush()
+
+    def close(self) -> None:
+        for shard in (self._chunks, self._docs):
+            if shard is not None:
+                shard.flush()
+                shard.close()
+        self._chunks = self._docs = None
+        if self._lock.is_locked:
+            (self.root / ".holder").unlink(missing_ok=True)
+            self._lock.release()
+
+    def __enter__(self) -> EdgeStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # --- registry ------------------------------------------------------------------------------
+    def _put_registry(self, pid: str, payload: dict[str, Any]) -> None:
+        assert self._docs is not None
+        self._docs.update(qe.UpdateOperation.upsert_points([qe.Point(pid, {}, payload)]))
+
+    def meta(self) -> dict[str, Any] | None:
+        if self._docs is None:
+            return None
+        recs = self._docs.retrieve([META_ID], with_payload=True, with_vector=False)
+        return dict(recs[0].payload) if recs else None
+
+    def documents(self) -> dict[str, DocumentRecord]:
+        if self._docs is None:
+            return {}
+        out: dict[str, DocumentRecord] = {}
+        offset = None
+        while True:
+            recs, offset = self._docs.scroll(
+                qe.ScrollRequest(offset=offset, limit=_SCROLL_PAGE, filter=qe.Filter(must=[_match("kind", "document")]),
+                                 with_payload=True, with_vector=False)
+            )
+            for r in recs:
+                rec = DocumentRecord.from_payload(r.payload)
+                out[rec.path] = rec
+            if offset is None:
+                return out
+
+    def get_document(self, path: str) -> DocumentRecord | None:
+        if self._docs is None:
+            return None
+        recs = self._docs.retrieve([document_id(path)], with_payload=True, with_vector=False)
+        return DocumentRecord.from_payload(recs[0].payload) if recs else None
+
+    def put_document(self, record: DocumentRecord) -> None:
+        self._put_registry(document_id(record.path), record.to_payload())
+
+    def delete_document(self, path: str) -> None:
+        if self._docs is not None:
+            self._docs.update(qe.UpdateOperation.delete_points([document_id(path)]))
+
+    # --- chunks --------------------------------------------------------------------------------
+    def upsert_chunks(self, points: Sequence[ChunkPoint]) -> None:
+        if not points:
+            return
+        assert self._chunks is not None, "ensure_ready() first"
+        self._chunks.update(qe.UpdateOperation.upsert_points(
+            [qe.Point(p.id, {DENSE: [float(x) for x in p.vector]}, p.payload) for p in points]
+        ))
+
+    def delete_chunks(self, path: str) -> None:
+        if self._chunks is not None:
+            self._chunks.update(qe.UpdateOperation.delete_points_by_filter(_filter(None, path)))
+
+    def count_chunks(self, path: str | None = None) -> int:
+        if self._chunks is None:
+            return 0
+        return self._chunks.count(qe.CountRequest(exact=True, filter=_filter(None, path)))
+
+    def chunk_paths(self) -> dict[str, int]:
+        if self._chunks is None:
+            return {}
+        res = self._chunks.facet(qe.FacetRequest(key="path", limit=10_000_000, exact=True))
+        return {str(h.value): int(h.count) for h in res.hits}
+
+    def chunks_of(self, path: str, *, groups_any: Sequence[str] | None = None) -> list[Hit]:
+        if self._chunks is None:
+            return []
+        flt = _filter(SearchFilter(groups_any=tuple(groups_any) if groups_any is not None else None), path)
+        hits: list[Hit] = []
+        offset = None
+        while True:
+            recs, offset = self._chunks.scroll(
+                qe.ScrollRequest(offset=offset, limit=_SCROLL_PAGE, filter=flt, with_payload=True, with_vector=False)
+            )
+            hits += [Hit(str(r.id), 0.0, dict(r.payload)) for r in recs]
+            if offset is None:
+                return sorted(hits, key=lambda h: h.payload.get("chunk_index", 0))
+
+    def search(self, vector: Sequence[float], limit: int, flt: SearchFilter | None = None) -> list[Hit]:
+        if self._chunks is None:
+            return []
+        res = self._chunks.query(qe.QueryRequest(
+            limit=limit,
+            query=qe.Query.Nearest([float(x) for x in vector], using=DENSE),
+            filter=_filter(flt),
+            with_payload=True,
+            with_vector=False,
+        ))
+        return [Hit(str(p.id), float(p.score), dict(p.payload)) for p in res]
+
+    def set_groups(self, path: str, groups: Sequence[str]) -> None:
+        if self._chunks is None:
+            return
+        self._chunks.update(qe.UpdateOperation.set_payload_by_filter(_filter(None, path), {"groups": list(groups)}))
+        rec = self.get_document(path)
+        if rec is not None:
+            rec.groups = list(groups)
+            self.put_document(rec)
+
+
+def _read_holder(p: Path) -> str:
+    try:
+        pid = p.read_text().strip()
+    except OSError:
+        return ""
+    return f" (pid {pid})" if pid else ""

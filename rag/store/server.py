@@ -1,0 +1,217 @@
+"""Scale-out store: a Qdrant server or cluster through qdrant-client (``RAG_QDRANT_URL``).
+
+The same client also runs in its local mode (``path=`` or ``":memory:"``), which the conformance tests use;
+it is far too slow to be our embedded default (see rag/store/edge.py).
+Collections: ``<collection>`` for chunks, ``<collection>__documents`` for the registry.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from qdrant_client import QdrantClient, models
+
+from rag.errors import StoreConfigError, StoreLockedError, StoreUnavailableError
+from rag.store.base import (
+    INDEXED_FIELDS,
+    META_ID,
+    ChunkPoint,
+    DocumentRecord,
+    Hit,
+    SearchFilter,
+    document_id,
+)
+
+DENSE = "dense"
+_SCROLL_PAGE = 1024
+
+
+def _match(key: str, value: str) -> models.FieldCondition:
+    return models.FieldCondition(key=key, match=models.MatchValue(value=value))
+
+
+def _filter(flt: SearchFilter | None, path: str | None = None) -> models.Filter | None:
+    must: list[Any] = []
+    if path is not None:
+        must.append(_match("path", path))
+    if flt is not None and flt.paths is not None:
+        must.append(models.FieldCondition(key="path", match=models.MatchAny(any=list(flt.paths))))
+    if flt is not None and flt.groups_any is not None:
+        must.append(models.FieldCondition(key="groups", match=models.MatchAny(any=list(flt.groups_any))))
+    return models.Filter(must=must) if must else None
+
+
+class QdrantServerStore:
+    backend = "qdrant-server"
+
+    def __init__(
+        self,
+        collection: str,
+        *,
+        url: str | None = None,
+        api_key: str | None = None,
+        path: str | None = None,
+        timeout: float = 30.0,
+    ) -> None:
+        self.collection = collection
+        self.docs_collection = f"{collection}__documents"
+        if url:
+            self.location = f"{url.rstrip('/')}/collections/{collection}"
+            self.backend = "qdrant-server"
+            self._client = QdrantClient(url=url, api_key=api_key, timeout=int(timeout))
+        else:
+            self.location = f"{path or ':memory:'} (qdrant-client local mode) collection {collection}"
+            self.backend = "qdrant-client-local"
+            try:
+                self._client = QdrantClient(path=path) if path and path != ":memory:" else QdrantClient(":memory:")
+            except RuntimeError as exc:
+                if "already accessed" in str(exc):
+                    raise StoreLockedError(
+                        f"the local Qdrant folder {path} is open in another process; stop it or use a Qdrant server"
+                    ) from None
+                raise
+        self._ready = False
+        try:
+            self._ready = self._client.collection_exists(self.collection)
+        except Exception as exc:  # connection refused, DNS, TLS, auth
+            raise StoreUnavailableError(
+                f"cannot reach the Qdrant server at {url}: {exc.__class__.__name__}: {str(exc)[:200]}. "
+                "Check RAG_QDRANT_URL and RAG_QDRANT_API_KEY, or unset RAG_QDRANT_URL to use the embedded store."
+            ) from exc
+
+    def ensure_ready(self, dimension: int, embedding_model: str) -> None:
+        if not self._client.collection_exists(self.collection):
+            self._client.create_collection(
+                self.collection,
+                vectors_config={DENSE: models.VectorParams(size=dimension, distance=models.Distance.COSINE)},
+            )
+            for name in INDEXED_FIELDS:
+                self._client.create_payload_index(self.collection, name, models.PayloadSchemaType.KEYWORD)
+        if not self._client.collection_exists(self.docs_collection):
+            self._client.create_collection(self.docs_collection, vectors_config={})
+            self._client.create_payload_index(self.docs_collection, "kind", models.PayloadSchemaType.KEYWORD)
+        self._ready = True
+        meta = self.meta()
+        if meta is None:
+            self._put_registry(META_ID, {"kind": "meta", "embedding_model": embedding_model,
+                                         "dimension": dimension, "created_at": time.time()})
+        elif meta.get("embedding_model") != embedding_model or meta.get("dimension") != dimension:
+            raise StoreConfigError(
+                f"collection {self.collection!r} was built with embedding model {meta.get('embedding_model')!r} "
+                f"({meta.get('dimension')} dimensions), but the settings ask for {embedding_model!r} "
+                f"({dimension}). Set RAG_EMBEDDING_MODEL={meta.get('embedding_model')}, or use another "
+                "RAG_COLLECTION for the new model and ingest again."
+            )
+
+    def flush(self) -> None:
+        pass  # the server persists each acknowledged (wait=True) update
+
+    def close(self) -> None:
+        self._client.close()
+
+    def __enter__(self) -> QdrantServerStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # --- registry ------------------------------------------------------------------------------
+    def _put_registry(self, pid: str, payload: dict[str, Any]) -> None:
+        self._client.upsert(self.docs_collection, [models.PointStruct(id=pid, vector={}, payload=payload)], wait=True)
+
+    def meta(self) -> dict[str, Any] | None:
+        if not self._client.collection_exists(self.docs_collection):
+            return None
+        recs = self._client.retrieve(self.docs_collection, [META_ID], with_payload=True)
+        return dict(recs[0].payload or {}) if recs else None
+
+    def documents(self) -> dict[str, DocumentRecord]:
+        if not self._ready:
+            return {}
+        out: dict[str, DocumentRecord] = {}
+        offset = None
+        while True:
+            recs, offset = self._client.scroll(
+                self.docs_collection, scroll_filter=models.Filter(must=[_match("kind", "document")]),
+                limit=_SCROLL_PAGE, offset=offset, with_payload=True, with_vectors=False,
+            )
+            for r in recs:
+                rec = DocumentRecord.from_payload(r.payload or {})
+                out[rec.path] = rec
+            if offset is None:
+                return out
+
+    def get_document(self, path: str) -> DocumentRecord | None:
+        if not self._ready:
+            return None
+        recs = self._client.retrieve(self.docs_collection, [document_id(path)], with_payload=True)
+        return DocumentRecord.from_payload(recs[0].payload or {}) if recs else None
+
+    def put_document(self, record: DocumentRecord) -> None:
+        self._put_registry(document_id(record.path), record.to_payload())
+
+    def delete_document(self, path: str) -> None:
+        if self._ready:
+            self._client.delete(self.docs_collection, models.PointIdsList(points=[document_id(path)]), wait=True)
+
+    # --- chunks --------------------------------------------------------------------------------
+    def upsert_chunks(self, points: Sequence[ChunkPoint]) -> None:
+        if not points:
+            return
+        self._client.upsert(
+            self.collection,
+            [models.PointStruct(id=p.id, vector={DENSE: [float(x) for x in p.vector]}, payload=p.payload)
+             for p in points],
+            wait=True,
+        )
+
+    def delete_chunks(self, path: str) -> None:
+        if self._ready:
+            self._client.delete(self.collection, models.FilterSelector(filter=_filter(None, path)), wait=True)
+
+    def count_chunks(self, path: str | None = None) -> int:
+        if not self._ready:
+            return 0
+        return self._client.count(self.collection, count_filter=_filter(None, path), exact=True).count
+
+    def chunk_paths(self) -> dict[str, int]:
+        if not self._ready:
+            return {}
+        res = self._client.facet(self.collection, key="path", limit=10_000_000, exact=True)
+        return {str(h.value): int(h.count) for h in res.hits}
+
+    def chunks_of(self, path: str, *, groups_any: Sequence[str] | None = None) -> list[Hit]:
+        if not self._ready:
+            return []
+        flt = _filter(SearchFilter(groups_any=tuple(groups_any) if groups_any is not None else None), path)
+        hits: list[Hit] = []
+        offset = None
+        while True:
+            recs, offset = self._client.scroll(
+                self.collection, scroll_filter=flt, limit=_SCROLL_PAGE, offset=offset,
+                with_payload=True, with_vectors=False,
+            )
+            hits += [Hit(str(r.id), 0.0, dict(r.payload or {})) for r in recs]
+            if offset is None:
+                return sorted(hits, key=lambda h: h.payload.get("chunk_index", 0))
+
+    def search(self, vector: Sequence[float], limit: int, flt: SearchFilter | None = None) -> list[Hit]:
+        if not self._ready:
+            return []
+        res = self._client.query_points(
+            self.collection, query=[float(x) for x in vector], using=DENSE, limit=limit,
+            query_filter=_filter(flt), with_payload=True, with_vectors=False,
+        )
+        return [Hit(str(p.id), float(p.score), dict(p.payload or {})) for p in res.points]
+
+    def set_groups(self, path: str, groups: Sequence[str]) -> None:
+        if not self._ready:
+            return
+        self._client.set_payload(self.collection, {"groups": list(groups)},
+                                 points=models.FilterSelector(filter=_filter(None, path)), wait=True)
+        rec = self.get_document(path)
+        if rec is not None:
+            rec.groups = list(groups)
+            self.put_document(rec)

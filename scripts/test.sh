@@ -1,0 +1,7 @@
+#!/usr/bin/env bash
+# The test command: installs what a fresh machine lacks, then runs the whole suite against real parts
+# (embedded Qdrant, the packaged embedding model, real files).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/install.sh
+exec .venv/bin/python -m pytest -q -ra "$@"

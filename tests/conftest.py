@@ -1,0 +1,59 @@
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from rag import offline
+
+offline.apply()
+
+ROOT = Path(__file__).resolve().parent.parent
+SAMPLE_DOCS = ROOT / "sample_docs"
+SHARED = ROOT.parent / "shared"
+
+
+@pytest.fixture(scope="session")
+def embedder():
+    from rag.embeddings import get_embedder
+    from rag.settings import Settings
+
+    return get_embedder(Settings())
+
+
+@pytest.fixture
+def settings(tmp_path):
+    from rag.settings import Settings
+
+    return Settings(data_dir=tmp_path / "data")
+
+
+@pytest.fixture
+def docs(tmp_path) -> Path:
+    """A private copy of sample_docs/ that a test may change."""
+    d = tmp_path / "docs"
+    shutil.copytree(SAMPLE_DOCS, d)
+    return d
+
+
+@pytest.fixture(scope="session")
+def bad_files(tmp_path_factory) -> Path:
+    """Malformed (bad/) and tricky-but-valid (tricky/) files from the team's generator."""
+    out = tmp_path_factory.mktemp("badfiles")
+    script = SHARED / "corpus" / "make-bad-files.py"
+    if not script.exists():
+        pytest.skip(f"{script} is missing (the team's shared/ folder sits beside the checkout)")
+    subprocess.run([sys.executable, str(script), str(out)], check=True, capture_output=True)
+    return out
+
+
+def rag_cmd(*args: str, env: dict | None = None, cwd: Path | None = None, timeout: int = 600):
+    """Run the real `rag` console script."""
+    exe = Path(sys.executable).parent / "rag"
+    full_env = {**os.environ, **(env or {})}
+    return subprocess.run([str(exe), *args], capture_output=True, text=True, env=full_env, cwd=cwd,
+                          timeout=timeout)

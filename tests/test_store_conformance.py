@@ -1,0 +1,145 @@
+"""One conformance suite for every store backend (as Haystack tests each DocumentStore with shared mixins).
+
+Backends: the embedded qdrant-edge store, and the Qdrant server store running against qdrant-client's local
+mode (same client API as a server; no server needed here).
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from rag.errors import StoreConfigError, StoreLockedError
+from rag.store import ChunkPoint, DocumentRecord, SearchFilter, chunk_id
+from rag.store.edge import EdgeStore
+from rag.store.server import QdrantServerStore
+
+DIM = 8
+
+
+@pytest.fixture(params=["edge", "qdrant-client-local"])
+def store(request, tmp_path):
+    if request.param == "edge":
+        s = EdgeStore(tmp_path / "edge")
+    else:
+        s = QdrantServerStore("test", path=str(tmp_path / "qc"))
+    s.ensure_ready(DIM, "model-a")
+    yield s
+    s.close()
+
+
+def _vec(seed: int) -> list[float]:
+    v = np.random.default_rng(seed).normal(size=DIM)
+    return (v / np.linalg.norm(v)).tolist()
+
+
+def _points(path: str, n: int, groups=("staff",), sha="s1") -> list[ChunkPoint]:
+    return [ChunkPoint(chunk_id(path, sha, i), _vec(hash((path, i)) % 10_000),
+                       {"path": path, "chunk_index": i, "text": f"{path} {i}", "groups": list(groups),
+                        "doc_sha256": sha}) for i in range(n)]
+
+
+def test_upsert_count_and_idempotence(store):
+    store.upsert_chunks(_points("/a.txt", 5))
+    store.upsert_chunks(_points("/a.txt", 5))  # same ids: no duplicates
+    store.upsert_chunks(_points("/b.txt", 3))
+    assert store.count_chunks() == 8
+    assert store.count_chunks("/a.txt") == 5
+    assert store.chunk_paths() == {"/a.txt": 5, "/b.txt": 3}
+
+
+def test_search_returns_nearest_with_payload(store):
+    pts = _points("/a.txt", 20)
+    store.upsert_chunks(pts)
+    hits = store.search(pts[7].vector, 3)
+    assert hits[0].id == pts[7].id
+    assert hits[0].score == pytest.approx(1.0, abs=1e-4)
+    assert hits[0].payload["chunk_index"] == 7
+    assert len(hits) == 3 and hits[0].score >= hits[1].score >= hits[2].score
+
+
+def test_filters_apply_inside_the_query(store):
+    store.upsert_chunks(_points("/public.txt", 10, groups=("everyone",)))
+    store.upsert_chunks(_points("/secret.txt", 10, groups=("hr",)))
+    probe = _points("/secret.txt", 10)[3].vector
+    hits = store.search(probe, 5, SearchFilter(groups_any=("everyone",)))
+    assert len(hits) == 5 and all(h.payload["path"] == "/public.txt" for h in hits)
+    hits = store.search(probe, 50, SearchFilter(paths=("/secret.txt",)))
+    assert len(hits) == 10 and {h.payload["path"] for h in hits} == {"/secret.txt"}
+    assert store.search(probe, 5, SearchFilter(groups_any=("nobody",))) == []
+
+
+def test_delete_by_path(store):
+    store.upsert_chunks(_points("/a.txt", 4))
+    store.upsert_chunks(_points("/b.txt", 4))
+    store.delete_chunks("/a.txt")
+    assert store.count_chunks() == 4 and store.count_chunks("/a.txt") == 0
+
+
+def test_chunks_of_in_order_and_filtered(store):
+    store.upsert_chunks(list(reversed(_points("/a.txt", 6, groups=("hr",)))))
+    assert [h.payload["chunk_index"] for h in store.chunks_of("/a.txt")] == list(range(6))
+    assert store.chunks_of("/a.txt", groups_any=["staff"]) == []
+
+
+def test_registry_roundtrip(store):
+    rec = DocumentRecord(path="/a.txt", sha256="abc", chunks=3, config_sig="sig", size=10, pages=2,
+                         title="A", groups=["hr"], ingested_at=1.5)
+    store.put_document(rec)
+    assert store.get_document("/a.txt") == rec
+    assert store.documents() == {"/a.txt": rec}
+    store.delete_document("/a.txt")
+    assert store.get_document("/a.txt") is None and store.documents() == {}
+    assert store.meta()["embedding_model"] == "model-a"  # the meta record is not a document
+
+
+def test_set_groups_without_reembedding(store):
+    pts = _points("/a.txt", 3, groups=("hr",))
+    store.upsert_chunks(pts)
+    store.put_document(DocumentRecord(path="/a.txt", sha256="s1", chunks=3, config_sig="x", groups=["hr"]))
+    store.set_groups("/a.txt", ["staff", "hr"])
+    hits = store.search(pts[0].vector, 1, SearchFilter(groups_any=("staff",)))
+    assert hits and hits[0].id == pts[0].id
+    assert store.get_document("/a.txt").groups == ["staff", "hr"]
+
+
+def test_other_embedding_model_is_refused(store):
+    with pytest.raises(StoreConfigError, match="model-a"):
+        store.ensure_ready(DIM, "model-b")
+    with pytest.raises(StoreConfigError):
+        store.ensure_ready(DIM + 1, "model-a")
+
+
+def test_reopen_keeps_data(tmp_path):
+    s = EdgeStore(tmp_path / "e")
+    s.ensure_ready(DIM, "m")
+    s.upsert_chunks(_points("/a.txt", 7))
+    s.put_document(DocumentRecord(path="/a.txt", sha256="s1", chunks=7, config_sig="x"))
+    s.close()
+    s = EdgeStore(tmp_path / "e")
+    assert s.count_chunks() == 7 and list(s.documents()) == ["/a.txt"]
+    s.close()
+
+
+def test_edge_store_is_locked_against_a_second_process(tmp_path):
+    s = EdgeStore(tmp_path / "e")
+    s.ensure_ready(DIM, "m")
+    code = ("import sys\nfrom rag.store.edge import EdgeStore\nfrom rag.errors import StoreLockedError\n"
+            f"try:\n    EdgeStore({str(tmp_path / 'e')!r})\nexcept StoreLockedError as e:\n"
+            "    print(e); sys.exit(3)\n")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert res.returncode == 3, res.stderr
+    assert "open in another process" in res.stdout and "RAG_QDRANT_URL" in res.stdout
+    s.close()
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0, res.stdout + res.stderr
+
+
+def test_edge_store_is_locked_in_process(tmp_path):
+    s = EdgeStore(tmp_path / "e")
+    with pytest.raises(StoreLockedError):
+        EdgeStore(tmp_path / "e")
+    s.close()
