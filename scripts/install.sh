@@ -10,7 +10,7 @@ PY=${PYTHON:-python3}
 # [demo] compiles llama.cpp (llama-cpp-python) once, ~9 min; pip caches the wheel afterwards.
 .venv/bin/pip install -q -e ".[dev,demo]"
 # Optional system tools: tesseract OCRs scanned PDF pages. Skipped quietly where apt-get is not ours to use.
-if ! command -v tesseract >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
-  (apt-get update -qq && apt-get install -y -qq --no-install-recommends tesseract-ocr tesseract-ocr-eng) \
+if ! { command -v tesseract && command -v strace; } >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+  (apt-get update -qq && apt-get install -y -qq --no-install-recommends tesseract-ocr tesseract-ocr-eng strace) \
     >/dev/null 2>&1 || echo "note: tesseract-ocr not installed; scanned PDF pages will be reported, not OCR'd" >&2
 fi

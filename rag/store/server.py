@@ -87,11 +87,13 @@ class QdrantServerStore:
                 self.collection,
                 vectors_config={DENSE: models.VectorParams(size=dimension, distance=models.Distance.COSINE)},
             )
-            for name in INDEXED_FIELDS:
-                self._client.create_payload_index(self.collection, name, models.PayloadSchemaType.KEYWORD)
+            if self.backend == "qdrant-server":  # local mode has no payload indexes (and warns)
+                for name in INDEXED_FIELDS:
+                    self._client.create_payload_index(self.collection, name, models.PayloadSchemaType.KEYWORD)
         if not self._client.collection_exists(self.docs_collection):
             self._client.create_collection(self.docs_collection, vectors_config={})
-            self._client.create_payload_index(self.docs_collection, "kind", models.PayloadSchemaType.KEYWORD)
+            if self.backend == "qdrant-server":
+                self._client.create_payload_index(self.docs_collection, "kind", models.PayloadSchemaType.KEYWORD)
         self._ready = True
         meta = self.meta()
         if meta is None:

@@ -1,0 +1,596 @@
+"""Ingestion benchmark: our pipeline vs. the bare encode ceiling vs. the usual LangChain tutorial pipeline.
+
+Prints numbers; it is not a test (nothing asserts). Run from the repository root:
+
+    .venv/bin/pip install -e ".[bench]"                    # psutil, pypdf, langchain-* (comparison only)
+    .venv/bin/python bench/ingest.py                        # small corpus, built once into /tmp/rag-corpus-small
+    .venv/bin/python bench/ingest.py --limit-files 40       # a quicker run on 40 files of every format
+    .venv/bin/python bench/ingest.py /path/to/docs --backend onnx-int8 --json > result.json
+    .venv/bin/python bench/ingest.py --size full            # ~190 PDFs + HTML/MD/DOCX/TXT, /tmp/rag-corpus-full
+
+Without a CORPUS argument the Debian-documentation corpus is used, and built first when missing with
+``bash /work/shared/corpus/make-corpus.sh DIR small|full`` (apt-get download: needs root, ~1 minute).
+``--limit-files N`` takes N files round-robin over the file types (pdf, html, md, txt, docx), so every format
+stays represented.
+
+Three measurements, each in its own fresh child process (so import time, model load and peak RSS are
+separate), one after the other, on exactly the same files:
+
+1. **ours** -- ``ingest.ingest(files, Settings(data_dir=<fresh temp dir>, embedding_backend=...))``:
+   walk, hash, parse, chunk, embed, store into the embedded qdrant-edge store on disk.
+2. **encode ceiling** -- the chunk texts our run stored (read back with ``store.chunks_of``), embedded by a
+   bare ``SentenceTransformer.encode(texts, batch_size=32, normalize_embeddings=True)`` of the same model and
+   backend (for onnx-int8 the very ONNX file our run exported), after a one-batch warm-up. Nothing else.
+3. **LangChain tutorial** -- ``PyPDFLoader`` (pypdf) for PDFs, ``langchain_unstructured.UnstructuredLoader``
+   (local ``unstructured``, one Document per element, as it comes) for HTML/MD/DOCX/TXT,
+   ``RecursiveCharacterTextSplitter(chunk_size=1000, chunk_overlap=200)``, ``HuggingFaceEmbeddings`` of the
+   same local model folder, ``QdrantVectorStore.from_documents(..., location=":memory:")``. Its unstructured
+   gets the same offline spaCy patch ours uses (``rag.offline.patch_unstructured``): without it
+   partitioning HTML/MD/DOCX/TXT fails on a machine without internet.
+
+Fair-comparison rules: "wall" is the steady-state work only: parse + chunk + embed + store for both
+pipelines. Import time and model load (for onnx-int8 that includes our one-time ONNX export into the fresh
+data dir) are EXCLUDED for both and reported separately; the speedup including model load is printed too.
+LangChain stores in memory (no disk writes), ours writes a persistent on-disk store: if anything that favours
+LangChain (``--lc-store disk`` gives it an on-disk local Qdrant instead). By default LangChain uses the
+same backend as ours (``--lc-backend torch`` forces the tutorial's plain torch model).
+
+Targets:
+- our chunks/s >= 0.85 x the encode ceiling's chunks/s on the same texts (the pipeline around the model
+  costs at most 15 %);
+- our wall time <= 1/2 of the LangChain tutorial's wall time on the same files (speedup >= 2x).
+
+The machine's load average is recorded before/after each run; CPU seconds per run are reported too, because
+on a busy machine wall times are only indicative.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+# This file is named ingest.py: when run as ``python bench/ingest.py`` its folder comes first on sys.path and
+# ``import ingest`` would import this script instead of the package. Put the repository root there instead.
+_HERE = Path(__file__).resolve().parent
+ROOT = _HERE.parent
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+MAKE_CORPUS = Path("/work/shared/corpus/make-corpus.sh")
+TYPE_ORDER = ["pdf", "html", "md", "txt", "docx"]
+CEILING_TARGET = 0.85
+SPEEDUP_TARGET = 2.0
+LC_CHUNK_SIZE, LC_CHUNK_OVERLAP = 1000, 200
+
+
+# ------------------------------------------------------------------------------------------------------------
+# helpers shared by parent and children
+# ------------------------------------------------------------------------------------------------------------
+def _log(msg: str) -> None:
+    print(f"[bench] {msg}", file=sys.stderr, flush=True)
+
+
+def _peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux: KiB
+
+
+def _rss_mb() -> float:
+    try:
+        import psutil
+
+        return psutil.Process().memory_info().rss / 2**20
+    except ImportError:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def _cpu_s() -> float:
+    ru = resource.getrusage(resource.RUSAGE_SELF)
+    return ru.ru_utime + ru.ru_stime
+
+
+def _ftype(path: str) -> str:
+    ext = Path(path).suffix.lower().lstrip(".")
+    return {"htm": "html", "xhtml": "html", "markdown": "md", "text": "txt"}.get(ext, ext)
+
+
+def _count_tokens(tokenizer, texts: list[str], max_seq: int) -> int:
+    """Tokens the model actually embeds (special tokens included, truncated at its max sequence length)."""
+    total = 0
+    for i in range(0, len(texts), 512):
+        enc = tokenizer(texts[i:i + 512], add_special_tokens=True, truncation=False, verbose=False)
+        total += sum(min(len(ids), max_seq) for ids in enc["input_ids"])
+    return total
+
+
+# ------------------------------------------------------------------------------------------------------------
+# child 1: our pipeline
+# ------------------------------------------------------------------------------------------------------------
+def child_ours(spec: dict) -> dict:
+    t0 = time.perf_counter()
+    from ingest import ingest
+    from rag import Settings
+    from rag.embeddings import get_embedder, resolve_model_path
+    from rag.store import open_store
+
+    import_s = time.perf_counter() - t0
+
+    settings = Settings(data_dir=Path(spec["data_dir"]), embedding_backend=spec["backend"])
+    t = time.perf_counter()
+    embedder = get_embedder(settings)  # cached per process: ingest() below reuses it
+    load_s = time.perf_counter() - t
+    rss_after_load = _rss_mb()
+    cpu0 = _cpu_s()
+
+    t = time.perf_counter()
+    report = ingest(spec["files"], settings)
+    wall = time.perf_counter() - t
+    cpu = _cpu_s() - cpu0
+    peak = _peak_rss_mb()
+
+    # Read back exactly what was stored (not timed): the texts for the ceiling, and sizes for the table.
+    store = open_store(settings)
+    try:
+        texts: list[str] = []
+        tokens = 0
+        for path in sorted(store.chunk_paths()):
+            for hit in store.chunks_of(path):
+                texts.append(hit.payload["text"])
+                tokens += int(hit.payload.get("token_count") or 0)
+    finally:
+        store.close()
+    Path(spec["chunks_file"]).write_text(json.dumps(texts))
+
+    model_path = resolve_model_path(settings.embedding_model)
+    onnx_dir = onnx_file = None
+    if settings.embedding_backend == "onnx-int8":
+        found = sorted(settings.models_dir.glob("*-onnx-int8/onnx/model_quint8_*.onnx"))
+        if found:
+            onnx_dir, onnx_file = str(found[0].parent.parent), f"onnx/{found[0].name}"
+    specials = embedder._tokenizer.num_special_tokens_to_add()  # noqa: SLF001 - bench only
+    return {
+        "import_s": import_s,
+        "model_load_s": load_s,
+        "wall_s": wall,
+        "report_seconds": report.seconds,
+        "cpu_s": cpu,
+        "peak_rss_mb": peak,
+        "rss_after_load_mb": rss_after_load,
+        "files": report.files_seen,
+        "added": report.added,
+        "failed": [{"path": f.path, "reason": f.reason} for f in report.failed],
+        "skipped": [{"path": f.path, "reason": f.reason} for f in report.skipped],
+        "warnings": [{"path": f.path, "reason": f.reason} for f in report.warnings],
+        "pages": report.pages,
+        "chunks": report.chunks,
+        "chunks_read_back": len(texts),
+        "chars": sum(len(x) for x in texts),
+        "tokens": tokens + specials * len(texts),
+        "model_path": model_path,
+        "onnx_dir": onnx_dir,
+        "onnx_file": onnx_file,
+        "settings": {
+            "embedding_model": settings.embedding_model,
+            "embedding_backend": settings.embedding_backend,
+            "embedding_batch_size": settings.embedding_batch_size,
+            "embedding_threads": settings.embedding_threads,
+            "passage_prompt": settings.embedding_passage_prompt,
+            "chunk_tokens": settings.chunk_tokens,
+            "chunk_overlap_tokens": settings.chunk_overlap_tokens,
+            "max_tokens": embedder.max_tokens,
+            "pdf_parser": settings.pdf_parser,
+            "ocr": settings.ocr,
+        },
+    }
+
+
+# ------------------------------------------------------------------------------------------------------------
+# child 2: the bare encode ceiling
+# ------------------------------------------------------------------------------------------------------------
+def _load_st(spec: dict):
+    from sentence_transformers import SentenceTransformer
+
+    if spec["backend"] == "onnx-int8":
+        return SentenceTransformer(spec["onnx_dir"], device="cpu", backend="onnx",
+                                   model_kwargs={"file_name": spec["onnx_file"]})
+    return SentenceTransformer(spec["model_path"], device="cpu")
+
+
+def child_ceiling(spec: dict) -> dict:
+    t0 = time.perf_counter()
+    from rag import offline
+
+    offline.apply()
+    import torch
+
+    if spec.get("threads"):
+        torch.set_num_threads(spec["threads"])
+    import sentence_transformers  # noqa: F401
+
+    import_s = time.perf_counter() - t0
+    t = time.perf_counter()
+    model = _load_st(spec)
+    load_s = time.perf_counter() - t
+    texts = json.loads(Path(spec["chunks_file"]).read_text())
+    kw = dict(batch_size=32, normalize_embeddings=True, convert_to_numpy=True, show_progress_bar=False,
+              prompt=spec.get("prompt") or None)
+    model.encode(texts[:32] or ["warm-up"], **kw)  # warm-up, not timed (favours the ceiling)
+    rss_after_load = _rss_mb()
+    cpu0 = _cpu_s()
+    t = time.perf_counter()
+    vecs = model.encode(texts, **kw)
+    wall = time.perf_counter() - t
+    cpu = _cpu_s() - cpu0
+    return {
+        "import_s": import_s,
+        "model_load_s": load_s,
+        "wall_s": wall,
+        "cpu_s": cpu,
+        "peak_rss_mb": _peak_rss_mb(),
+        "rss_after_load_mb": rss_after_load,
+        "chunks": int(len(vecs)),
+        "chars": sum(len(x) for x in texts),
+    }
+
+
+# ------------------------------------------------------------------------------------------------------------
+# child 3: the usual LangChain tutorial pipeline
+# ------------------------------------------------------------------------------------------------------------
+def child_langchain(spec: dict) -> dict:
+    import warnings
+
+    warnings.filterwarnings("ignore")
+    t0 = time.perf_counter()
+    from rag import offline
+
+    # Same offline fixes ours runs with (HF_HUB_OFFLINE etc.; local spaCy pipeline for unstructured).
+    offline.apply()
+    offline.patch_unstructured()
+    import torch
+    from langchain_community.document_loaders import PyPDFLoader
+    from langchain_huggingface import HuggingFaceEmbeddings
+    from langchain_qdrant import QdrantVectorStore
+    from langchain_text_splitters import RecursiveCharacterTextSplitter
+    from langchain_unstructured import UnstructuredLoader
+
+    if spec.get("threads"):
+        torch.set_num_threads(spec["threads"])
+    import_s = time.perf_counter() - t0
+
+    t = time.perf_counter()
+    if spec["lc_backend"] == "onnx-int8":
+        embeddings = HuggingFaceEmbeddings(
+            model_name=spec["onnx_dir"],
+            model_kwargs={"device": "cpu", "backend": "onnx", "model_kwargs": {"file_name": spec["onnx_file"]}},
+        )
+    else:
+        embeddings = HuggingFaceEmbeddings(model_name=spec["model_path"], model_kwargs={"device": "cpu"})
+    load_s = time.perf_counter() - t
+    rss_after_load = _rss_mb()
+    cpu0 = _cpu_s()
+
+    # --- steady state: parse + chunk + embed + store -------------------------------------------------------
+    t_start = time.perf_counter()
+    docs = []
+    failed = []
+    pages = 0
+    for f in spec["files"]:
+        try:
+            if _ftype(f) == "pdf":
+                loaded = PyPDFLoader(f).load()  # one Document per page
+                pages += len(loaded)
+            else:
+                loaded = UnstructuredLoader(f).load()  # one Document per element
+            if not any(d.page_content.strip() for d in loaded):
+                failed.append({"path": f, "reason": "no text extracted"})
+            docs.extend(loaded)
+        except Exception as exc:  # noqa: BLE001 - count and go on, as a batch job would
+            failed.append({"path": f, "reason": f"{exc.__class__.__name__}: {str(exc)[:200]}"})
+    t_parsed = time.perf_counter()
+    splitter = RecursiveCharacterTextSplitter(chunk_size=LC_CHUNK_SIZE, chunk_overlap=LC_CHUNK_OVERLAP)
+    chunks = splitter.split_documents(docs)
+    t_split = time.perf_counter()
+    if spec["lc_store"] == "disk":
+        store_kw = {"path": spec["lc_store_dir"]}
+    else:
+        store_kw = {"location": ":memory:"}
+    vs = QdrantVectorStore.from_documents(chunks, embeddings, collection_name="bench", **store_kw)
+    t_end = time.perf_counter()
+    cpu = _cpu_s() - cpu0
+    peak = _peak_rss_mb()
+
+    stored = vs.client.count("bench").count
+    texts = [c.page_content.replace("\n", " ") for c in chunks]  # what HuggingFaceEmbeddings embeds
+    model = embeddings._client  # noqa: SLF001 - bench only
+    tokens = _count_tokens(model.tokenizer, texts, int(model.max_seq_length or 512))
+    return {
+        "import_s": import_s,
+        "model_load_s": load_s,
+        "wall_s": t_end - t_start,
+        "parse_s": t_parsed - t_start,
+        "split_s": t_split - t_parsed,
+        "embed_store_s": t_end - t_split,
+        "cpu_s": cpu,
+        "peak_rss_mb": peak,
+        "rss_after_load_mb": rss_after_load,
+        "files": len(spec["files"]),
+        "failed": failed,
+        "pages": pages,
+        "documents": len(docs),
+        "chunks": len(chunks),
+        "chunks_stored": stored,
+        "chars": sum(len(c.page_content) for c in chunks),
+        "tokens": tokens,
+        "backend": spec["lc_backend"],
+        "store": spec["lc_store"],
+    }
+
+
+CHILDREN = {"ours": child_ours, "ceiling": child_ceiling, "langchain": child_langchain}
+
+
+# ------------------------------------------------------------------------------------------------------------
+# parent
+# ------------------------------------------------------------------------------------------------------------
+def ensure_corpus(corpus: Path, size: str) -> None:
+    if corpus.is_dir() and any(corpus.iterdir()):
+        return
+    if not MAKE_CORPUS.exists():
+        sys.exit(f"corpus {corpus} is missing and {MAKE_CORPUS} (which builds it) is not there")
+    _log(f"building the {size} corpus into {corpus} with {MAKE_CORPUS} (apt-get download, ~1 minute) ...")
+    r = subprocess.run(["bash", str(MAKE_CORPUS), str(corpus), size], stdout=sys.stderr)
+    if r.returncode != 0:
+        sys.exit(f"building the corpus failed (exit {r.returncode}); it needs root for apt-get")
+
+
+def select_files(corpus: Path, limit: int | None) -> tuple[list[str], list[dict]]:
+    from ingest.pipeline import discover  # the same walk our pipeline does
+
+    files, _roots, skipped, failed = discover([corpus])
+    if failed:
+        sys.exit(f"cannot use corpus {corpus}: {failed}")
+    by_type: dict[str, list[str]] = {}
+    for f in files:
+        by_type.setdefault(_ftype(str(f)), []).append(str(f))
+    if limit is None or limit >= len(files):
+        chosen = [str(f) for f in files]
+    else:  # round-robin over the types: every format stays represented
+        order = [t for t in TYPE_ORDER if t in by_type] + sorted(t for t in by_type if t not in TYPE_ORDER)
+        queues = {t: list(by_type[t]) for t in order}
+        chosen = []
+        while len(chosen) < limit:
+            for t in order:
+                if queues[t] and len(chosen) < limit:
+                    chosen.append(queues[t].pop(0))
+    return chosen, [{"path": s.path, "reason": s.reason} for s in skipped]
+
+
+def run_child(name: str, spec: dict, workdir: Path, verbose: bool, timeout: float | None) -> dict:
+    spec_file = workdir / f"{name}.spec.json"
+    out_file = workdir / f"{name}.result.json"
+    log_file = workdir / f"{name}.log"
+    spec_file.write_text(json.dumps(spec))
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--child", name, "--spec", str(spec_file),
+           "--out", str(out_file)]
+    load_before = os.getloadavg()
+    t = time.perf_counter()
+    with open(log_file, "w") as log:
+        try:
+            r = subprocess.run(cmd, stdout=log, stderr=None if verbose else log, timeout=timeout, cwd=ROOT)
+            rc = r.returncode
+        except subprocess.TimeoutExpired:
+            rc = "timeout"
+    elapsed = time.perf_counter() - t
+    if rc != 0 or not out_file.exists():
+        tail = log_file.read_text(errors="replace")[-3000:]
+        _log(f"{name} FAILED (exit {rc}); last log lines:\n{tail}")
+        return {"error": f"exit {rc}", "log_tail": tail[-1000:]}
+    result = json.loads(out_file.read_text())
+    result["process_s"] = elapsed
+    result["loadavg_before"] = [round(x, 2) for x in load_before]
+    result["loadavg_after"] = [round(x, 2) for x in os.getloadavg()]
+    return result
+
+
+def _rate(n: float | None, s: float | None) -> float | None:
+    return n / s if n is not None and s else None
+
+
+def derive(res: dict) -> dict:
+    ours, ceil, lc = res.get("ours", {}), res.get("ceiling", {}), res.get("langchain", {})
+    if "wall_s" in ceil:
+        ceil.setdefault("tokens", ours.get("tokens"))  # the very same texts
+    for r in (ours, ceil, lc):
+        if "wall_s" not in r:
+            continue
+        r["files_per_s"] = _rate(r.get("files"), r["wall_s"])
+        r["pages_per_s"] = _rate(r.get("pages"), r["wall_s"])
+        r["chunks_per_s"] = _rate(r.get("chunks"), r["wall_s"])
+        r["tokens_per_s"] = _rate(r.get("tokens"), r["wall_s"])
+    cmp: dict = {"ceiling_target": CEILING_TARGET, "speedup_target": SPEEDUP_TARGET,
+                 "model_load": "excluded from wall for both pipelines; speedup_incl_model_load includes it"}
+    if ours.get("chunks_per_s") and ceil.get("chunks_per_s"):
+        cmp["ceiling_ratio"] = ours["chunks_per_s"] / ceil["chunks_per_s"]
+        cmp["ceiling_ok"] = cmp["ceiling_ratio"] >= CEILING_TARGET
+    if ours.get("wall_s") and lc.get("wall_s"):
+        cmp["speedup"] = lc["wall_s"] / ours["wall_s"]
+        cmp["speedup_ok"] = cmp["speedup"] >= SPEEDUP_TARGET
+        cmp["speedup_incl_model_load"] = (lc["wall_s"] + lc["model_load_s"]) / (ours["wall_s"] + ours["model_load_s"])
+    return cmp
+
+
+def _fmt(v, nd=1) -> str:
+    if v is None or v == "":
+        return "-"
+    if isinstance(v, bool):
+        return "yes" if v else "no"
+    if isinstance(v, float):
+        return f"{v:,.{nd}f}"
+    if isinstance(v, int):
+        return f"{v:,}"
+    return str(v)
+
+
+def print_table(res: dict) -> None:
+    ours, ceil, lc = res.get("ours", {}), res.get("ceiling", {}), res.get("langchain", {})
+    cmp = res["comparison"]
+    out = []
+    out.append("")
+    out.append(f"corpus  {res['corpus']}  ({res['files_selected']} files: "
+               + ", ".join(f"{k} {v}" for k, v in res["files_by_type"].items()) + ")")
+    out.append(f"backend {res['backend']}   LangChain backend {res['lc_backend']}, store {res['lc_store']}   "
+               f"cpus {res['machine']['cpus']}   python {res['machine']['python']}")
+    cols = [("ours (" + res["backend"] + ")", ours), ("encode ceiling", ceil), ("LangChain tutorial", lc)]
+    rows = [
+        ("files", "files", 0), ("failed files", None, 0), ("PDF pages", "pages", 0), ("chunks", "chunks", 0),
+        ("mean chars / chunk", None, 0), ("embedded tokens", "tokens", 0),
+        ("import s", "import_s", 2), ("model load s", "model_load_s", 2), ("WALL s (steady)", "wall_s", 2),
+        ("  parse s", "parse_s", 2), ("  split s", "split_s", 2), ("  embed+store s", "embed_store_s", 2),
+        ("files/s", "files_per_s", 2), ("pages/s", "pages_per_s", 1), ("chunks/s", "chunks_per_s", 1),
+        ("tokens/s", "tokens_per_s", 0), ("CPU s (steady)", "cpu_s", 1), ("CPU use (cores)", None, 2),
+        ("RSS after load MB", "rss_after_load_mb", 0), ("peak RSS MB", "peak_rss_mb", 0),
+        ("load avg before/after", None, 0),
+    ]
+    w0 = max(len(r[0]) for r in rows) + 2
+    w = 22
+    out.append("".ljust(w0) + "".join(c[0].rjust(w) for c in cols))
+    out.append("-" * (w0 + w * len(cols)))
+    for label, key, nd in rows:
+        cells = []
+        for _, r in cols:
+            if "error" in r:
+                cells.append("ERROR" if label == "files" else "")
+                continue
+            if not r:
+                cells.append("skipped" if label == "files" else "")
+                continue
+            if label == "failed files":
+                v = len(r["failed"]) if "failed" in r else None
+            elif label == "mean chars / chunk":
+                v = r["chars"] / r["chunks"] if r.get("chunks") else None
+            elif label == "CPU use (cores)":
+                v = r["cpu_s"] / r["wall_s"] if r.get("wall_s") else None
+            elif label == "load avg before/after":
+                v = f"{r['loadavg_before'][0]:.1f} / {r['loadavg_after'][0]:.1f}" if "loadavg_before" in r else None
+            else:
+                v = r.get(key)
+            cells.append(_fmt(v, nd))
+        out.append(label.ljust(w0) + "".join(c.rjust(w) for c in cells))
+    out.append("")
+    if "ceiling_ratio" in cmp:
+        out.append(f"ours chunks/s / encode-ceiling chunks/s = {cmp['ceiling_ratio']:.2f}   "
+                   f"(target >= {CEILING_TARGET})  {'MET' if cmp['ceiling_ok'] else 'NOT MET'}")
+    if "speedup" in cmp:
+        out.append(f"speedup vs LangChain, wall (LangChain s / ours s) = {cmp['speedup']:.2f}x   "
+                   f"(target >= {SPEEDUP_TARGET}x)  {'MET' if cmp['speedup_ok'] else 'NOT MET'}")
+        out.append(f"   same files, both parse+chunk+embed+store, model load excluded for both; "
+                   f"including model load: {cmp['speedup_incl_model_load']:.2f}x")
+    for name, r in (("ours", ours), ("LangChain", lc)):
+        for f in r.get("failed", []):
+            out.append(f"{name} failed: {f['path']}: {f['reason']}")
+    if ours.get("warnings"):
+        out.append(f"ours warnings: {len(ours['warnings'])}")
+        for f in ours["warnings"][:10]:
+            out.append(f"   {f['path']}: {f['reason']}")
+    if ours.get("chunks") is not None and ours.get("chunks_read_back") not in (None, ours.get("chunks")):
+        out.append(f"NOTE ours reported {ours['chunks']} chunks but {ours['chunks_read_back']} were read back")
+    out.append("Indicative only on a shared machine: see the load averages and CPU seconds.")
+    print("\n".join(out))
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("corpus", nargs="?", help="folder of documents (default /tmp/rag-corpus-SIZE, built if missing)")
+    ap.add_argument("--size", choices=["small", "full"], default="small", help="which default corpus to use/build")
+    ap.add_argument("--backend", choices=["torch", "onnx-int8"], default="torch",
+                    help="our embedding backend (Settings.embedding_backend); the ceiling uses the same")
+    ap.add_argument("--lc-backend", choices=["same", "torch"], default="same",
+                    help="LangChain's model: the same backend as ours (default) or the tutorial's plain torch")
+    ap.add_argument("--lc-store", choices=["memory", "disk"], default="memory",
+                    help='LangChain\'s Qdrant: location=":memory:" (default, the tutorial) or path=<temp dir>')
+    ap.add_argument("--limit-files", type=int, metavar="N", help="only N files, round-robin over the file types")
+    ap.add_argument("--skip-ceiling", action="store_true")
+    ap.add_argument("--skip-langchain", action="store_true")
+    ap.add_argument("--json", action="store_true", help="print one JSON object on stdout instead of the table")
+    ap.add_argument("--keep", action="store_true", help="keep the temp work dir (stores, logs, chunk texts)")
+    ap.add_argument("--verbose", action="store_true", help="show the children's stderr")
+    ap.add_argument("--timeout", type=float, default=None, help="seconds per measured child process")
+    ap.add_argument("--child", choices=list(CHILDREN), help=argparse.SUPPRESS)
+    ap.add_argument("--spec", help=argparse.SUPPRESS)
+    ap.add_argument("--out", help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+
+    if args.child:
+        spec = json.loads(Path(args.spec).read_text())
+        result = CHILDREN[args.child](spec)
+        Path(args.out).write_text(json.dumps(result))
+        return 0
+
+    corpus = Path(args.corpus or f"/tmp/rag-corpus-{args.size}").expanduser().absolute()
+    ensure_corpus(corpus, args.size)
+    files, skipped = select_files(corpus, args.limit_files)
+    if not files:
+        sys.exit(f"no supported files under {corpus}")
+    by_type: dict[str, int] = {}
+    for f in files:
+        by_type[_ftype(f)] = by_type.get(_ftype(f), 0) + 1
+
+    workdir = Path(tempfile.mkdtemp(prefix="rag-bench-"))
+    res: dict = {
+        "corpus": str(corpus),
+        "files_selected": len(files),
+        "files_by_type": by_type,
+        "unsupported_skipped": len(skipped),
+        "backend": args.backend,
+        "lc_backend": args.backend if args.lc_backend == "same" else "torch",
+        "lc_store": args.lc_store,
+        "lc_chunking": {"chunk_size": LC_CHUNK_SIZE, "chunk_overlap": LC_CHUNK_OVERLAP},
+        "machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0],
+                    "loadavg_start": [round(x, 2) for x in os.getloadavg()]},
+        "workdir": str(workdir) if args.keep else None,
+    }
+    try:
+        base = {"files": files, "backend": args.backend, "data_dir": str(workdir / "data"),
+                "chunks_file": str(workdir / "chunks.json")}
+        _log(f"{len(files)} files ({by_type}); work dir {workdir}")
+        _log(f"[1/3] our pipeline, backend {args.backend} ...")
+        res["ours"] = run_child("ours", base, workdir, args.verbose, args.timeout)
+        ours = res["ours"]
+        if "error" not in ours:
+            _log(f"      {ours['chunks']} chunks in {ours['wall_s']:.1f} s "
+                 f"(+ {ours['model_load_s']:.1f} s model load), {len(ours['failed'])} failed")
+            extra = {"model_path": ours["model_path"], "onnx_dir": ours["onnx_dir"], "onnx_file": ours["onnx_file"],
+                     "threads": ours["settings"]["embedding_threads"], "prompt": ours["settings"]["passage_prompt"]}
+            if not args.skip_ceiling:
+                _log("[2/3] bare SentenceTransformer.encode on the same chunk texts ...")
+                res["ceiling"] = run_child("ceiling", {**base, **extra}, workdir, args.verbose, args.timeout)
+            if not args.skip_langchain:
+                _log("[3/3] LangChain tutorial pipeline on the same files ...")
+                lc_spec = {**base, **extra, "lc_backend": res["lc_backend"], "lc_store": args.lc_store,
+                           "lc_store_dir": str(workdir / "lc-qdrant")}
+                res["langchain"] = run_child("langchain", lc_spec, workdir, args.verbose, args.timeout)
+        res["comparison"] = derive(res)
+        res["machine"]["loadavg_end"] = [round(x, 2) for x in os.getloadavg()]
+    finally:
+        if not args.keep:
+            shutil.rmtree(workdir, ignore_errors=True)
+
+    if args.json:
+        print(json.dumps(res, indent=2))
+    else:
+        print_table(res)
+    return 0 if "error" not in res.get("ours", {}) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

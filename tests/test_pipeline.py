@@ -1,0 +1,164 @@
+"""Incremental ingestion end to end: real files, real embedded Qdrant, the packaged embedding model."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+
+from ingest import forget, ingest
+from rag.store import open_store
+from rag.store.edge import EdgeStore
+from rag.store.server import QdrantServerStore
+
+from conftest import rag_cmd
+
+
+def _count(settings):
+    with open_store(settings) as s:
+        return s.count_chunks(), sorted(s.documents())
+
+
+def test_add_then_unchanged_is_idempotent(docs, settings, embedder):
+    r1 = ingest([docs], settings, embedder=embedder)
+    assert (r1.added, r1.updated, r1.unchanged, r1.removed, r1.failed) == (5, 0, 0, 0, [])
+    assert r1.chunks > 20 and r1.pages == 7
+    n1, paths = _count(settings)
+    assert n1 == r1.chunks and len(paths) == 5
+    r2 = ingest([docs], settings, embedder=embedder)
+    assert (r2.added, r2.updated, r2.unchanged, r2.chunks) == (0, 0, 5, 0)
+    assert _count(settings)[0] == n1
+
+
+def test_update_add_delete(docs, settings, embedder):
+    ingest([docs], settings, embedder=embedder)
+    md = docs / "it-security.md"
+    md.write_text(md.read_text() + "\n\n## Printers\n\nColour printing needs a cost centre code.\n")
+    (docs / "new.txt").write_text("The rooftop terrace opens in May.\n")
+    faq_chunks = None
+    with open_store(settings) as s:
+        faq_chunks = s.count_chunks(str(docs / "office-faq.txt"))
+    (docs / "office-faq.txt").unlink()
+    r = ingest([docs], settings, embedder=embedder)
+    assert (r.added, r.updated, r.unchanged, r.removed) == (1, 1, 3, 1)
+    assert r.chunks_removed == faq_chunks
+    with open_store(settings) as s:
+        assert s.count_chunks(str(docs / "office-faq.txt")) == 0
+        texts = " ".join(h.payload["text"] for h in s.chunks_of(str(md)))
+        assert "cost centre code" in texts
+        assert s.get_document(str(md)).sha256 != ""
+        # No stale chunk of an old version anywhere: the store holds exactly what the registry says.
+        assert s.count_chunks() == sum(rec.chunks for rec in s.documents().values())
+        assert s.chunk_paths() == {p: rec.chunks for p, rec in s.documents().items()}
+    # A folder that is gone as a whole takes its documents with it.
+    shutil.rmtree(docs)
+    r = ingest([docs], settings, embedder=embedder)
+    assert r.removed == 5 and not r.failed
+    assert _count(settings) == (0, [])
+
+
+def test_changed_chunking_settings_reingest(docs, settings, embedder):
+    ingest([docs], settings, embedder=embedder)
+    smaller = settings.model_copy(update={"chunk_tokens": 64})
+    r = ingest([docs], smaller, embedder=embedder)
+    assert r.updated == 5 and r.unchanged == 0
+    with open_store(settings) as s:
+        assert max(h.payload["token_count"] for p in s.chunk_paths() for h in s.chunks_of(p)) <= 64
+
+
+def test_payload_metadata(docs, settings, embedder):
+    ingest([docs / "employee-handbook.pdf"], settings, embedder=embedder)
+    with open_store(settings) as s:
+        hits = s.chunks_of(str(docs / "employee-handbook.pdf"))
+    import hashlib
+
+    sha = hashlib.sha256((docs / "employee-handbook.pdf").read_bytes()).hexdigest()
+    table = next(h for h in hits if "Lisbon 140 36" in h.payload["text"])
+    p = table.payload
+    assert p["page_start"] == 5 and p["section"] == "4.3 Per-Diem Rates" and p["doc_sha256"] == sha
+    assert p["source"] == "employee-handbook.pdf" and p["groups"] == ["admins"]
+    assert {"char_start", "char_end", "chunk_index", "chunk_count", "token_count", "title"} <= set(p)
+
+
+def test_bad_and_tricky_files(bad_files, settings, embedder):
+    r = ingest([bad_files], settings, embedder=embedder)
+    failed = {f.path.rsplit("/", 1)[-1]: f.reason for f in r.failed}
+    bad = sorted(p.name for p in (bad_files / "bad").iterdir())
+    assert sorted(failed) == bad and all(failed.values())
+    assert r.added == len(list((bad_files / "tricky").iterdir()))
+    assert not r.ok
+
+
+def test_groups_change_without_reembedding(docs, settings, embedder):
+    ingest([docs], settings, embedder=embedder, groups=["hr"])
+    r = ingest([docs], settings, embedder=embedder, groups=["hr", "staff"])
+    assert r.regrouped == 5 and r.chunks == 0
+    with open_store(settings) as s:
+        assert all(h.payload["groups"] == ["hr", "staff"] for p in s.chunk_paths() for h in s.chunks_of(p))
+
+
+def test_forget(docs, settings, embedder):
+    ingest([docs], settings, embedder=embedder)
+    r = forget([docs / "benefits.docx"], settings)
+    assert r.removed == 1 and r.chunks_removed > 0
+    assert len(_count(settings)[1]) == 4
+    assert forget([docs / "nope.pdf"], settings).failed
+
+
+def test_missing_path_is_reported(tmp_path, settings, embedder):
+    r = ingest([tmp_path / "does-not-exist"], settings, embedder=embedder)
+    assert [f.reason for f in r.failed] == ["no such file or directory"]
+
+
+def test_unsupported_in_folder_is_skipped_not_failed(docs, settings, embedder):
+    (docs / "logo.png").write_bytes(b"\x89PNG\r\n\x1a\n")
+    (docs / ".hidden.md").write_text("# hidden")
+    r = ingest([docs], settings, embedder=embedder)
+    assert r.ok and [s.path.rsplit("/", 1)[-1] for s in r.skipped] == ["logo.png"] and r.added == 5
+
+
+def test_server_backend_gives_the_same_index(docs, settings, embedder, tmp_path):
+    ingest([docs], settings, embedder=embedder)
+    edge_n, _ = _count(settings)
+    store = QdrantServerStore("documents", path=str(tmp_path / "qc"))
+    r = ingest([docs], settings, embedder=embedder, store=store)
+    assert r.added == 5 and store.count_chunks() == edge_n
+    r = ingest([docs], settings, embedder=embedder, store=store)
+    assert r.unchanged == 5
+    store.close()
+
+
+def test_cli_json_exit_codes_and_status(docs, tmp_path, bad_files):
+    env = {"RAG_DATA_DIR": str(tmp_path / "cli")}
+    res = rag_cmd("ingest", str(docs), "--json", env=env)
+    assert res.returncode == 0, res.stderr
+    d = json.loads(res.stdout)
+    assert (d["added"], d["updated"], d["unchanged"], d["removed"], d["failed"]) == (5, 0, 0, 0, [])
+    assert d["chunks"] > 0
+    st = json.loads(rag_cmd("status", "--json", env=env).stdout)
+    assert st["documents"] == 5 and st["chunks"] == d["chunks"] and st["backend"] == "qdrant-edge"
+    res = rag_cmd("ingest", str(bad_files / "bad"), "--json", env=env)
+    assert res.returncode == 1
+    failed = json.loads(res.stdout)["failed"]
+    assert failed and all(set(f) == {"path", "reason"} for f in failed)
+    res = rag_cmd("ingest", str(bad_files / "bad" / "empty.pdf"), env=env)
+    assert res.returncode == 1 and "empty.pdf" in res.stderr and "empty file" in res.stderr
+
+
+def test_cli_reports_locked_store(docs, tmp_path):
+    from rag.settings import Settings
+
+    settings = Settings(data_dir=tmp_path / "locked")
+    holder = EdgeStore(settings.store_dir)
+    try:
+        res = rag_cmd("ingest", str(docs), env={"RAG_DATA_DIR": str(settings.data_dir)})
+        assert res.returncode == 2
+        assert "open in another process" in res.stderr and "Traceback" not in res.stderr
+    finally:
+        holder.close()
+
+
+def test_cli_invalid_settings(tmp_path):
+    res = rag_cmd("status", env={"RAG_DATA_DIR": str(tmp_path), "RAG_CHUNK_TOKENS": "many"})
+    assert res.returncode == 2 and "RAG_" in res.stderr and "Traceback" not in res.stderr
