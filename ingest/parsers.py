@@ -259,10 +259,14 @@ def _ocr_page(page, settings: Settings) -> str | None:
 
 def _parse_pdf_unstructured(path: Path) -> ParsedDocument:
     offline.patch_unstructured()
-    from unstructured.partition.pdf import partition_pdf
-
     try:
-        elements = partition_pdf(filename=str(path), strategy="fast")
+        from unstructured.partition.pdf import partition_pdf
+    except ImportError as exc:
+        raise ParseError(f"RAG_PDF_PARSER=unstructured needs its PDF extras ({exc.name} is missing): run "
+                         "scripts/install.sh, or set RAG_PDF_PARSER=pypdfium2") from exc
+    try:
+        # "fast" only: "hi_res" needs a layout model from a hub, which this machine must never fetch.
+        elements = partition_pdf(filename=str(path), strategy="fast", languages=["eng"])
     except Exception as exc:
         raise ParseError(f"unstructured could not read this PDF ({exc.__class__.__name__}: {exc})") from exc
     return _from_elements(path, elements)

@@ -119,3 +119,12 @@ def test_scanned_page_reported(tmp_path, settings):
     else:
         with pytest.raises(ParseError, match="scanned"):
             parse(pdf, settings)
+
+
+def test_opt_in_unstructured_pdf_parser(settings):
+    """The opt-in strategy must not silently return nothing offline (unstructured's failure mode)."""
+    pytest.importorskip("unstructured_inference", reason="installed by scripts/install.sh")
+    doc = parse(SAMPLE_DOCS / "employee-handbook.pdf", settings.model_copy(update={"pdf_parser": "unstructured"}))
+    text = " ".join(b.text for b in doc.blocks)
+    assert doc.pages == 7 and "Lisbon" in text and "ExpensePoint" in text
+    assert {b.page for b in doc.blocks} == set(range(1, 8))
