@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Protocol, runtime_checkable
 
 import numpy as np
+from filelock import FileLock
 
 from rag import offline
 from rag.errors import EmbeddingModelError
@@ -149,19 +150,20 @@ def _load_onnx_int8(path: str, model_name: str, models_dir: Path):
     file_name = f"onnx/model_quint8_{target}.onnx"
     slug = "".join(c if c.isalnum() or c in "-_." else "_" for c in model_name.strip("/"))
     out = models_dir / f"{slug}-onnx-int8"
-    if not (out / file_name).exists():
-        log.info("exporting %s to int8 ONNX under %s (once)", model_name, out)
-        models_dir.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=".export-", dir=models_dir))
-        try:
-            fp32 = SentenceTransformer(path, device="cpu", backend="onnx")
-            fp32.save_pretrained(str(tmp))
-            export_dynamic_quantized_onnx_model(fp32, quantization_config=target, model_name_or_path=str(tmp))
-            if out.exists():
-                shutil.rmtree(out)
-            tmp.rename(out)  # atomic: a crash mid-export never leaves a half-written model in place
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
+    models_dir.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(models_dir / ".export.lock")):  # two processes starting at once export it once
+        if not (out / file_name).exists():
+            log.warning("exporting embedding model %s to int8 ONNX under %s (once, a few seconds)", model_name, out)
+            tmp = Path(tempfile.mkdtemp(prefix=".export-", dir=models_dir))
+            try:
+                fp32 = SentenceTransformer(path, device="cpu", backend="onnx")
+                fp32.save_pretrained(str(tmp))
+                export_dynamic_quantized_onnx_model(fp32, quantization_config=target, model_name_or_path=str(tmp))
+                if out.exists():
+                    shutil.rmtree(out)
+                tmp.rename(out)  # atomic: a crash mid-export never leaves a half-written model in place
+            finally:
+                shutil.rmtree(tmp, ignore_errors=True)
     return SentenceTransformer(str(out), device="cpu", backend="onnx", model_kwargs={"file_name": file_name})
 
 

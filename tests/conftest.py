@@ -4,6 +4,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -11,6 +12,9 @@ import pytest
 from rag import offline
 
 offline.apply()
+# The int8 ONNX export is derived from the packaged model; share it between tests instead of re-exporting
+# it into every temporary data dir (subprocesses inherit this too).
+os.environ.setdefault("RAG_MODELS_DIR", str(Path(tempfile.gettempdir()) / "onprem-rag-test-models"))
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLE_DOCS = ROOT / "sample_docs"

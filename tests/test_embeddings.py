@@ -18,8 +18,9 @@ def test_packaged_model_offline(embedder):
     assert np.allclose(np.linalg.norm(v, axis=1), 1.0, atol=1e-5)
 
 
-def test_prompts_are_applied_and_counted(embedder):
-    e5 = SentenceTransformerEmbedder(query_prompt="query: ", passage_prompt="passage: ")
+def test_prompts_are_applied_and_counted():
+    embedder = SentenceTransformerEmbedder(backend="torch")
+    e5 = SentenceTransformerEmbedder(backend="torch", query_prompt="query: ", passage_prompt="passage: ")
     assert e5.max_tokens == embedder.max_tokens - embedder.count_tokens("passage: ")
     text = "Employees get thirty vacation days."
     assert np.allclose(e5.embed_documents([text])[0], embedder.embed_documents(["passage: " + text])[0], atol=1e-5)
@@ -45,7 +46,12 @@ def test_embedder_is_shared_per_process(tmp_path):
     assert a is b
 
 
-def test_onnx_int8_backend_agrees_with_torch(tmp_path, embedder):
+def test_default_backend_is_onnx_int8(embedder):
+    assert Settings().embedding_backend == "onnx-int8" and embedder.backend == "onnx-int8"
+
+
+def test_onnx_int8_backend_agrees_with_torch(tmp_path):
+    embedder = SentenceTransformerEmbedder(backend="torch")
     onnx = SentenceTransformerEmbedder(backend="onnx-int8", models_dir=tmp_path / "models")
     texts = ["The travel policy allows economy class for flights under six hours.",
              "Lost badges are replaced at reception.", "Core hours are 10:00 to 15:00."]
