@@ -1,0 +1,61 @@
+"""Endpoint discovery and token counting against a real llama-cpp-python server."""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+
+from rag.endpoints import FALLBACK_CONTEXT_WINDOW, OpenAICompatibleEndpoint, estimate_tokens, parse_overflow
+
+from conftest import LLM_CTX, _free_port
+
+
+def test_discovers_llama_cpp_python(llm_server):
+    ep = OpenAICompatibleEndpoint(llm_server)
+    info = ep.info
+    assert info.healthy and info.kind == "llama-cpp-python" and info.model == "smollm2-135m"
+    assert info.tokenizer == "server /extras/tokenize" and ep.exact_tokenizer
+    # This server reports no window anywhere: the fallback says so, a configured value wins.
+    assert info.context_window == FALLBACK_CONTEXT_WINDOW and "RAG_LLM_CONTEXT_WINDOW" in info.context_source
+    ep2 = OpenAICompatibleEndpoint(llm_server, context_window=LLM_CTX)
+    assert ep2.info.context_window == LLM_CTX and ep2.info.context_source.startswith("configured")
+
+
+def test_counts_with_the_servers_tokenizer(llm_server):
+    ep = OpenAICompatibleEndpoint(llm_server)
+    text = "Per-diem for Lisbon: hotel cap 140 EUR, meals 36 EUR per day."
+    tokens = httpx.post(llm_server.removesuffix("/v1") + "/extras/tokenize", json={"input": text}).json()["tokens"]
+    assert ep.count_tokens(text) == len(tokens) > 0
+
+
+def test_learns_window_from_overflow_error(llm_server):
+    ep = OpenAICompatibleEndpoint(llm_server)
+    words = "word " * (LLM_CTX + 50)
+    r = httpx.post(f"{llm_server}/chat/completions", json={"messages": [{"role": "user", "content": words}],
+                                                          "max_tokens": 4}, timeout=60)
+    assert r.status_code == 400
+    n = parse_overflow(r.json()["error"]["message"])
+    assert n == LLM_CTX
+    ep.learn_window(n)
+    assert ep.info.context_window == LLM_CTX and ep.info.context_source == "server overflow error"
+
+
+def test_wrong_model_name_says_what_is_served(llm_server):
+    info = OpenAICompatibleEndpoint(llm_server, model="llama-3-70b").info
+    assert not info.healthy and "smollm2-135m" in info.error and "RAG_LLM_MODEL" in info.error
+
+
+def test_endpoint_down():
+    info = OpenAICompatibleEndpoint(f"http://127.0.0.1:{_free_port()}/v1", connect_timeout=1).info
+    assert not info.healthy and "cannot reach" in info.error
+
+
+def test_parse_overflow_messages():
+    vllm = ("This model's maximum context length is 8192 tokens. However, you requested 9000 tokens "
+            "(8800 in the messages, 200 in the completion).")
+    assert parse_overflow(vllm) == 8192 and parse_overflow("rate limited") is None
+
+
+@pytest.mark.parametrize("text", ["hello world " * 50, "日本語のテキスト" * 20, "x = f(y) + 1;\n" * 30])
+def test_local_estimate_is_conservative(text, llm_server):
+    assert estimate_tokens(text) >= OpenAICompatibleEndpoint(llm_server).count_tokens(text)
