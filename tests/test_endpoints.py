@@ -56,6 +56,17 @@ def test_parse_overflow_messages():
     assert parse_overflow(vllm) == 8192 and parse_overflow("rate limited") is None
 
 
-@pytest.mark.parametrize("text", ["hello world " * 50, "日本語のテキスト" * 20, "x = f(y) + 1;\n" * 30])
+@pytest.mark.parametrize("text", ["hello world " * 50, "日本語のテキスト" * 20, "x = f(y) + 1;\n" * 30,
+                                  "Hamburg 130 28\nBerlin 140 28\n" * 30, "Café à 8h00 — résumé, naïve. " * 20])
 def test_local_estimate_is_conservative(text, llm_server):
     assert estimate_tokens(text) >= OpenAICompatibleEndpoint(llm_server).count_tokens(text)
+
+
+def test_local_estimate_on_the_sample_docs(llm_server):
+    from conftest import SAMPLE_DOCS
+
+    ep = OpenAICompatibleEndpoint(llm_server)
+    for name in ("it-security.md", "office-faq.txt", "onboarding.html"):
+        text = (SAMPLE_DOCS / name).read_text()
+        real, est = ep.count_tokens(text), estimate_tokens(text)
+        assert real <= est <= 1.6 * real, (name, real, est)
