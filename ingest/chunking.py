@@ -80,12 +80,13 @@ def chunk_document(doc: ParsedDocument, embedder: Embedder, chunk_tokens: int, o
             count = embedder.count_tokens(piece)
             # Tokenizers whose pieces depend on context (sentencepiece) can disagree with the sliced count;
             # shrink until the real count fits.
-            if count <= embedder.max_tokens or e - s <= 1:
+            if count <= limit or e - s <= 1:
                 break
-            e = max(s + 1, e - max(1, (count - embedder.max_tokens)))
-        pages = [sp.page for sp in spans if sp.start < c_end and sp.end > c_start and sp.page is not None]
+            e = max(s + 1, e - max(1, (count - limit)))
+        # Blocks are in text order, so the chunk's blocks are a slice: no scan of the whole document.
+        inside = spans[span_of[s]:span_of[e - 1] + 1]
+        pages = [sp.page for sp in inside if sp.page is not None]
         # The innermost section the chunk is about: the last one that starts inside it, else the one it is in.
-        inside = [sp for sp in spans if sp.start < c_end and sp.end > c_start]
         starts = [sp for sp in inside if sp.section_start and sp.start > c_start]
         section = (starts[-1] if starts else inside[0]).section if inside else None
         chunks.append(Chunk(len(chunks), piece, c_start, c_end, count,
