@@ -199,9 +199,7 @@ def _run(files: list[Path], roots: list[Path], settings: Settings, groups: list[
         root = next((r for r in roots if path == str(r) or path.startswith(str(r) + os.sep)), None)
         if root is None:
             continue
-        store.delete_document(path)
-        report.chunks_removed += store.count_chunks(path)
-        store.delete_chunks(path)
+        _remove(store, path, report)
         report.removed += 1
         removed_under[root] += 1
         del registry[path]
@@ -318,12 +316,18 @@ def _prepare(f: Path, previous: DocumentRecord | None, sig: str, groups: list[st
     return w
 
 
+def _remove(store: Store, path: str, report: IngestReport) -> None:
+    """Take a document out of the index: its record first (so a crash here leaves it "not ingested"), then
+    its chunks."""
+    store.delete_document(path)
+    report.chunks_removed += store.count_chunks(path)
+    store.delete_chunks(path)
+
+
 def _fail(store: Store, w: _Work, report: IngestReport) -> None:
     # Its content changed (or it became unreadable): the old chunks describe text that is no longer there.
     if w.previous is not None:
-        store.delete_document(w.path)
-        report.chunks_removed += store.count_chunks(w.path)
-        store.delete_chunks(w.path)
+        _remove(store, w.path, report)
     report.failed.append(FileIssue(w.path, w.error or "unknown error"))
 
 
@@ -385,9 +389,7 @@ def forget(paths: Sequence[str | Path], settings: Settings, *, store: Store | No
             if not matches:
                 report.failed.append(FileIssue(p, "not in the index"))
             for k in matches:
-                store.delete_document(k)
-                report.chunks_removed += store.count_chunks(k)
-                store.delete_chunks(k)
+                _remove(store, k, report)
                 report.removed += 1
     finally:
         store.flush()

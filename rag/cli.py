@@ -17,7 +17,6 @@ import typer
 from rich.console import Console
 from rich.progress import (
     BarColumn,
-    MofNCompleteColumn,
     Progress,
     ProgressColumn,
     TaskProgressColumn,
@@ -167,6 +166,50 @@ def forget(
             err.print(Text.assemble(("not found ", "yellow"), _rel(f.path), f": {f.reason}"))
         out.print(f"removed {report.removed} document(s), {report.chunks_removed} chunks")
     raise typer.Exit(0 if not report.failed else 1)
+
+
+def _snippet(text: str, width: int = 240) -> str:
+    flat = " ".join(text.split())
+    return flat if len(flat) <= width else flat[: width - 1].rsplit(" ", 1)[0] + " …"
+
+
+@app.command()
+def search(
+    query: Annotated[str, typer.Argument(help="What to look for.")],
+    top_k: Annotated[int, typer.Option("--top-k", "-k", help="How many chunks to show.")] = 5,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Show what retrieval finds for a query (path, page, score, snippet). No LLM involved."""
+    from rag.embeddings import get_embedder
+    from rag.retrieval import Retriever
+    from rag.store import open_store
+
+    settings = _settings()
+    try:
+        embedder = get_embedder(settings)
+        with open_store(settings) as store:
+            found = Retriever(store, embedder, top_k=top_k, min_score=float("-inf")).retrieve(query)
+    except RagError as exc:
+        raise _fail(exc) from None
+    results = [{"path": p.path, "page": p.page_start, "score": round(p.score, 4), "snippet": _snippet(p.text),
+                "section": p.section, "relevant": p.score >= settings.min_score} for p in found.passages]
+    if as_json:
+        out.print_json(json.dumps({"query": query, "results": results, "min_score": settings.min_score,
+                                   "seconds": round(found.seconds, 4)}))
+        return
+    if not results:
+        out.print("Nothing found: the index is empty. Run [bold]rag ingest PATH[/] first.")
+        return
+    for i, r in enumerate(results, 1):
+        where = _rel(r["path"]) + (f", p. {r['page']}" if r["page"] else "")
+        style = "green" if r["relevant"] else "dim"
+        out.print(Text.assemble((f"{i}. ", "bold"), (f"{r['score']:.3f} ", style), (where, "bold"),
+                                (f" — {r['section']}" if r["section"] else "", "italic")))
+        out.print(Text("   " + r["snippet"], style="" if r["relevant"] else "dim"))
+    below = sum(1 for r in results if not r["relevant"])
+    if below:
+        out.print(Text(f"({below} result(s) below the relevance threshold {settings.min_score}: RAG_MIN_SCORE)",
+                       style="dim"))
 
 
 @app.command()

@@ -55,6 +55,21 @@ class Settings(BaseSettings):
     ocr_language: str = "eng"
     max_file_mb: float = Field(200.0, description="Larger files are reported and skipped.")
 
+    # --- retrieval -----------------------------------------------------------------------------
+    top_k: int = Field(20, ge=1, le=500, description="Candidates retrieved per question, before packing.")
+    min_score: float = Field(
+        0.25, description="Cosine similarity below which a chunk is not relevant; none left = no answer."
+    )
+
+    # --- LLM endpoint --------------------------------------------------------------------------
+    llm_base_url: str = Field("http://127.0.0.1:8080/v1", description="OpenAI-compatible base URL (…/v1).")
+    llm_api_key: SecretStr | None = None
+    llm_model: str | None = Field(None, description="Default: the first model the endpoint lists.")
+    llm_context_window: int | None = Field(None, ge=256, description="Overrides what the server reports.")
+    llm_temperature: float = Field(0.1, ge=0, le=2)
+    llm_max_tokens: int = Field(512, ge=1, description="Reserved for the answer; sent as max_tokens.")
+    llm_timeout: float = Field(120.0, gt=0, description="Seconds before a request to the LLM is abandoned.")
+
     # --- access control (reserved now so permissions never need a re-index) ---------------------
     default_groups: list[str] = Field(
         default_factory=lambda: ["admins"],

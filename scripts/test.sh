@@ -4,4 +4,5 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install.sh
+.venv/bin/ruff check rag ingest ui tests bench scripts
 exec .venv/bin/python -m pytest -q -ra "$@"

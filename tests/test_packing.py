@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import random
 
-import pytest
 from hypothesis import given, settings as hsettings, strategies as st
 
 from rag.packing import Message, Passage, format_source, pack

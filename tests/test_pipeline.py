@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import shutil
 
-import pytest
 
 from ingest import forget, ingest
 from rag.store import open_store

@@ -77,6 +77,25 @@ class DocumentRecord:
         return cls(**known)
 
 
+def check_meta(meta: dict[str, Any], embedding_model: str, dimension: int, where: str) -> None:
+    """Refuse to mix embedding models in one index: their vectors are not comparable."""
+    from rag.errors import StoreConfigError
+
+    if meta.get("embedding_model") != embedding_model or meta.get("dimension") != dimension:
+        raise StoreConfigError(
+            f"{where} was built with embedding model {meta.get('embedding_model')!r} "
+            f"({meta.get('dimension')} dimensions), but the settings ask for {embedding_model!r} "
+            f"({dimension}). Set RAG_EMBEDDING_MODEL={meta.get('embedding_model')}, or use another "
+            "RAG_COLLECTION / RAG_DATA_DIR for the new model and ingest again."
+        )
+
+
+def new_meta(embedding_model: str, dimension: int) -> dict[str, Any]:
+    import time
+
+    return {"kind": "meta", "embedding_model": embedding_model, "dimension": dimension, "created_at": time.time()}
+
+
 @runtime_checkable
 class Store(Protocol):
     #: Human-readable location for `rag status` and error messages.

@@ -10,7 +10,6 @@ records without vectors. Both shards write a WAL, so an update that returned sur
 from __future__ import annotations
 
 import os
-import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -18,8 +17,10 @@ from typing import Any
 import qdrant_edge as qe
 from filelock import FileLock, Timeout
 
-from rag.errors import StoreConfigError, StoreLockedError
+from rag.errors import StoreLockedError
 from rag.store.base import (
+    check_meta,
+    new_meta,
     INDEXED_FIELDS,
     META_ID,
     ChunkPoint,
@@ -99,15 +100,9 @@ class EdgeStore:
             self._docs.update(qe.UpdateOperation.create_field_index("kind", qe.PayloadSchemaType.Keyword))
         meta = self.meta()
         if meta is None:
-            self._put_registry(META_ID, {"kind": "meta", "embedding_model": embedding_model,
-                                         "dimension": dimension, "created_at": time.time()})
-        elif meta.get("embedding_model") != embedding_model or meta.get("dimension") != dimension:
-            raise StoreConfigError(
-                f"the store at {self.location} was built with embedding model {meta.get('embedding_model')!r} "
-                f"({meta.get('dimension')} dimensions), but the settings ask for {embedding_model!r} "
-                f"({dimension}). Set RAG_EMBEDDING_MODEL={meta.get('embedding_model')}, or use another "
-                "RAG_COLLECTION / RAG_DATA_DIR for the new model and ingest again."
-            )
+            self._put_registry(META_ID, new_meta(embedding_model, dimension))
+        else:
+            check_meta(meta, embedding_model, dimension, f"the store at {self.location}")
         self._dimension = dimension
 
     def flush(self) -> None:

@@ -7,14 +7,15 @@ Collections: ``<collection>`` for chunks, ``<collection>__documents`` for the re
 
 from __future__ import annotations
 
-import time
 from collections.abc import Sequence
 from typing import Any
 
 from qdrant_client import QdrantClient, models
 
-from rag.errors import StoreConfigError, StoreLockedError, StoreUnavailableError
+from rag.errors import StoreLockedError, StoreUnavailableError
 from rag.store.base import (
+    check_meta,
+    new_meta,
     INDEXED_FIELDS,
     META_ID,
     ChunkPoint,
@@ -97,15 +98,9 @@ class QdrantServerStore:
         self._ready = True
         meta = self.meta()
         if meta is None:
-            self._put_registry(META_ID, {"kind": "meta", "embedding_model": embedding_model,
-                                         "dimension": dimension, "created_at": time.time()})
-        elif meta.get("embedding_model") != embedding_model or meta.get("dimension") != dimension:
-            raise StoreConfigError(
-                f"collection {self.collection!r} was built with embedding model {meta.get('embedding_model')!r} "
-                f"({meta.get('dimension')} dimensions), but the settings ask for {embedding_model!r} "
-                f"({dimension}). Set RAG_EMBEDDING_MODEL={meta.get('embedding_model')}, or use another "
-                "RAG_COLLECTION for the new model and ingest again."
-            )
+            self._put_registry(META_ID, new_meta(embedding_model, dimension))
+        else:
+            check_meta(meta, embedding_model, dimension, f"collection {self.collection!r}")
 
     def flush(self) -> None:
         pass  # the server persists each acknowledged (wait=True) update

@@ -1,0 +1,73 @@
+"""Retrieval over the ingested sample handbook: real embeddings, real embedded Qdrant."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from ingest import ingest
+from rag.retrieval import Retriever, StoreRetriever
+from rag.settings import Settings
+from rag.store import open_store
+
+from conftest import ROOT, SAMPLE_DOCS, rag_cmd
+
+QUESTIONS = json.loads((ROOT / "tests" / "data" / "sample_questions.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def indexed(tmp_path_factory, embedder):
+    data = tmp_path_factory.mktemp("retrieval")
+    settings = Settings(data_dir=data)
+    report = ingest([SAMPLE_DOCS], settings, embedder=embedder)
+    assert report.added == 5
+    store = open_store(settings)
+    yield settings, store
+    store.close()
+
+
+def test_sample_questions_find_their_source(indexed, embedder):
+    settings, store = indexed
+    r = Retriever(store, embedder, top_k=5, min_score=settings.min_score)
+    hits_at_5 = 0
+    for q in QUESTIONS:
+        found = r.retrieve(q["question"]).passages
+        if any(p.source == q["file"] and (q["page"] is None or p.page_start <= q["page"] <= p.page_end)
+               for p in found):
+            hits_at_5 += 1
+    assert hits_at_5 / len(QUESTIONS) >= 0.85, hits_at_5
+
+
+def test_unrelated_question_finds_nothing_relevant(indexed, embedder):
+    settings, store = indexed
+    r = Retriever(store, embedder, min_score=settings.min_score)
+    for q in ("What is the boiling point of tungsten?", "Who won the 1998 football world cup?"):
+        found = r.retrieve(q)
+        assert found.candidates > 0 and found.passages == [], [p.score for p in found.passages]
+
+
+def test_group_filter_applies(indexed, embedder):
+    _, store = indexed
+    r = Retriever(store, embedder, top_k=5, min_score=-1)
+    assert r.retrieve("vacation days", groups=["admins"]).passages  # ingested with the default group
+    assert r.retrieve("vacation days", groups=["interns"]).passages == []
+
+
+def test_langchain_retriever(indexed, embedder):
+    _, store = indexed
+    lc = StoreRetriever(retriever=Retriever(store, embedder, min_score=-1), top_k=5)
+    docs = lc.invoke("What is the per-diem for Lisbon?")
+    assert len(docs) == 5 and any(d.metadata["path"].endswith("employee-handbook.pdf") for d in docs)
+    assert {"path", "page", "score", "section", "source"} <= set(docs[0].metadata)
+
+
+def test_cli_search_json(tmp_path, docs):
+    env = {"RAG_DATA_DIR": str(tmp_path / "d")}
+    assert rag_cmd("ingest", str(docs), "-q", env=env).returncode == 0
+    res = rag_cmd("search", "minimum password length", "--json", "-k", "3", env=env)
+    assert res.returncode == 0, res.stderr
+    results = json.loads(res.stdout)["results"]
+    assert len(results) == 3 and set(results[0]) >= {"path", "page", "score", "snippet"}
+    assert results[0]["path"].endswith("it-security.md") and "14 characters" in " ".join(
+        r["snippet"] for r in results)
