@@ -19,6 +19,7 @@ A configured ``RAG_LLM_CONTEXT_WINDOW`` always wins over what a server reports.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import math
@@ -239,12 +240,47 @@ class OpenAICompatibleEndpoint:
             log.warning("server tokenizer failed (%s); using a local estimate", _short(exc))
         return estimate_tokens(text)
 
+    def chat_model(self, *, max_tokens: int, temperature: float = 0.1, streaming: bool = True):
+        """A LangChain chat model bound to this endpoint and its discovered model."""
+        info = self.info
+        if not info.healthy:
+            raise EndpointError(info.error or f"LLM endpoint {self.base_url} is not usable")
+        return max_tokens_chat_openai()(
+            base_url=self.base_url,
+            api_key=self.api_key or "not-needed",
+            model=info.model,
+            max_tokens=max_tokens,
+            temperature=temperature,
+            timeout=self.timeout,
+            max_retries=0,  # failover and retries are ours to decide, not hidden inside the client
+            streaming=streaming,
+            stream_usage=True,
+        )
+
     @property
     def exact_tokenizer(self) -> bool:
         return self.info.tokenizer != "local estimate"
 
     def close(self) -> None:
         self._http.close()
+
+
+@functools.cache
+def max_tokens_chat_openai() -> type:
+    """The ChatOpenAI subclass below, built on first use (importing langchain_openai costs about a second)."""
+    from langchain_openai import ChatOpenAI
+
+    class MaxTokensChatOpenAI(ChatOpenAI):
+        """ChatOpenAI that sends ``max_tokens``: langchain-openai renames it to ``max_completion_tokens``,
+        which llama.cpp ignores (and older vLLM/TGI versions too), so answers would run to the context end."""
+
+        def _get_request_payload(self, input_, *, stop=None, **kwargs):  # type: ignore[override]
+            payload = super()._get_request_payload(input_, stop=stop, **kwargs)
+            if "max_completion_tokens" in payload:
+                payload["max_tokens"] = payload.pop("max_completion_tokens")
+            return payload
+
+    return MaxTokensChatOpenAI
 
 
 def estimate_tokens(text: str) -> int:

@@ -70,3 +70,26 @@ def test_local_estimate_on_the_sample_docs(llm_server):
         text = (SAMPLE_DOCS / name).read_text()
         real, est = ep.count_tokens(text), estimate_tokens(text)
         assert real <= est <= 1.6 * real, (name, real, est)
+
+
+def test_chat_model_sends_max_tokens(llm_server):
+    """llama.cpp ignores max_completion_tokens (what langchain-openai sends by default): the limit must hold."""
+    llm = OpenAICompatibleEndpoint(llm_server).chat_model(max_tokens=5, temperature=0, streaming=False)
+    payload = llm._get_request_payload([("user", "hi")])
+    assert payload["max_tokens"] == 5 and "max_completion_tokens" not in payload
+    msg = llm.invoke([("system", "You are verbose."), ("user", "Write a long story about a sensor.")])
+    assert 0 < msg.usage_metadata["output_tokens"] <= 5
+
+
+def test_chat_model_streams(llm_server):
+    llm = OpenAICompatibleEndpoint(llm_server).chat_model(max_tokens=8, temperature=0)
+    chunks = [c.content for c in llm.stream([("system", "Be brief."), ("user", "Say hello.")])]
+    assert len([c for c in chunks if c]) >= 2  # token by token, not one block
+
+
+def test_chat_model_on_unhealthy_endpoint_raises_clear_error():
+    from rag.endpoints import EndpointError
+
+    ep = OpenAICompatibleEndpoint(f"http://127.0.0.1:{_free_port()}/v1", connect_timeout=1)
+    with pytest.raises(EndpointError, match="cannot reach"):
+        ep.chat_model(max_tokens=5)
