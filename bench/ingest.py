@@ -19,7 +19,7 @@ separate), one after the other, on exactly the same files:
 1. **ours** -- ``ingest.ingest(files, Settings(data_dir=<fresh temp dir>, embedding_backend=...))``:
    walk, hash, parse, chunk, embed, store into the embedded qdrant-edge store on disk.
 2. **encode ceiling** -- the chunk texts our run stored (read back with ``store.chunks_of``), embedded by a
-   bare ``SentenceTransformer.encode(texts, batch_size=32, normalize_embeddings=True)`` of the same model and
+   bare ``SentenceTransformer.encode(texts, batch_size=<ours>, normalize_embeddings=True)`` of the same model and
    backend (for onnx-int8 the very ONNX file our run exported), after a one-batch warm-up. Nothing else.
 3. **LangChain tutorial** -- ``PyPDFLoader`` (pypdf) for PDFs, ``langchain_unstructured.UnstructuredLoader``
    (local ``unstructured``, one Document per element, as it comes) for HTML/MD/DOCX/TXT,
@@ -222,11 +222,7 @@ def child_ours(spec: dict) -> dict:
     Path(spec["chunks_file"]).write_text(json.dumps(texts))
 
     model_path = resolve_model_path(settings.embedding_model)
-    onnx_dir = onnx_file = None
-    if settings.embedding_backend == "onnx-int8":
-        found = sorted(settings.models_dir.glob("*-onnx-int8/onnx/model_quint8_*.onnx"))
-        if found:
-            onnx_dir, onnx_file = str(found[0].parent.parent), f"onnx/{found[0].name}"
+    onnx_dir, onnx_file = embedder.onnx_model or (None, None)
     specials = embedder._tokenizer.num_special_tokens_to_add()  # noqa: SLF001 - bench only
     return {
         "import_s": import_s,
@@ -309,7 +305,7 @@ def child_ceiling(spec: dict) -> dict:
     model = _load_st(spec)
     load_s = time.perf_counter() - t
     texts = json.loads(Path(spec["chunks_file"]).read_text())
-    kw = dict(batch_size=32, normalize_embeddings=True, convert_to_numpy=True, show_progress_bar=False,
+    kw = dict(batch_size=spec.get("batch_size") or 32, normalize_embeddings=True, convert_to_numpy=True, show_progress_bar=False,
               prompt=spec.get("prompt") or None)
     model.encode(texts[:32] or ["warm-up"], **kw)  # warm-up, not timed (favours the ceiling)
     rss_after_load = _rss_mb()
@@ -703,6 +699,7 @@ def main(argv: list[str] | None = None) -> int:
             _log(f"      {ours['chunks']} chunks in {ours['wall_s']:.1f} s "
                  f"(+ {ours['model_load_s']:.1f} s model load), {len(ours['failed'])} failed")
             extra = {"model_path": ours["model_path"], "onnx_dir": ours["onnx_dir"], "onnx_file": ours["onnx_file"],
+                     "batch_size": ours["settings"]["embedding_batch_size"],
                      "threads": ours["settings"]["embedding_threads"], "prompt": ours["settings"]["passage_prompt"]}
             if not args.skip_ceiling:
                 _log("[2/3] bare SentenceTransformer.encode on the same chunk texts ...")
