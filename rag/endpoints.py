@@ -20,7 +20,6 @@ A configured ``RAG_LLM_CONTEXT_WINDOW`` always wins over what a server reports.
 from __future__ import annotations
 
 import functools
-import json
 import logging
 import math
 import re
@@ -312,6 +311,3 @@ def _short(exc: BaseException) -> str:
     s = str(exc) or exc.__class__.__name__
     return s.splitlines()[0][:160]
 
-
-def describe(info: EndpointInfo) -> str:
-    return json.dumps(info.to_dict())

@@ -253,7 +253,7 @@ def pack(
             if dup is not None:
                 dropped.append(Dropped(p.id, p.path, f"near-duplicate of a kept passage of {groups[dup][0].source}"))
                 continue
-            cost = counter.count(formatter(_N, _as_source(_N, [p], counter=None))) + (sep_cost if groups else 0)
+            cost = counter.count(formatter(_N, _as_source(_N, [p]))) + (sep_cost if groups else 0)
             if used_src + cost > room:
                 dropped.append(Dropped(p.id, p.path, f"does not fit: needs {cost} tokens, {room - used_src} left"))
                 continue
@@ -265,7 +265,7 @@ def pack(
             if any(q.id == p.id for q in groups[target]):
                 continue
             merged = groups[target] + [p]
-            new_cost = counter.count(formatter(_N, _as_source(_N, merged, counter=None))) + (
+            new_cost = counter.count(formatter(_N, _as_source(_N, merged))) + (
                 sep_cost if target > 0 else 0)
             delta = new_cost - group_tokens[target]
             if used_src + delta > room:
@@ -293,7 +293,7 @@ def pack(
     order = sorted(range(len(groups)), key=lambda gi: (_doc_rank(groups, gi), min(p.char_start for p in groups[gi])))
     sources = []
     for n, gi in enumerate(order, start=1):
-        sources.append(_as_source(n, groups[gi], tokens=group_tokens[gi], counter=None))
+        sources.append(_as_source(n, groups[gi], tokens=group_tokens[gi]))
     return Packing(
         sources=sources, history=kept_history, dropped=dropped, dropped_history=len(history) - len(kept_history),
         context_window=context_window, max_output_tokens=max_output_tokens, fixed_tokens=fixed, margin=margin,
@@ -315,7 +315,7 @@ def _doc_rank(groups: list[list[Passage]], gi: int) -> tuple[int, str]:
     return (first, path)
 
 
-def _as_source(n: int, passages: list[Passage], *, counter: TokenCounter | None, tokens: int = 0) -> Source:
+def _as_source(n: int, passages: list[Passage], *, tokens: int = 0) -> Source:
     ps = sorted(passages, key=lambda p: p.char_start)
     return Source(n=n, path=ps[0].path, source=ps[0].source, passages=ps, text=_merge_text(ps), tokens=tokens,
                   score=max(p.score for p in ps))

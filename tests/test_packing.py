@@ -31,7 +31,7 @@ def header_cost(n_words_section="S"):
 
 def _src():
     from rag.packing import _as_source
-    return _as_source(99, [P(0, 1)], counter=None)
+    return _as_source(99, [P(0, 1)])
 
 
 BASE = dict(question="q " * 10, system_prompt="s " * 20, context_window=1000, max_output_tokens=200, counter=Words())

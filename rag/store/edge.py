@@ -71,7 +71,6 @@ class EdgeStore:
         (self.root / ".holder").write_text(f"{os.getpid()}\n")
         self._chunks: qe.EdgeShard | None = None
         self._docs: qe.EdgeShard | None = None
-        self._dimension: int | None = None
         if (self.root / "chunks" / "edge_config.json").exists():
             self._open_existing()
 
@@ -103,7 +102,6 @@ class EdgeStore:
             self._put_registry(META_ID, new_meta(embedding_model, dimension))
         else:
             check_meta(meta, embedding_model, dimension, f"the store at {self.location}")
-        self._dimension = dimension
 
     def flush(self) -> None:
         for shard in (self._chunks, self._docs):
