@@ -310,4 +310,3 @@ _EST_RE = re.compile(r"[A-Za-z]+|[ \t]+|[\x00-\x7f]|[^\x00-\x7f]+")
 def _short(exc: BaseException) -> str:
     s = str(exc) or exc.__class__.__name__
     return s.splitlines()[0][:160]
-
