@@ -9,9 +9,9 @@ What each server tells us (probed, in this order, with short timeouts):
   configured ``RAG_LLM_CONTEXT_WINDOW`` is used, and the first "maximum context length is N tokens" error
   teaches us N.
 - Ollama: ``/api/show`` gives the model's trained context and any ``num_ctx`` parameter. Ollama silently
-  cuts a prompt longer than its ``num_ctx`` (default 2048-4096), so we talk to its native API through
-  langchain-ollama and *send* ``num_ctx`` with every request: the prompt that reaches the model is the one
-  we packed.
+  cuts a prompt longer than its ``num_ctx`` (default 2048-4096), so without a ``num_ctx`` parameter we pack
+  to Ollama's default. (Sending ``num_ctx`` per request, through its native API, is not built yet: its
+  OpenAI route does not accept it.)
 - Anything else (LM Studio, TGI, a LiteLLM proxy): the configured window, and a local token estimate with a
   safety margin.
 A configured ``RAG_LLM_CONTEXT_WINDOW`` always wins over what a server reports.
@@ -188,7 +188,7 @@ class OpenAICompatibleEndpoint:
             window = min(trained, OLLAMA_DEFAULT_NUM_CTX) if trained else OLLAMA_DEFAULT_NUM_CTX
             info.context_window = window
             info.context_source = (f"Ollama default num_ctx {OLLAMA_DEFAULT_NUM_CTX} (model trained for {trained}); "
-                                   "set RAG_LLM_CONTEXT_WINDOW to use more; it is sent as num_ctx")
+                                   "to use more, give the Ollama model a num_ctx parameter")
         info.tokenizer = "local estimate"
         return True
 
