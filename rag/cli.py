@@ -241,6 +241,7 @@ def status(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
         "embedding_dimension": meta.get("dimension"),
         "embedding_backend": settings.embedding_backend,
         "last_ingest": max((d.ingested_at for d in docs.values()), default=None),
+        "llm": _llm_info(settings),
         "seconds": round(time.perf_counter() - t0, 3),
     }
     if as_json:
@@ -252,9 +253,29 @@ def status(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
         table.add_row(k.replace("_", " "), str(info[k]))
     if info["last_ingest"]:
         table.add_row("last ingest", time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(info["last_ingest"])))
+    llm = info["llm"]
+    table.add_row("llm endpoint", llm["base_url"])
+    if llm["healthy"]:
+        table.add_row("llm model", f"{llm['model']} ({llm['kind']})")
+        table.add_row("context window", f"{llm['context_window']} — {llm['context_source']}")
+        table.add_row("token counting", llm["tokenizer"])
+    else:
+        table.add_row("llm status", Text(f"unavailable: {llm['error']}", style="yellow"))
     out.print(table)
     if not docs:
         out.print("The index is empty: run [bold]rag ingest PATH[/] to add documents.")
+
+
+def _llm_info(settings: Settings) -> dict:
+    from rag.endpoints import OpenAICompatibleEndpoint
+
+    key = settings.llm_api_key.get_secret_value() if settings.llm_api_key else None
+    ep = OpenAICompatibleEndpoint(settings.llm_base_url, api_key=key, model=settings.llm_model,
+                                  context_window=settings.llm_context_window, timeout=10, connect_timeout=3)
+    try:
+        return ep.info.to_dict()  # never includes the API key
+    finally:
+        ep.close()
 
 
 def main() -> None:  # pragma: no cover - console entry point alias

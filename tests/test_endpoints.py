@@ -93,3 +93,19 @@ def test_chat_model_on_unhealthy_endpoint_raises_clear_error():
     ep = OpenAICompatibleEndpoint(f"http://127.0.0.1:{_free_port()}/v1", connect_timeout=1)
     with pytest.raises(EndpointError, match="cannot reach"):
         ep.chat_model(max_tokens=5)
+
+
+def test_status_prints_the_endpoint(llm_server, tmp_path):
+    from conftest import rag_cmd
+
+    env = {"RAG_DATA_DIR": str(tmp_path), "RAG_LLM_BASE_URL": llm_server, "RAG_LLM_CONTEXT_WINDOW": "2048",
+           "RAG_LLM_API_KEY": "sk-secret-do-not-print"}
+    res = rag_cmd("status", "--json", env=env)
+    assert res.returncode == 0, res.stderr
+    llm = __import__("json").loads(res.stdout)["llm"]
+    assert llm["healthy"] and llm["kind"] == "llama-cpp-python" and llm["model"] == "smollm2-135m"
+    assert llm["context_window"] == 2048 and llm["context_source"].startswith("configured")
+    text = rag_cmd("status", env=env)
+    assert "smollm2-135m" in text.stdout and "sk-secret" not in text.stdout + res.stdout
+    down = rag_cmd("status", env={**env, "RAG_LLM_BASE_URL": f"http://127.0.0.1:{_free_port()}/v1"})
+    assert down.returncode == 0 and "unavailable" in down.stdout and "cannot reach" in down.stdout
