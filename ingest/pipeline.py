@@ -255,7 +255,9 @@ def _run(files: list[Path], roots: list[Path], settings: Settings, groups: list[
                     store.set_groups(w.path, groups)
                     report.regrouped += 1
             else:
-                if w.previous is not None or store.count_chunks(w.path):
+                # Chunks without a record were swept at the start of the run, so only a recorded document
+                # has old chunks to replace.
+                if w.previous is not None:
                     # Record first, then chunks: from here until the new record is written the document
                     # counts as not ingested, whatever happens.
                     store.delete_document(w.path)
