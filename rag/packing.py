@@ -243,7 +243,7 @@ def pack(
     shingles: list[tuple[int, set]] = []  # (group index, shingles of one kept passage)
     dropped: list[Dropped] = []
     used_src = 0
-    sep_cost = counter.count(SOURCES_SEP) if SOURCES_SEP.strip() else 0
+    sep_cost = counter.count(SOURCES_SEP)  # BPE tokenizers spend tokens on the blank line between sources
     for p in passages:
         sh = _shingles(p.text)
         # Adjacent or overlapping passages of a kept one extend it instead of standing alone.

@@ -134,3 +134,22 @@ def test_fill_with_real_tokenizer(embedder):
     pk = pack(passages, question="What is the hotel cap?", system_prompt="Answer from the sources.",
               context_window=2048, max_output_tokens=256, counter=Tok(), margin=8)
     assert pk.used <= pk.budget and pk.fill >= 0.95
+
+
+def test_used_is_exact_with_a_real_tokenizer(embedder):
+    """The blank lines between sources cost tokens in BPE vocabularies: used must equal the joined count."""
+
+    class Tok:
+        def count(self, text):
+            return embedder.count_tokens(text)
+
+    class CountsNewlines:
+        def count(self, text):
+            return embedder.count_tokens(text) + text.count("\n")
+
+    passages = [P(i, 30, path=f"/d/{i}.md") for i in range(6)]
+    for counter in (Tok(), CountsNewlines()):
+        pk = pack(passages, question="q?", system_prompt="s", context_window=4096, max_output_tokens=100,
+                  counter=counter)
+        joined = "\n\n".join(format_source(99, s) for s in pk.sources)
+        assert pk.used == counter.count(joined)
