@@ -24,6 +24,7 @@ import logging
 import math
 import re
 import threading
+import uuid
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -50,6 +51,23 @@ def parse_overflow(message: str) -> int | None:
     """The context size named by a vLLM/llama.cpp/OpenAI-style overflow error, if any."""
     m = _OVERFLOW_RE.search(message or "")
     return int(m.group(1)) if m else None
+
+
+@dataclass(frozen=True)
+class ChatOverhead:
+    """Tokens a chat template adds: ``base`` once (generation prompt, BOS) and ``per_message`` per message."""
+
+    base: int
+    per_message: int
+    source: str
+
+    def total(self, n_messages: int) -> int:
+        return self.base + self.per_message * n_messages
+
+
+#: When nothing could be measured: more than any common template (ChatML 5/message, Llama-3 5, Gemma 5).
+DEFAULT_OVERHEAD = ChatOverhead(16, 10, "default (not measured)")
+_COUNT_CACHE_SIZE = 8192
 
 
 @dataclass
@@ -101,6 +119,8 @@ class OpenAICompatibleEndpoint:
         self._info: EndpointInfo | None = None
         self._lock = threading.Lock()
         self._learned_window: int | None = None
+        self._overhead: ChatOverhead | None = None
+        self._counts: dict[str, int] = {}
 
     # --- discovery -----------------------------------------------------------------------------
     @property
@@ -163,10 +183,11 @@ class OpenAICompatibleEndpoint:
             pass
         elif self._probe_llama_cpp_python(info):
             pass
-        if self._learned_window:
-            info.context_window, info.context_source = self._learned_window, "server overflow error"
         if self.configured_window:
             info.context_window, info.context_source = self.configured_window, "configured (RAG_LLM_CONTEXT_WINDOW)"
+        if self._learned_window and (info.context_window is None or self._learned_window < info.context_window):
+            # The server's own overflow error is a fact; a larger configured value is a mistake.
+            info.context_window, info.context_source = self._learned_window, "server overflow error"
         if info.context_window is None:
             info.context_window, info.context_source = FALLBACK_CONTEXT_WINDOW, (
                 f"fallback {FALLBACK_CONTEXT_WINDOW}: the server does not report it; set RAG_LLM_CONTEXT_WINDOW")
@@ -215,17 +236,32 @@ class OpenAICompatibleEndpoint:
         return True
 
     def learn_window(self, n: int) -> None:
-        """Called when the server said "maximum context length is n": trust it from now on."""
+        """Called when the server said "maximum context length is n": trust it from now on, over a larger
+        configured value too (the configuration is then simply wrong, and every request would fail)."""
         with self._lock:
             self._learned_window = n
-            if self._info is not None and not self.configured_window:
+            if self._info is not None and (self._info.context_window or 0) > n:
+                if self.configured_window:
+                    log.warning("RAG_LLM_CONTEXT_WINDOW=%d but the server's limit is %d tokens; using %d",
+                                self.configured_window, n, n)
                 self._info.context_window, self._info.context_source = n, "server overflow error"
 
     # --- tokens --------------------------------------------------------------------------------
     def count_tokens(self, text: str) -> int:
-        """Tokens of ``text`` in the served model's tokenizer, or a conservative local estimate."""
+        """Tokens of ``text`` in the served model's tokenizer, or a conservative local estimate.
+        Counts are cached: the same chunks come back question after question."""
         if not text:
             return 0
+        cached = self._counts.get(text)
+        if cached is not None:
+            return cached
+        n = self._count_uncached(text)
+        if len(self._counts) >= _COUNT_CACHE_SIZE:
+            self._counts.pop(next(iter(self._counts)))
+        self._counts[text] = n
+        return n
+
+    def _count_uncached(self, text: str) -> int:
         info = self.info
         try:
             if info.kind == "vllm":
@@ -235,15 +271,111 @@ class OpenAICompatibleEndpoint:
                 return len(self._post(f"{self.root}/tokenize", {"content": text})["tokens"])
             if info.kind == "llama-cpp-python":
                 return int(self._post(f"{self.root}/extras/tokenize/count", {"input": text})["count"])
-        except (httpx.HTTPError, KeyError, ValueError) as exc:
+        except (httpx.HTTPError, KeyError, ValueError, TypeError) as exc:
             log.warning("server tokenizer failed (%s); using a local estimate", _short(exc))
         return estimate_tokens(text)
 
-    def chat_model(self, *, max_tokens: int, temperature: float = 0.1, streaming: bool = True):
-        """A LangChain chat model bound to this endpoint and its discovered model."""
+    def count(self, text: str) -> int:
+        """``TokenCounter`` protocol (what the packer calls)."""
+        return self.count_tokens(text)
+
+    def chat_overhead(self) -> ChatOverhead:
+        """What the chat template adds around message contents, measured once per endpoint.
+
+        Linear model: ``base + per_message * n + sum(content tokens)``. Measured by rendering the template on
+        the server where it can (vLLM ``/tokenize`` with messages, llama-server ``/apply-template``), otherwise
+        from ``usage.prompt_tokens`` of two one-token completions. The model holds because every template
+        we know puts special tokens around each content, so contents tokenize on their own."""
+        with self._lock:
+            if self._overhead is not None:
+                return self._overhead
+        overhead = self._measure_overhead()
+        with self._lock:
+            self._overhead = overhead
+            if self._info is not None:
+                self._info.template_overhead = overhead.per_message
+        return overhead
+
+    def _measure_overhead(self) -> ChatOverhead:
+        nonce = uuid.uuid4().hex[:8]  # defeats prompt caches that would shrink usage.prompt_tokens
+        two = [("system", f"Calibration {nonce}."), ("user", "Say OK.")]
+        four = two + [("assistant", "OK."), ("user", "Again.")]
+        try:
+            a, b = self._rendered_tokens(two), self._rendered_tokens(four)
+            source = "server chat template"
+            if a is None or b is None:
+                a, b = self._usage_prompt_tokens(two), self._usage_prompt_tokens(four)
+                source = "measured from usage.prompt_tokens"
+        except (httpx.HTTPError, KeyError, ValueError, TypeError) as exc:
+            log.warning("could not measure the chat template overhead (%s); assuming %s", _short(exc),
+                        DEFAULT_OVERHEAD)
+            return DEFAULT_OVERHEAD
+        ca = sum(self.count_tokens(c) for _, c in two)
+        cb = sum(self.count_tokens(c) for _, c in four)
+        per_message = max(0, ((b - cb) - (a - ca) + 1) // 2)
+        base = max(0, (a - ca) - 2 * per_message)
+        if not self.exact_tokenizer:
+            return ChatOverhead(base + 8, per_message + 2, source + " (local token estimate, padded)")
+        return ChatOverhead(base, per_message, source)
+
+    def _rendered_tokens(self, messages: list[tuple[str, str]]) -> int | None:
+        """Exact prompt tokens where the server renders its own chat template for us; None elsewhere."""
+        info = self.info
+        msgs = [{"role": r, "content": c} for r, c in messages]
+        if info.kind == "vllm":
+            return int(self._post(f"{self.root}/tokenize", {"model": info.model, "messages": msgs,
+                                                            "add_generation_prompt": True})["count"])
+        if info.kind == "llama.cpp":
+            prompt = self._post(f"{self.root}/apply-template", {"messages": msgs})["prompt"]
+            return len(self._post(f"{self.root}/tokenize", {"content": prompt, "add_special": True,
+                                                            "parse_special": True})["tokens"])
+        return None
+
+    def _usage_prompt_tokens(self, messages: list[tuple[str, str]]) -> int:
+        body = {"model": self.info.model, "messages": [{"role": r, "content": c} for r, c in messages],
+                "max_tokens": 1, "temperature": 0}
+        r = self._http.post(f"{self.base_url}/chat/completions", json=body,
+                            timeout=httpx.Timeout(self.timeout, connect=3.0))
+        r.raise_for_status()
+        return int(r.json()["usage"]["prompt_tokens"])
+
+    def prompt_tokens(self, messages: list[tuple[str, str]]) -> int:
+        """Tokens the server will see for these (role, content) messages, generation prompt included."""
+        try:
+            exact = self._rendered_tokens(messages)
+            if exact is not None:
+                return exact
+        except (httpx.HTTPError, KeyError, ValueError, TypeError) as exc:
+            log.warning("server could not render the chat template (%s); using the measured overhead", _short(exc))
+        return self.chat_overhead().total(len(messages)) + sum(self.count_tokens(c) for _, c in messages)
+
+    @property
+    def margin(self) -> int:
+        """Tokens held back for counting error: none with the server's tokenizer (the final prompt is
+        counted exactly), a few percent of the window with the local estimate."""
+        if self.exact_tokenizer:
+            return 0
+        return max(32, (self.info.context_window or FALLBACK_CONTEXT_WINDOW) // 20)
+
+    # --- chat ----------------------------------------------------------------------------------
+    def chat_model(self, *, max_tokens: int, temperature: float = 0.1, streaming: bool = True,
+                   context_window: int | None = None):
+        """A LangChain chat model bound to this endpoint and its discovered model.
+
+        Ollama gets its native API (langchain-ollama) with ``num_ctx`` set to the window we packed for: its
+        OpenAI route cannot set it, and Ollama cuts longer prompts silently."""
         info = self.info
         if not info.healthy:
             raise EndpointError(info.error or f"LLM endpoint {self.base_url} is not usable")
+        if info.kind == "ollama":
+            from langchain_ollama import ChatOllama
+
+            return ChatOllama(
+                base_url=self.root, model=info.model, num_ctx=context_window or info.context_window,
+                num_predict=max_tokens, temperature=temperature,
+                client_kwargs={"timeout": self.timeout,
+                               **({"headers": {"Authorization": f"Bearer {self.api_key}"}} if self.api_key else {})},
+            )
         return max_tokens_chat_openai()(
             base_url=self.base_url,
             api_key=self.api_key or "not-needed",
@@ -255,6 +387,10 @@ class OpenAICompatibleEndpoint:
             streaming=streaming,
             stream_usage=True,
         )
+
+    def explain(self, exc: BaseException) -> EndpointError:
+        """One line a user can act on, for any failure of a chat request to this endpoint."""
+        return EndpointError(describe_failure(exc, self.base_url, self.info.model, self.timeout))
 
     @property
     def exact_tokenizer(self) -> bool:
@@ -305,6 +441,45 @@ def estimate_tokens(text: str) -> int:
 
 
 _EST_RE = re.compile(r"[A-Za-z]+|[ \t]+|[\x00-\x7f]|[^\x00-\x7f]+")
+
+
+def describe_failure(exc: BaseException, base_url: str, model: str | None, timeout: float) -> str:
+    """Turn what the OpenAI/Ollama clients raise into one line saying what failed and what to do."""
+    import openai
+
+    name = type(exc).__name__
+    msg = _api_message(exc)
+    if isinstance(exc, (openai.APITimeoutError, httpx.TimeoutException)) or name in ("ReadTimeout", "Timeout"):
+        return (f"the LLM at {base_url} did not answer within {timeout:g} s; it may be overloaded or the model "
+                "too slow: raise RAG_LLM_TIMEOUT or lower RAG_LLM_MAX_TOKENS")
+    if isinstance(exc, (openai.APIConnectionError, httpx.ConnectError, ConnectionError)):
+        return f"cannot reach the LLM at {base_url}: is the server running? (check RAG_LLM_BASE_URL)"
+    status = getattr(exc, "status_code", None) or getattr(getattr(exc, "response", None), "status_code", None)
+    if status in (401, 403):
+        return f"the LLM at {base_url} rejected the request (HTTP {status}): set RAG_LLM_API_KEY"
+    if status == 404:
+        return (f"model {model!r} was not found at {base_url} (HTTP 404: {msg}); set RAG_LLM_MODEL to a served "
+                "model (`rag status` lists them)")
+    n = parse_overflow(msg)
+    if n is not None:
+        return (f"the prompt does not fit the model's context of {n} tokens even after shrinking it; lower "
+                "RAG_LLM_MAX_TOKENS or set RAG_LLM_CONTEXT_WINDOW to the server's real limit")
+    if status is not None and status >= 500:
+        return f"the LLM server at {base_url} failed (HTTP {status}: {msg}); check the server's log"
+    if status is not None:
+        return f"the LLM at {base_url} refused the request (HTTP {status}: {msg})"
+    return f"the LLM request to {base_url} failed: {name}: {msg}"
+
+
+def _api_message(exc: BaseException) -> str:
+    body = getattr(exc, "body", None)
+    if isinstance(body, dict):
+        inner = body.get("error", body)
+        if isinstance(inner, dict) and inner.get("message"):
+            return str(inner["message"]).splitlines()[0][:200]
+        if isinstance(inner, str):
+            return inner[:200]
+    return _short(exc)
 
 
 def _short(exc: BaseException) -> str:

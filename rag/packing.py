@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Protocol
 
 
@@ -38,6 +38,7 @@ class Passage:
     chunk_index: int = 0
     char_start: int = 0
     char_end: int = 0
+    trimmed: bool = False  # cut to fill the last room in the window; its text ends with TRIM_MARK
 
 
 @dataclass
@@ -98,6 +99,7 @@ class Packing:
     used: int  # tokens the sources and history take
     candidates: int = 0
     notes: list[str] = field(default_factory=list)
+    trimmed: list[Dropped] = field(default_factory=list)  # passages kept only in part, and how much
 
     @property
     def fill(self) -> float:
@@ -117,7 +119,9 @@ class Packing:
             "max_output_tokens": self.max_output_tokens,
             "fixed_tokens": self.fixed_tokens,
             "margin": self.margin,
+            "trimmed": [{"id": d.id, "path": d.path, "reason": d.reason} for d in self.trimmed],
             "drop_reasons": [{"id": d.id, "path": d.path, "reason": d.reason} for d in self.dropped],
+            "notes": list(self.notes),
         }
 
 
@@ -206,15 +210,20 @@ def pack(
     max_output_tokens: int,
     counter: TokenCounter,
     template_overhead: int = 0,
+    message_overhead: int = 4,
     margin: int = 0,
     history_share: float = 0.25,
+    trim_min_tokens: int = 32,
     dedup_threshold: float = 0.9,
     formatter: SourceFormatter = format_source,
 ) -> Packing:
     """Choose what goes into the prompt. ``passages`` are in relevance order, best first.
 
-    ``template_overhead`` is what the chat template adds around the messages (measured per endpoint);
-    ``margin`` absorbs tokenizer boundary effects when pieces counted apart are joined.
+    ``template_overhead`` is what the chat template adds around the system and user messages (measured per
+    endpoint), ``message_overhead`` what it adds per history message; ``margin`` absorbs counting error.
+    When room is left at the end and at least ``trim_min_tokens`` of it, the best passage that did not fit
+    is cut at a word boundary to fill it (reported in ``trimmed``, its text marked with ``TRIM_MARK``):
+    a 300-token chunk does not fit 250 tokens of room, and leaving them empty wastes a fifth of a small window.
     """
     fixed = counter.count(system_prompt) + counter.count(question) + template_overhead
     budget = context_window - max_output_tokens - fixed - margin
@@ -226,7 +235,7 @@ def pack(
                        notes=["the question alone does not fit the context window"])
 
     # History first, up to its share, newest turn first (each turn is counted with its own overhead).
-    hist_costs = [counter.count(m.content) + _MESSAGE_OVERHEAD for m in history]
+    hist_costs = [counter.count(m.content) + message_overhead for m in history]
     reserved = int(budget * history_share)
     kept_hist_idx: list[int] = []
     hist_used = 0
@@ -289,6 +298,28 @@ def pack(
     if len(kept_history) < len(history):
         notes.append(f"{len(history) - len(kept_history)} oldest history turn(s) dropped for room")
 
+    # The last room: the best passage that did not fit, cut to size.
+    trimmed: list[Dropped] = []
+    left = budget - used_src - hist_used
+    if left >= trim_min_tokens:
+        for d in list(dropped):
+            if not d.reason.startswith("does not fit: needs"):
+                continue  # near-duplicates stay out; neighbours of kept runs would need a merge
+            p = next(q for q in passages if q.id == d.id)
+            sep = sep_cost if groups else 0
+            cut = _trim_to_fit(p, left - sep, counter, formatter)
+            if cut is None:
+                continue
+            part, cost = cut
+            full = counter.count(formatter(_N, _as_source(_N, [p])))
+            groups.append([part])
+            group_tokens.append(cost + sep)
+            used_src += cost + sep
+            dropped.remove(d)
+            trimmed.append(Dropped(p.id, p.path, f"trimmed to fit the last room: {cost} of {full} tokens kept"))
+            notes.append(f"passage {p.id} of {p.source} trimmed to {cost} of {full} tokens to fill the window")
+            break
+
     # Document order: documents by their best passage, positions within a document ascending.
     order = sorted(range(len(groups)), key=lambda gi: (_doc_rank(groups, gi), min(p.char_start for p in groups[gi])))
     sources = []
@@ -297,16 +328,43 @@ def pack(
     return Packing(
         sources=sources, history=kept_history, dropped=dropped, dropped_history=len(history) - len(kept_history),
         context_window=context_window, max_output_tokens=max_output_tokens, fixed_tokens=fixed, margin=margin,
-        budget=budget, used=used_src + hist_used, candidates=len(passages), notes=notes,
+        budget=budget, used=used_src + hist_used, candidates=len(passages), notes=notes, trimmed=trimmed,
     )
+
+
+TRIM_MARK = " [...]"
+
+
+def _trim_to_fit(p: Passage, room: int, counter: TokenCounter,
+                 formatter: SourceFormatter) -> tuple[Passage, int] | None:
+    """The longest word-boundary prefix of ``p`` whose formatted source fits ``room`` tokens, and its cost.
+    Binary search: about log2(words) counts."""
+    cuts = [m.start() for m in re.finditer(r"\s+", p.text)]
+    if not cuts:
+        return None
+
+    def part(k: int) -> Passage:
+        end = cuts[k]
+        return replace(p, text=p.text[:end] + TRIM_MARK, char_end=p.char_start + end, trimmed=True)
+
+    def cost(k: int) -> int:
+        return counter.count(formatter(_N, _as_source(_N, [part(k)])))
+
+    lo, hi, best = 0, len(cuts) - 1, None
+    while lo <= hi:
+        mid = (lo + hi) // 2
+        c = cost(mid)
+        if c <= room:
+            best, lo = (mid, c), mid + 1
+        else:
+            hi = mid - 1
+    if best is None:
+        return None
+    return part(best[0]), best[1]
 
 
 #: Sources are costed with a two-digit citation number, so the final one- or two-digit numbers never cost more.
 _N = 99
-
-#: Tokens a chat template adds around one history message (role markers); measured ones replace it.
-_MESSAGE_OVERHEAD = 4
-
 
 def _doc_rank(groups: list[list[Passage]], gi: int) -> tuple[int, str]:
     """Rank of a group's document: the first group (by relevance) of each document sets the order."""

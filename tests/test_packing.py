@@ -115,6 +115,25 @@ def test_never_over_budget_and_full_when_oversubscribed(sizes, window, n_hist):
     assert Words().count(text) + hist_cost == pk.used <= pk.budget
     kept = {p.id for s in pk.sources for p in s.passages}
     assert kept | {d.id for d in pk.dropped} == {p.id for p in passages}
+    if any("does not fit" in d.reason for d in pk.dropped) or pk.trimmed:
+        # Oversubscribed: what stays empty is less than the smallest piece worth trimming.
+        assert pk.budget - pk.used < 32
+
+
+def test_trims_the_best_leftover_to_fill_the_window():
+    budget = 1000 - 200 - 30
+    first = P(1, budget - 200, score=0.9)
+    too_big = P(2, 400, score=0.8, path="/d/b.pdf")  # does not fit the ~190 left: trimmed into it
+    pk = pack([first, too_big], **BASE)
+    assert [d.id for d in pk.trimmed] == ["p2"] and not pk.dropped
+    part = next(p for s in pk.sources for p in s.passages if p.id == "p2")
+    assert part.trimmed and part.text.endswith(" [...]") and too_big.text.startswith(part.text[:-6])
+    assert pk.budget - pk.used <= 1  # word granularity
+    text = "\n\n".join(format_source(s.n, s) for s in pk.sources)
+    assert Words().count(text) == pk.used
+    # Too little room left: nothing is trimmed in (a few words of a chunk help nobody).
+    pk = pack([P(1, budget - 20, score=0.9), too_big], **BASE)
+    assert not pk.trimmed and [d.id for d in pk.dropped] == ["p2"]
 
 
 def test_fill_with_real_tokenizer(embedder):
