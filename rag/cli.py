@@ -1,7 +1,8 @@
 """`rag` command line: a thin shell over the library (rag.*, ingest.*).
 
 Exit codes: 0 success; 1 some files failed to ingest (the others were ingested); 2 nothing could be done
-(bad settings, store locked or unreachable, usage error); 130 interrupted.
+(bad settings, store locked or unreachable, usage error); 3 the LLM endpoint failed (down, timeout, HTTP error,
+wrong model, prompt too long); 130 interrupted.
 """
 
 from __future__ import annotations
@@ -57,10 +58,12 @@ _state: dict[str, Any] = {"verbose": False}
 
 
 def _fail(exc: BaseException) -> typer.Exit:
+    from rag.endpoints import EndpointError
+
     if _state["verbose"]:
         err.print_exception()
     err.print(Text(f"error: {exc}", style="bold red"))
-    return typer.Exit(2)
+    return typer.Exit(3 if isinstance(exc, EndpointError) else 2)
 
 
 def _settings() -> Settings:
@@ -266,12 +269,121 @@ def status(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
         out.print("The index is empty: run [bold]rag ingest PATH[/] to add documents.")
 
 
+@app.command()
+def ask(
+    question: Annotated[str, typer.Argument(help="The question, in any language the model speaks.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object (answer, sources, usage, "
+                                                          "timings, packing) instead of streaming.")] = False,
+    all_sources: Annotated[bool, typer.Option("--all-sources", help="List every source given to the model, "
+                                                                   "not only the cited ones.")] = False,
+) -> None:
+    """Answer a question from the documents, streamed, then list the sources it cites."""
+    from rag.chain import RAG
+
+    settings = _settings()
+    try:
+        with RAG.from_settings(settings) as rag:
+            stream = rag.stream(question)
+            for piece in stream:
+                if not as_json:
+                    out.print(piece, end="", markup=False, highlight=False)
+            answer = stream.answer
+    except RagError as exc:
+        if not as_json:
+            out.print()
+        raise _fail(exc) from None
+    assert answer is not None
+    if as_json:
+        out.print_json(json.dumps(answer.to_dict(), ensure_ascii=False))
+        return
+    out.print()
+    _print_sources(answer, all_sources)
+    _print_stats(answer)
+
+
+def _print_sources(answer, all_sources: bool = False) -> None:
+    shown = answer.sources if all_sources or not answer.cited else answer.cited
+    if not shown:
+        return
+    out.print(Text("\nSources" if answer.cited else "\nSources given to the model (none cited)", style="bold"))
+    for c in shown:
+        out.print(Text.assemble((f"[{c.n}] ", "bold cyan"), (_rel(c.path), "bold"),
+                                (f", p. {c.page}" if c.page else "", ""),
+                                (f" — {c.section}" if c.section else "", "italic")))
+        out.print(Text("    " + _snippet(c.snippet, 200), style="dim"))
+
+
+def _print_stats(answer) -> None:
+    t, pk = answer.timings, answer.packing
+    parts = [f"retrieve {t['retrieve']:.2f} s"]
+    if (t.get("condense") or 0) > 0.05:
+        parts.insert(0, f"condense {t['condense']:.1f} s")
+    if pk is not None:
+        parts.append(f"pack {t['pack']:.2f} s ({pk.used}/{pk.budget} tokens, {len(pk.sources)} sources)")
+    if t.get("ttft") is not None:
+        parts.append(f"first token {t['ttft']:.1f} s")
+    if t.get("tokens_per_s"):
+        parts.append(f"{t['tokens_per_s']:.1f} tokens/s")
+    if answer.retries:
+        parts.append("repacked once after an overflow")
+    err.print(Text(" · ".join(parts), style="dim"))
+
+
+@app.command()
+def chat() -> None:
+    """Interactive questions with history. /sources shows the last answer's sources, /reset forgets the
+    conversation, /exit (or Ctrl-D) ends."""
+    from rag.chain import RAG
+    from rag.packing import Message
+
+    settings = _settings()
+    try:
+        rag = RAG.from_settings(settings)
+    except RagError as exc:
+        raise _fail(exc) from None
+    history: list[Message] = []
+    last = None
+    out.print(Text("Ask about your documents. /sources, /reset, /exit.", style="dim"))
+    try:
+        while True:
+            try:
+                q = input("\n> ").strip()
+            except EOFError:
+                break
+            if not q:
+                continue
+            if q in ("/exit", "/quit"):
+                break
+            if q == "/reset":
+                history, last = [], None
+                out.print(Text("(conversation forgotten)", style="dim"))
+                continue
+            if q == "/sources":
+                if last is not None:
+                    _print_sources(last, all_sources=True)
+                continue
+            try:
+                stream = rag.stream(q, history)
+                for piece in stream:
+                    out.print(piece, end="", markup=False, highlight=False)
+                last = stream.answer
+            except RagError as exc:
+                out.print()
+                err.print(Text(f"error: {exc}", style="bold red"))
+                continue
+            out.print()
+            _print_sources(last)
+            history += [Message("user", q), Message("assistant", last.text)]
+    except KeyboardInterrupt:
+        out.print()
+    finally:
+        rag.close()
+
+
 def _llm_info(settings: Settings) -> dict:
     from rag.endpoints import OpenAICompatibleEndpoint
 
-    key = settings.llm_api_key.get_secret_value() if settings.llm_api_key else None
-    ep = OpenAICompatibleEndpoint(settings.llm_base_url, api_key=key, model=settings.llm_model,
-                                  context_window=settings.llm_context_window, timeout=10, connect_timeout=3)
+    ep = OpenAICompatibleEndpoint.from_settings(settings, timeout=10, connect_timeout=3)
     try:
         return ep.info.to_dict()  # never includes the API key
     finally:

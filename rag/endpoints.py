@@ -24,6 +24,7 @@ import logging
 import math
 import re
 import threading
+import time
 import uuid
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -31,6 +32,7 @@ from typing import Any
 import httpx
 
 from rag.errors import RagError
+from rag.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -121,13 +123,25 @@ class OpenAICompatibleEndpoint:
         self._learned_window: int | None = None
         self._overhead: ChatOverhead | None = None
         self._counts: dict[str, int] = {}
+        self._at = 0.0
+
+    @classmethod
+    def from_settings(cls, settings: Settings, **overrides: Any) -> OpenAICompatibleEndpoint:
+        key = settings.llm_api_key.get_secret_value() if settings.llm_api_key else None
+        kwargs: dict[str, Any] = dict(api_key=key, model=settings.llm_model,
+                                      context_window=settings.llm_context_window, timeout=settings.llm_timeout)
+        return cls(settings.llm_base_url, **{**kwargs, **overrides})
 
     # --- discovery -----------------------------------------------------------------------------
     @property
     def info(self) -> EndpointInfo:
         with self._lock:
-            if self._info is None:
+            # An unusable endpoint is asked again (at most every few seconds): servers restart, and a
+            # long-running UI must notice when the model is back.
+            stale = self._info is not None and not self._info.healthy and time.monotonic() - self._at > 5
+            if self._info is None or stale:
                 self._info = self._discover()
+                self._at = time.monotonic()
             return self._info
 
     def refresh(self) -> EndpointInfo:
@@ -154,7 +168,8 @@ class OpenAICompatibleEndpoint:
                           + (": check RAG_LLM_API_KEY" if exc.response.status_code in (401, 403) else ""))
             return info
         except (httpx.HTTPError, ValueError) as exc:
-            info.error = f"cannot reach the LLM endpoint at {self.base_url} ({_short(exc)})"
+            info.error = (f"cannot reach the LLM endpoint at {self.base_url} ({_short(exc)}): is the server "
+                          "running? (check RAG_LLM_BASE_URL)")
             return info
         entries = listing.get("data") or [] if isinstance(listing, dict) else []
         info.models = [str(e.get("id")) for e in entries if isinstance(e, dict) and e.get("id")]

@@ -100,6 +100,7 @@ class Packing:
     candidates: int = 0
     notes: list[str] = field(default_factory=list)
     trimmed: list[Dropped] = field(default_factory=list)  # passages kept only in part, and how much
+    prompt_tokens: int | None = None  # the whole prompt as counted before sending (set by the chain)
 
     @property
     def fill(self) -> float:
@@ -115,6 +116,7 @@ class Packing:
             "budget": self.budget,
             "used": self.used,
             "fill": round(self.fill, 4),
+            "prompt_tokens": self.prompt_tokens,
             "context_window": self.context_window,
             "max_output_tokens": self.max_output_tokens,
             "fixed_tokens": self.fixed_tokens,

@@ -21,10 +21,13 @@ Conversation:
 Last question: {question}
 Standalone question:"""
 
+CONDENSE_SYSTEM = "You rewrite follow-up questions so they can be understood on their own."
+
 NO_ANSWER = "The documents do not contain an answer to this question."
 
 
-def user_message(sources_block: str, question: str) -> str:
-    if not sources_block:
-        return f"There are no sources for this question.\n\nQuestion: {question}"
-    return f"Sources:\n\n{sources_block}\n\nQuestion: {question}"
+def user_message(sources_block: str, question: str, *, with_sources: bool | None = None) -> str:
+    """The user turn. ``with_sources=True`` with an empty block gives the frame alone (what it costs)."""
+    if not sources_block and not with_sources:
+        return f"There are no sources for this question.\n\nQuestion: {question.strip()}"
+    return f"Sources:\n\n{sources_block}\n\nQuestion: {question.strip()}"

@@ -71,6 +71,12 @@ class Settings(BaseSettings):
     llm_temperature: float = Field(0.1, ge=0, le=2)
     llm_max_tokens: int = Field(512, ge=1, description="Reserved for the answer; sent as max_tokens.")
     llm_timeout: float = Field(120.0, gt=0, description="Seconds before a request to the LLM is abandoned.")
+    condense_questions: bool = Field(
+        True, description="Rewrite a follow-up into a standalone question (one short LLM call) before retrieval."
+    )
+    history_share: float = Field(
+        0.25, ge=0, le=0.9, description="Share of the prompt budget kept for chat history before sources."
+    )
 
     # --- access control (reserved now so permissions never need a re-index) ---------------------
     default_groups: list[str] = Field(

@@ -1,0 +1,447 @@
+"""Cited answers: condense a follow-up -> retrieve -> pack into the window -> prompt -> LLM (streamed) -> citations.
+
+``RAG`` is the API (``RAG.from_settings().ask(question, history=...)``); the CLI and UI call it. Its pieces are
+public so a developer can build a different chain: ``rag.retriever`` (a LangChain ``BaseRetriever``),
+``rag.pack(...)``, ``rag.messages(...)``, ``rag.llm()``, and the whole thing as a LangChain ``Runnable``
+(``rag.as_runnable()``) that streams text.
+
+The prompt that is sent is counted as a whole before sending (the server renders its chat template where it can,
+otherwise the measured template overhead is added to exact content counts) and repacked if it is over. If the
+server still answers "maximum context length is N", the window is learned from the error, the prompt repacked
+and sent once more; the retry is logged and reported in ``Answer.retries``.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from rag.citations import CitationFilter
+from rag.embeddings import Embedder
+from rag.endpoints import EndpointError, OpenAICompatibleEndpoint, parse_overflow
+from rag.errors import RagError
+from rag.packing import Message, Packing, Passage, format_source, join_sources, pack
+from rag.prompts import CONDENSE_PROMPT, CONDENSE_SYSTEM, NO_ANSWER, SYSTEM_PROMPT, user_message
+from rag.retrieval import Retrieved, Retriever, StoreRetriever
+from rag.settings import Settings
+from rag.store import Store
+
+log = logging.getLogger(__name__)
+
+#: Room kept for a standalone question.
+_CONDENSE_MAX_TOKENS = 96
+
+
+@dataclass
+class Citation:
+    """A numbered source of an answer: what [n] points to."""
+
+    n: int
+    path: str
+    source: str
+    page: int | None
+    page_end: int | None
+    section: str | None
+    snippet: str
+    score: float
+    cited: bool  # the answer actually cites [n]
+    trimmed: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"n": self.n, "path": self.path, "source": self.source, "page": self.page, "page_end": self.page_end,
+                "section": self.section, "snippet": self.snippet, "score": round(self.score, 4),
+                "cited": self.cited, "trimmed": self.trimmed}
+
+    @property
+    def label(self) -> str:
+        if self.page is None:
+            return self.source
+        pages = f"p. {self.page}" if self.page_end in (None, self.page) else f"pp. {self.page}-{self.page_end}"
+        return f"{self.source}, {pages}"
+
+
+@dataclass
+class Answer:
+    question: str
+    standalone_question: str
+    text: str
+    sources: list[Citation]
+    refused: bool
+    usage: dict[str, Any]
+    timings: dict[str, float | None]
+    packing: Packing | None
+    model: str | None
+    removed_citations: list[int] = field(default_factory=list)
+    retries: int = 0
+
+    @property
+    def cited(self) -> list[Citation]:
+        return [c for c in self.sources if c.cited]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "answer": self.text,
+            "question": self.question,
+            "standalone_question": self.standalone_question,
+            "refused": self.refused,
+            "sources": [c.to_dict() for c in self.sources],
+            "removed_citations": self.removed_citations,
+            "usage": self.usage,
+            "timings": {k: (round(v, 4) if isinstance(v, float) else v) for k, v in self.timings.items()},
+            "packing": self.packing.summary() if self.packing else None,
+            "model": self.model,
+            "retries": self.retries,
+        }
+
+
+class AnswerStream:
+    """Iterate for the answer's text as it arrives; ``.answer`` holds the full :class:`Answer` afterwards."""
+
+    def __init__(self, gen: Iterator[str]) -> None:
+        self._gen = gen
+        self.answer: Answer | None = None
+
+    def __iter__(self) -> Iterator[str]:
+        self.answer = yield from self._gen
+        return self.answer
+
+    def text(self) -> Answer:
+        """Consume the stream; return the answer."""
+        for _ in self:
+            pass
+        assert self.answer is not None
+        return self.answer
+
+
+HistoryLike = Iterable[Message | tuple[str, str] | dict]
+
+
+def as_messages(history: HistoryLike | None) -> list[Message]:
+    """Accept our Messages, (role, content) pairs, {"role", "content"} dicts or LangChain messages."""
+    out: list[Message] = []
+    for m in history or ():
+        if isinstance(m, Message):
+            role, content = m.role, m.content
+        elif isinstance(m, dict):
+            role, content = m["role"], m["content"]
+        elif isinstance(m, tuple):
+            role, content = m
+        else:  # LangChain BaseMessage
+            role = {"human": "user", "ai": "assistant"}.get(getattr(m, "type", ""), getattr(m, "type", "user"))
+            content = m.content
+        if role in ("human",):
+            role = "user"
+        if role in ("ai",):
+            role = "assistant"
+        if role not in ("user", "assistant") or not str(content).strip():
+            continue
+        out.append(Message(role, str(content).strip()))
+    return out
+
+
+class RAG:
+    """The retrieval-augmented answerer over one store, one embedder and one LLM endpoint."""
+
+    def __init__(self, settings: Settings, *, store: Store, embedder: Embedder,
+                 endpoint: OpenAICompatibleEndpoint, system_prompt: str = SYSTEM_PROMPT) -> None:
+        self.settings = settings
+        self.store = store
+        self.embedder = embedder
+        self.endpoint = endpoint
+        self.system_prompt = system_prompt.strip()
+        self.retriever_core = Retriever(store, embedder, top_k=settings.top_k, min_score=settings.min_score)
+
+    @classmethod
+    def from_settings(cls, settings: Settings | None = None, **kwargs: Any) -> RAG:
+        from rag.embeddings import get_embedder
+        from rag.store import open_store
+
+        settings = settings or Settings()
+        store = open_store(settings)
+        try:
+            return cls(settings, store=store, embedder=get_embedder(settings),
+                       endpoint=OpenAICompatibleEndpoint.from_settings(settings), **kwargs)
+        except BaseException:
+            store.close()
+            raise
+
+    def close(self) -> None:
+        self.store.close()
+        self.endpoint.close()
+
+    def __enter__(self) -> RAG:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # --- pieces ---------------------------------------------------------------------------------
+    @property
+    def retriever(self) -> StoreRetriever:
+        """LangChain ``BaseRetriever`` over the store (no threshold: LangChain users filter themselves)."""
+        return StoreRetriever(retriever=self.retriever_core)
+
+    def llm(self, *, max_tokens: int | None = None, streaming: bool = True, context_window: int | None = None):
+        return self.endpoint.chat_model(max_tokens=max_tokens or self.settings.llm_max_tokens,
+                                        temperature=self.settings.llm_temperature, streaming=streaming,
+                                        context_window=context_window)
+
+    def retrieve(self, query: str, *, groups: Sequence[str] | None = None) -> Retrieved:
+        return self.retriever_core.retrieve(query, groups=groups)
+
+    def condense(self, question: str, history: HistoryLike | None) -> str:
+        """A follow-up rewritten as a standalone question, for retrieval. Without history: the question."""
+        hist = as_messages(history)
+        if not hist or not self.settings.condense_questions:
+            return question
+        window = self.endpoint.info.context_window or 2048
+        limit = window - _CONDENSE_MAX_TOKENS
+        turns = [f"{'User' if m.role == 'user' else 'Assistant'}: {_clip(m.content, 600)}" for m in hist[-6:]]
+        while True:  # oldest turns go first until the condense prompt fits
+            prompt = CONDENSE_PROMPT.format(history="\n".join(turns), question=question)
+            msgs = [("system", CONDENSE_SYSTEM), ("user", prompt)]
+            if not turns or self.endpoint.prompt_tokens(msgs) <= limit:
+                break
+            turns.pop(0)
+        try:
+            out = self.llm(max_tokens=_CONDENSE_MAX_TOKENS, streaming=False).invoke(_lc_messages(msgs))
+        except Exception as exc:  # noqa: BLE001 - every client failure becomes one actionable line
+            raise self.endpoint.explain(exc) from exc
+        standalone = _clean_standalone(str(out.content), question)
+        if question.rstrip().endswith("?") and not standalone.endswith("?"):
+            # Small models answer instead of rewriting; the last user turn plus the follow-up retrieves better
+            # than an answer (or a bare "And for Berlin?") does.
+            last = next((m.content for m in reversed(hist) if m.role == "user"), "")
+            log.info("condensing produced %r, not a question; retrieving with the last question added", standalone)
+            return f"{_clip(last, 300)} {question}".strip()
+        return standalone
+
+    def pack(self, passages: Sequence[Passage], question: str, history: HistoryLike | None = None, *,
+             context_window: int | None = None, extra_margin: int = 0) -> Packing:
+        """Pack passages and history for ``question`` and verify the whole prompt's token count.
+
+        The result's ``prompt_tokens`` is the count of the exact prompt :meth:`messages` builds from it."""
+        hist = as_messages(history)
+        window = context_window or self.endpoint.info.context_window or 2048
+        max_out = self.settings.llm_max_tokens
+        if max_out >= window - 64:
+            raise RagError(f"RAG_LLM_MAX_TOKENS={max_out} leaves no room in the model's {window}-token context; "
+                           f"lower it (a quarter of the window is typical)")
+        overhead = self.endpoint.chat_overhead()
+        margin = self.endpoint.margin + extra_margin
+        limit = window - max_out
+        for _ in range(4):
+            packing = pack(
+                passages, question=user_message("", question, with_sources=True), system_prompt=self.system_prompt,
+                history=hist, context_window=window, max_output_tokens=max_out, counter=self.endpoint,
+                template_overhead=overhead.total(2), message_overhead=overhead.per_message, margin=margin,
+                history_share=self.settings.history_share,
+            )
+            if packing.budget <= 0:
+                raise RagError(f"the question is too long for the model's {window}-token context window "
+                               f"({max_out} of it reserved for the answer); shorten it or lower RAG_LLM_MAX_TOKENS")
+            total = self.endpoint.prompt_tokens(_tuples(self.messages(packing, question)))
+            if total <= limit:
+                packing.prompt_tokens = total
+                return packing
+            # Pieces counted apart can tokenize differently once joined: hold back the difference and repack.
+            log.info("packed prompt counts %d tokens, %d over the limit; repacking", total, total - limit)
+            margin += total - limit
+        raise RagError(f"could not pack a prompt under {limit} tokens; set RAG_LLM_CONTEXT_WINDOW lower")
+
+    def messages(self, packing: Packing, question: str) -> list[Message | tuple[str, str]]:
+        """The chat messages for a packing: system, kept history, then sources and question."""
+        block = join_sources([format_source(s.n, s) for s in packing.sources])
+        return [("system", self.system_prompt), *packing.history, ("user", user_message(block, question))]
+
+    # --- the whole path -------------------------------------------------------------------------
+    def stream(self, question: str, history: HistoryLike | None = None, *,
+               groups: Sequence[str] | None = None) -> AnswerStream:
+        return AnswerStream(self._run(question.strip(), as_messages(history), groups))
+
+    def ask(self, question: str, history: HistoryLike | None = None, *,
+            groups: Sequence[str] | None = None) -> Answer:
+        return self.stream(question, history, groups=groups).text()
+
+    def _run(self, question: str, history: list[Message], groups: Sequence[str] | None, *,
+             standalone: str | None = None, retrieved: Retrieved | None = None) -> Iterator[str]:
+        if not question:
+            raise RagError("the question is empty")
+        info = self.endpoint.info
+        if not info.healthy:
+            raise EndpointError(info.error or f"the LLM endpoint {self.endpoint.base_url} is not usable")
+        timings: dict[str, float | None] = {}
+        t0 = time.perf_counter()
+        if standalone is None:
+            standalone = self.condense(question, history)
+        timings["condense"] = time.perf_counter() - t0
+        if retrieved is None:
+            retrieved = self.retrieve(standalone, groups=groups)
+        timings["retrieve"] = retrieved.seconds
+        model = self.endpoint.info.model
+        if not retrieved.passages:
+            yield NO_ANSWER
+            timings.update(pack=0.0, ttft=None, generate=0.0, total=time.perf_counter() - t0, tokens_per_s=None)
+            return Answer(question, standalone, NO_ANSWER, [], True, {"prompt_tokens": 0, "completion_tokens": 0,
+                          "total_tokens": 0, "source": "no LLM call"}, timings, None, model)
+
+        retries = 0
+        window = self.endpoint.info.context_window
+        extra_margin = 0
+        while True:
+            t = time.perf_counter()
+            packing = self.pack(retrieved.passages, question, history, context_window=window,
+                                extra_margin=extra_margin)
+            timings["pack"] = time.perf_counter() - t
+            cite = CitationFilter(s.n for s in packing.sources)
+            llm = self.llm(context_window=window)
+            chunks = llm.stream(_lc_messages(self.messages(packing, question)))
+            t_send = time.perf_counter()
+            try:
+                first = next(chunks, None)
+            except Exception as exc:  # noqa: BLE001
+                n = parse_overflow(_error_text(exc))
+                if n is None or retries:
+                    raise self.endpoint.explain(exc) from exc
+                retries += 1
+                over = packing.prompt_tokens + self.settings.llm_max_tokens - n
+                log.warning("the LLM server says its context is %d tokens; we packed %d + %d for the answer into "
+                            "%d; repacking once", n, packing.prompt_tokens or 0, self.settings.llm_max_tokens, window)
+                self.endpoint.learn_window(n)
+                if n < (window or n + 1):
+                    window = n
+                else:  # same window, so our count was off: hold back what it was over by, and 2% more
+                    extra_margin += max(over, 0) + n // 50
+                continue
+            break
+
+        ttft = time.perf_counter() - t_send if first is not None else None
+        raw: list[str] = []
+        usage_meta: dict[str, Any] | None = None
+        t_last = time.perf_counter()
+        try:
+            chunk = first
+            while chunk is not None:
+                piece = _content(chunk)
+                if getattr(chunk, "usage_metadata", None):
+                    usage_meta = dict(chunk.usage_metadata)
+                if piece:
+                    raw.append(piece)
+                    t_last = time.perf_counter()
+                    out = cite.feed(piece)
+                    if out:
+                        yield out
+                chunk = next(chunks, None)
+        except Exception as exc:  # noqa: BLE001
+            raise self.endpoint.explain(exc) from exc
+        tail = cite.flush()
+        if tail:
+            yield tail
+
+        raw_text = "".join(raw)
+        text, _, _ = _final_text(raw_text, cite)
+        gen_seconds = max(t_last - (t_send + (ttft or 0.0)), 0.0)
+        if usage_meta and usage_meta.get("input_tokens"):
+            usage = {"prompt_tokens": usage_meta.get("input_tokens"), "completion_tokens":
+                     usage_meta.get("output_tokens"), "total_tokens": usage_meta.get("total_tokens"),
+                     "source": "server"}
+        else:  # llama-cpp-python does not report usage when streaming: our exact counts
+            completion = self.endpoint.count_tokens(raw_text)
+            usage = {"prompt_tokens": packing.prompt_tokens, "completion_tokens": completion,
+                     "total_tokens": (packing.prompt_tokens or 0) + completion,
+                     "source": "counted" if self.endpoint.exact_tokenizer else "estimated"}
+        usage["prompt_tokens_packed"] = packing.prompt_tokens
+        completion_tokens = usage.get("completion_tokens") or 0
+        timings.update(
+            ttft=ttft, generate=gen_seconds, total=time.perf_counter() - t0,
+            tokens_per_s=(completion_tokens - 1) / gen_seconds if gen_seconds > 0 and completion_tokens > 1 else None,
+        )
+        sources = [_citation(s, s.n in cite.cited) for s in packing.sources]
+        return Answer(question, standalone, text, sources, False, usage, timings, packing, model,
+                      removed_citations=cite.removed, retries=retries)
+
+    # --- LangChain ------------------------------------------------------------------------------
+    def as_runnable(self):
+        """The chain as a LangChain ``Runnable``: input ``{"question", "history"?, "groups"?}``, streams text.
+
+        ``.invoke`` returns the whole text; ``.stream`` yields pieces. Built from the same pieces as
+        :meth:`stream`: condense | retrieve | pack | generate."""
+        from langchain_core.runnables import RunnableGenerator, RunnableLambda
+
+        def condense(x: dict) -> dict:
+            return {**x, "standalone": self.condense(x["question"], x.get("history"))}
+
+        def retrieve(x: dict) -> dict:
+            return {**x, "retrieved": self.retrieve(x["standalone"], groups=x.get("groups"))}
+
+        def generate(inputs: Iterator[dict]) -> Iterator[str]:
+            for x in inputs:
+                yield from AnswerStream(self._run(x["question"], as_messages(x.get("history")), x.get("groups"),
+                                                  standalone=x["standalone"], retrieved=x["retrieved"]))
+
+        return (RunnableLambda(condense, name="condense") | RunnableLambda(retrieve, name="retrieve")
+                | RunnableGenerator(generate, name="pack_and_generate"))
+
+
+# --- helpers ------------------------------------------------------------------------------------
+def _tuples(messages: Sequence[Message | tuple[str, str]]) -> list[tuple[str, str]]:
+    return [(m.role, m.content) if isinstance(m, Message) else m for m in messages]
+
+
+def _lc_messages(messages: Sequence[Message | tuple[str, str]]):
+    from langchain_core.messages import AIMessage, HumanMessage, SystemMessage
+
+    kinds = {"system": SystemMessage, "user": HumanMessage, "assistant": AIMessage}
+    return [kinds[r](content=c) for r, c in _tuples(messages)]
+
+
+def _content(chunk: Any) -> str:
+    c = getattr(chunk, "content", chunk)
+    if isinstance(c, list):  # content blocks
+        return "".join(b.get("text", "") if isinstance(b, dict) else str(b) for b in c)
+    return c if isinstance(c, str) else str(c or "")
+
+
+def _final_text(raw: str, cite: CitationFilter) -> tuple[str, list[int], list[int]]:
+    from rag.citations import clean
+
+    return clean(raw.strip(), cite.valid)
+
+
+def _error_text(exc: BaseException) -> str:
+    body = getattr(exc, "body", None)
+    if isinstance(body, dict):
+        inner = body.get("error", body)
+        if isinstance(inner, dict):
+            return str(inner.get("message", ""))
+    return str(exc)
+
+
+def _citation(src: Any, cited: bool) -> Citation:
+    best = max(src.passages, key=lambda p: p.score)
+    return Citation(n=src.n, path=src.path, source=src.source, page=best.page_start or src.page_start,
+                    page_end=best.page_end if best.page_start is not None else src.page_end,
+                    section=best.section or src.section,
+                    snippet=_clip(best.text, 300), score=src.score, cited=cited,
+                    trimmed=any(p.trimmed for p in src.passages))
+
+
+def _clip(text: str, n: int) -> str:
+    t = re.sub(r"\s+", " ", text).strip()
+    return t if len(t) <= n else t[: n - 1].rsplit(" ", 1)[0] + "…"
+
+
+def _clean_standalone(out: str, question: str) -> str:
+    """Small models wrap the rewrite in quotes, labels or chatter; anything odd falls back to the question."""
+    lines = [ln.strip() for ln in out.strip().splitlines() if ln.strip()]
+    if not lines:
+        return question
+    s = re.sub(r"^(standalone question|question|rewritten question)\s*:\s*", "", lines[0], flags=re.I)
+    s = s.strip().strip('"“”\'').strip()
+    if len(s) < 3 or len(s) > 3 * len(question) + 200:
+        return question
+    return s
