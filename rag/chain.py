@@ -154,6 +154,7 @@ class RAG:
         self.endpoint = endpoint
         self.system_prompt = system_prompt.strip()
         self.retriever_core = Retriever(store, embedder, top_k=settings.top_k, min_score=settings.min_score)
+        self._owns_store = False
 
     @classmethod
     def from_settings(cls, settings: Settings | None = None, **kwargs: Any) -> RAG:
@@ -163,14 +164,27 @@ class RAG:
         settings = settings or Settings()
         store = open_store(settings)
         try:
-            return cls(settings, store=store, embedder=get_embedder(settings),
-                       endpoint=OpenAICompatibleEndpoint.from_settings(settings), **kwargs)
+            rag = cls(settings, store=store, embedder=get_embedder(settings),
+                      endpoint=OpenAICompatibleEndpoint.from_settings(settings), **kwargs)
         except BaseException:
             store.close()
             raise
+        rag._owns_store = True
+        return rag
+
+    def with_settings(self, **changes: Any) -> RAG:
+        """A RAG over the same open store and embedder with some settings changed (threshold, top_k, LLM...).
+        The embedded store allows one opener per process, so variants share it; closing one leaves it open."""
+        settings = self.settings.model_copy(update=changes)
+        llm_keys = {"llm_base_url", "llm_api_key", "llm_model", "llm_context_window", "llm_timeout"}
+        endpoint = (OpenAICompatibleEndpoint.from_settings(settings) if llm_keys & changes.keys()
+                    else self.endpoint)
+        return RAG(settings, store=self.store, embedder=self.embedder, endpoint=endpoint,
+                   system_prompt=self.system_prompt)
 
     def close(self) -> None:
-        self.store.close()
+        if self._owns_store:
+            self.store.close()
         self.endpoint.close()
 
     def __enter__(self) -> RAG:
@@ -305,6 +319,8 @@ class RAG:
                 first = next(chunks, None)
             except Exception as exc:  # noqa: BLE001
                 n = parse_overflow(_error_text(exc))
+                if n is None and "No generation chunks" in str(exc):
+                    n = self._probe_overflow(packing, question)
                 if n is None or retries:
                     raise self.endpoint.explain(exc) from exc
                 retries += 1
@@ -321,6 +337,7 @@ class RAG:
 
         ttft = time.perf_counter() - t_send if first is not None else None
         raw: list[str] = []
+        shown: list[str] = []
         usage_meta: dict[str, Any] | None = None
         t_last = time.perf_counter()
         try:
@@ -334,16 +351,18 @@ class RAG:
                     t_last = time.perf_counter()
                     out = cite.feed(piece)
                     if out:
+                        shown.append(out)
                         yield out
                 chunk = next(chunks, None)
         except Exception as exc:  # noqa: BLE001
             raise self.endpoint.explain(exc) from exc
         tail = cite.flush()
         if tail:
+            shown.append(tail)
             yield tail
 
         raw_text = "".join(raw)
-        text, _, _ = _final_text(raw_text, cite)
+        text = "".join(shown).strip()  # exactly what the user saw
         gen_seconds = max(t_last - (t_send + (ttft or 0.0)), 0.0)
         if usage_meta and usage_meta.get("input_tokens"):
             usage = {"prompt_tokens": usage_meta.get("input_tokens"), "completion_tokens":
@@ -363,6 +382,12 @@ class RAG:
         sources = [_citation(s, s.n in cite.cited) for s in packing.sources]
         return Answer(question, standalone, text, sources, False, usage, timings, packing, model,
                       removed_citations=cite.removed, retries=retries)
+
+    def _probe_overflow(self, packing: Packing, question: str) -> int | None:
+        try:
+            return self.endpoint.overflow_of(_tuples(self.messages(packing, question)))
+        except Exception:  # noqa: BLE001 - the original failure is what the user sees
+            return None
 
     # --- LangChain ------------------------------------------------------------------------------
     def as_runnable(self):
@@ -404,12 +429,6 @@ def _content(chunk: Any) -> str:
     if isinstance(c, list):  # content blocks
         return "".join(b.get("text", "") if isinstance(b, dict) else str(b) for b in c)
     return c if isinstance(c, str) else str(c or "")
-
-
-def _final_text(raw: str, cite: CitationFilter) -> tuple[str, list[int], list[int]]:
-    from rag.citations import clean
-
-    return clean(raw.strip(), cite.valid)
 
 
 def _error_text(exc: BaseException) -> str:

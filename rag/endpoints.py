@@ -354,6 +354,19 @@ class OpenAICompatibleEndpoint:
         r.raise_for_status()
         return int(r.json()["usage"]["prompt_tokens"])
 
+    def overflow_of(self, messages: list[tuple[str, str]]) -> int | None:
+        """The server's context size if these messages overflow it, else None (one 1-token completion).
+
+        Needed because llama-cpp-python answers an overflowing *streamed* request with HTTP 200 and an empty
+        stream (the error only reaches its log); the same request unstreamed gets the usual HTTP 400."""
+        body = {"model": self.info.model, "messages": [{"role": r, "content": c} for r, c in messages],
+                "max_tokens": 1, "temperature": 0}
+        r = self._http.post(f"{self.base_url}/chat/completions", json=body,
+                            timeout=httpx.Timeout(self.timeout, connect=3.0))
+        if r.status_code == 400:
+            return parse_overflow(r.text)
+        return None
+
     def prompt_tokens(self, messages: list[tuple[str, str]]) -> int:
         """Tokens the server will see for these (role, content) messages, generation prompt included."""
         try:
@@ -483,6 +496,8 @@ def describe_failure(exc: BaseException, base_url: str, model: str | None, timeo
         return f"the LLM server at {base_url} failed (HTTP {status}: {msg}); check the server's log"
     if status is not None:
         return f"the LLM at {base_url} refused the request (HTTP {status}: {msg})"
+    if "No generation chunks" in str(exc):
+        return f"the LLM server at {base_url} ended the stream without an answer; check the server's log"
     return f"the LLM request to {base_url} failed: {name}: {msg}"
 
 

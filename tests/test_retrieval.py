@@ -6,22 +6,17 @@ import json
 
 import pytest
 
-from ingest import ingest
 from rag.retrieval import Retriever, StoreRetriever
-from rag.settings import Settings
 from rag.store import open_store
 
-from conftest import ROOT, SAMPLE_DOCS, rag_cmd
+from conftest import ROOT, rag_cmd
 
 QUESTIONS = json.loads((ROOT / "tests" / "data" / "sample_questions.json").read_text())
 
 
 @pytest.fixture(scope="module")
-def indexed(tmp_path_factory, embedder):
-    data = tmp_path_factory.mktemp("retrieval")
-    settings = Settings(data_dir=data)
-    report = ingest([SAMPLE_DOCS], settings, embedder=embedder)
-    assert report.added == 5
+def indexed(sample_index):
+    settings = sample_index
     store = open_store(settings)
     yield settings, store
     store.close()

@@ -1,0 +1,169 @@
+"""The whole answer path against a real llama-cpp-python server (SmolLM2-135M) and the ingested samples.
+
+The model is tiny and its answers weak: these tests check behaviour (streaming, citation mapping, refusal,
+overflow recovery, error lines), not wisdom. Windows are kept small because prompt processing is slow here.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from pathlib import Path
+
+import pytest
+
+from rag.chain import RAG, Answer
+from rag.endpoints import EndpointError
+from rag.prompts import NO_ANSWER
+
+from conftest import LLM_CTX, _free_port
+
+WINDOW = 1024
+MAX_TOKENS = 40
+
+
+def make_rag(sample_index, base_url, **overrides) -> RAG:
+    settings = sample_index.model_copy(update={"llm_base_url": base_url, "llm_context_window": WINDOW,
+                                               "llm_max_tokens": MAX_TOKENS, "llm_temperature": 0.0, **overrides})
+    return RAG.from_settings(settings)
+
+
+@pytest.fixture(scope="module")
+def rag(sample_index, llm_server):
+    r = make_rag(sample_index, llm_server)
+    yield r
+    r.close()
+
+
+def check_answer(a: Answer, window: int = WINDOW, max_tokens: int = MAX_TOKENS) -> None:
+    pk = a.packing
+    assert pk is not None and pk.sources
+    # Exactly what was counted reached the model, and it fit.
+    assert a.usage["prompt_tokens"] == pk.prompt_tokens <= window - max_tokens
+    assert pk.used <= pk.budget
+    if any("does not fit" in d.reason for d in pk.dropped) or pk.trimmed:
+        assert pk.fill >= 0.95, pk.summary()
+    # Every number maps to a source that exists, with its file, page and a snippet from the store.
+    assert [c.n for c in a.sources] == list(range(1, len(a.sources) + 1))
+    for c in a.sources:
+        assert Path(c.path).exists() and c.snippet
+    for n in re.findall(r"\[(\d+)\]", a.text):
+        assert 1 <= int(n) <= len(a.sources)
+    for key in ("retrieve", "pack", "ttft", "generate", "total", "tokens_per_s"):
+        assert key in a.timings
+
+
+def test_streams_and_cites(rag):
+    stream = rag.stream("How many vacation days do full-time employees get?")
+    pieces, times = [], []
+    for piece in stream:
+        pieces.append(piece)
+        times.append(time.perf_counter())
+    a = stream.answer
+    assert len(pieces) > 3 and times[-1] - times[0] > 0  # arrived piece by piece
+    assert "".join(pieces).strip() == a.text and a.text and not a.refused
+    check_answer(a)
+    assert a.usage["completion_tokens"] <= MAX_TOKENS
+    assert a.timings["ttft"] > 0 and a.timings["tokens_per_s"] > 0
+    # The vacation page is among the sources given to the model.
+    assert any(c.source == "employee-handbook.pdf" and c.page == 3 for c in a.sources)
+    # Snippets come from the store's chunks for that file and page.
+    store_texts = " ".join(h.payload["text"] for h in rag.store.chunks_of(a.sources[0].path))
+    assert a.sources[0].snippet.rstrip("…")[:80] in " ".join(store_texts.split())
+
+
+def test_invented_citation_numbers_are_removed(rag):
+    a = rag.ask('Repeat exactly: "The hotel cap is 140 EUR [1][42]."')
+    check_answer(a)
+    assert 42 in a.removed_citations and "[42]" not in a.text
+    assert "[1]" in a.text and a.sources[0].cited and a.cited[0].n == 1
+
+
+def test_refuses_when_nothing_is_relevant(rag):
+    a = rag.ask("What is the airspeed velocity of an unladen swallow?")
+    assert a.refused and a.text == NO_ANSWER and a.sources == [] and a.usage["source"] == "no LLM call"
+    # The threshold is a setting: at 0.99 even a question the handbook answers is refused.
+    strict = rag.with_settings(min_score=0.99)
+    assert strict.ask("How many vacation days do employees get?").refused
+
+
+def test_follow_up_is_condensed_with_history(rag):
+    history = [("user", "What is the hotel cap for business trips?"),
+               ("assistant", "The hotel cap is 140 EUR per night [1].")]
+    a = rag.ask("And what about meals?", history=history)
+    assert a.standalone_question != "And what about meals?" and a.timings["condense"] > 0
+    assert a.packing.history  # the conversation went into the prompt too
+    check_answer(a)
+
+
+def test_overflow_is_recovered_by_repacking_once(rag, caplog):
+    # Configured for 4096 but the server has 2048: the first request overflows, the error teaches 2048.
+    with rag.with_settings(llm_context_window=2 * LLM_CTX, llm_max_tokens=8) as r:
+        with caplog.at_level("WARNING", logger="rag.chain"):
+            a = r.ask("What is the per-diem for meals in Lisbon?")
+        assert a.retries == 1 and a.packing.context_window == LLM_CTX
+        assert "repacking once" in caplog.text
+        assert r.endpoint.info.context_window == LLM_CTX and r.endpoint.info.context_source == "server overflow error"
+        check_answer(a, window=LLM_CTX, max_tokens=8)
+
+
+def test_endpoint_down_is_one_clear_line(rag):
+    r = rag.with_settings(llm_base_url=f"http://127.0.0.1:{_free_port()}/v1")
+    t = time.perf_counter()
+    with pytest.raises(EndpointError, match="cannot reach the LLM endpoint .* is the server running"):
+        r.ask("How many vacation days?")
+    assert time.perf_counter() - t < 15
+    r.close()
+
+
+def test_wrong_model_name(rag):
+    with rag.with_settings(llm_model="llama-3-70b") as r:
+        with pytest.raises(EndpointError, match="smollm2-135m.*RAG_LLM_MODEL"):
+            r.ask("How many vacation days?")
+
+
+def test_timeout_is_one_clear_line(rag):
+    with rag.with_settings(llm_context_window=600) as r:
+        r.endpoint.chat_overhead()  # measured with the normal timeout
+        r.endpoint.timeout = 0.3  # processing a 500-token prompt takes seconds here
+        t = time.perf_counter()
+        with pytest.raises(EndpointError, match="did not answer within 0.3 s.*RAG_LLM_TIMEOUT"):
+            r.ask("How many vacation days do employees get?")
+        assert time.perf_counter() - t < 10
+
+
+def test_runnable_and_retriever_compose(rag):
+    from langchain_core.documents import Document
+    from langchain_core.runnables import Runnable
+
+    chain = rag.as_runnable()
+    assert isinstance(chain, Runnable)
+    pieces = list(chain.stream({"question": "When are the office buildings open?"}))
+    assert len(pieces) > 1 and all(isinstance(p, str) for p in pieces)
+    assert chain.invoke({"question": "What is the airspeed velocity of an unladen swallow?"}) == NO_ANSWER
+    docs = rag.retriever.invoke("vacation days")
+    assert docs and isinstance(docs[0], Document) and docs[0].metadata["path"].endswith(".pdf")
+
+
+def test_endpoint_describes_server_failures():
+    """5xx, 401 and 404 as the OpenAI client raises them (built from real httpx responses)."""
+    import httpx
+    import openai
+
+    from rag.endpoints import describe_failure
+
+    req = httpx.Request("POST", "http://gpu1:8000/v1/chat/completions")
+
+    def err(cls, status, msg):
+        return cls(msg, response=httpx.Response(status, request=req), body={"error": {"message": msg}})
+
+    url = "http://gpu1:8000/v1"
+    assert "failed (HTTP 503: overloaded)" in describe_failure(err(openai.InternalServerError, 503, "overloaded"),
+                                                              url, "m", 60)
+    assert "RAG_LLM_API_KEY" in describe_failure(err(openai.AuthenticationError, 401, "bad key"), url, "m", 60)
+    assert "RAG_LLM_MODEL" in describe_failure(err(openai.NotFoundError, 404, "The model `m` does not exist"),
+                                               url, "m", 60)
+    over = "This model's maximum context length is 8192 tokens. However, you requested 9000 tokens"
+    assert "8192" in describe_failure(err(openai.BadRequestError, 400, over), url, "m", 60)
+    assert "within 60 s" in describe_failure(openai.APITimeoutError(request=req), url, "m", 60)
+    assert "is the server running" in describe_failure(openai.APIConnectionError(request=req), url, "m", 60)
