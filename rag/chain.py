@@ -252,7 +252,7 @@ class RAG:
             packing = pack(
                 passages, question=user_message("", question, with_sources=True), system_prompt=self.system_prompt,
                 history=hist, context_window=window, max_output_tokens=max_out, counter=self.endpoint,
-                template_overhead=overhead.total(2), message_overhead=overhead.per_message, margin=margin,
+                template_overhead=overhead.base, turn_overhead=overhead.per_turn, margin=margin,
                 history_share=self.settings.history_share,
             )
             if packing.budget <= 0:
@@ -262,9 +262,10 @@ class RAG:
             if total <= limit:
                 packing.prompt_tokens = total
                 return packing
-            # Pieces counted apart can tokenize differently once joined: hold back the difference and repack.
+            # Pieces counted apart can tokenize differently once joined: repack into a budget that is smaller
+            # than what this packing used by the excess (a larger margin alone may leave the same packing).
             log.info("packed prompt counts %d tokens, %d over the limit; repacking", total, total - limit)
-            margin += total - limit
+            margin += (total - limit) + max(packing.budget - packing.used, 0)
         raise RagError(f"could not pack a prompt under {limit} tokens; set RAG_LLM_CONTEXT_WINDOW lower")
 
     def messages(self, packing: Packing, question: str) -> list[Message | tuple[str, str]]:

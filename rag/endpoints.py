@@ -57,18 +57,22 @@ def parse_overflow(message: str) -> int | None:
 
 @dataclass(frozen=True)
 class ChatOverhead:
-    """Tokens a chat template adds: ``base`` once (generation prompt, BOS) and ``per_message`` per message."""
+    """Tokens a chat template adds around the contents of a prompt shaped system, (user, assistant)*, user.
+
+    ``base``: for the system and final user message plus the generation prompt (and BOS); ``per_turn``: for
+    each earlier user/assistant pair. Pairs, not messages, because role markers differ in length
+    (SmolLM2: "user" is one token, "assistant" two) and only whole pairs can be measured apart."""
 
     base: int
-    per_message: int
+    per_turn: int
     source: str
 
     def total(self, n_messages: int) -> int:
-        return self.base + self.per_message * n_messages
+        return self.base + self.per_turn * ((max(n_messages - 2, 0) + 1) // 2)
 
 
-#: When nothing could be measured: more than any common template (ChatML 5/message, Llama-3 5, Gemma 5).
-DEFAULT_OVERHEAD = ChatOverhead(16, 10, "default (not measured)")
+#: When nothing could be measured: more than any common template needs (ChatML, Llama 3, Gemma: 10-16).
+DEFAULT_OVERHEAD = ChatOverhead(24, 20, "default (not measured)")
 _COUNT_CACHE_SIZE = 8192
 
 
@@ -297,7 +301,7 @@ class OpenAICompatibleEndpoint:
     def chat_overhead(self) -> ChatOverhead:
         """What the chat template adds around message contents, measured once per endpoint.
 
-        Linear model: ``base + per_message * n + sum(content tokens)``. Measured by rendering the template on
+        Linear model: ``base + per_turn * turns + sum(content tokens)`` (see :class:`ChatOverhead`). Measured by rendering the template on
         the server where it can (vLLM ``/tokenize`` with messages, llama-server ``/apply-template``), otherwise
         from ``usage.prompt_tokens`` of two one-token completions. The model holds because every template
         we know puts special tokens around each content, so contents tokenize on their own."""
@@ -308,7 +312,7 @@ class OpenAICompatibleEndpoint:
         with self._lock:
             self._overhead = overhead
             if self._info is not None:
-                self._info.template_overhead = overhead.per_message
+                self._info.template_overhead = overhead.base
         return overhead
 
     def _measure_overhead(self) -> ChatOverhead:
@@ -327,11 +331,10 @@ class OpenAICompatibleEndpoint:
             return DEFAULT_OVERHEAD
         ca = sum(self.count_tokens(c) for _, c in two)
         cb = sum(self.count_tokens(c) for _, c in four)
-        per_message = max(0, ((b - cb) - (a - ca) + 1) // 2)
-        base = max(0, (a - ca) - 2 * per_message)
+        base, per_turn = max(0, a - ca), max(0, (b - cb) - (a - ca))
         if not self.exact_tokenizer:
-            return ChatOverhead(base + 8, per_message + 2, source + " (local token estimate, padded)")
-        return ChatOverhead(base, per_message, source)
+            return ChatOverhead(base + 8, per_turn + 4, source + " (local token estimate, padded)")
+        return ChatOverhead(base, per_turn, source)
 
     def _rendered_tokens(self, messages: list[tuple[str, str]]) -> int | None:
         """Exact prompt tokens where the server renders its own chat template for us; None elsewhere."""

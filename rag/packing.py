@@ -212,7 +212,7 @@ def pack(
     max_output_tokens: int,
     counter: TokenCounter,
     template_overhead: int = 0,
-    message_overhead: int = 4,
+    turn_overhead: int = 10,
     margin: int = 0,
     history_share: float = 0.25,
     trim_min_tokens: int = 32,
@@ -222,7 +222,9 @@ def pack(
     """Choose what goes into the prompt. ``passages`` are in relevance order, best first.
 
     ``template_overhead`` is what the chat template adds around the system and user messages (measured per
-    endpoint), ``message_overhead`` what it adds per history message; ``margin`` absorbs counting error.
+    endpoint), ``turn_overhead`` what it adds per history turn (a user message and its answer: history is
+    kept or dropped in whole turns, so the prompt keeps alternating roles as chat templates require);
+    ``margin`` absorbs counting error.
     When room is left at the end and at least ``trim_min_tokens`` of it, the best passage that did not fit
     is cut at a word boundary to fill it (reported in ``trimmed``, its text marked with ``TRIM_MARK``):
     a 300-token chunk does not fit 250 tokens of room, and leaving them empty wastes a fifth of a small window.
@@ -237,15 +239,17 @@ def pack(
                        notes=["the question alone does not fit the context window"])
 
     # History first, up to its share, newest turn first (each turn is counted with its own overhead).
-    hist_costs = [counter.count(m.content) + message_overhead for m in history]
+    turns = _turns(history)
+    turn_costs = [sum(counter.count(history[i].content) for i in t) + turn_overhead * ((len(t) + 1) // 2)
+                  for t in turns]
     reserved = int(budget * history_share)
-    kept_hist_idx: list[int] = []
+    kept_turns: list[int] = []
     hist_used = 0
-    for i in range(len(history) - 1, -1, -1):
-        if hist_used + hist_costs[i] > reserved:
+    for i in range(len(turns) - 1, -1, -1):
+        if hist_used + turn_costs[i] > reserved:
             break
-        kept_hist_idx.append(i)
-        hist_used += hist_costs[i]
+        kept_turns.append(i)
+        hist_used += turn_costs[i]
 
     # Sources: greedy by relevance into what history left.
     room = budget - hist_used
@@ -290,15 +294,15 @@ def pack(
 
     # History gets whatever the sources left, oldest turns last.
     left = budget - used_src - hist_used
-    for i in range(min(kept_hist_idx, default=len(history)) - 1, -1, -1):
-        if hist_costs[i] > left:
+    for i in range(min(kept_turns, default=len(turns)) - 1, -1, -1):
+        if turn_costs[i] > left:
             break
-        kept_hist_idx.append(i)
-        hist_used += hist_costs[i]
-        left -= hist_costs[i]
-    kept_history = [history[i] for i in sorted(kept_hist_idx)]
+        kept_turns.append(i)
+        hist_used += turn_costs[i]
+        left -= turn_costs[i]
+    kept_history = [history[i] for t in sorted(kept_turns) for i in turns[t]]
     if len(kept_history) < len(history):
-        notes.append(f"{len(history) - len(kept_history)} oldest history turn(s) dropped for room")
+        notes.append(f"{len(turns) - len(kept_turns)} oldest history turn(s) dropped for room")
 
     # The last room: the best passage that did not fit, cut to size.
     trimmed: list[Dropped] = []
@@ -335,6 +339,17 @@ def pack(
 
 
 TRIM_MARK = " [...]"
+
+
+def _turns(history: Sequence[Message]) -> list[list[int]]:
+    """Indices of history grouped into turns: a user message and the answers that follow it."""
+    turns: list[list[int]] = []
+    for i, m in enumerate(history):
+        if m.role == "user" or not turns:
+            turns.append([i])
+        else:
+            turns[-1].append(i)
+    return turns
 
 
 def _trim_to_fit(p: Passage, room: int, counter: TokenCounter,

@@ -6,7 +6,7 @@ import random
 
 from hypothesis import given, settings as hsettings, strategies as st
 
-from rag.packing import Message, Passage, format_source, pack
+from rag.packing import Message, Passage, _turns, format_source, pack
 
 
 class Words:
@@ -84,11 +84,12 @@ def test_document_order_and_numbering():
     assert [(s.n, s.passages[0].id) for s in pk.sources] == [(1, "p3"), (2, "p1"), (3, "p2")]
 
 
-def test_history_newest_first_oldest_dropped():
-    hist = [Message("user", "old " * 300), Message("assistant", "mid " * 50), Message("user", "new " * 50)]
+def test_history_newest_first_oldest_dropped_in_whole_turns():
+    hist = [Message("user", "old " * 250), Message("assistant", "old answer " * 10),
+            Message("user", "mid " * 20), Message("assistant", "mid answer " * 10)]
     pk = pack([P(i, 100) for i in range(10)], **BASE, history=hist)
-    assert hist[0] not in pk.history and pk.history == hist[1:]
-    assert pk.dropped_history == 1
+    # The old question alone is too long: its whole turn goes, answer included (no orphan assistant message).
+    assert pk.history == hist[2:] and pk.dropped_history == 2
     assert pk.used <= pk.budget
 
 
@@ -111,7 +112,8 @@ def test_never_over_budget_and_full_when_oversubscribed(sizes, window, n_hist):
     hist = [Message("user" if i % 2 == 0 else "assistant", "h " * (20 + 7 * i)) for i in range(n_hist)]
     pk = pack(passages, **{**BASE, "context_window": window}, history=hist)
     text = "\n\n".join(format_source(s.n, s) for s in pk.sources)
-    hist_cost = sum(len(m.content.split()) + 4 for m in pk.history)
+    hist_cost = sum(len(m.content.split()) for m in pk.history) + 10 * sum(
+        (len(t) + 1) // 2 for t in _turns(pk.history))
     assert Words().count(text) + hist_cost == pk.used <= pk.budget
     kept = {p.id for s in pk.sources for p in s.passages}
     assert kept | {d.id for d in pk.dropped} == {p.id for p in passages}
