@@ -1,7 +1,14 @@
 """onprem-rag: chat with your company's documents; every byte stays on your machines.
 
-The library is the product; ``rag`` (CLI) and ``ui/`` are thin shells over it.
+The library is the product; ``rag`` (CLI) and ``ui/`` are thin shells over it::
+
+    from rag import RAG
+    with RAG.from_settings() as rag:
+        answer = rag.ask("How many vacation days do I get?")
+        print(answer.text, [(c.n, c.path, c.page) for c in answer.cited])
 """
+
+from typing import Any
 
 from rag import offline as _offline
 
@@ -10,5 +17,14 @@ _offline.apply()
 
 from rag.settings import Settings  # noqa: E402
 
-__all__ = ["Settings"]
+__all__ = ["RAG", "Answer", "Citation", "Settings"]
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str) -> Any:
+    # The chain pulls in LangChain (about a second): only when asked for.
+    if name in ("RAG", "Answer", "Citation"):
+        from rag import chain
+
+        return getattr(chain, name)
+    raise AttributeError(f"module 'rag' has no attribute {name!r}")

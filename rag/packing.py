@@ -215,7 +215,7 @@ def pack(
     turn_overhead: int = 10,
     margin: int = 0,
     history_share: float = 0.25,
-    trim_min_tokens: int = 32,
+    trim_min_tokens: int = 24,
     dedup_threshold: float = 0.9,
     formatter: SourceFormatter = format_source,
 ) -> Packing:
@@ -225,7 +225,8 @@ def pack(
     endpoint), ``turn_overhead`` what it adds per history turn (a user message and its answer: history is
     kept or dropped in whole turns, so the prompt keeps alternating roles as chat templates require);
     ``margin`` absorbs counting error.
-    When room is left at the end and at least ``trim_min_tokens`` of it, the best passage that did not fit
+    When room is left at the end (at least ``trim_min_tokens`` for a new source; any for continuing a kept
+    one, which needs no header), the best passage that did not fit
     is cut at a word boundary to fill it (reported in ``trimmed``, its text marked with ``TRIM_MARK``):
     a 300-token chunk does not fit 250 tokens of room, and leaving them empty wastes a fifth of a small window.
     """
@@ -304,27 +305,48 @@ def pack(
     if len(kept_history) < len(history):
         notes.append(f"{len(turns) - len(kept_turns)} oldest history turn(s) dropped for room")
 
-    # The last room: the best passage that did not fit, cut to size.
+    # The last room: the best passage that did not fit, cut to size. Continuing a kept source needs no
+    # header, so even a small room takes a few more sentences of a document already in the prompt.
     trimmed: list[Dropped] = []
     left = budget - used_src - hist_used
-    if left >= trim_min_tokens:
-        for d in list(dropped):
-            if not d.reason.startswith("does not fit: needs"):
-                continue  # near-duplicates stay out; neighbours of kept runs would need a merge
-            p = next(q for q in passages if q.id == d.id)
-            sep = sep_cost if groups else 0
-            cut = _trim_to_fit(p, left - sep, counter, formatter)
-            if cut is None:
-                continue
-            part, cost = cut
-            full = counter.count(formatter(_N, _as_source(_N, [p])))
-            groups.append([part])
-            group_tokens.append(cost + sep)
-            used_src += cost + sep
-            dropped.remove(d)
-            trimmed.append(Dropped(p.id, p.path, f"trimmed to fit the last room: {cost} of {full} tokens kept"))
-            notes.append(f"passage {p.id} of {p.source} trimmed to {cost} of {full} tokens to fill the window")
+    for d in list(dropped):
+        if left < 8:
             break
+        if d.reason.startswith("near-duplicate"):
+            continue
+        p = next(q for q in passages if q.id == d.id)
+        target = next((gi for gi, g in enumerate(groups) if any(_adjacent(q, p) for q in g)), None)
+        if target is None:
+            if left < trim_min_tokens:
+                continue
+            sep = sep_cost if groups else 0
+
+            def cost_of(part: Passage, sep: int = sep) -> int:
+                return counter.count(formatter(_N, _as_source(_N, [part]))) + sep
+        else:
+            def cost_of(part: Passage, gi: int = target) -> int:
+                merged = formatter(_N, _as_source(_N, groups[gi] + [part]))
+                return counter.count(merged) + (sep_cost if gi > 0 else 0) - group_tokens[gi]
+        cut = _trim_to_fit(p, left, cost_of)
+        if cut is None:
+            continue
+        part, cost = cut
+        if target is None:
+            groups.append([part])
+            group_tokens.append(cost)
+        else:
+            groups[target] = groups[target] + [part]
+            group_tokens[target] += cost
+        used_src += cost
+        left -= cost
+        dropped.remove(d)
+        full = len(p.text)
+        kept = len(part.text) - len(TRIM_MARK)
+        how = "as a new source" if target is None else "continuing its neighbour"
+        trimmed.append(Dropped(p.id, p.path, f"trimmed to fit the last room {how}: {kept} of {full} characters, "
+                                             f"{cost} tokens"))
+        notes.append(f"passage {p.id} of {p.source} trimmed to {kept} of {full} characters to fill the window")
+        break
 
     # Document order: documents by their best passage, positions within a document ascending.
     order = sorted(range(len(groups)), key=lambda gi: (_doc_rank(groups, gi), min(p.char_start for p in groups[gi])))
@@ -352,9 +374,8 @@ def _turns(history: Sequence[Message]) -> list[list[int]]:
     return turns
 
 
-def _trim_to_fit(p: Passage, room: int, counter: TokenCounter,
-                 formatter: SourceFormatter) -> tuple[Passage, int] | None:
-    """The longest word-boundary prefix of ``p`` whose formatted source fits ``room`` tokens, and its cost.
+def _trim_to_fit(p: Passage, room: int, cost_of: Callable[[Passage], int]) -> tuple[Passage, int] | None:
+    """The longest word-boundary prefix of ``p`` that costs at most ``room`` tokens, and its cost.
     Binary search: about log2(words) counts."""
     cuts = [m.start() for m in re.finditer(r"\s+", p.text)]
     if not cuts:
@@ -365,7 +386,7 @@ def _trim_to_fit(p: Passage, room: int, counter: TokenCounter,
         return replace(p, text=p.text[:end] + TRIM_MARK, char_end=p.char_start + end, trimmed=True)
 
     def cost(k: int) -> int:
-        return counter.count(formatter(_N, _as_source(_N, [part(k)])))
+        return cost_of(part(k))
 
     lo, hi, best = 0, len(cuts) - 1, None
     while lo <= hi:
