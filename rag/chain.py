@@ -22,7 +22,7 @@ from typing import Any
 
 from rag.citations import CitationFilter
 from rag.embeddings import Embedder
-from rag.endpoints import EndpointError, OpenAICompatibleEndpoint, parse_overflow
+from rag.endpoints import EndpointError, OpenAICompatibleEndpoint, api_message, parse_overflow
 from rag.errors import RagError
 from rag.packing import Message, Packing, Passage, format_source, join_sources, pack
 from rag.prompts import CONDENSE_PROMPT, CONDENSE_SYSTEM, NO_ANSWER, SYSTEM_PROMPT, user_message
@@ -319,7 +319,7 @@ class RAG:
             try:
                 first = next(chunks, None)
             except Exception as exc:  # noqa: BLE001
-                n = parse_overflow(_error_text(exc))
+                n = parse_overflow(api_message(exc))
                 if n is None and "No generation chunks" in str(exc):
                     n = self._probe_overflow(packing, question)
                 if n is None or retries:
@@ -430,15 +430,6 @@ def _content(chunk: Any) -> str:
     if isinstance(c, list):  # content blocks
         return "".join(b.get("text", "") if isinstance(b, dict) else str(b) for b in c)
     return c if isinstance(c, str) else str(c or "")
-
-
-def _error_text(exc: BaseException) -> str:
-    body = getattr(exc, "body", None)
-    if isinstance(body, dict):
-        inner = body.get("error", body)
-        if isinstance(inner, dict):
-            return str(inner.get("message", ""))
-    return str(exc)
 
 
 def _citation(src: Any, cited: bool) -> Citation:

@@ -151,6 +151,7 @@ class OpenAICompatibleEndpoint:
     def refresh(self) -> EndpointInfo:
         with self._lock:
             self._info = self._discover()
+            self._at = time.monotonic()
             return self._info
 
     def _get(self, url: str) -> Any:
@@ -479,7 +480,7 @@ def describe_failure(exc: BaseException, base_url: str, model: str | None, timeo
     import openai
 
     name = type(exc).__name__
-    msg = _api_message(exc)
+    msg = api_message(exc)
     if isinstance(exc, (openai.APITimeoutError, httpx.TimeoutException)) or name in ("ReadTimeout", "Timeout"):
         return (f"the LLM at {base_url} did not answer within {timeout:g} s; it may be overloaded or the model "
                 "too slow: raise RAG_LLM_TIMEOUT or lower RAG_LLM_MAX_TOKENS")
@@ -504,7 +505,8 @@ def describe_failure(exc: BaseException, base_url: str, model: str | None, timeo
     return f"the LLM request to {base_url} failed: {name}: {msg}"
 
 
-def _api_message(exc: BaseException) -> str:
+def api_message(exc: BaseException) -> str:
+    """The server's own error message inside an API exception (first line), else the exception's text."""
     body = getattr(exc, "body", None)
     if isinstance(body, dict):
         inner = body.get("error", body)
