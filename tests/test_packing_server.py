@@ -49,7 +49,8 @@ def _corpus(rag: RAG) -> list:
     passages = []
     for path in rag.store.documents():
         passages += [to_passage(h) for h in rag.store.chunks_of(path)]
-    return passages
+    # Independent of where the checkout lives (point ids derive from paths): the same random cases everywhere.
+    return sorted(passages, key=lambda p: (p.source, p.chunk_index))
 
 
 def _variant(rng: random.Random, p):
@@ -113,9 +114,9 @@ def test_randomized_packings_are_exact_and_fit(sample_index, llm_server, render)
                 stats["oversubscribed"] += 1
                 stats["fills"].append(pk.fill)
                 # The last room is filled by continuing a kept source (no header needed) or, from 24 tokens, a
-                # trimmed new one; under 24 a new header (~25 tokens) plus a few words is not worth it. So
-                # fill >= 0.95 is asserted from a 512-token budget up; smaller budgets are printed.
-                if pk.budget >= 512:
+                # trimmed new one if its header (~25-30 tokens) and a word fit. What can stay empty is about
+                # 32 tokens, so fill >= 0.95 is asserted from a 640-token budget up; smaller ones are printed.
+                if pk.budget >= 640:
                     assert pk.fill >= 0.95, (i, pk.summary())
                     stats["big_min_fill"] = min(stats["big_min_fill"], pk.fill)
                     stats["big"] += 1
@@ -137,9 +138,9 @@ def test_randomized_packings_are_exact_and_fit(sample_index, llm_server, render)
         http.close()
         base.close()
     fills = sorted(stats.pop("fills"))
-    print(f"\npackings {stats['packings']}, oversubscribed {stats['oversubscribed']} (budget >= 512: {stats['big']}, "
+    print(f"\npackings {stats['packings']}, oversubscribed {stats['oversubscribed']} (budget >= 640: {stats['big']}, "
           f"min fill {stats['big_min_fill']:.4f}), odd-length histories {stats['odd_history']}, "
           f"fill min {fills[0]:.4f} median {fills[len(fills) // 2]:.4f}, trimmed {stats['trimmed']}, "
           f"merged sources {stats['merged']}, sent {stats['sent']}, overflows {stats['overflows']}, "
-          f"budgets under 512: {stats['small_budget']} (min fill {stats['small_min_fill']:.4f})")
+          f"budgets under 640: {stats['small_budget']} (min fill {stats['small_min_fill']:.4f})")
     assert stats["oversubscribed"] >= 100 and stats["sent"] >= 20 and stats["overflows"] == 0
