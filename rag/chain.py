@@ -20,7 +20,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from rag.citations import CitationFilter
+from rag.citations import CitationFilter, snippet
 from rag.embeddings import Embedder
 from rag.endpoints import EndpointError, OpenAICompatibleEndpoint, api_message, parse_overflow
 from rag.errors import RagError
@@ -55,13 +55,6 @@ class Citation:
         return {"n": self.n, "path": self.path, "source": self.source, "page": self.page, "page_end": self.page_end,
                 "section": self.section, "snippet": self.snippet, "score": round(self.score, 4),
                 "cited": self.cited, "trimmed": self.trimmed}
-
-    @property
-    def label(self) -> str:
-        if self.page is None:
-            return self.source
-        pages = f"p. {self.page}" if self.page_end in (None, self.page) else f"pp. {self.page}-{self.page_end}"
-        return f"{self.source}, {pages}"
 
 
 @dataclass
@@ -131,12 +124,8 @@ def as_messages(history: HistoryLike | None) -> list[Message]:
         elif isinstance(m, tuple):
             role, content = m
         else:  # LangChain BaseMessage
-            role = {"human": "user", "ai": "assistant"}.get(getattr(m, "type", ""), getattr(m, "type", "user"))
-            content = m.content
-        if role in ("human",):
-            role = "user"
-        if role in ("ai",):
-            role = "assistant"
+            role, content = getattr(m, "type", "user"), m.content
+        role = {"human": "user", "ai": "assistant"}.get(role, role)
         if role not in ("user", "assistant") or not str(content).strip():
             continue
         out.append(Message(role, str(content).strip()))
@@ -214,7 +203,7 @@ class RAG:
             return question
         window = self.endpoint.info.context_window or 2048
         limit = window - _CONDENSE_MAX_TOKENS
-        turns = [f"{'User' if m.role == 'user' else 'Assistant'}: {_clip(m.content, 600)}" for m in hist[-6:]]
+        turns = [f"{'User' if m.role == 'user' else 'Assistant'}: {snippet(m.content, 600)}" for m in hist[-6:]]
         while True:  # oldest turns go first until the condense prompt fits
             prompt = CONDENSE_PROMPT.format(history="\n".join(turns), question=question)
             msgs = [("system", CONDENSE_SYSTEM), ("user", prompt)]
@@ -231,7 +220,7 @@ class RAG:
             # than an answer (or a bare "And for Berlin?") does.
             last = next((m.content for m in reversed(hist) if m.role == "user"), "")
             log.info("condensing produced %r, not a question; retrieving with the last question added", standalone)
-            return f"{_clip(last, 300)} {question}".strip()
+            return f"{snippet(last, 300)} {question}".strip()
         return standalone
 
     def pack(self, passages: Sequence[Passage], question: str, history: HistoryLike | None = None, *,
@@ -258,7 +247,7 @@ class RAG:
             if packing.budget <= 0:
                 raise RagError(f"the question is too long for the model's {window}-token context window "
                                f"({max_out} of it reserved for the answer); shorten it or lower RAG_LLM_MAX_TOKENS")
-            total = self.endpoint.prompt_tokens(_tuples(self.messages(packing, question)))
+            total = self.endpoint.prompt_tokens(self.messages(packing, question))
             if total <= limit:
                 packing.prompt_tokens = total
                 return packing
@@ -268,10 +257,11 @@ class RAG:
             margin += (total - limit) + max(packing.budget - packing.used, 0)
         raise RagError(f"could not pack a prompt under {limit} tokens; set RAG_LLM_CONTEXT_WINDOW lower")
 
-    def messages(self, packing: Packing, question: str) -> list[Message | tuple[str, str]]:
-        """The chat messages for a packing: system, kept history, then sources and question."""
+    def messages(self, packing: Packing, question: str) -> list[tuple[str, str]]:
+        """The chat messages for a packing, as (role, content): system, kept history, then sources and question."""
         block = join_sources([format_source(s.n, s) for s in packing.sources])
-        return [("system", self.system_prompt), *packing.history, ("user", user_message(block, question))]
+        return [("system", self.system_prompt), *((m.role, m.content) for m in packing.history),
+                ("user", user_message(block, question))]
 
     # --- the whole path -------------------------------------------------------------------------
     def stream(self, question: str, history: HistoryLike | None = None, *,
@@ -386,7 +376,7 @@ class RAG:
 
     def _probe_overflow(self, packing: Packing, question: str) -> int | None:
         try:
-            return self.endpoint.overflow_of(_tuples(self.messages(packing, question)))
+            return self.endpoint.overflow_of(self.messages(packing, question))
         except Exception:  # noqa: BLE001 - the original failure is what the user sees
             return None
 
@@ -414,15 +404,11 @@ class RAG:
 
 
 # --- helpers ------------------------------------------------------------------------------------
-def _tuples(messages: Sequence[Message | tuple[str, str]]) -> list[tuple[str, str]]:
-    return [(m.role, m.content) if isinstance(m, Message) else m for m in messages]
-
-
-def _lc_messages(messages: Sequence[Message | tuple[str, str]]):
+def _lc_messages(messages: Sequence[tuple[str, str]]):
     from langchain_core.messages import AIMessage, HumanMessage, SystemMessage
 
     kinds = {"system": SystemMessage, "user": HumanMessage, "assistant": AIMessage}
-    return [kinds[r](content=c) for r, c in _tuples(messages)]
+    return [kinds[r](content=c) for r, c in messages]
 
 
 def _content(chunk: Any) -> str:
@@ -437,13 +423,8 @@ def _citation(src: Any, cited: bool) -> Citation:
     return Citation(n=src.n, path=src.path, source=src.source, page=best.page_start or src.page_start,
                     page_end=best.page_end if best.page_start is not None else src.page_end,
                     section=best.section or src.section,
-                    snippet=_clip(best.text, 300), score=src.score, cited=cited,
+                    snippet=snippet(best.text, 300), score=src.score, cited=cited,
                     trimmed=any(p.trimmed for p in src.passages))
-
-
-def _clip(text: str, n: int) -> str:
-    t = re.sub(r"\s+", " ", text).strip()
-    return t if len(t) <= n else t[: n - 1].rsplit(" ", 1)[0] + "…"
 
 
 def _clean_standalone(out: str, question: str) -> str:

@@ -46,6 +46,12 @@ def clean(text: str, valid: set[int]) -> tuple[str, list[int], list[int]]:
     return out, cited, removed
 
 
+def snippet(text: str, width: int) -> str:
+    """``text`` on one line, cut at a word boundary to at most ``width`` characters (an ellipsis marks a cut)."""
+    flat = " ".join(text.split())
+    return flat if len(flat) <= width else flat[: width - 1].rsplit(" ", 1)[0] + "…"
+
+
 class CitationFilter:
     """Stream-safe version of :func:`clean`: feed chunks, get cleaned chunks back."""
 

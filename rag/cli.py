@@ -172,8 +172,9 @@ def forget(
 
 
 def _snippet(text: str, width: int = 240) -> str:
-    flat = " ".join(text.split())
-    return flat if len(flat) <= width else flat[: width - 1].rsplit(" ", 1)[0] + " …"
+    from rag.citations import snippet
+
+    return snippet(text, width)
 
 
 @app.command()

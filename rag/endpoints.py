@@ -350,11 +350,14 @@ class OpenAICompatibleEndpoint:
                                                             "parse_special": True})["tokens"])
         return None
 
-    def _usage_prompt_tokens(self, messages: list[tuple[str, str]]) -> int:
+    def _one_token_completion(self, messages: list[tuple[str, str]]) -> httpx.Response:
         body = {"model": self.info.model, "messages": [{"role": r, "content": c} for r, c in messages],
                 "max_tokens": 1, "temperature": 0}
-        r = self._http.post(f"{self.base_url}/chat/completions", json=body,
-                            timeout=httpx.Timeout(self.timeout, connect=3.0))
+        return self._http.post(f"{self.base_url}/chat/completions", json=body,
+                               timeout=httpx.Timeout(self.timeout, connect=3.0))
+
+    def _usage_prompt_tokens(self, messages: list[tuple[str, str]]) -> int:
+        r = self._one_token_completion(messages)
         r.raise_for_status()
         return int(r.json()["usage"]["prompt_tokens"])
 
@@ -363,10 +366,7 @@ class OpenAICompatibleEndpoint:
 
         Needed because llama-cpp-python answers an overflowing *streamed* request with HTTP 200 and an empty
         stream (the error only reaches its log); the same request unstreamed gets the usual HTTP 400."""
-        body = {"model": self.info.model, "messages": [{"role": r, "content": c} for r, c in messages],
-                "max_tokens": 1, "temperature": 0}
-        r = self._http.post(f"{self.base_url}/chat/completions", json=body,
-                            timeout=httpx.Timeout(self.timeout, connect=3.0))
+        r = self._one_token_completion(messages)
         if r.status_code == 400:
             return parse_overflow(r.text)
         return None

@@ -15,7 +15,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from rag.chain import RAG, _tuples
+from rag.chain import RAG
 from rag.packing import Message
 from rag.retrieval import to_passage
 
@@ -98,7 +98,7 @@ def test_randomized_packings_are_exact_and_fit(sample_index, llm_server, render)
             question = _words(rng, corpus, rng.randint(3, 40)) + "?"
 
             pk = rag.pack(passages, question, history, context_window=window)
-            msgs = _tuples(rag.messages(pk, question))
+            msgs = rag.messages(pk, question)
             served = http.post(f"{root}/extras/tokenize/count", json={"input": render(msgs)}).json()["count"]
             if len(pk.history) % 2 == 0:  # whole user/assistant turns, as chats have: exact
                 assert served == pk.prompt_tokens, (i, served, pk.prompt_tokens)
