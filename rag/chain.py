@@ -50,11 +50,13 @@ class Citation:
     score: float
     cited: bool  # the answer actually cites [n]
     trimmed: bool = False
+    text: str = ""  # everything of this source the model was given
+
 
     def to_dict(self) -> dict[str, Any]:
         return {"n": self.n, "path": self.path, "source": self.source, "page": self.page, "page_end": self.page_end,
                 "section": self.section, "snippet": self.snippet, "score": round(self.score, 4),
-                "cited": self.cited, "trimmed": self.trimmed}
+                "cited": self.cited, "trimmed": self.trimmed, "text": self.text}
 
 
 @dataclass
@@ -424,7 +426,7 @@ def _citation(src: Any, cited: bool) -> Citation:
                     page_end=best.page_end if best.page_start is not None else src.page_end,
                     section=best.section or src.section,
                     snippet=snippet(best.text, 300), score=src.score, cited=cited,
-                    trimmed=any(p.trimmed for p in src.passages))
+                    trimmed=any(p.trimmed for p in src.passages), text=src.text)
 
 
 def _clean_standalone(out: str, question: str) -> str:

@@ -219,6 +219,7 @@ def search(
 @app.command()
 def status(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
     """Where the index is and what it holds."""
+    from rag.status import index_info
     from rag.store import open_store
 
     settings = _settings()
@@ -226,25 +227,12 @@ def status(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
     try:
         store = open_store(settings)
         try:
-            meta = store.meta() or {}
-            docs = store.documents()
-            chunks = store.count_chunks()
+            info = index_info(store, settings)
         finally:
             store.close()
     except RagError as exc:
         raise _fail(exc) from None
-    info = {
-        "backend": store.backend,
-        "location": store.location,
-        "collection": settings.collection,
-        "data_dir": str(settings.data_dir.resolve()),
-        "documents": len(docs),
-        "chunks": chunks,
-        "pages": sum(d.pages or 0 for d in docs.values()),
-        "embedding_model": meta.get("embedding_model") or settings.embedding_model,
-        "embedding_dimension": meta.get("dimension"),
-        "embedding_backend": settings.embedding_backend,
-        "last_ingest": max((d.ingested_at for d in docs.values()), default=None),
+    info |= {
         "llm": _llm_info(settings),
         "seconds": round(time.perf_counter() - t0, 3),
     }
@@ -266,7 +254,7 @@ def status(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
     else:
         table.add_row("llm status", Text(f"unavailable: {llm['error']}", style="yellow"))
     out.print(table)
-    if not docs:
+    if not info["documents"]:
         out.print("The index is empty: run [bold]rag ingest PATH[/] to add documents.")
 
 
@@ -379,6 +367,69 @@ def chat() -> None:
         out.print()
     finally:
         rag.close()
+
+
+llm_app = typer.Typer(help="The local demo LLM (SmolLM2-135M; production uses vLLM, Ollama, llama.cpp...).",
+                      no_args_is_help=True)
+app.add_typer(llm_app, name="llm")
+
+
+@llm_app.command("serve")
+def llm_serve(
+    port: Annotated[int, typer.Option(help="Port of the OpenAI-compatible API.")] = 8080,
+    host: Annotated[str, typer.Option(help="Interface to listen on (0.0.0.0 = every interface).")] = "127.0.0.1",
+    ctx: Annotated[int, typer.Option("--ctx", help="Context window in tokens (the model is trained on 8192).")] = 2048,
+    threads: Annotated[int, typer.Option(help="CPU threads for generation.")] = 1,
+    batch_threads: Annotated[int | None, typer.Option(help="CPU threads for prompt processing "
+                                                           "(default: as --threads).")] = None,
+) -> None:
+    """Serve the packaged tiny demo model (SmolLM2-135M) until Ctrl-C: an OpenAI-compatible API on --port.
+    It answers weakly; for real use point RAG_LLM_BASE_URL at vLLM, Ollama or llama.cpp with a real model."""
+    from rag.local_llm import MODEL_ALIAS, LocalLLMServer
+
+    try:
+        server = LocalLLMServer(host=host, port=port, n_ctx=ctx, threads=threads, batch_threads=batch_threads,
+                                log=sys.stderr if _state["verbose"] else None)
+        err.print(Text(f"starting the demo LLM (SmolLM2-135M, a tiny model for demos and tests) on port {port}…",
+                       style="dim"))
+        server.start()
+    except RagError as exc:
+        raise _fail(exc) from None
+    out.print(f"demo LLM ready: [bold]{server.base_url}[/] (model {MODEL_ALIAS}, context {ctx} tokens). "
+              f"Use it with RAG_LLM_BASE_URL={server.base_url} — Ctrl-C stops it.")
+    try:
+        code = server.wait()
+    except KeyboardInterrupt:
+        server.stop()
+        raise typer.Exit(130) from None
+    err.print(Text(f"the demo LLM server exited with code {code}", style="bold red"))
+    raise typer.Exit(1)
+
+
+@app.command()
+def ui(
+    port: Annotated[int, typer.Option(help="Port of the web UI.")] = 8501,
+    host: Annotated[str, typer.Option(help="Interface to listen on; 0.0.0.0 lets colleagues connect.")] = "127.0.0.1",
+) -> None:
+    """Start the chat UI in the browser (Streamlit) over the configured index and LLM; Ctrl-C stops it."""
+    import os
+
+    import ui as ui_pkg
+
+    settings = _settings()
+    app_path = Path(ui_pkg.__file__).parent / "app.py"
+    shown = "localhost" if host in ("127.0.0.1", "0.0.0.0", "::") else host
+    out.print(f"onprem-rag UI: [bold]http://{shown}:{port}[/] (LLM {settings.llm_base_url}, "
+              f"index {settings.qdrant_url or settings.store_dir}) — Ctrl-C stops it.")
+    sys.stdout.flush()
+    # No telemetry, no file watching, no tracebacks in the browser (they go to this terminal).
+    args = [sys.executable, "-m", "streamlit", "run", str(app_path),
+            "--server.port", str(port), "--server.address", host, "--server.headless", "true",
+            "--browser.gatherUsageStats", "false", "--server.fileWatcherType", "none",
+            "--server.maxUploadSize", str(max(1, int(settings.max_file_mb))),
+            "--client.showErrorDetails", "none", "--client.toolbarMode", "minimal"]
+    # exec: Ctrl-C and the demo script's kill reach Streamlit itself.
+    os.execv(sys.executable, args)
 
 
 def _llm_info(settings: Settings) -> dict:

@@ -56,6 +56,9 @@ class Settings(BaseSettings):
     ocr: bool = Field(True, description="OCR scanned PDF pages with tesseract when it is installed.")
     ocr_language: str = "eng"
     max_file_mb: float = Field(200.0, description="Larger files are reported and skipped.")
+    uploads_dir_override: Path | None = Field(
+        None, alias="RAG_UPLOADS_DIR", description="Where the UI keeps uploaded files; default <data_dir>/uploads."
+    )
 
     # --- retrieval -----------------------------------------------------------------------------
     top_k: int = Field(20, ge=1, le=500, description="Candidates retrieved per question, before packing.")
@@ -100,6 +103,10 @@ class Settings(BaseSettings):
     @property
     def models_dir(self) -> Path:
         return (self.models_dir_override or (self.data_dir / "models")).expanduser()
+
+    @property
+    def uploads_dir(self) -> Path:
+        return (self.uploads_dir_override or (self.data_dir / "uploads")).expanduser()
 
     @classmethod
     def settings_customise_sources(

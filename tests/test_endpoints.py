@@ -6,6 +6,7 @@ import httpx
 import pytest
 
 from rag.endpoints import FALLBACK_CONTEXT_WINDOW, OpenAICompatibleEndpoint, estimate_tokens, parse_overflow
+from rag.local_llm import MODEL_ALIAS
 
 from conftest import LLM_CTX, _free_port
 
@@ -13,7 +14,7 @@ from conftest import LLM_CTX, _free_port
 def test_discovers_llama_cpp_python(llm_server):
     ep = OpenAICompatibleEndpoint(llm_server)
     info = ep.info
-    assert info.healthy and info.kind == "llama-cpp-python" and info.model == "smollm2-135m"
+    assert info.healthy and info.kind == "llama-cpp-python" and info.model == MODEL_ALIAS
     assert info.tokenizer == "server /extras/tokenize" and ep.exact_tokenizer
     # This server reports no window anywhere: the fallback says so, a configured value wins.
     assert info.context_window == FALLBACK_CONTEXT_WINDOW and "RAG_LLM_CONTEXT_WINDOW" in info.context_source
@@ -103,7 +104,7 @@ def test_status_prints_the_endpoint(llm_server, tmp_path):
     res = rag_cmd("status", "--json", env=env)
     assert res.returncode == 0, res.stderr
     llm = __import__("json").loads(res.stdout)["llm"]
-    assert llm["healthy"] and llm["kind"] == "llama-cpp-python" and llm["model"] == "smollm2-135m"
+    assert llm["healthy"] and llm["kind"] == "llama-cpp-python" and llm["model"] == MODEL_ALIAS
     assert llm["context_window"] == 2048 and llm["context_source"].startswith("configured")
     text = rag_cmd("status", env=env)
     assert "smollm2-135m" in text.stdout and "sk-secret" not in text.stdout + res.stdout

@@ -143,3 +143,15 @@ def test_edge_store_is_locked_in_process(tmp_path):
     with pytest.raises(StoreLockedError):
         EdgeStore(tmp_path / "e")
     s.close()
+
+
+def test_edge_store_closed_from_another_thread_is_unlocked(tmp_path):
+    # A server opens the store in a request thread and closes it from another (Streamlit's cache release).
+    import threading
+
+    opened: list[EdgeStore] = []
+    t = threading.Thread(target=lambda: opened.append(EdgeStore(tmp_path / "e")))
+    t.start()
+    t.join()
+    opened[0].close()
+    EdgeStore(tmp_path / "e").close()

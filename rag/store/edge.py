@@ -58,7 +58,9 @@ class EdgeStore:
         self.root.mkdir(parents=True, exist_ok=True)
         # Our own lock first: the engine's WAL lock fails with a bare "WouldBlock"; this one lets us say who
         # holds the store and what to do about it.
-        self._lock = FileLock(str(self.root / ".lock"))
+        # Not thread-local: a server opens the store in one thread and may close it from another (Streamlit
+        # releases its cached resources outside the script thread); a thread-local lock would stay held.
+        self._lock = FileLock(str(self.root / ".lock"), thread_local=False)
         try:
             self._lock.acquire(timeout=0)
         except Timeout:

@@ -1,0 +1,26 @@
+"""What the index holds and which LLM answers: one description for `rag status` and the UI's sidebar."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rag.settings import Settings
+from rag.store import Store
+
+
+def index_info(store: Store, settings: Settings) -> dict[str, Any]:
+    meta = store.meta() or {}
+    docs = store.documents()
+    return {
+        "backend": store.backend,
+        "location": store.location,
+        "collection": settings.collection,
+        "data_dir": str(settings.data_dir.resolve()),
+        "documents": len(docs),
+        "chunks": store.count_chunks(),
+        "pages": sum(d.pages or 0 for d in docs.values()),
+        "embedding_model": meta.get("embedding_model") or settings.embedding_model,
+        "embedding_dimension": meta.get("dimension"),
+        "embedding_backend": settings.embedding_backend,
+        "last_ingest": max((d.ingested_at for d in docs.values()), default=None),
+    }
