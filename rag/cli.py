@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import signal
 import sys
 import time
 from pathlib import Path
@@ -392,11 +393,16 @@ def llm_serve(
                                 log=sys.stderr if _state["verbose"] else None)
         err.print(Text(f"starting the demo LLM (SmolLM2-135M, a tiny model for demos and tests) on port {port}…",
                        style="dim"))
+        # A supervisor (scripts/demo.sh, systemd) stops us with SIGTERM: stop the server too, never orphan it.
+        signal.signal(signal.SIGTERM, _interrupt)
         server.start()
     except RagError as exc:
         raise _fail(exc) from None
+    except KeyboardInterrupt:
+        raise typer.Exit(130) from None
     out.print(f"demo LLM ready: [bold]{server.base_url}[/] (model {MODEL_ALIAS}, context {ctx} tokens). "
               f"Use it with RAG_LLM_BASE_URL={server.base_url} — Ctrl-C stops it.")
+    sys.stdout.flush()
     try:
         code = server.wait()
     except KeyboardInterrupt:
@@ -404,6 +410,10 @@ def llm_serve(
         raise typer.Exit(130) from None
     err.print(Text(f"the demo LLM server exited with code {code}", style="bold red"))
     raise typer.Exit(1)
+
+
+def _interrupt(*_: object) -> None:
+    raise KeyboardInterrupt
 
 
 @app.command()

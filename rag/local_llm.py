@@ -73,6 +73,15 @@ class LocalLLMServer:
             raise LocalLLMError(f"something already answers on {self.base_url}; stop it or choose another --port")
         self.proc = subprocess.Popen(self.command, stdout=self.log or subprocess.DEVNULL,
                                      stderr=subprocess.STDOUT if self.log else subprocess.DEVNULL)
+        try:
+            self._await_ready(timeout)
+        except BaseException:  # Ctrl-C while loading included: never leave the server behind
+            self.stop()
+            raise
+        return self
+
+    def _await_ready(self, timeout: float) -> None:
+        assert self.proc is not None
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -80,9 +89,8 @@ class LocalLLMServer:
                 raise LocalLLMError(f"the demo LLM server exited with code {self.proc.returncode}{where} "
                                     f"(is port {self.port} free?)")
             if _answers(self.base_url):
-                return self
+                return
             time.sleep(0.3)
-        self.stop()
         raise LocalLLMError(f"the demo LLM server did not answer on {self.base_url} within {timeout:.0f} s")
 
     def wait(self) -> int:

@@ -4,5 +4,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install.sh
+# The browser test drives Debian's Chromium (Playwright never downloads a browser here).
+if [ ! -x /usr/bin/chromium ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+  (apt-get update -qq && apt-get install -y -qq --no-install-recommends chromium) >/dev/null 2>&1 \
+    || echo "note: could not install chromium; the browser test will fail" >&2
+fi
 .venv/bin/ruff check rag ingest ui tests bench scripts
 exec .venv/bin/python -m pytest -q -ra "$@"

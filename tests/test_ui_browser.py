@@ -1,0 +1,97 @@
+"""End to end in a real browser: `rag ui` serving the app, Debian's Chromium driven by Playwright."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from conftest import SAMPLE_DOCS, _free_port
+
+CHROMIUM = "/usr/bin/chromium"
+# Without the background-networking flags Chromium keeps dialling Google on this closed network.
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                 "--disable-sync", "--no-first-run"]
+
+
+@pytest.fixture
+def ui_server(sample_index, llm_server, tmp_path):
+    data = tmp_path / "data"
+    shutil.copytree(sample_index.data_dir, data)  # the UI holds its store's lock; give it its own copy
+    port = _free_port()
+    env = {**os.environ, "RAG_DATA_DIR": str(data), "RAG_LLM_BASE_URL": llm_server,
+           "RAG_LLM_CONTEXT_WINDOW": "1024", "RAG_LLM_MAX_TOKENS": "60"}
+    log = open(tmp_path / "ui.log", "w")
+    proc = subprocess.Popen([str(Path(sys.executable).parent / "rag"), "ui", "--port", str(port)], env=env,
+                            stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 90
+    while True:
+        assert proc.poll() is None, (tmp_path / "ui.log").read_text()
+        try:
+            if httpx.get(f"{url}/_stcore/health", timeout=2).status_code == 200:
+                break
+        except httpx.HTTPError:
+            pass
+        assert time.time() < deadline, "rag ui did not come up within 90 s"
+        time.sleep(0.3)
+    yield url
+    proc.terminate()
+    proc.wait(timeout=30)
+    log.close()
+
+
+def test_ask_in_the_browser_streams_an_answer_with_sources(ui_server, tmp_path):
+    from playwright.sync_api import expect, sync_playwright
+
+    if not Path(CHROMIUM).exists():
+        pytest.fail(f"{CHROMIUM} is missing: apt-get install chromium (scripts/test.sh does it when run as root)")
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1280, "height": 1000}, accept_downloads=True)
+        page.goto(ui_server)
+        box = page.get_by_test_id("stChatInput").locator("textarea")
+        expect(box).to_be_visible(timeout=120_000)
+        expect(page.get_by_text("5 documents are searchable")).to_be_visible(timeout=60_000)
+
+        box.fill("How many vacation days do employees get per year?")
+        box.press("Enter")
+
+        # Watch the answer grow: a streamed answer shows several partial texts before the sources appear.
+        answer = page.get_by_test_id("stChatMessage").nth(1)
+        sources = answer.get_by_test_id("stExpander")
+        seen: list[str] = []
+        deadline = time.time() + 240
+        while sources.count() == 0:
+            assert time.time() < deadline, f"no sources after 240 s; saw {seen[-1:]}"
+            md = answer.get_by_test_id("stMarkdownContainer")
+            text = md.first.inner_text() if md.count() else ""
+            if text.strip() and (not seen or text != seen[-1]):
+                seen.append(text)
+            time.sleep(0.05)
+        assert len(seen) >= 3, f"the answer did not arrive in pieces: {seen}"
+        assert len(seen[-1]) > len(seen[0])
+
+        first = sources.first
+        label = first.locator("summary").inner_text()
+        assert re.search(r"\[\d+\] .+\.(pdf|html|md|docx|txt)", label), label
+        first.locator("summary").click()
+        expect(first.get_by_text(str(SAMPLE_DOCS), exact=False)).to_be_visible()
+        download = first.get_by_role("button", name=re.compile("Download"))
+        expect(download).to_be_visible()
+        page.wait_for_timeout(500)  # the expander's opening animation, for a readable screenshot
+        page.screenshot(path=str(tmp_path / "ui.png"), full_page=True)
+
+        with page.expect_download() as dl:
+            download.click()
+        name = dl.value.suggested_filename
+        assert (SAMPLE_DOCS / name).read_bytes() == Path(dl.value.path()).read_bytes()
+        print(f"\nscreenshot: {tmp_path / 'ui.png'}; {len(seen)} partial answers seen; source {label!r}")
+        browser.close()
