@@ -68,7 +68,12 @@ def test_answer_streams_with_sources_then_follow_up_and_new_chat(app_env, sample
     assert not at.session_state.turns and not _assistant(at)
 
 
-def test_nothing_found_is_said_without_calling_the_llm(app_env, sample_index, llm_server):
+def test_nothing_found_is_said_without_calling_the_llm(app_env, sample_index, llm_server, monkeypatch):
+    from rag.chain import RAG
+
+    opened = []
+    real = RAG.from_settings.__func__
+    monkeypatch.setattr(RAG, "from_settings", classmethod(lambda cls, s: opened.append(s) or real(cls, s)))
     at = app_env(sample_index.data_dir, llm_server)
     at.sidebar.slider(key="min_score").set_value(0.99).run()
     at.chat_input[0].set_value("What is the airspeed velocity of an unladen swallow?").run()
@@ -78,6 +83,7 @@ def test_nothing_found_is_said_without_calling_the_llm(app_env, sample_index, ll
     (msg,) = _assistant(at)
     assert "do not contain an answer" in msg.markdown[0].value
     assert any("relevance threshold (0.99)" in c.value for c in msg.caption)
+    assert len(opened) == 1, "store and embedder are opened once per process, not per rerun"
 
 
 def test_endpoint_down_is_a_message_not_a_traceback(app_env, sample_index):
