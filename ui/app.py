@@ -61,6 +61,7 @@ class Turn:
     content: str
     answer: Answer | None = None
     error: str | None = None
+    threshold: float | None = None  # the relevance threshold the answer was retrieved with
 
 
 def _settings_key(settings: Settings) -> str:
@@ -120,20 +121,20 @@ def render_sources(answer: Answer, key: str) -> None:
                 st.caption("The original file is no longer at this path.")
 
 
-def render_turn(turn: Turn, i: int, settings: Settings) -> None:
+def render_turn(turn: Turn, i: int) -> None:
     with st.chat_message(turn.role):
         if turn.error:
             st.error(turn.error, icon=":material/error:")
             return
         st.markdown(_md(turn.content))
         if turn.answer is not None:
-            _answer_footer(turn.answer, settings)
+            _answer_footer(turn.answer, turn.threshold)
             render_sources(turn.answer, key=str(i))
 
 
-def _answer_footer(answer: Answer, settings: Settings) -> None:
+def _answer_footer(answer: Answer, threshold: float | None) -> None:
     if answer.refused:
-        st.caption(f"No passage scored above the relevance threshold ({answer_threshold(settings):.2f}). "
+        st.caption(f"No passage scored above the relevance threshold ({threshold:.2f}). "
                    "Rephrase the question, lower the threshold in the sidebar, or add documents.")
         return
     t = answer.timings
@@ -149,10 +150,6 @@ def _answer_footer(answer: Answer, settings: Settings) -> None:
         parts.append("repacked after the server reported an overflow")
     if parts:
         st.caption(" · ".join(parts))
-
-
-def answer_threshold(settings: Settings) -> float:
-    return st.session_state.get("min_score", settings.min_score)
 
 
 def _history(turns: list[Turn]) -> list[tuple[str, str]]:
@@ -262,7 +259,7 @@ def _streamed(pieces: Iterator[str], waiting: Any) -> Iterator[str]:
         yield _md(piece)
 
 
-def ask(rag: RAG, question: str, turns: list[Turn], settings: Settings) -> Turn:
+def ask(rag: RAG, question: str, turns: list[Turn]) -> Turn:
     """Stream one answer into the open assistant message; failures become a message, never a traceback."""
     history = _history(turns)
     waiting = st.empty()
@@ -283,8 +280,8 @@ def ask(rag: RAG, question: str, turns: list[Turn], settings: Settings) -> Turn:
         st.error(msg, icon=":material/error:")
         return Turn("assistant", "", error=msg)
     waiting.empty()
-    turn = Turn("assistant", answer.text, answer=answer)
-    _answer_footer(answer, settings)
+    turn = Turn("assistant", answer.text, answer=answer, threshold=rag.settings.min_score)
+    _answer_footer(answer, turn.threshold)
     render_sources(answer, key=str(len(turns) + 1))
     return turn
 
@@ -315,7 +312,7 @@ def main() -> None:
         else:
             st.info("The index is empty: add documents in the sidebar, or run `rag ingest PATH`.")
     for i, turn in enumerate(turns):
-        render_turn(turn, i, settings)
+        render_turn(turn, i)
 
     if question := st.chat_input("Ask a question about the documents"):
         question = question.strip()
@@ -323,7 +320,7 @@ def main() -> None:
         with st.chat_message("user"):
             st.markdown(_md(question))
         with st.chat_message("assistant"):
-            turns.append(ask(rag, question, turns[:-1], settings))
+            turns.append(ask(rag, question, turns[:-1]))
 
 
 main()
