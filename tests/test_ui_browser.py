@@ -93,5 +93,12 @@ def test_ask_in_the_browser_streams_an_answer_with_sources(ui_server, tmp_path):
             download.click()
         name = dl.value.suggested_filename
         assert (SAMPLE_DOCS / name).read_bytes() == Path(dl.value.path()).read_bytes()
+        # Upload from the browser: through Streamlit's upload route into the ingestion pipeline.
+        note = tmp_path / "parking.md"
+        note.write_text("# Parking\n\nThe code of the parking garage gate is 4711.\n")
+        page.get_by_test_id("stFileUploaderDropzoneInput").set_input_files(str(note))
+        page.get_by_role("button", name=re.compile("Add to the index")).click()
+        expect(page.get_by_text(re.compile(r"^1 added, 0 updated"))).to_be_visible(timeout=120_000)
+        expect(page.get_by_text("6 documents", exact=False)).to_be_visible()
         print(f"\nscreenshot: {tmp_path / 'ui.png'}; {len(seen)} partial answers seen; source {label!r}")
         browser.close()
