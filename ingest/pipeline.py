@@ -27,6 +27,7 @@ from ingest.parsers import PARSER_VERSION, ParsedDocument, is_supported, parse
 from rag.embeddings import Embedder, get_embedder
 from rag.errors import ParseError
 from rag.settings import Settings
+from rag.sparse import SparseEncoder, get_sparse_encoder
 from rag.store import ChunkPoint, DocumentRecord, Store, chunk_id, open_store
 
 log = logging.getLogger(__name__)
@@ -95,11 +96,13 @@ class _Work:
     error: str | None = None
 
 
-def config_signature(settings: Settings, embedder: Embedder) -> str:
+def config_signature(settings: Settings, embedder: Embedder, sparse: SparseEncoder | None = None) -> str:
     """What, besides the file's bytes, decides its chunks: change any of it and the file is re-ingested."""
     parts = [embedder.model_name, str(embedder.max_tokens), str(settings.chunk_tokens),
              str(settings.chunk_overlap_tokens), settings.pdf_parser, str(settings.ocr), PARSER_VERSION,
              settings.embedding_backend, settings.embedding_passage_prompt]
+    if sparse is not None:  # only stores with BM25 vectors: older ones are not re-embedded for nothing
+        parts.append(sparse.signature)
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
 
 
@@ -211,7 +214,9 @@ def _run(files: list[Path], roots: list[Path], settings: Settings, groups: list[
         if path not in registry:
             store.delete_chunks(path)
 
-    sig = config_signature(settings, embedder)
+    # Every chunk gets its BM25 vector whatever the retrieval mode, so switching modes needs no re-index.
+    sparse = get_sparse_encoder(settings) if store.has_sparse else None
+    sig = config_signature(settings, embedder, sparse)
     prog = Progress(files_total=len(files), bytes_total=sum(_size(f) for f in files))
     work_q: queue.Queue[_Work | None] = queue.Queue(maxsize=8)
     stop = threading.Event()
@@ -272,12 +277,12 @@ def _run(files: list[Path], roots: list[Path], settings: Settings, groups: list[
             prog.files_done += 1
             prog.bytes_done += w.size
             if len(buffer) >= EMBED_BUFFER or (buffer and work_q.empty()):
-                _flush(buffer, pending, works, groups, sig, store, embedder, report, prog)
+                _flush(buffer, pending, works, groups, sig, store, embedder, sparse, report, prog)
                 buffer = []
             if progress:
                 progress(prog)
         if buffer:
-            _flush(buffer, pending, works, groups, sig, store, embedder, report, prog)
+            _flush(buffer, pending, works, groups, sig, store, embedder, sparse, report, prog)
             if progress:
                 progress(prog)
     finally:
@@ -334,11 +339,13 @@ def _fail(store: Store, w: _Work, report: IngestReport) -> None:
 
 
 def _flush(buffer: list[tuple[_Work, Chunk]], pending: dict[str, int], works: dict[str, _Work],
-           groups: list[str], sig: str, store: Store, embedder: Embedder, report: IngestReport,
-           prog: Progress) -> None:
-    vectors = embedder.embed_documents([c.text for _, c in buffer])
+           groups: list[str], sig: str, store: Store, embedder: Embedder, sparse: SparseEncoder | None,
+           report: IngestReport, prog: Progress) -> None:
+    texts = [c.text for _, c in buffer]
+    vectors = embedder.embed_documents(texts)
+    sparse_vectors = sparse.embed_documents(texts) if sparse is not None else [None] * len(texts)
     points = []
-    for (w, c), vec in zip(buffer, vectors):
+    for (w, c), vec, sv in zip(buffer, vectors, sparse_vectors):
         assert w.doc is not None
         points.append(ChunkPoint(chunk_id(w.path, w.sha256, c.index), vec.tolist(), {
             "text": c.text,
@@ -355,7 +362,7 @@ def _flush(buffer: list[tuple[_Work, Chunk]], pending: dict[str, int], works: di
             "char_end": c.char_end,
             "token_count": c.token_count,
             "groups": groups,
-        }))
+        }, sv))
     store.upsert_chunks(points)
     report.chunks += len(points)
     prog.chunks_done += len(points)

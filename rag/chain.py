@@ -144,7 +144,7 @@ class RAG:
         self.embedder = embedder
         self.endpoint = endpoint
         self.system_prompt = system_prompt.strip()
-        self.retriever_core = Retriever(store, embedder, top_k=settings.top_k, min_score=settings.min_score)
+        self.retriever_core = Retriever.from_settings(settings, store, embedder)
         self._owns_store = False
 
     @classmethod

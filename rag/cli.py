@@ -182,6 +182,7 @@ def _snippet(text: str, width: int = 240) -> str:
 def search(
     query: Annotated[str, typer.Argument(help="What to look for.")],
     top_k: Annotated[int, typer.Option("--top-k", "-k", help="How many chunks to show.")] = 5,
+    mode: Annotated[str | None, typer.Option(help="dense, sparse or hybrid (default: RAG_RETRIEVAL_MODE).")] = None,
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     """Show what retrieval finds for a query (path, page, score, snippet). No LLM involved."""
@@ -190,10 +191,16 @@ def search(
     from rag.store import open_store
 
     settings = _settings()
+    if mode is not None:
+        if mode not in ("dense", "sparse", "hybrid"):
+            err.print(Text(f"error: --mode must be dense, sparse or hybrid, not {mode!r}", style="bold red"))
+            raise typer.Exit(2)
+        settings = settings.model_copy(update={"retrieval_mode": mode})
     try:
         embedder = get_embedder(settings)
         with open_store(settings) as store:
-            found = Retriever(store, embedder, top_k=top_k, min_score=float("-inf")).retrieve(query)
+            found = Retriever.from_settings(settings, store, embedder, top_k=top_k,
+                                            min_score=float("-inf")).retrieve(query)
     except RagError as exc:
         raise _fail(exc) from None
     results = [{"path": p.path, "page": p.page_start, "score": round(p.score, 4), "snippet": _snippet(p.text),
@@ -242,7 +249,7 @@ def status(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
         return
     table = Table(show_header=False, box=None)
     for k in ("backend", "location", "collection", "documents", "chunks", "pages", "embedding_model",
-              "embedding_dimension", "embedding_backend"):
+              "embedding_dimension", "embedding_backend", "retrieval_mode"):
         table.add_row(k.replace("_", " "), str(info[k]))
     if info["last_ingest"]:
         table.add_row("last ingest", time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(info["last_ingest"])))
@@ -257,6 +264,10 @@ def status(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
     out.print(table)
     if not info["documents"]:
         out.print("The index is empty: run [bold]rag ingest PATH[/] to add documents.")
+    elif not info["sparse_vectors"] and settings.retrieval_mode != "dense":
+        out.print(Text(f"RAG_RETRIEVAL_MODE={settings.retrieval_mode} needs keyword (BM25) vectors, which this index, "
+                       "built by an older version, lacks: dense retrieval is used. To rebuild, ingest into a new "
+                       "RAG_DATA_DIR or RAG_COLLECTION.", style="yellow"))
 
 
 @app.command()

@@ -17,7 +17,10 @@ from pydantic import ConfigDict
 
 from rag.embeddings import Embedder
 from rag.packing import Passage
+from rag.settings import Settings
+from rag.sparse import SparseEncoder
 from rag.store import Hit, SearchFilter, Store
+from rag.store.base import SearchMode
 
 
 @dataclass
@@ -32,7 +35,7 @@ def to_passage(hit: Hit) -> Passage:
     return Passage(
         id=hit.id,
         text=p.get("text", ""),
-        score=hit.score,
+        score=hit.score if hit.similarity is None else hit.similarity,  # cosine: comparable across modes
         path=p.get("path", ""),
         source=p.get("source") or p.get("path", "").rsplit("/", 1)[-1],
         page_start=p.get("page_start"),
@@ -45,22 +48,60 @@ def to_passage(hit: Hit) -> Passage:
 
 
 class Retriever:
-    def __init__(self, store: Store, embedder: Embedder, *, top_k: int = 20, min_score: float = 0.0) -> None:
+    """``mode``: dense (cosine), sparse (BM25) or hybrid (both fused by reciprocal rank inside Qdrant).
+
+    ``min_score`` is a cosine threshold in every mode. Dense drops each hit below it. The fused modes rank by
+    keywords too, so a chunk can be the right one with a low cosine: there the threshold only decides whether
+    anything relevant was found at all (no hit reaches it = nothing relevant, as in dense mode).
+    """
+
+    def __init__(self, store: Store, embedder: Embedder, *, top_k: int = 20, min_score: float = 0.0,
+                 mode: SearchMode = "dense", sparse: SparseEncoder | None = None, rrf_k: int = 60,
+                 prefetch: int = 100) -> None:
+        if mode != "dense" and sparse is None:
+            raise ValueError(f"retrieval mode {mode!r} needs a sparse encoder")
         self.store = store
         self.embedder = embedder
         self.top_k = top_k
         self.min_score = min_score
+        self.mode: SearchMode = mode
+        self.sparse = sparse
+        self.rrf_k = rrf_k
+        self.prefetch = prefetch
+
+    @classmethod
+    def from_settings(cls, settings: Settings, store: Store, embedder: Embedder, **overrides) -> Retriever:
+        from rag.sparse import get_sparse_encoder
+
+        kw = {"top_k": settings.top_k, "min_score": settings.min_score, "mode": settings.retrieval_mode,
+              "rrf_k": settings.rrf_k, "prefetch": settings.hybrid_prefetch} | overrides
+        if kw["mode"] != "dense":
+            kw.setdefault("sparse", get_sparse_encoder(settings))
+        return cls(store, embedder, **kw)
+
+    @property
+    def effective_mode(self) -> SearchMode:
+        """Stores built before sparse vectors existed can only answer dense queries."""
+        return self.mode if self.mode == "dense" or self.store.has_sparse else "dense"
 
     def retrieve(self, query: str, *, top_k: int | None = None, groups: Sequence[str] | None = None,
-                 min_score: float | None = None) -> Retrieved:
+                 min_score: float | None = None, mode: SearchMode | None = None) -> Retrieved:
         """Best passages for ``query``, best first. ``groups`` restricts to chunks those groups may read
         (applied inside the Qdrant query); ``None`` means no restriction (single-user local mode)."""
         started = time.perf_counter()
+        mode = mode or self.effective_mode
         vector = self.embedder.embed_query(query)
+        sparse = self.sparse.embed_query(query) if mode != "dense" and self.sparse is not None else None
         flt = SearchFilter(groups_any=tuple(groups)) if groups is not None else None
-        hits = self.store.search(vector.tolist(), top_k or self.top_k, flt)
+        hits = self.store.query(vector.tolist(), top_k or self.top_k, flt, sparse=sparse, mode=mode,
+                                rrf_k=self.rrf_k, prefetch=self.prefetch)
         threshold = self.min_score if min_score is None else min_score
-        passages = [to_passage(h) for h in hits if h.score >= threshold]
+        sims = [h.score if h.similarity is None else h.similarity for h in hits]
+        if mode == "dense":
+            kept = [h for h, s in zip(hits, sims) if s >= threshold]
+        else:
+            kept = hits if any(s >= threshold for s in sims) else []
+        passages = [to_passage(h) for h in kept]
         return Retrieved(passages, time.perf_counter() - started, len(hits))
 
 

@@ -66,6 +66,16 @@ class Settings(BaseSettings):
         0.25, description="Cosine similarity below which a chunk is not relevant; none left = no answer."
     )
 
+    retrieval_mode: Literal["dense", "sparse", "hybrid"] = Field(
+        "dense", description="dense (embeddings), sparse (BM25 keywords) or hybrid (both, fused by reciprocal rank)."
+    )
+    rrf_k: int = Field(60, ge=1, description="Reciprocal-rank-fusion constant for hybrid retrieval.")
+    hybrid_prefetch: int = Field(100, ge=1, description="Candidates each side (dense, sparse) brings to the fusion.")
+    bm25_avg_len: float = Field(
+        100.0, gt=0, description="Average chunk length in BM25 terms (after stopwords); a change re-ingests."
+    )
+    bm25_language: str = Field("english", description="Stopwords and stemming of the BM25 vectors.")
+
     # --- LLM endpoint --------------------------------------------------------------------------
     llm_base_url: str = Field("http://127.0.0.1:8080/v1", description="OpenAI-compatible base URL (…/v1).")
     llm_api_key: SecretStr | None = None

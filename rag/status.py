@@ -22,5 +22,7 @@ def index_info(store: Store, settings: Settings) -> dict[str, Any]:
         "embedding_model": meta.get("embedding_model") or settings.embedding_model,
         "embedding_dimension": meta.get("dimension"),
         "embedding_backend": settings.embedding_backend,
+        "sparse_vectors": store.has_sparse,
+        "retrieval_mode": settings.retrieval_mode if store.has_sparse else "dense",
         "last_ingest": max((d.ingested_at for d in docs.values()), default=None),
     }

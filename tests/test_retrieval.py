@@ -66,3 +66,37 @@ def test_cli_search_json(tmp_path, docs):
     assert len(results) == 3 and set(results[0]) >= {"path", "page", "score", "snippet"}
     assert results[0]["path"].endswith("it-security.md") and "14 characters" in " ".join(
         r["snippet"] for r in results)
+
+
+@pytest.mark.parametrize("mode", ["sparse", "hybrid"])
+def test_keyword_modes_find_their_source_too(indexed, embedder, mode):
+    settings, store = indexed
+    assert store.has_sparse  # a store made by this version carries BM25 vectors
+    r = Retriever.from_settings(settings.model_copy(update={"retrieval_mode": mode}), store, embedder, top_k=5)
+    hits_at_5 = sum(
+        any(p.source == q["file"] and (q["page"] is None or p.page_start <= q["page"] <= p.page_end)
+            for p in r.retrieve(q["question"]).passages)
+        for q in QUESTIONS)
+    assert hits_at_5 / len(QUESTIONS) >= 0.75, hits_at_5
+    # A product name the embedding model has never seen: the keyword side puts its chunk first.
+    top = r.retrieve("Chronos").passages
+    assert top and "Chronos" in top[0].text
+    assert all(-1.0 <= p.score <= 1.0 for p in top)  # scores stay cosine similarities in every mode
+
+
+def test_unrelated_question_is_refused_in_hybrid_mode_too(indexed, embedder):
+    settings, store = indexed
+    r = Retriever.from_settings(settings.model_copy(update={"retrieval_mode": "hybrid"}), store, embedder)
+    assert r.retrieve("What is the boiling point of tungsten?").passages == []
+
+
+def test_cli_search_modes(sample_index, tmp_path):
+    import shutil
+
+    shutil.copytree(sample_index.data_dir, tmp_path / "data")  # this module's fixture holds the original open
+    env = {"RAG_DATA_DIR": str(tmp_path / "data")}
+    res = rag_cmd("search", "Chronos", "--mode", "sparse", "--json", env=env)
+    assert res.returncode == 0, res.stderr
+    assert "Chronos" in json.loads(res.stdout)["results"][0]["snippet"]
+    bad = rag_cmd("search", "x", "--mode", "bm42", env=env)
+    assert bad.returncode == 2 and "dense, sparse or hybrid" in bad.stderr

@@ -14,6 +14,7 @@ import pytest
 
 from rag.errors import StoreConfigError, StoreLockedError
 from rag.store import ChunkPoint, DocumentRecord, SearchFilter, chunk_id
+from rag.store.base import META_ID
 from rag.store.edge import EdgeStore
 from rag.store.server import QdrantServerStore
 
@@ -155,3 +156,67 @@ def test_edge_store_closed_from_another_thread_is_unlocked(tmp_path):
     t.join()
     opened[0].close()
     EdgeStore(tmp_path / "e").close()
+
+
+# --- hybrid retrieval: BM25 sparse vectors next to the dense ones, fused inside Qdrant ---------------------
+
+_WORDS = ["budget", "meeting", "travel", "office", "report", "laptop", "policy", "review", "team", "customer"]
+
+
+def _texts(n: int) -> list[str]:
+    rng = np.random.default_rng(7)
+    texts = [" ".join(rng.choice(_WORDS, size=12)) for _ in range(n)]
+    texts[13] += " the zeppelin hangar key is kept at reception"
+    return texts
+
+
+def _hybrid_points(n: int = 60) -> list[ChunkPoint]:
+    from rag.sparse import Bm25Encoder
+
+    texts = _texts(n)
+    sparse = Bm25Encoder(avg_len=12).embed_documents(texts)
+    return [ChunkPoint(chunk_id("/h.txt", "s", i), _vec(1000 + i),
+                       {"path": "/h.txt", "chunk_index": i, "text": t,
+                        "groups": ["secret"] if i == 13 else ["staff"], "doc_sha256": "s"}, sparse[i])
+            for i, t in enumerate(texts)]
+
+
+def test_sparse_and_hybrid_find_a_keyword_the_dense_vector_misses(store):
+    from rag.sparse import Bm25Encoder
+
+    pts = _hybrid_points()
+    store.upsert_chunks(pts)
+    assert store.has_sparse
+    q_dense, q_sparse = _vec(5), Bm25Encoder(avg_len=12).embed_query("where is the zeppelin key?")
+    dense = store.query(q_dense, 5, mode="dense")
+    assert pts[13].id not in [h.id for h in dense]
+    sparse = store.query(q_dense, 5, sparse=q_sparse, mode="sparse")
+    assert sparse[0].id == pts[13].id and sparse[0].score > 0
+    hybrid = store.query(q_dense, 5, sparse=q_sparse, mode="hybrid", prefetch=20)
+    assert pts[13].id in [h.id for h in hybrid[:2]]
+    for h in dense + sparse + hybrid:  # every hit carries its cosine to the query, whatever ranked it
+        assert h.similarity == pytest.approx(float(np.dot(q_dense, pts[h.payload["chunk_index"]].vector)), abs=1e-4)
+
+
+def test_hybrid_and_sparse_apply_the_group_filter_inside_the_query(store):
+    from rag.sparse import Bm25Encoder
+
+    store.upsert_chunks(_hybrid_points())
+    q_sparse = Bm25Encoder(avg_len=12).embed_query("zeppelin hangar key budget")
+    for mode in ("sparse", "hybrid"):
+        hits = store.query(_vec(5), 60, SearchFilter(groups_any=("staff",)), sparse=q_sparse, mode=mode)
+        assert hits and all(h.payload["groups"] == ["staff"] for h in hits), mode
+        # with the group, the only chunk containing the keywords comes first
+        top = store.query(_vec(5), 3, SearchFilter(groups_any=("secret",)), sparse=q_sparse, mode=mode)
+        assert [h.payload["chunk_index"] for h in top] == [13], mode
+
+
+def test_a_store_built_before_sparse_vectors_falls_back_to_dense(store):
+    pts = _hybrid_points()
+    store.upsert_chunks(pts)
+    meta = store.meta()
+    meta.pop("sparse")
+    store._put_registry(META_ID, meta)  # what a store made before hybrid retrieval holds
+    store._has_sparse = None
+    assert not store.has_sparse
+    assert [h.id for h in store.query(_vec(5), 5, mode="hybrid")] == [h.id for h in store.query(_vec(5), 5)]

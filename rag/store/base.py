@@ -12,7 +12,9 @@ from __future__ import annotations
 import uuid
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Literal, Protocol, runtime_checkable
+
+from rag.sparse import SparseVector
 
 # Fixed namespace: ids must be identical across runs and machines so re-running never duplicates.
 _NS = uuid.UUID("6f1c2a1e-5d0b-4c3e-9a8f-2b7d4e6c9a01")
@@ -32,18 +34,35 @@ def chunk_id(path: str, sha256: str, index: int) -> str:
 META_ID = str(uuid.uuid5(_NS, "meta"))
 
 
+#: Names of the two vectors every chunk carries.
+DENSE = "dense"
+SPARSE = "bm25"
+
+SearchMode = Literal["dense", "sparse", "hybrid"]
+
+
 @dataclass(frozen=True)
 class ChunkPoint:
     id: str
     vector: Sequence[float]
     payload: dict[str, Any]
+    sparse: SparseVector | None = None  # keyword weights (rag.sparse); None in stores built without them
 
 
 @dataclass(frozen=True)
 class Hit:
     id: str
-    score: float
+    score: float  # what ranked it: cosine (dense), BM25 (sparse) or the fused score (hybrid)
     payload: dict[str, Any]
+    similarity: float | None = None  # cosine to the query's dense vector, whatever the mode
+
+
+def cosine(a: Sequence[float], b: Sequence[float]) -> float:
+    import numpy as np
+
+    va, vb = np.asarray(a, dtype=np.float32), np.asarray(b, dtype=np.float32)
+    denom = float(np.linalg.norm(va) * np.linalg.norm(vb))
+    return float(va @ vb) / denom if denom else 0.0
 
 
 @dataclass(frozen=True)
@@ -93,7 +112,9 @@ def check_meta(meta: dict[str, Any], embedding_model: str, dimension: int, where
 def new_meta(embedding_model: str, dimension: int) -> dict[str, Any]:
     import time
 
-    return {"kind": "meta", "embedding_model": embedding_model, "dimension": dimension, "created_at": time.time()}
+    # "sparse": the chunks collection has the BM25 vector (stores made before hybrid retrieval do not).
+    return {"kind": "meta", "embedding_model": embedding_model, "dimension": dimension, "created_at": time.time(),
+            "sparse": SPARSE}
 
 
 @runtime_checkable
@@ -124,7 +145,21 @@ class Store(Protocol):
         """All chunks of one document in chunk order (score 0), for source viewers and tests."""
         ...
 
-    def search(self, vector: Sequence[float], limit: int, flt: SearchFilter | None = None) -> list[Hit]: ...
+    def search(self, vector: Sequence[float], limit: int, flt: SearchFilter | None = None) -> list[Hit]:
+        """Dense nearest neighbours (``query`` in dense mode)."""
+        ...
+
+    @property
+    def has_sparse(self) -> bool:
+        """Whether chunks carry BM25 vectors (stores built before hybrid retrieval do not)."""
+        ...
+
+    def query(self, vector: Sequence[float], limit: int, flt: SearchFilter | None = None, *,
+              sparse: SparseVector | None = None, mode: SearchMode = "dense", rrf_k: int = 60,
+              prefetch: int | None = None) -> list[Hit]:
+        """Best chunks by ``mode``: dense cosine, sparse BM25, or both fused by reciprocal rank inside Qdrant
+        (each side fetches ``prefetch`` candidates, the filter applies to both). Hits carry ``similarity``."""
+        ...
 
     def documents(self) -> dict[str, DocumentRecord]: ...
 

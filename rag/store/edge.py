@@ -21,16 +21,20 @@ from rag.errors import StoreLockedError
 from rag.store.base import (
     check_meta,
     new_meta,
+    DENSE,
     INDEXED_FIELDS,
     META_ID,
+    SPARSE,
     ChunkPoint,
     DocumentRecord,
     Hit,
     SearchFilter,
+    SearchMode,
+    cosine,
     document_id,
 )
+from rag.sparse import SparseVector
 
-DENSE = "dense"
 _SCROLL_PAGE = 1024
 
 
@@ -73,6 +77,7 @@ class EdgeStore:
         (self.root / ".holder").write_text(f"{os.getpid()}\n")
         self._chunks: qe.EdgeShard | None = None
         self._docs: qe.EdgeShard | None = None
+        self._has_sparse: bool | None = None
         if (self.root / "chunks" / "edge_config.json").exists():
             self._open_existing()
 
@@ -89,6 +94,8 @@ class EdgeStore:
                 str(self.root / "chunks"),
                 qe.EdgeConfig(
                     vectors={DENSE: qe.EdgeVectorParams(size=dimension, distance=qe.Distance.Cosine)},
+                    # IDF is applied at query time from live statistics: adding documents re-weights nothing.
+                    sparse_vectors={SPARSE: qe.EdgeSparseVectorParams(modifier=qe.Modifier.Idf)},
                     optimizers=qe.EdgeOptimizersConfig(indexing_threshold=0),
                 ),
             )
@@ -104,6 +111,7 @@ class EdgeStore:
             self._put_registry(META_ID, new_meta(embedding_model, dimension))
         else:
             check_meta(meta, embedding_model, dimension, f"the store at {self.location}")
+        self._has_sparse = None
 
     def flush(self) -> None:
         for shard in (self._chunks, self._docs):
@@ -171,9 +179,10 @@ class EdgeStore:
         if not points:
             return
         assert self._chunks is not None, "ensure_ready() first"
-        self._chunks.update(qe.UpdateOperation.upsert_points(
-            [qe.Point(p.id, {DENSE: [float(x) for x in p.vector]}, p.payload) for p in points]
-        ))
+        sparse = self.has_sparse
+        self._chunks.update(qe.UpdateOperation.upsert_points([
+            qe.Point(p.id, _vectors(p, sparse), p.payload) for p in points
+        ]))
 
     def delete_chunks(self, path: str) -> None:
         if self._chunks is not None:
@@ -204,17 +213,39 @@ class EdgeStore:
             if offset is None:
                 return sorted(hits, key=lambda h: h.payload.get("chunk_index", 0))
 
+    @property
+    def has_sparse(self) -> bool:
+        if self._has_sparse is None:
+            self._has_sparse = (self.meta() or {}).get("sparse") == SPARSE
+        return self._has_sparse
+
     def search(self, vector: Sequence[float], limit: int, flt: SearchFilter | None = None) -> list[Hit]:
+        return self.query(vector, limit, flt)
+
+    def query(self, vector: Sequence[float], limit: int, flt: SearchFilter | None = None, *,
+              sparse: SparseVector | None = None, mode: SearchMode = "dense", rrf_k: int = 60,
+              prefetch: int | None = None) -> list[Hit]:
         if self._chunks is None:
             return []
-        res = self._chunks.query(qe.QueryRequest(
-            limit=limit,
-            query=qe.Query.Nearest([float(x) for x in vector], using=DENSE),
-            filter=_filter(flt),
-            with_payload=True,
-            with_vector=False,
-        ))
-        return [Hit(str(p.id), float(p.score), dict(p.payload)) for p in res]
+        dense_q = qe.Query.Nearest([float(x) for x in vector], using=DENSE)
+        if mode == "dense" or not self.has_sparse:
+            res = self._chunks.query(qe.QueryRequest(limit=limit, query=dense_q, filter=_filter(flt),
+                                                     with_payload=True, with_vector=False))
+            return [Hit(str(p.id), float(p.score), dict(p.payload), float(p.score)) for p in res]
+        sparse_q = qe.Query.Nearest(qe.SparseVector(indices=list(sparse.indices) if sparse else [],
+                                                    values=list(sparse.values) if sparse else []), using=SPARSE)
+        if mode == "sparse":
+            req = qe.QueryRequest(limit=limit, query=sparse_q, filter=_filter(flt), with_payload=True,
+                                  with_vector=[DENSE])
+        else:
+            n = max(prefetch or 0, limit)
+            # The filter on the outer request is pushed into both prefetches (applied while searching).
+            req = qe.QueryRequest(limit=limit, prefetches=[qe.Prefetch(limit=n, query=dense_q),
+                                                           qe.Prefetch(limit=n, query=sparse_q)],
+                                  query=qe.Fusion.Rrf(k=rrf_k), filter=_filter(flt), with_payload=True,
+                                  with_vector=[DENSE])
+        return [Hit(str(p.id), float(p.score), dict(p.payload), cosine(vector, p.vector[DENSE]))
+                for p in self._chunks.query(req)]
 
     def set_groups(self, path: str, groups: Sequence[str]) -> None:
         if self._chunks is None:
@@ -224,6 +255,13 @@ class EdgeStore:
         if rec is not None:
             rec.groups = list(groups)
             self.put_document(rec)
+
+
+def _vectors(p: ChunkPoint, sparse: bool) -> dict[str, Any]:
+    v: dict[str, Any] = {DENSE: [float(x) for x in p.vector]}
+    if sparse and p.sparse:
+        v[SPARSE] = qe.SparseVector(indices=list(p.sparse.indices), values=list(p.sparse.values))
+    return v
 
 
 def _read_holder(p: Path) -> str:

@@ -16,16 +16,20 @@ from rag.errors import StoreLockedError, StoreUnavailableError
 from rag.store.base import (
     check_meta,
     new_meta,
+    DENSE,
     INDEXED_FIELDS,
     META_ID,
+    SPARSE,
     ChunkPoint,
     DocumentRecord,
     Hit,
     SearchFilter,
+    SearchMode,
+    cosine,
     document_id,
 )
+from rag.sparse import SparseVector
 
-DENSE = "dense"
 _SCROLL_PAGE = 1024
 
 
@@ -74,6 +78,7 @@ class QdrantServerStore:
                     ) from None
                 raise
         self._ready = False
+        self._has_sparse: bool | None = None
         try:
             self._ready = self._client.collection_exists(self.collection)
         except Exception as exc:  # connection refused, DNS, TLS, auth
@@ -87,6 +92,8 @@ class QdrantServerStore:
             self._client.create_collection(
                 self.collection,
                 vectors_config={DENSE: models.VectorParams(size=dimension, distance=models.Distance.COSINE)},
+                # IDF is applied at query time from live statistics: adding documents re-weights nothing.
+                sparse_vectors_config={SPARSE: models.SparseVectorParams(modifier=models.Modifier.IDF)},
             )
             if self.backend == "qdrant-server":  # local mode has no payload indexes (and warns)
                 for name in INDEXED_FIELDS:
@@ -101,6 +108,7 @@ class QdrantServerStore:
             self._put_registry(META_ID, new_meta(embedding_model, dimension))
         else:
             check_meta(meta, embedding_model, dimension, f"collection {self.collection!r}")
+        self._has_sparse = None
 
     def flush(self) -> None:
         pass  # the server persists each acknowledged (wait=True) update
@@ -157,10 +165,10 @@ class QdrantServerStore:
     def upsert_chunks(self, points: Sequence[ChunkPoint]) -> None:
         if not points:
             return
+        sparse = self.has_sparse
         self._client.upsert(
             self.collection,
-            [models.PointStruct(id=p.id, vector={DENSE: [float(x) for x in p.vector]}, payload=p.payload)
-             for p in points],
+            [models.PointStruct(id=p.id, vector=_vectors(p, sparse), payload=p.payload) for p in points],
             wait=True,
         )
 
@@ -194,14 +202,41 @@ class QdrantServerStore:
             if offset is None:
                 return sorted(hits, key=lambda h: h.payload.get("chunk_index", 0))
 
+    @property
+    def has_sparse(self) -> bool:
+        if self._has_sparse is None:
+            self._has_sparse = (self.meta() or {}).get("sparse") == SPARSE
+        return self._has_sparse
+
     def search(self, vector: Sequence[float], limit: int, flt: SearchFilter | None = None) -> list[Hit]:
+        return self.query(vector, limit, flt)
+
+    def query(self, vector: Sequence[float], limit: int, flt: SearchFilter | None = None, *,
+              sparse: SparseVector | None = None, mode: SearchMode = "dense", rrf_k: int = 60,
+              prefetch: int | None = None) -> list[Hit]:
         if not self._ready:
             return []
-        res = self._client.query_points(
-            self.collection, query=[float(x) for x in vector], using=DENSE, limit=limit,
-            query_filter=_filter(flt), with_payload=True, with_vectors=False,
-        )
-        return [Hit(str(p.id), float(p.score), dict(p.payload or {})) for p in res.points]
+        dense_q = [float(x) for x in vector]
+        if mode == "dense" or not self.has_sparse:
+            res = self._client.query_points(self.collection, query=dense_q, using=DENSE, limit=limit,
+                                            query_filter=_filter(flt), with_payload=True, with_vectors=False)
+            return [Hit(str(p.id), float(p.score), dict(p.payload or {}), float(p.score)) for p in res.points]
+        sparse_q = models.SparseVector(indices=list(sparse.indices) if sparse else [],
+                                       values=list(sparse.values) if sparse else [])
+        if mode == "sparse":
+            res = self._client.query_points(self.collection, query=sparse_q, using=SPARSE, limit=limit,
+                                            query_filter=_filter(flt), with_payload=True, with_vectors=[DENSE])
+        else:
+            n = max(prefetch or 0, limit)
+            # The filter is pushed into both prefetches (applied while searching, not afterwards).
+            res = self._client.query_points(
+                self.collection, limit=limit, query_filter=_filter(flt), with_payload=True, with_vectors=[DENSE],
+                prefetch=[models.Prefetch(query=dense_q, using=DENSE, limit=n),
+                          models.Prefetch(query=sparse_q, using=SPARSE, limit=n)],
+                query=models.RrfQuery(rrf=models.Rrf(k=rrf_k)),
+            )
+        return [Hit(str(p.id), float(p.score), dict(p.payload or {}), cosine(vector, p.vector[DENSE]))
+                for p in res.points]
 
     def set_groups(self, path: str, groups: Sequence[str]) -> None:
         if not self._ready:
@@ -212,3 +247,10 @@ class QdrantServerStore:
         if rec is not None:
             rec.groups = list(groups)
             self.put_document(rec)
+
+
+def _vectors(p: ChunkPoint, sparse: bool) -> dict[str, Any]:
+    v: dict[str, Any] = {DENSE: [float(x) for x in p.vector]}
+    if sparse and p.sparse:
+        v[SPARSE] = models.SparseVector(indices=list(p.sparse.indices), values=list(p.sparse.values))
+    return v
