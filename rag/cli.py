@@ -381,6 +381,52 @@ def chat() -> None:
         rag.close()
 
 
+eval_app = typer.Typer(help="Measure retrieval quality on your own or public data.", no_args_is_help=True)
+app.add_typer(eval_app, name="eval")
+
+
+@eval_app.command("retrieval")
+def eval_retrieval(
+    dataset: Annotated[Path, typer.Argument(help="A BEIR-format folder: corpus.jsonl, queries.jsonl, qrels/.")],
+    split: Annotated[str, typer.Option(help="Which qrels/<split>.tsv to score.")] = "test",
+    mode: Annotated[str, typer.Option(help="dense, sparse, hybrid or all.")] = "all",
+    limit: Annotated[int | None, typer.Option(help="Only the first N queries (by id).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object keyed by mode.")] = False,
+) -> None:
+    """nDCG@10, Recall@10/100, MRR@10 and latency per retrieval mode. The corpus is ingested through the
+    normal pipeline into its own index under <data dir>/eval/<dataset> (reused on the next run)."""
+    from evaluation.retrieval import MODES, build_index, evaluate, load_beir
+    from rag.embeddings import get_embedder
+
+    modes = MODES if mode == "all" else (mode,)
+    if any(m not in MODES for m in modes):
+        err.print(Text(f"error: --mode must be dense, sparse, hybrid or all, not {mode!r}", style="bold red"))
+        raise typer.Exit(2)
+    settings = _settings()
+    try:
+        ds = load_beir(dataset, split)
+    except (FileNotFoundError, ValueError, KeyError) as exc:
+        err.print(Text(f"error: {exc}", style="bold red"))
+        raise typer.Exit(2) from None
+    err.print(Text(f"{ds.name}: {len(ds.corpus):,} documents, {len(ds.queries):,} {split} queries", style="dim"))
+    try:
+        embedder = get_embedder(settings)
+        report = build_index(ds, settings, embedder=embedder)
+        err.print(Text(f"index: {report.added} added, {report.unchanged} unchanged, {len(report.failed)} failed "
+                       f"({report.seconds:.0f} s)", style="dim"))
+        results = evaluate(ds, settings, modes, embedder=embedder, limit=limit)
+    except RagError as exc:
+        raise _fail(exc) from None
+    if as_json:
+        out.print_json(json.dumps(results))
+        return
+    table = Table("mode", "nDCG@10", "Recall@10", "Recall@100", "MRR@10", "p50 ms", "p95 ms")
+    for m, r in results.items():
+        table.add_row(m, f"{r['ndcg@10']:.4f}", f"{r['recall@10']:.4f}", f"{r['recall@100']:.4f}",
+                      f"{r['mrr@10']:.4f}", f"{r['p50_ms']:.1f}", f"{r['p95_ms']:.1f}")
+    out.print(table)
+
+
 llm_app = typer.Typer(help="The local demo LLM (SmolLM2-135M; production uses vLLM, Ollama, llama.cpp...).",
                       no_args_is_help=True)
 app.add_typer(llm_app, name="llm")

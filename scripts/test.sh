@@ -9,5 +9,5 @@ if [ ! -x /usr/bin/chromium ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/
   (apt-get update -qq && apt-get install -y -qq --no-install-recommends chromium) >/dev/null 2>&1 \
     || echo "note: could not install chromium; the browser test will fail" >&2
 fi
-.venv/bin/ruff check rag ingest ui tests bench scripts
+.venv/bin/ruff check rag ingest ui evaluation tests bench scripts
 exec .venv/bin/python -m pytest -q -ra "$@"
