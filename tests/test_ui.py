@@ -75,11 +75,14 @@ def test_nothing_found_is_said_without_calling_the_llm(app_env, sample_index, ll
     real = RAG.from_settings.__func__
     monkeypatch.setattr(RAG, "from_settings", classmethod(lambda cls, s: opened.append(s) or real(cls, s)))
     at = app_env(sample_index.data_dir, llm_server)
+    assert at.sidebar.selectbox(key="mode").value == "hybrid"
+    at.sidebar.selectbox(key="mode").set_value("sparse").run()
     at.sidebar.slider(key="min_score").set_value(0.99).run()
     at.chat_input[0].set_value("What is the airspeed velocity of an unladen swallow?").run()
     assert not at.exception and not at.error
     answer = at.session_state.turns[1].answer
     assert answer.refused and answer.usage["source"] == "no LLM call"
+    assert at.session_state.turns[1].threshold == 0.99
     (msg,) = _assistant(at)
     assert "do not contain an answer" in msg.markdown[0].value
     assert any("relevance threshold (0.99)" in c.value for c in msg.caption)

@@ -198,6 +198,11 @@ def sidebar(shared: Shared, settings: Settings) -> RAG:
         st.subheader("Retrieval")
         top_k = st.slider("Candidates per question (top-k)", 1, 100, settings.top_k, key="top_k",
                           help="Chunks retrieved before the best are packed into the model's context.")
+        modes = ["hybrid", "dense", "sparse"]
+        mode = st.selectbox("Search", modes, index=modes.index(settings.retrieval_mode), key="mode",
+                            format_func={"hybrid": "hybrid (meaning + keywords)", "dense": "meaning (embeddings)",
+                                         "sparse": "keywords (BM25)"}.get,
+                            help="Hybrid fuses both rankings; keywords find exact names and codes.")
         min_score = st.slider("Relevance threshold", 0.0, 1.0, float(settings.min_score), 0.01, key="min_score",
                               help="Cosine similarity below which a chunk is ignored; nothing above it means "
                                    "'the documents do not contain an answer'.")
@@ -205,8 +210,8 @@ def sidebar(shared: Shared, settings: Settings) -> RAG:
         st.subheader("Add documents")
         upload_box(shared, settings)
 
-    if (top_k, min_score) != (settings.top_k, settings.min_score):
-        rag = rag.with_settings(top_k=top_k, min_score=min_score)
+    if (top_k, min_score, mode) != (settings.top_k, settings.min_score, settings.retrieval_mode):
+        rag = rag.with_settings(top_k=top_k, min_score=min_score, retrieval_mode=mode)
     return rag
 
 
