@@ -56,7 +56,7 @@ class Retriever:
     """
 
     def __init__(self, store: Store, embedder: Embedder, *, top_k: int = 20, min_score: float = 0.0,
-                 mode: SearchMode = "dense", sparse: SparseEncoder | None = None, rrf_k: int = 60,
+                 mode: SearchMode = "dense", sparse: SparseEncoder | None = None, rrf_k: int = 5,
                  prefetch: int = 100) -> None:
         if mode != "dense" and sparse is None:
             raise ValueError(f"retrieval mode {mode!r} needs a sparse encoder")

@@ -155,7 +155,7 @@ class Store(Protocol):
         ...
 
     def query(self, vector: Sequence[float], limit: int, flt: SearchFilter | None = None, *,
-              sparse: SparseVector | None = None, mode: SearchMode = "dense", rrf_k: int = 60,
+              sparse: SparseVector | None = None, mode: SearchMode = "dense", rrf_k: int = 5,
               prefetch: int | None = None) -> list[Hit]:
         """Best chunks by ``mode``: dense cosine, sparse BM25, or both fused by reciprocal rank inside Qdrant
         (each side fetches ``prefetch`` candidates, the filter applies to both). Hits carry ``similarity``."""

@@ -223,7 +223,7 @@ class EdgeStore:
         return self.query(vector, limit, flt)
 
     def query(self, vector: Sequence[float], limit: int, flt: SearchFilter | None = None, *,
-              sparse: SparseVector | None = None, mode: SearchMode = "dense", rrf_k: int = 60,
+              sparse: SparseVector | None = None, mode: SearchMode = "dense", rrf_k: int = 5,
               prefetch: int | None = None) -> list[Hit]:
         if self._chunks is None:
             return []

@@ -212,7 +212,7 @@ class QdrantServerStore:
         return self.query(vector, limit, flt)
 
     def query(self, vector: Sequence[float], limit: int, flt: SearchFilter | None = None, *,
-              sparse: SparseVector | None = None, mode: SearchMode = "dense", rrf_k: int = 60,
+              sparse: SparseVector | None = None, mode: SearchMode = "dense", rrf_k: int = 5,
               prefetch: int | None = None) -> list[Hit]:
         if not self._ready:
             return []
