@@ -18,10 +18,10 @@ from urllib.parse import quote, unquote
 from ingest import ingest
 from rag.embeddings import Embedder, get_embedder
 from rag.retrieval import Retriever
-from rag.settings import Settings
+from rag.settings import RETRIEVAL_MODES, Settings
 from rag.store import open_store
 
-MODES = ("dense", "sparse", "hybrid")
+MODES = RETRIEVAL_MODES
 #: Chunks fetched per query: enough distinct documents for Recall@100 when documents have several chunks.
 CHUNKS_PER_QUERY = 200
 

@@ -31,7 +31,7 @@ from rich.text import Text
 
 from rag import offline
 from rag.errors import RagError
-from rag.settings import Settings
+from rag.settings import RETRIEVAL_MODES, Settings
 
 offline.apply()
 
@@ -192,7 +192,7 @@ def search(
 
     settings = _settings()
     if mode is not None:
-        if mode not in ("dense", "sparse", "hybrid"):
+        if mode not in RETRIEVAL_MODES:
             err.print(Text(f"error: --mode must be dense, sparse or hybrid, not {mode!r}", style="bold red"))
             raise typer.Exit(2)
         settings = settings.model_copy(update={"retrieval_mode": mode})

@@ -18,7 +18,7 @@ from pydantic import ConfigDict
 from rag.embeddings import Embedder
 from rag.packing import Passage
 from rag.settings import Settings
-from rag.sparse import SparseEncoder
+from rag.sparse import SparseEncoder, get_sparse_encoder
 from rag.store import Hit, SearchFilter, Store
 from rag.store.base import SearchMode
 
@@ -71,8 +71,6 @@ class Retriever:
 
     @classmethod
     def from_settings(cls, settings: Settings, store: Store, embedder: Embedder, **overrides) -> Retriever:
-        from rag.sparse import get_sparse_encoder
-
         kw = {"top_k": settings.top_k, "min_score": settings.min_score, "mode": settings.retrieval_mode,
               "rrf_k": settings.rrf_k, "prefetch": settings.hybrid_prefetch} | overrides
         if kw["mode"] != "dense":

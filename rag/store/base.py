@@ -12,8 +12,9 @@ from __future__ import annotations
 import uuid
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any, Literal, Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
+from rag.settings import RetrievalMode as SearchMode
 from rag.sparse import SparseVector
 
 # Fixed namespace: ids must be identical across runs and machines so re-running never duplicates.
@@ -37,8 +38,6 @@ META_ID = str(uuid.uuid5(_NS, "meta"))
 #: Names of the two vectors every chunk carries.
 DENSE = "dense"
 SPARSE = "bm25"
-
-SearchMode = Literal["dense", "sparse", "hybrid"]
 
 
 @dataclass(frozen=True)
