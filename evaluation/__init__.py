@@ -1,5 +1,6 @@
-"""Measuring the product: retrieval quality on BEIR datasets (``rag eval retrieval``). Sits above ``rag`` and
-``ingest``, like the shells: it runs the real pipeline and retriever."""
+"""Measuring the product: retrieval quality on BEIR datasets (``rag eval retrieval``) and answer quality on a
+question file (``rag eval answers``). Sits above ``rag`` and ``ingest``, like the shells: it runs the real
+pipeline, retriever and chain."""
 
 from rag import offline as _offline
 

@@ -381,7 +381,7 @@ def chat() -> None:
         rag.close()
 
 
-eval_app = typer.Typer(help="Measure retrieval quality on your own or public data.", no_args_is_help=True)
+eval_app = typer.Typer(help="Measure retrieval and answer quality on your own or public data.", no_args_is_help=True)
 app.add_typer(eval_app, name="eval")
 
 
@@ -425,6 +425,51 @@ def eval_retrieval(
         table.add_row(m, f"{r['ndcg@10']:.4f}", f"{r['recall@10']:.4f}", f"{r['recall@100']:.4f}",
                       f"{r['mrr@10']:.4f}", f"{r['p50_ms']:.1f}", f"{r['p95_ms']:.1f}")
     out.print(table)
+
+
+@eval_app.command("answers")
+def eval_answers(
+    qa_file: Annotated[Path, typer.Argument(help="JSON lines: question, answers (references; [] = not in the "
+                                                 "documents), optional source and page.")],
+    limit: Annotated[int | None, typer.Option(help="Only the first N questions.")] = None,
+    results_file: Annotated[Path | None, typer.Option("--out", help="Write each question's answer and scores "
+                                                                    "here (JSON lines).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the summary as one JSON object.")] = False,
+) -> None:
+    """Ask every question through the whole chain (configured index and LLM endpoint) and score the answers:
+    exact match, token F1, citation validity, expected source found and cited, refusals, latency."""
+    from evaluation.answers import evaluate_answers, load_qa, write_results
+    from rag.chain import RAG
+
+    settings = _settings()
+    try:
+        items = load_qa(qa_file)[:limit] if limit else load_qa(qa_file)
+    except (OSError, ValueError) as exc:
+        err.print(Text(f"error: {exc}", style="bold red"))
+        raise typer.Exit(2) from None
+
+    def on_item(i: int, r) -> None:
+        mark = "error" if r.error else ("refused" if r.refused else f"F1 {r.f1:.2f}" if r.f1 is not None else "answered")
+        err.print(Text(f"[{i + 1}/{len(items)}] {mark:>9}  {r.question}", style="dim"))
+
+    try:
+        with RAG.from_settings(settings) as rag:
+            summary, results = evaluate_answers(rag, items, on_item=on_item)
+            summary["model"] = rag.endpoint.info.model
+    except RagError as exc:
+        raise _fail(exc) from None
+    if results_file:
+        write_results(results_file, results)
+    if as_json:
+        out.print_json(json.dumps(summary))
+        return
+    table = Table("metric", "value", show_header=False)
+    for k, v in summary.items():
+        table.add_row(k.replace("_", " "), "—" if v is None else f"{v:.4f}" if isinstance(v, float) else str(v))
+    out.print(table)
+    for r in results:
+        if r.error:
+            out.print(Text(f"error on {r.question!r}: {r.error}", style="yellow"))
 
 
 llm_app = typer.Typer(help="The local demo LLM (SmolLM2-135M; production uses vLLM, Ollama, llama.cpp...).",
