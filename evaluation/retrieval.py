@@ -3,6 +3,9 @@
 Each corpus record becomes one text file (title, blank line, text) that the normal ingestion pipeline chunks,
 embeds and stores in a collection of its own; each query goes through the normal ``Retriever``. A document's
 rank is the rank of its best chunk. Metrics come from ``pytrec_eval`` (trec_eval's own code).
+
+With a reranker, each mode is measured twice, as ``<mode>`` and ``<mode>+rerank``, so the gain and its cost in
+latency show side by side; the reranker reorders the first ``rerank_candidates`` chunks of each query.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from urllib.parse import quote, unquote
 
 from ingest import ingest
 from rag.embeddings import Embedder, get_embedder
+from rag.rerank import Reranker
 from rag.retrieval import Retriever
 from rag.settings import RETRIEVAL_MODES, Settings
 from rag.store import open_store
@@ -97,7 +101,10 @@ def build_index(ds: BeirDataset, settings: Settings, *, embedder: Embedder | Non
 
 
 def evaluate(ds: BeirDataset, settings: Settings, modes: Sequence[str] = MODES, *,
-             embedder: Embedder | None = None, limit: int | None = None) -> dict[str, dict]:
+             embedder: Embedder | None = None, limit: int | None = None,
+             reranker: Reranker | None = None) -> dict[str, dict]:
+    """Metrics per mode; with ``reranker``, also per ``<mode>+rerank``. The settings' own reranker is not used:
+    the caller decides (``rag eval retrieval --rerank/--no-rerank``)."""
     import pytrec_eval
 
     es = eval_settings(settings, ds)
@@ -108,27 +115,29 @@ def evaluate(ds: BeirDataset, settings: Settings, modes: Sequence[str] = MODES, 
     with open_store(es) as store:
         for mode in modes:
             retriever = Retriever.from_settings(es.model_copy(update={"retrieval_mode": mode}), store, embedder,
-                                                top_k=CHUNKS_PER_QUERY, min_score=float("-inf"))
+                                                top_k=CHUNKS_PER_QUERY, min_score=float("-inf"), reranker=reranker)
             if retriever.effective_mode != mode:
                 raise RuntimeError(f"the evaluation index has no sparse vectors; delete {es.data_dir} and rerun")
-            run: dict[str, dict[str, float]] = {}
-            latencies = []
-            for q in qids:
-                t = time.perf_counter()
-                passages = retriever.retrieve(ds.queries[q]).passages
-                latencies.append((time.perf_counter() - t) * 1000)
-                ranked: list[str] = []
-                for p in passages:
-                    d = _doc_id(p.path)
-                    if d not in ranked:
-                        ranked.append(d)
-                # Scores that encode the rank: trec_eval sorts by score, and ties would reorder by id.
-                run[q] = {d: float(len(ranked) - i) for i, d in enumerate(ranked[:100])}
-            results[mode] = _metrics(pytrec_eval, qrels, run) | {
-                "p50_ms": round(statistics.median(latencies), 2),
-                "p95_ms": round(_percentile(latencies, 95), 2),
-                "queries": len(qids),
-            }
+            variants = [(mode, False)] + ([(f"{mode}+rerank", True)] if reranker is not None else [])
+            for name, rerank in variants:
+                run: dict[str, dict[str, float]] = {}
+                latencies = []
+                for q in qids:
+                    t = time.perf_counter()
+                    passages = retriever.retrieve(ds.queries[q], rerank=rerank).passages
+                    latencies.append((time.perf_counter() - t) * 1000)
+                    ranked: list[str] = []
+                    for p in passages:
+                        d = _doc_id(p.path)
+                        if d not in ranked:
+                            ranked.append(d)
+                    # Scores that encode the rank: trec_eval sorts by score, and ties would reorder by id.
+                    run[q] = {d: float(len(ranked) - i) for i, d in enumerate(ranked[:100])}
+                results[name] = _metrics(pytrec_eval, qrels, run) | {
+                    "p50_ms": round(statistics.median(latencies), 2),
+                    "p95_ms": round(_percentile(latencies, 95), 2),
+                    "queries": len(qids),
+                }
     return results
 
 

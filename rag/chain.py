@@ -289,6 +289,7 @@ class RAG:
         if retrieved is None:
             retrieved = self.retrieve(standalone, groups=groups)
         timings["retrieve"] = retrieved.seconds
+        timings["rerank"] = retrieved.rerank_seconds  # included in "retrieve"
         model = self.endpoint.info.model
         if not retrieved.passages:
             yield NO_ANSWER

@@ -183,6 +183,9 @@ def search(
     query: Annotated[str, typer.Argument(help="What to look for.")],
     top_k: Annotated[int, typer.Option("--top-k", "-k", help="How many chunks to show.")] = 5,
     mode: Annotated[str | None, typer.Option(help="dense, sparse or hybrid (default: RAG_RETRIEVAL_MODE).")] = None,
+    rerank: Annotated[bool | None, typer.Option("--rerank/--no-rerank", help="Reorder the candidates with the "
+                                                "configured reranker (default: on when RAG_RERANK_MODEL or "
+                                                "RAG_RERANK_URL is set).")] = None,
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     """Show what retrieval finds for a query (path, page, score, snippet). No LLM involved."""
@@ -196,32 +199,48 @@ def search(
             err.print(Text(f"error: --mode must be dense, sparse or hybrid, not {mode!r}", style="bold red"))
             raise typer.Exit(2)
         settings = settings.model_copy(update={"retrieval_mode": mode})
+    _check_rerank_option(rerank, settings)
     try:
         embedder = get_embedder(settings)
         with open_store(settings) as store:
-            found = Retriever.from_settings(settings, store, embedder, top_k=top_k,
-                                            min_score=float("-inf")).retrieve(query)
+            overrides: dict[str, Any] = {"reranker": None} if rerank is False else {}
+            found = Retriever.from_settings(settings, store, embedder, top_k=top_k, min_score=float("-inf"),
+                                            **overrides).retrieve(query)
     except RagError as exc:
         raise _fail(exc) from None
     results = [{"path": p.path, "page": p.page_start, "score": round(p.score, 4), "snippet": _snippet(p.text),
-                "section": p.section, "relevant": p.score >= settings.min_score} for p in found.passages]
+                "section": p.section, "relevant": p.score >= settings.min_score}
+               | ({"rerank_score": round(p.rerank_score, 4)} if p.rerank_score is not None else {})
+               for p in found.passages]
     if as_json:
         out.print_json(json.dumps({"query": query, "results": results, "min_score": settings.min_score,
-                                   "seconds": round(found.seconds, 4)}))
+                                   "seconds": round(found.seconds, 4), "reranker": found.reranker,
+                                   "reranked": found.reranked, "rerank_seconds": round(found.rerank_seconds, 4)}))
         return
     if not results:
         out.print("Nothing found: the index is empty. Run [bold]rag ingest PATH[/] first.")
         return
+    if found.reranker:
+        out.print(Text(f"reranked by {found.reranker}: best {found.reranked} candidates in "
+                       f"{found.rerank_seconds:.2f} s (rerank score, then cosine)", style="dim"))
     for i, r in enumerate(results, 1):
         where = _rel(r["path"]) + (f", p. {r['page']}" if r["page"] else "")
         style = "green" if r["relevant"] else "dim"
-        out.print(Text.assemble((f"{i}. ", "bold"), (f"{r['score']:.3f} ", style), (where, "bold"),
+        rr = f"{r['rerank_score']:.3f} " if "rerank_score" in r else ""
+        out.print(Text.assemble((f"{i}. ", "bold"), (rr, "bold cyan"), (f"{r['score']:.3f} ", style), (where, "bold"),
                                 (f" — {r['section']}" if r["section"] else "", "italic")))
         out.print(Text("   " + r["snippet"], style="" if r["relevant"] else "dim"))
     below = sum(1 for r in results if not r["relevant"])
     if below:
         out.print(Text(f"({below} result(s) below the relevance threshold {settings.min_score}: RAG_MIN_SCORE)",
                        style="dim"))
+
+
+def _check_rerank_option(rerank: bool | None, settings: Settings) -> None:
+    if rerank and not (settings.rerank_url or settings.rerank_model):
+        err.print(Text("error: --rerank needs a reranker: set RAG_RERANK_MODEL to a local cross-encoder folder or "
+                       "RAG_RERANK_URL to a reranking endpoint", style="bold red"))
+        raise typer.Exit(2)
 
 
 @app.command()
@@ -249,7 +268,7 @@ def status(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
         return
     table = Table(show_header=False, box=None)
     for k in ("backend", "location", "collection", "documents", "chunks", "pages", "embedding_model",
-              "embedding_dimension", "embedding_backend", "retrieval_mode"):
+              "embedding_dimension", "embedding_backend", "retrieval_mode", "reranker"):
         table.add_row(k.replace("_", " "), str(info[k]))
     if info["last_ingest"]:
         table.add_row("last ingest", time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(info["last_ingest"])))
@@ -316,7 +335,7 @@ def _print_sources(answer, all_sources: bool = False) -> None:
 
 def _print_stats(answer) -> None:
     t, pk = answer.timings, answer.packing
-    parts = [f"retrieve {t['retrieve']:.2f} s"]
+    parts = [f"retrieve {t['retrieve']:.2f} s" + (f" (rerank {t['rerank']:.2f} s)" if t.get("rerank") else "")]
     if (t.get("condense") or 0) > 0.05:
         parts.insert(0, f"condense {t['condense']:.1f} s")
     if pk is not None:
@@ -391,18 +410,24 @@ def eval_retrieval(
     split: Annotated[str, typer.Option(help="Which qrels/<split>.tsv to score.")] = "test",
     mode: Annotated[str, typer.Option(help="dense, sparse, hybrid or all.")] = "all",
     limit: Annotated[int | None, typer.Option(help="Only the first N queries (by id).")] = None,
+    rerank: Annotated[bool | None, typer.Option("--rerank/--no-rerank", help="Also measure each mode with the "
+                                                "configured reranker, as <mode>+rerank (default: when "
+                                                "RAG_RERANK_MODEL or RAG_RERANK_URL is set).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object keyed by mode.")] = False,
 ) -> None:
-    """nDCG@10, Recall@10/100, MRR@10 and latency per retrieval mode. The corpus is ingested through the
-    normal pipeline into its own index under <data dir>/eval/<dataset> (reused on the next run)."""
+    """nDCG@10, Recall@10/100, MRR@10 and latency per retrieval mode (and with reranking, when configured).
+    The corpus is ingested through the normal pipeline into its own index under <data dir>/eval/<dataset>
+    (reused on the next run)."""
     from evaluation.retrieval import MODES, build_index, evaluate, load_beir
     from rag.embeddings import get_embedder
+    from rag.rerank import get_reranker
 
     modes = MODES if mode == "all" else (mode,)
     if any(m not in MODES for m in modes):
         err.print(Text(f"error: --mode must be dense, sparse, hybrid or all, not {mode!r}", style="bold red"))
         raise typer.Exit(2)
     settings = _settings()
+    _check_rerank_option(rerank, settings)
     try:
         ds = load_beir(dataset, split)
     except (FileNotFoundError, ValueError, KeyError) as exc:
@@ -414,7 +439,11 @@ def eval_retrieval(
         report = build_index(ds, settings, embedder=embedder)
         err.print(Text(f"index: {report.added} added, {report.unchanged} unchanged, {len(report.failed)} failed "
                        f"({report.seconds:.0f} s)", style="dim"))
-        results = evaluate(ds, settings, modes, embedder=embedder, limit=limit)
+        reranker = get_reranker(settings) if rerank is not False else None
+        if reranker is not None:
+            err.print(Text(f"reranker: {reranker.name}, over the best {settings.rerank_candidates} chunks "
+                           "(RAG_RERANK_CANDIDATES)", style="dim"))
+        results = evaluate(ds, settings, modes, embedder=embedder, limit=limit, reranker=reranker)
     except RagError as exc:
         raise _fail(exc) from None
     if as_json:

@@ -25,3 +25,7 @@ class EmbeddingModelError(RagError):
 
 class ParseError(RagError):
     """A single file could not be turned into text. Ingestion reports it and goes on with the rest."""
+
+
+class RerankError(RagError):
+    """The reranker (a local cross-encoder or a reranking endpoint) could not be loaded or did not answer."""

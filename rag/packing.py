@@ -39,6 +39,7 @@ class Passage:
     char_start: int = 0
     char_end: int = 0
     trimmed: bool = False  # cut to fill the last room in the window; its text ends with TRIM_MARK
+    rerank_score: float | None = None  # set when a reranker ordered the passages; ``score`` stays the cosine
 
 
 @dataclass

@@ -1,4 +1,5 @@
-"""Retrieval over the store: embed the question locally, search Qdrant with the caller's filter, return passages.
+"""Retrieval over the store: embed the question locally, search Qdrant with the caller's filter, optionally
+rerank the best candidates with a cross-encoder (rag.rerank), return passages.
 
 ``Retriever`` is ours (typed passages, scores, timings); ``StoreRetriever`` wraps it as a LangChain
 ``BaseRetriever`` so a developer can drop it into any LangChain chain.
@@ -8,7 +9,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from langchain_core.callbacks import CallbackManagerForRetrieverRun
 from langchain_core.documents import Document
@@ -17,6 +18,7 @@ from pydantic import ConfigDict
 
 from rag.embeddings import Embedder
 from rag.packing import Passage
+from rag.rerank import Reranker, get_reranker
 from rag.settings import Settings
 from rag.sparse import SparseEncoder, get_sparse_encoder
 from rag.store import Hit, SearchFilter, Store
@@ -26,8 +28,11 @@ from rag.store.base import SearchMode
 @dataclass
 class Retrieved:
     passages: list[Passage]
-    seconds: float
+    seconds: float  # all of it, reranking included
     candidates: int  # before the relevance threshold
+    rerank_seconds: float = 0.0
+    reranked: int = 0  # candidates the reranker scored (0: no reranking)
+    reranker: str | None = None
 
 
 def to_passage(hit: Hit) -> Passage:
@@ -53,11 +58,17 @@ class Retriever:
     ``min_score`` is a cosine threshold in every mode. Dense drops each hit below it. The fused modes rank by
     keywords too, so a chunk can be the right one with a low cosine: there the threshold only decides whether
     anything relevant was found at all (no hit reaches it = nothing relevant, as in dense mode).
+
+    ``reranker`` (optional): the first ``rerank_candidates`` hits that survived the threshold are reordered by it
+    and the best ``top_k`` of that order returned (the rest, if ``top_k`` is larger, follow in store order).
+    Reranking never changes whether a question is answered: the threshold is decided on the same ``top_k``
+    store hits as without it, and a chunk the threshold dropped is never brought back.
+    ``Passage.score`` stays the cosine; the reranker's score is ``Passage.rerank_score``.
     """
 
     def __init__(self, store: Store, embedder: Embedder, *, top_k: int = 20, min_score: float = 0.0,
                  mode: SearchMode = "dense", sparse: SparseEncoder | None = None, rrf_k: int = 5,
-                 prefetch: int = 100) -> None:
+                 prefetch: int = 100, reranker: Reranker | None = None, rerank_candidates: int = 50) -> None:
         if mode != "dense" and sparse is None:
             raise ValueError(f"retrieval mode {mode!r} needs a sparse encoder")
         self.store = store
@@ -68,13 +79,19 @@ class Retriever:
         self.sparse = sparse
         self.rrf_k = rrf_k
         self.prefetch = prefetch
+        self.reranker = reranker
+        self.rerank_candidates = rerank_candidates
 
     @classmethod
     def from_settings(cls, settings: Settings, store: Store, embedder: Embedder, **overrides) -> Retriever:
+        """``reranker=None`` among the overrides turns reranking off whatever the settings say."""
         kw = {"top_k": settings.top_k, "min_score": settings.min_score, "mode": settings.retrieval_mode,
-              "rrf_k": settings.rrf_k, "prefetch": settings.hybrid_prefetch} | overrides
+              "rrf_k": settings.rrf_k, "prefetch": settings.hybrid_prefetch,
+              "rerank_candidates": settings.rerank_candidates} | overrides
         if kw["mode"] != "dense":
             kw.setdefault("sparse", get_sparse_encoder(settings))
+        if "reranker" not in kw:
+            kw["reranker"] = get_reranker(settings)
         return cls(store, embedder, **kw)
 
     @property
@@ -83,24 +100,39 @@ class Retriever:
         return self.mode if self.mode == "dense" or self.store.has_sparse else "dense"
 
     def retrieve(self, query: str, *, top_k: int | None = None, groups: Sequence[str] | None = None,
-                 min_score: float | None = None, mode: SearchMode | None = None) -> Retrieved:
+                 min_score: float | None = None, mode: SearchMode | None = None,
+                 rerank: bool = True) -> Retrieved:
         """Best passages for ``query``, best first. ``groups`` restricts to chunks those groups may read
-        (applied inside the Qdrant query); ``None`` means no restriction (single-user local mode)."""
+        (applied inside the Qdrant query); ``None`` means no restriction (single-user local mode).
+        ``rerank=False`` skips the configured reranker for this call."""
         started = time.perf_counter()
         mode = mode or self.effective_mode
+        k = top_k or self.top_k
+        reranker = self.reranker if rerank else None
         vector = self.embedder.embed_query(query)
         sparse = self.sparse.embed_query(query) if mode != "dense" and self.sparse is not None else None
         flt = SearchFilter(groups_any=tuple(groups)) if groups is not None else None
-        hits = self.store.query(vector.tolist(), top_k or self.top_k, flt, sparse=sparse, mode=mode,
+        limit = max(k, self.rerank_candidates) if reranker is not None else k
+        hits = self.store.query(vector.tolist(), limit, flt, sparse=sparse, mode=mode,
                                 rrf_k=self.rrf_k, prefetch=self.prefetch)
         threshold = self.min_score if min_score is None else min_score
         sims = [h.score if h.similarity is None else h.similarity for h in hits]
         if mode == "dense":
             kept = [h for h, s in zip(hits, sims) if s >= threshold]
         else:
-            kept = hits if any(s >= threshold for s in sims) else []
+            # Judged on the top k alone, as without reranking: more candidates must not turn a refusal into an answer.
+            kept = hits if any(s >= threshold for s in sims[:k]) else []
         passages = [to_passage(h) for h in kept]
-        return Retrieved(passages, time.perf_counter() - started, len(hits))
+        rerank_seconds, reranked = 0.0, 0
+        if reranker is not None and passages:
+            t = time.perf_counter()
+            pool, rest = passages[:self.rerank_candidates], passages[self.rerank_candidates:]
+            scores = reranker.rerank(query, [p.text for p in pool])
+            order = sorted(range(len(pool)), key=lambda i: -scores[i])  # stable: ties keep the store's order
+            passages = [replace(pool[i], rerank_score=scores[i]) for i in order] + rest
+            rerank_seconds, reranked = time.perf_counter() - t, len(pool)
+        return Retrieved(passages[:k], time.perf_counter() - started, len(hits), rerank_seconds, reranked,
+                         reranker.name if reranked else None)
 
 
 class StoreRetriever(BaseRetriever):
@@ -119,7 +151,8 @@ class StoreRetriever(BaseRetriever):
                 page_content=p.text,
                 id=p.id,
                 metadata={"path": p.path, "source": p.source, "page": p.page_start, "page_end": p.page_end,
-                          "section": p.section, "score": p.score, "chunk_index": p.chunk_index,
+                          "section": p.section, "score": p.score, "rerank_score": p.rerank_score,
+                          "chunk_index": p.chunk_index,
                           "char_start": p.char_start, "char_end": p.char_end},
             )
             for p in found.passages

@@ -84,6 +84,36 @@ class Settings(BaseSettings):
     )
     bm25_language: str = Field("english", description="Stopwords and stemming of the BM25 vectors.")
 
+    # --- reranking (off unless a model or an endpoint is set) ----------------------------------
+    # No cross-encoder ships its weights in a PyPI package, so there is no default model: off by default.
+    rerank_model: str | None = Field(
+        None,
+        description="Cross-encoder that reorders the retrieved chunks: a local folder (or a model already in the "
+                    "Hugging Face cache). With RAG_RERANK_URL set: the model name sent to that endpoint.",
+    )
+    rerank_url: str | None = Field(
+        None,
+        description="Reranking endpoint (vLLM, Hugging Face TEI, llama.cpp server...): its base URL, or the full "
+                    "URL ending in /rerank. Takes precedence over a local RAG_RERANK_MODEL.",
+    )
+    rerank_api_key: SecretStr | None = Field(None, description="Sent as a Bearer token to RAG_RERANK_URL.")
+    rerank_api: Literal["auto", "cohere", "tei"] = Field(
+        "auto",
+        description="Request format of RAG_RERANK_URL: cohere ({query, documents} -> results[].relevance_score: "
+                    "vLLM, llama.cpp, Infinity), tei (Hugging Face text-embeddings-inference: {query, texts}), or "
+                    "auto (cohere first, then tei if the server rejects the body; the first that works is kept).",
+    )
+    rerank_candidates: int = Field(
+        50, ge=1, le=1000,
+        description="How many of the best retrieved chunks (after the relevance threshold) the reranker reorders; "
+                    "the top RAG_TOP_K of its order are used.",
+    )
+    # TEI refuses requests with more texts than its --max-client-batch-size, 32 by default.
+    rerank_batch_size: int = Field(
+        32, ge=1, le=1024, description="(query, chunk) pairs per forward pass (local) or per request (endpoint)."
+    )
+    rerank_timeout: float = Field(30.0, gt=0, description="Seconds before a request to RAG_RERANK_URL is abandoned.")
+
     # --- LLM endpoint --------------------------------------------------------------------------
     llm_base_url: str = Field("http://127.0.0.1:8080/v1", description="OpenAI-compatible base URL (…/v1).")
     llm_api_key: SecretStr | None = None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from rag.rerank import describe as describe_reranker
 from rag.settings import Settings
 from rag.store import Store
 
@@ -24,5 +25,6 @@ def index_info(store: Store, settings: Settings) -> dict[str, Any]:
         "embedding_backend": settings.embedding_backend,
         "sparse_vectors": store.has_sparse,
         "retrieval_mode": settings.retrieval_mode if store.has_sparse else "dense",
+        "reranker": describe_reranker(settings),
         "last_ingest": max((d.ingested_at for d in docs.values()), default=None),
     }
