@@ -30,6 +30,7 @@ from rich.table import Table
 from rich.text import Text
 
 from rag import offline
+from rag.cli_users import users_app
 from rag.errors import RagError
 from rag.settings import RETRIEVAL_MODES, Settings
 
@@ -425,6 +426,9 @@ def eval_retrieval(
         table.add_row(m, f"{r['ndcg@10']:.4f}", f"{r['recall@10']:.4f}", f"{r['recall@100']:.4f}",
                       f"{r['mrr@10']:.4f}", f"{r['p50_ms']:.1f}", f"{r['p95_ms']:.1f}")
     out.print(table)
+
+
+app.add_typer(users_app, name="users")
 
 
 llm_app = typer.Typer(help="The local demo LLM (SmolLM2-135M; production uses vLLM, Ollama, llama.cpp...).",
