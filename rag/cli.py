@@ -30,6 +30,7 @@ from rich.table import Table
 from rich.text import Text
 
 from rag import offline
+from rag.cli_users import users_app
 from rag.errors import RagError
 from rag.settings import RETRIEVAL_MODES, Settings
 
@@ -610,6 +611,9 @@ def _print_ollama(o) -> None:
                        style="dim"))
     if not o.one_gpu and not o.split:
         out.print(Text("  too large for Ollama on one machine: use vLLM", style="yellow"))
+
+
+app.add_typer(users_app, name="users")
 
 
 llm_app = typer.Typer(help="The local demo LLM (SmolLM2-135M; production uses vLLM, Ollama, llama.cpp...).",

@@ -29,3 +29,16 @@ class ParseError(RagError):
 
 class RerankError(RagError):
     """The reranker (a local cross-encoder or a reranking endpoint) could not be loaded or did not answer."""
+
+
+class AccessPolicyError(RagError):
+    """A ``.rag-access.toml`` cannot be read; the message names the file and line. Ingestion stops rather than
+    guess: a silent default could publish documents the policy meant to restrict."""
+
+
+class UsersFileError(RagError):
+    """The users file cannot be read or written, or a user operation is not possible (unknown, duplicate)."""
+
+
+class AuditLogError(RagError):
+    """The audit log cannot be written; callers decide whether to refuse the request or go on."""

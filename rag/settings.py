@@ -130,10 +130,63 @@ class Settings(BaseSettings):
     )
 
     # --- access control (reserved now so permissions never need a re-index) ---------------------
+    # Which groups may read a document: .rag-access.toml files in the ingested tree, then `rag ingest --groups`,
+    # then this (rag/access.py). "Nobody but admins" is the safe default for documents no one thought about.
     default_groups: list[str] = Field(
         default_factory=lambda: ["admins"],
-        description="Groups given to documents that no policy rule covers.",
+        description="Groups given to documents that no .rag-access.toml rule covers and no --groups names.",
     )
+    auth: Literal["none", "password", "proxy"] = Field(
+        "none",
+        description="How UI users sign in: none = single-user local mode (no login and no group filter: whoever "
+        "reaches the UI sees every document), password = names and argon2 password hashes in RAG_USERS_FILE, "
+        "proxy = identity from a trusted reverse proxy's headers (oauth2-proxy...; only when the UI is reachable "
+        "solely through that proxy).",
+    )
+    users_file_override: Path | None = Field(
+        None, alias="RAG_USERS_FILE",
+        description="Users, their groups, password hashes and API-key digests; default <data_dir>/users.toml. "
+        "Managed with `rag users`.",
+    )
+    auth_proxy_user_header: str = Field(
+        "X-Forwarded-User", pattern=r"^[A-Za-z0-9-]+$",
+        description="Header with the signed-in user's name (RAG_AUTH=proxy). oauth2-proxy sends X-Forwarded-User "
+        "(for OIDC the subject id unless --prefer-email-to-user) and X-Forwarded-Preferred-Username.",
+    )
+    auth_proxy_groups_header: str = Field(
+        "X-Forwarded-Groups", pattern=r"^[A-Za-z0-9-]+$",
+        description="Header with the user's groups, comma-separated or repeated (RAG_AUTH=proxy).",
+    )
+    auth_proxy_groups: Literal["users", "header", "both"] = Field(
+        "users",
+        description="Where a proxy user's groups come from: users = RAG_USERS_FILE only (the header names the user, "
+        "an admin grants groups), header = the groups header only, both = the union.",
+    )
+    auth_proxy_secret: SecretStr | None = Field(
+        None,
+        description="If set, proxy headers count only when RAG_AUTH_PROXY_SECRET_HEADER carries this value (the "
+        "proxy adds it): a request that bypassed the proxy cannot forge an identity.",
+    )
+    auth_proxy_secret_header: str = Field("X-Rag-Proxy-Secret", pattern=r"^[A-Za-z0-9-]+$")
+
+    # --- audit log -----------------------------------------------------------------------------
+    audit_log_override: str | None = Field(
+        None, alias="RAG_AUDIT_LOG",
+        description="Append-only JSON-lines log of questions, searches, downloads and logins; default "
+        "<data_dir>/audit.jsonl; an empty value turns auditing off.",
+    )
+    audit_max_mb: float = Field(
+        50.0, ge=0, description="Size at which the audit log rotates (audit.jsonl -> .1 -> ...); 0 = never "
+        "(leave it to logrotate: the file is reopened for every line, so renaming it is safe).",
+    )
+    audit_backups: int = Field(10, ge=1, le=1000, description="Rotated audit logs kept (audit.jsonl.1 ... .N).")
+
+    @field_validator("default_groups", mode="after")
+    @classmethod
+    def _groups(cls, v: list[str]) -> list[str]:
+        from rag.access import check_group
+
+        return [check_group(g) for g in v]
 
     @field_validator("data_dir", mode="after")
     @classmethod
@@ -155,6 +208,17 @@ class Settings(BaseSettings):
     @property
     def uploads_dir(self) -> Path:
         return (self.uploads_dir_override or (self.data_dir / "uploads")).expanduser()
+
+    @property
+    def users_file(self) -> Path:
+        return (self.users_file_override or (self.data_dir / "users.toml")).expanduser()
+
+    @property
+    def audit_log(self) -> Path | None:
+        """None when auditing is off (RAG_AUDIT_LOG set to an empty value)."""
+        if self.audit_log_override is None:
+            return self.data_dir / "audit.jsonl"
+        return Path(self.audit_log_override).expanduser() if self.audit_log_override.strip() else None
 
     @classmethod
     def settings_customise_sources(

@@ -1,0 +1,347 @@
+"""Which groups may read a document: policy files in the ingested tree, then ``--groups``, then the default.
+
+A ``.rag-access.toml`` may sit in any folder of an ingested tree::
+
+    # Groups for everything in this folder and below that no rule here (or deeper file) decides.
+    default = ["staff"]
+
+    [[rule]]
+    match = "finance/**"              # a glob relative to this file's folder
+    groups = ["finance", "admins"]
+
+    [[rule]]
+    match = ["**/*salar*", "hr/"]     # one pattern or a list
+    groups = ["hr"]
+
+Resolution of a document ``D`` ingested from root ``R`` (precisely; tests/test_access.py pins it):
+
+1. Folders are visited from ``D``'s own folder up to ``R`` inclusive; folders above ``R`` are never read.
+2. In each folder that has a policy file, the rules are tried in file order and the **last** matching rule
+   decides (as in .gitignore: put general rules first, exceptions after). If no rule matches and the file has
+   ``default``, the default decides. Otherwise the next folder up is asked. So the nearest file that has an
+   answer wins, and a deeper file replaces (never merges with) what files above would say.
+3. No file decides: the run's ``--groups`` if given, else ``Settings.default_groups`` (``["admins"]``).
+   ``--groups`` is a fallback, not an override: a policy file is reviewed configuration and a command-line
+   flag must not silently widen (or narrow) what it says.
+
+Patterns are matched against ``D``'s path relative to the policy file's folder, ``/``-separated, case-sensitive,
+and always anchored there (``*.pdf`` is only that folder's PDFs; write ``**/*.pdf`` for any depth):
+``*`` and ``?`` never cross ``/``; ``[abc]``/``[!abc]`` are character classes (``[*]`` is a literal ``*``);
+``**`` as a whole segment is zero or more folders (``**/x``, ``a/**/x``), and as the last segment one or more
+segments, i.e. everything inside (``finance/**``). A trailing ``/`` means the same (``finance/``), a leading
+``/`` is ignored. ``**`` inside a segment (``a**``) is just ``*``.
+
+Groups are literal names. ``everyone`` is a group every signed-in user implicitly has, and ``user:NAME`` is
+NAME's personal group (rag.auth adds both), so the store filter stays a plain "any of the user's groups". An
+empty list (``groups = []``) means no one, not even admins. Nothing bypasses this: ``admins`` is an ordinary
+group that documents without a rule get by default.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import tomllib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from fnmatch import fnmatchcase
+from pathlib import Path
+from typing import TYPE_CHECKING, Literal
+
+from rag.errors import AccessPolicyError
+
+if TYPE_CHECKING:
+    from rag.settings import Settings
+
+POLICY_FILE = ".rag-access.toml"
+#: Every authenticated identity has this group: documents meant for all signed-in users list it.
+EVERYONE = "everyone"
+#: ``user:alice`` is alice's personal group (her own uploads, say); only rag.auth grants it.
+USER_GROUP_PREFIX = "user:"
+
+_FORMAT_HINT = 'e.g. default = ["staff"] and [[rule]] match = "finance/**" groups = ["finance"]'
+
+
+def check_group(name: object, where: str = "") -> str:
+    """A valid group name, or an error. Commas are refused because groups travel comma-separated (--groups,
+    X-Forwarded-Groups); control characters because they end up in logs and headers."""
+    if not isinstance(name, str) or not name.strip():
+        raise ValueError(f"{where}group names must be non-empty strings, not {name!r}")
+    if name != name.strip() or "," in name or any(ord(c) < 32 or ord(c) == 127 for c in name) or len(name) > 256:
+        raise ValueError(f"{where}invalid group name {name!r}: no commas, control characters or surrounding "
+                         "spaces, at most 256 characters")
+    return name
+
+
+def normalize_groups(groups: Sequence[str], where: str = "") -> tuple[str, ...]:
+    """Sorted and without duplicates, so two group lists compare equal whatever order they were written in."""
+    if isinstance(groups, str):
+        raise ValueError(f'{where}groups must be a list, e.g. ["finance"], not the string {groups!r}')
+    return tuple(sorted({check_group(g, where) for g in groups}))
+
+
+def split_groups(text: str | None) -> list[str]:
+    """``"a, b,,c"`` -> ``["a", "b", "c"]`` (command-line flags and headers)."""
+    return [g.strip() for g in (text or "").split(",") if g.strip()]
+
+
+# --- globs ------------------------------------------------------------------------------------------------
+# fnmatch.translate lets "*" cross "/" and 3.11 has neither glob.translate nor PurePath.full_match (3.13), so
+# patterns are matched segment by segment: fnmatch on single segments cannot cross "/", and "**" is handled by
+# the small dynamic programme below.
+
+
+def compile_pattern(pattern: str) -> tuple[str, ...]:
+    """A pattern's segments, normalized (see the module docstring); ValueError if it cannot match anything."""
+    p = pattern.strip()
+    if not p:
+        raise ValueError("empty match pattern")
+    if p.endswith("/"):
+        p += "**"
+    segs = tuple(s for s in p.split("/") if s not in ("", "."))
+    if not segs:
+        raise ValueError(f"pattern {pattern!r} matches nothing; use \"**\" for everything")
+    if ".." in segs:
+        raise ValueError(f"pattern {pattern!r} contains '..': a policy file governs only its own folder and below")
+    return segs
+
+
+def glob_match(segs: tuple[str, ...], path: Sequence[str]) -> bool:
+    """Whether compiled pattern segments match a relative path given as its segments."""
+    n = len(path)
+    # reach[j]: the pattern so far matches exactly path[:j]
+    reach = [True] + [False] * n
+    last = len(segs) - 1
+    for k, seg in enumerate(segs):
+        new = [False] * (n + 1)
+        if seg == "**":
+            # zero or more segments; as the last segment at least one (everything *inside* a folder)
+            seen = False
+            for j in range(n + 1):
+                if k == last:
+                    new[j] = seen
+                    seen = seen or reach[j]
+                else:
+                    seen = seen or reach[j]
+                    new[j] = seen
+        else:
+            for j in range(n):
+                if reach[j] and fnmatchcase(path[j], seg):
+                    new[j + 1] = True
+        reach = new
+        if not any(reach):
+            return False
+    return reach[n]
+
+
+# --- policy files -----------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Rule:
+    patterns: tuple[str, ...]  # as written, for explanations
+    compiled: tuple[tuple[str, ...], ...]
+    groups: tuple[str, ...]
+    line: int | None  # of its [[rule]] header; None if written as an inline table
+
+    def matches(self, rel: Sequence[str]) -> bool:
+        return any(glob_match(c, rel) for c in self.compiled)
+
+
+@dataclass(frozen=True)
+class PolicyFile:
+    path: Path
+    default: tuple[str, ...] | None
+    rules: tuple[Rule, ...]
+    sha256: str
+
+    @classmethod
+    def load(cls, path: Path) -> PolicyFile:
+        try:
+            raw = path.read_bytes()
+        except OSError as exc:
+            raise AccessPolicyError(f"cannot read the access policy {path}: {exc.strerror or exc}; fix its "
+                                    "permissions or remove it, then ingest again") from None
+        try:
+            text = raw.decode("utf-8")
+            data = tomllib.loads(text)
+        except UnicodeDecodeError as exc:
+            raise AccessPolicyError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start}); save it as "
+                                    "UTF-8 and ingest again") from None
+        except tomllib.TOMLDecodeError as exc:
+            m = re.search(r"\(at line (\d+), column (\d+)\)", str(exc))
+            where = f"{path}:{m.group(1)}" if m else str(path)
+            msg = re.sub(r"\s*\(at line \d+, column \d+\)", "", str(exc))
+            col = f", column {m.group(2)}" if m else ""
+            raise AccessPolicyError(f"{where}: invalid TOML ({msg}{col}); fix the access policy ({_FORMAT_HINT}) "
+                                    "and ingest again") from None
+        lines = text.splitlines()
+        # tomllib gives values, not positions: find the lines by their headers to point errors and explanations.
+        headers = [i + 1 for i, ln in enumerate(lines) if re.match(r"\s*\[\[\s*rule\s*\]\]", ln)]
+        default_line = next((i + 1 for i, ln in enumerate(lines) if re.match(r"\s*default\s*=", ln)), None)
+        return cls._from_data(path, data, headers, default_line, hashlib.sha256(raw).hexdigest())
+
+    @classmethod
+    def _from_data(cls, path: Path, data: dict, headers: list[int], default_line: int | None,
+                   sha: str) -> PolicyFile:
+        def fail(line: int | None, msg: str) -> AccessPolicyError:
+            return AccessPolicyError(f"{path}{f':{line}' if line else ''}: {msg}; fix the access policy "
+                                     f"({_FORMAT_HINT}) and ingest again")
+
+        unknown = sorted(set(data) - {"default", "rule"})
+        if unknown:
+            # A typo such as [[rules]] or defaults= would otherwise be ignored and documents get the wrong groups.
+            raise fail(None, f"unknown key(s) {', '.join(map(repr, unknown))} (only 'default' and [[rule]] exist)")
+        default = None
+        if "default" in data:
+            try:
+                default = normalize_groups(_as_list(data["default"], what="default"), "default: ")
+            except ValueError as exc:
+                raise fail(default_line, str(exc)) from None
+        raw_rules = data.get("rule", [])
+        if not isinstance(raw_rules, list) or not all(isinstance(r, dict) for r in raw_rules):
+            raise fail(None, "'rule' must be an array of tables: [[rule]] with match and groups")
+        lines: list[int | None] = list(headers) if len(headers) == len(raw_rules) else [None] * len(raw_rules)
+        rules = []
+        for i, (r, line) in enumerate(zip(raw_rules, lines, strict=True), 1):
+            extra = sorted(set(r) - {"match", "groups"})
+            if extra:
+                raise fail(line, f"rule {i}: unknown key(s) {', '.join(map(repr, extra))} (a rule has match and "
+                                 "groups)")
+            if "match" not in r or "groups" not in r:
+                raise fail(line, f"rule {i}: needs both match = \"glob\" and groups = [...]")
+            try:
+                pats = _as_list(r["match"], what="match")
+                if not pats or not all(isinstance(p, str) for p in pats):
+                    raise ValueError("match must be a glob or a list of globs")
+                compiled = tuple(compile_pattern(p) for p in pats)
+                groups = normalize_groups(_as_list(r["groups"]))
+            except ValueError as exc:
+                raise fail(line, f"rule {i}: {exc}") from None
+            rules.append(Rule(tuple(pats), compiled, groups, line))
+        return cls(path, default, tuple(rules), sha)
+
+    def decide(self, rel: Sequence[str]) -> tuple[tuple[str, ...], Rule | None] | None:
+        """(groups, deciding rule or None for the default) for a path relative to this file's folder, or None
+        when this file has no answer and the folder above is asked."""
+        for rule in reversed(self.rules):  # the last match wins
+            if rule.matches(rel):
+                return rule.groups, rule
+        if self.default is not None:
+            return self.default, None
+        return None
+
+
+def _as_list(value: object, what: str = "groups") -> list:
+    if isinstance(value, str) and what == "match":
+        return [value]
+    if not isinstance(value, list):
+        raise ValueError(f"{what} must be a list, e.g. [\"finance\"], not {value!r}")
+    return value
+
+
+# --- resolution -------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Access:
+    """The groups a document gets, and why (for `rag ingest`/`rag status` to explain)."""
+
+    groups: tuple[str, ...]
+    decided_by: Literal["rule", "default", "groups-option", "settings-default"]
+    policy_file: Path | None = None
+    rule: tuple[str, ...] | None = None  # the deciding rule's patterns
+    line: int | None = None
+
+    def explain(self) -> str:
+        if self.decided_by == "rule":
+            where = f"{self.policy_file}:{self.line}" if self.line else str(self.policy_file)
+            return f"rule match={_show(self.rule)} in {where}"
+        if self.decided_by == "default":
+            return f"default of {self.policy_file}"
+        if self.decided_by == "groups-option":
+            return "no policy rule covers it: --groups of this ingest"
+        return "no policy rule covers it: RAG_DEFAULT_GROUPS"
+
+    def to_dict(self) -> dict:
+        return {"groups": list(self.groups), "decided_by": self.decided_by, "reason": self.explain(),
+                "policy_file": str(self.policy_file) if self.policy_file else None,
+                "rule": list(self.rule) if self.rule else None, "line": self.line}
+
+
+def _show(patterns: tuple[str, ...] | None) -> str:
+    pats = patterns or ()
+    return json.dumps(pats[0]) if len(pats) == 1 else json.dumps(list(pats))
+
+
+class AccessPolicy:
+    """Resolves documents' groups for one ingest run.
+
+    Policy files are read once and cached, so use a new object per run (a file edited meanwhile is then seen).
+    """
+
+    def __init__(self, fallback: Sequence[str], *, fallback_is_option: bool = False,
+                 filename: str = POLICY_FILE) -> None:
+        self.fallback = normalize_groups(fallback, "fallback groups: ")
+        self._fallback_kind: Literal["groups-option", "settings-default"] = (
+            "groups-option" if fallback_is_option else "settings-default")
+        self.filename = filename
+        self._files: dict[Path, PolicyFile | None] = {}
+
+    @classmethod
+    def for_run(cls, settings: Settings, groups: Sequence[str] | None = None) -> AccessPolicy:
+        """The policy of one ``rag ingest``: ``groups`` (from --groups) is the fallback if given, else
+        ``settings.default_groups``."""
+        if groups:
+            return cls(groups, fallback_is_option=True)
+        return cls(settings.default_groups)
+
+    def _file_in(self, folder: Path) -> PolicyFile | None:
+        if folder not in self._files:
+            p = folder / self.filename
+            self._files[folder] = PolicyFile.load(p) if p.is_file() else None
+        return self._files[folder]
+
+    def _chain(self, path: Path, root: Path) -> list[tuple[PolicyFile, tuple[str, ...]]]:
+        """Policy files from the document's folder up to ``root``, nearest first, each with the document's
+        path relative to that file's folder."""
+        path, root = Path(path).absolute(), Path(root).absolute()
+        if root == path or root.is_file():
+            root = root.parent
+        try:
+            rel = path.relative_to(root).parts
+        except ValueError:
+            raise ValueError(f"{path} is not inside the ingest root {root}") from None
+        if not rel:
+            raise ValueError(f"{path} is the ingest root itself, not a document inside it")
+        chain = []
+        for depth in range(len(rel) - 1, -1, -1):
+            pf = self._file_in(root.joinpath(*rel[:depth]))
+            if pf is not None:
+                chain.append((pf, rel[depth:]))
+        return chain
+
+    def resolve(self, path: str | Path, root: str | Path) -> Access:
+        """The groups of the document ``path`` ingested from ``root`` (a folder, or the file itself when a file
+        is ingested on its own: then only its own folder's policy file applies)."""
+        for pf, rel in self._chain(Path(path), Path(root)):
+            decided = pf.decide(rel)
+            if decided is not None:
+                groups, rule = decided
+                if rule is None:
+                    return Access(groups, "default", pf.path)
+                return Access(groups, "rule", pf.path, rule.patterns, rule.line)
+        return Access(self.fallback, self._fallback_kind)
+
+    def policy_files(self, path: str | Path, root: str | Path) -> list[Path]:
+        """Every policy file that can affect ``path``, nearest first."""
+        return [pf.path for pf, _ in self._chain(Path(path), Path(root))]
+
+    def signature(self, path: str | Path, root: str | Path) -> str:
+        """Changes whenever anything that decides ``path``'s groups may have changed: a policy file on its chain
+        (edited, added or removed) or the fallback. Cheap after the first call per folder; compare it with the
+        one stored at the last ingest to know when to re-resolve (then ``Store.set_groups``, no re-embedding)."""
+        parts = [[str(pf.path), pf.sha256] for pf, _ in self._chain(Path(path), Path(root))]
+        parts.append(["fallback", *self.fallback])
+        return hashlib.sha256(json.dumps(parts).encode()).hexdigest()[:16]
