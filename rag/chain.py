@@ -18,12 +18,15 @@ import re
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
+from rag.audit import AuditLog
+from rag.auth import Identity
 from rag.citations import CitationFilter, snippet
 from rag.embeddings import Embedder
 from rag.endpoints import EndpointError, OpenAICompatibleEndpoint, api_message, parse_overflow
-from rag.errors import RagError
+from rag.errors import AccessDenied, RagError
 from rag.packing import Message, Packing, Passage, format_source, join_sources, pack
 from rag.prompts import CONDENSE_PROMPT, CONDENSE_SYSTEM, NO_ANSWER, SYSTEM_PROMPT, user_message
 from rag.retrieval import Retrieved, Retriever, StoreRetriever
@@ -138,8 +141,10 @@ class RAG:
     """The retrieval-augmented answerer over one store, one embedder and one LLM endpoint."""
 
     def __init__(self, settings: Settings, *, store: Store, embedder: Embedder,
-                 endpoint: OpenAICompatibleEndpoint, system_prompt: str = SYSTEM_PROMPT) -> None:
+                 endpoint: OpenAICompatibleEndpoint, system_prompt: str = SYSTEM_PROMPT,
+                 audit: AuditLog | None = None) -> None:
         self.settings = settings
+        self.audit = audit
         self.store = store
         self.embedder = embedder
         self.endpoint = endpoint
@@ -155,6 +160,7 @@ class RAG:
         settings = settings or Settings()
         store = open_store(settings)
         try:
+            kwargs.setdefault("audit", AuditLog.from_settings(settings))
             rag = cls(settings, store=store, embedder=get_embedder(settings),
                       endpoint=OpenAICompatibleEndpoint.from_settings(settings), **kwargs)
         except BaseException:
@@ -171,7 +177,7 @@ class RAG:
         endpoint = (OpenAICompatibleEndpoint.from_settings(settings) if llm_keys & changes.keys()
                     else self.endpoint)
         return RAG(settings, store=self.store, embedder=self.embedder, endpoint=endpoint,
-                   system_prompt=self.system_prompt)
+                   system_prompt=self.system_prompt, audit=self.audit)
 
     def close(self) -> None:
         if self._owns_store:
@@ -195,8 +201,27 @@ class RAG:
                                         temperature=self.settings.llm_temperature, streaming=streaming,
                                         context_window=context_window)
 
-    def retrieve(self, query: str, *, groups: Sequence[str] | None = None) -> Retrieved:
-        return self.retriever_core.retrieve(query, groups=groups)
+    def retrieve(self, query: str, *, groups: Sequence[str] | None = None, user: Identity | None = None) -> Retrieved:
+        """``user`` (or ``groups``) restricts retrieval, inside the store query, to what they may read."""
+        return self.retriever_core.retrieve(query, groups=_groups(user, groups))
+
+    def readable(self, path: str, *, user: Identity | None = None, groups: Sequence[str] | None = None) -> bool:
+        """Whether ``path`` is an indexed document that ``user`` may read (source viewers, downloads)."""
+        record = self.store.get_document(path)
+        allowed = _groups(user, groups)
+        return record is not None and (allowed is None or bool(set(record.groups) & set(allowed)))
+
+    def read_source(self, path: str, *, user: Identity | None = None, groups: Sequence[str] | None = None) -> bytes:
+        """The original file of an indexed document, for downloads. Refuses anything that is not an indexed
+        document the user may read, in the same words whether it exists or not (no probing for names)."""
+        if not self.readable(path, user=user, groups=groups):
+            raise AccessDenied(f"{Path(path).name}: no such document, or you may not read it")
+        self._audit("download", user, cited=[path])
+        try:
+            return Path(path).read_bytes()
+        except OSError as exc:
+            raise RagError(f"{path} is in the index but cannot be read any more ({exc.strerror}); "
+                           "ingest its folder again to update the index") from None
 
     def condense(self, question: str, history: HistoryLike | None) -> str:
         """A follow-up rewritten as a standalone question, for retrieval. Without history: the question."""
@@ -266,13 +291,32 @@ class RAG:
                 ("user", user_message(block, question))]
 
     # --- the whole path -------------------------------------------------------------------------
-    def stream(self, question: str, history: HistoryLike | None = None, *,
+    def stream(self, question: str, history: HistoryLike | None = None, *, user: Identity | None = None,
                groups: Sequence[str] | None = None) -> AnswerStream:
-        return AnswerStream(self._run(question.strip(), as_messages(history), groups))
+        """Answer ``question`` as it is generated. ``user``: who asks (their groups filter retrieval, and the
+        audit log names them); ``groups`` instead of a user restricts retrieval the same way. Neither = no
+        filter, for a developer's own scripts over their own store."""
+        return AnswerStream(self._audited(question.strip(), as_messages(history), user, _groups(user, groups)))
 
-    def ask(self, question: str, history: HistoryLike | None = None, *,
+    def ask(self, question: str, history: HistoryLike | None = None, *, user: Identity | None = None,
             groups: Sequence[str] | None = None) -> Answer:
-        return self.stream(question, history, groups=groups).text()
+        return self.stream(question, history, user=user, groups=groups).text()
+
+    def _audited(self, question: str, history: list[Message], user: Identity | None,
+                 groups: Sequence[str] | None, **kw: Any) -> Iterator[str]:
+        answer = yield from self._run(question, history, groups, **kw)
+        self._audit("ask", user, question=question, cited=list(dict.fromkeys(c.path for c in answer.cited)),
+                    latency_ms=(answer.timings.get("total") or 0) * 1000, model=answer.model,
+                    extra={"refused": answer.refused, "sources": len(answer.sources)})
+        return answer
+
+    def _audit(self, event: str, user: Identity | None, **fields: Any) -> None:
+        if self.audit is None:
+            return
+        try:
+            self.audit.record(event, user=user.name if user else None, endpoint=self.endpoint.base_url, **fields)
+        except RagError as exc:  # the answer is already out; a full disk must not turn it into an error
+            log.error("audit log: %s", exc)
 
     def _run(self, question: str, history: list[Message], groups: Sequence[str] | None, *,
              standalone: str | None = None, retrieved: Retrieved | None = None) -> Iterator[str]:
@@ -385,7 +429,8 @@ class RAG:
 
     # --- LangChain ------------------------------------------------------------------------------
     def as_runnable(self):
-        """The chain as a LangChain ``Runnable``: input ``{"question", "history"?, "groups"?}``, streams text.
+        """The chain as a LangChain ``Runnable``: input ``{"question", "history"?, "user"?, "groups"?}``, streams
+        text.
 
         ``.invoke`` returns the whole text; ``.stream`` yields pieces. Built from the same pieces as
         :meth:`stream`: condense | retrieve | pack | generate."""
@@ -395,12 +440,13 @@ class RAG:
             return {**x, "standalone": self.condense(x["question"], x.get("history"))}
 
         def retrieve(x: dict) -> dict:
-            return {**x, "retrieved": self.retrieve(x["standalone"], groups=x.get("groups"))}
+            return {**x, "retrieved": self.retrieve(x["standalone"], user=x.get("user"), groups=x.get("groups"))}
 
         def generate(inputs: Iterator[dict]) -> Iterator[str]:
             for x in inputs:
-                yield from AnswerStream(self._run(x["question"], as_messages(x.get("history")), x.get("groups"),
-                                                  standalone=x["standalone"], retrieved=x["retrieved"]))
+                yield from AnswerStream(self._audited(x["question"], as_messages(x.get("history")), x.get("user"),
+                                                      _groups(x.get("user"), x.get("groups")),
+                                                      standalone=x["standalone"], retrieved=x["retrieved"]))
 
         return (RunnableLambda(condense, name="condense") | RunnableLambda(retrieve, name="retrieve")
                 | RunnableGenerator(generate, name="pack_and_generate"))
@@ -440,3 +486,12 @@ def _clean_standalone(out: str, question: str) -> str:
     if len(s) < 3 or len(s) > 3 * len(question) + 200:
         return question
     return s
+
+
+def _groups(user: Identity | None, groups: Sequence[str] | None) -> Sequence[str] | None:
+    """The store filter: a user's groups (None only for the unrestricted local user), else explicit groups."""
+    if user is not None:
+        if groups is not None:
+            raise ValueError("pass either user or groups, not both")
+        return user.groups_any
+    return groups

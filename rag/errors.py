@@ -42,3 +42,7 @@ class UsersFileError(RagError):
 
 class AuditLogError(RagError):
     """The audit log cannot be written; callers decide whether to refuse the request or go on."""
+
+
+class AccessDenied(RagError):
+    """The asking user may not read this document (or it does not exist: the message does not say which)."""
