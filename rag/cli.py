@@ -76,6 +76,25 @@ def _settings() -> Settings:
         raise typer.Exit(2) from None
 
 
+AsUser = Annotated[str | None, typer.Option(
+    "--as", metavar="USER", help="Run as this user of RAG_USERS_FILE: only documents their groups may read. "
+                                 "Without it the local operator sees everything.")]
+
+
+def _identity(settings: Settings, as_user: str | None):
+    """The user to run as, or None: the operator at the machine, who owns the store files anyway."""
+    if as_user is None:
+        return None
+    from rag.auth import identity_as
+    from rag.users import UserDirectory
+
+    try:
+        return identity_as(UserDirectory.from_settings(settings), as_user)
+    except RagError as exc:
+        err.print(Text(f"error: {exc}", style="bold red"))
+        raise typer.Exit(2) from None
+
+
 def _rel(path: str) -> str:
     try:
         return str(Path(path).relative_to(Path.cwd()))
@@ -188,6 +207,7 @@ def search(
                                                 "configured reranker (default: on when RAG_RERANK_MODEL or "
                                                 "RAG_RERANK_URL is set).")] = None,
     as_json: Annotated[bool, typer.Option("--json")] = False,
+    as_user: AsUser = None,
 ) -> None:
     """Show what retrieval finds for a query (path, page, score, snippet). No LLM involved."""
     from rag.embeddings import get_embedder
@@ -201,14 +221,16 @@ def search(
             raise typer.Exit(2)
         settings = settings.model_copy(update={"retrieval_mode": mode})
     _check_rerank_option(rerank, settings)
+    user = _identity(settings, as_user)
     try:
         embedder = get_embedder(settings)
         with open_store(settings) as store:
             overrides: dict[str, Any] = {"reranker": None} if rerank is False else {}
             found = Retriever.from_settings(settings, store, embedder, top_k=top_k, min_score=float("-inf"),
-                                            **overrides).retrieve(query)
+                                            **overrides).retrieve(query, groups=user.groups_any if user else None)
     except RagError as exc:
         raise _fail(exc) from None
+    _audit_search(settings, user, query, found)
     results = [{"path": p.path, "page": p.page_start, "score": round(p.score, 4), "snippet": _snippet(p.text),
                 "section": p.section, "relevant": p.score >= settings.min_score}
                | ({"rerank_score": round(p.rerank_score, 4)} if p.rerank_score is not None else {})
@@ -242,6 +264,19 @@ def _check_rerank_option(rerank: bool | None, settings: Settings) -> None:
         err.print(Text("error: --rerank needs a reranker: set RAG_RERANK_MODEL to a local cross-encoder folder or "
                        "RAG_RERANK_URL to a reranking endpoint", style="bold red"))
         raise typer.Exit(2)
+
+
+def _audit_search(settings: Settings, user, query: str, found) -> None:
+    from rag.audit import AuditLog
+
+    log = AuditLog.from_settings(settings)
+    if log is not None:
+        try:
+            log.record("search", user=user.name if user else None, question=query,
+                       cited=list(dict.fromkeys(p.path for p in found.passages)),
+                       latency_ms=found.seconds * 1000)
+        except RagError as exc:
+            err.print(Text(f"warning: audit log: {exc}", style="yellow"))
 
 
 @app.command()
@@ -297,14 +332,16 @@ def ask(
                                                           "timings, packing) instead of streaming.")] = False,
     all_sources: Annotated[bool, typer.Option("--all-sources", help="List every source given to the model, "
                                                                    "not only the cited ones.")] = False,
+    as_user: AsUser = None,
 ) -> None:
     """Answer a question from the documents, streamed, then list the sources it cites."""
     from rag.chain import RAG
 
     settings = _settings()
+    user = _identity(settings, as_user)
     try:
         with RAG.from_settings(settings) as rag:
-            stream = rag.stream(question)
+            stream = rag.stream(question, user=user)
             for piece in stream:
                 if not as_json:
                     out.print(piece, end="", markup=False, highlight=False)
@@ -351,13 +388,14 @@ def _print_stats(answer) -> None:
 
 
 @app.command()
-def chat() -> None:
+def chat(as_user: AsUser = None) -> None:
     """Interactive questions with history. /sources shows the last answer's sources, /reset forgets the
     conversation, /exit (or Ctrl-D) ends."""
     from rag.chain import RAG
     from rag.packing import Message
 
     settings = _settings()
+    user = _identity(settings, as_user)
     try:
         rag = RAG.from_settings(settings)
     except RagError as exc:
@@ -384,7 +422,7 @@ def chat() -> None:
                     _print_sources(last, all_sources=True)
                 continue
             try:
-                stream = rag.stream(q, history)
+                stream = rag.stream(q, history, user=user)
                 for piece in stream:
                     out.print(piece, end="", markup=False, highlight=False)
                 last = stream.answer
