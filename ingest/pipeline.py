@@ -8,6 +8,14 @@ point ids are deterministic (path, content hash, chunk index), so the result equ
 Parsing and chunking run in a background thread while the main thread embeds: embedding dominates, and
 this keeps the model busy. Chunks from several documents are embedded together (sentence-transformers sorts
 each batch by length), so many small files cost little padding.
+
+Access: every document's groups are resolved (rag/access.py) before anything is written, from the
+``.rag-access.toml`` files between its folder and the ingest root it was found under: a folder given to
+``ingest`` is the root of everything below it; a file given on its own has only its own folder's policy file.
+A file reached through several given paths uses the outermost. A broken policy file anywhere in the walked
+trees stops the run (AccessPolicyError) rather than guessing. The groups go into every chunk's payload, and
+the decision (``AccessPolicy.record``) into the document's registry record. An unchanged document whose groups
+changed gets them with ``Store.set_groups``: a payload update, nothing is re-embedded.
 """
 
 from __future__ import annotations
@@ -24,8 +32,9 @@ from pathlib import Path
 
 from ingest.chunking import Chunk, chunk_document
 from ingest.parsers import PARSER_VERSION, ParsedDocument, is_supported, parse
+from rag.access import POLICY_FILE, AccessPolicy
 from rag.embeddings import Embedder, get_embedder
-from rag.errors import ParseError
+from rag.errors import AccessPolicyError, ParseError
 from rag.settings import Settings
 from rag.sparse import SparseEncoder, get_sparse_encoder
 from rag.store import ChunkPoint, DocumentRecord, Store, chunk_id, open_store
@@ -49,7 +58,7 @@ class IngestReport:
     updated: int = 0
     unchanged: int = 0
     removed: int = 0
-    regrouped: int = 0
+    access_updated: int = 0  # unchanged documents whose groups changed: payload updated, nothing re-embedded
     chunks: int = 0  # chunks written in this run
     chunks_removed: int = 0
     pages: int = 0
@@ -91,6 +100,7 @@ class _Work:
     mtime: float
     sha256: str
     previous: DocumentRecord | None
+    access: dict
     doc: ParsedDocument | None = None
     chunks: list[Chunk] = field(default_factory=list)
     error: str | None = None
@@ -114,47 +124,99 @@ def file_sha256(path: Path) -> str:
     return h.hexdigest()
 
 
+@dataclass
+class Discovered:
+    files: list[Path] = field(default_factory=list)
+    roots: list[Path] = field(default_factory=list)  # folders given (or paths that are gone)
+    skipped: list[FileIssue] = field(default_factory=list)
+    failed: list[FileIssue] = field(default_factory=list)
+    #: Each file's ingest root: the folder given that contains it (the outermost if several do), or the file
+    #: itself if it was given on its own.
+    file_roots: dict[Path, Path] = field(default_factory=dict)
+    #: Every .rag-access.toml seen in the walked folders (all are checked, even those no document needs).
+    policy_files: list[Path] = field(default_factory=list)
+
+
 def discover(paths: Iterable[str | Path]) -> tuple[list[Path], list[Path], list[FileIssue], list[FileIssue]]:
-    """Expand the given paths into (files, folder roots, skipped, failed).
+    """Expand the given paths into (files, folder roots, skipped, failed); ``walk`` says more."""
+    d = walk(paths)
+    return d.files, d.roots, d.skipped, d.failed
+
+
+def _root_folder(root: Path) -> Path:
+    return root if root.is_dir() else root.parent
+
+
+def walk(paths: Iterable[str | Path]) -> Discovered:
+    """Expand the given paths into files, each with its ingest root.
 
     Hidden files and folders (.git, .rag, ...) are not walked. An unsupported file inside a folder is
-    skipped (reported, not an error); one named explicitly is a failure.
+    skipped (reported, not an error); one named explicitly is a failure. Access policy files are never
+    documents: inside folders they are collected silently, named explicitly they are skipped with a reason.
     """
-    files: list[Path] = []
-    roots: list[Path] = []
-    skipped: list[FileIssue] = []
-    failed: list[FileIssue] = []
-    seen: set[Path] = set()
+    d = Discovered()
 
-    def add(p: Path) -> None:
-        if p not in seen:
-            seen.add(p)
-            files.append(p)
+    def add(f: Path, root: Path) -> None:
+        old = d.file_roots.get(f)
+        if old is None:
+            d.files.append(f)
+            d.file_roots[f] = root
+        elif len(_root_folder(root).parts) < len(_root_folder(old).parts):
+            d.file_roots[f] = root  # the outermost root reads the most policy files, whatever the order given
 
     for raw in paths:
         p = Path(raw).expanduser().absolute()
         if p.is_dir():
-            roots.append(p)
+            d.roots.append(p)
             for dirpath, dirnames, filenames in os.walk(p):
-                dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+                dirnames[:] = sorted(dn for dn in dirnames if not dn.startswith("."))
                 for name in sorted(filenames):
+                    f = Path(dirpath) / name
+                    if name == POLICY_FILE:
+                        d.policy_files.append(f)
+                        continue
                     if name.startswith("."):
                         continue
-                    f = Path(dirpath) / name
                     if not f.is_file():
                         continue
                     if is_supported(f):
-                        add(f)
+                        add(f, p)
                     else:
-                        skipped.append(FileIssue(str(f), f"unsupported file type {f.suffix.lower() or '(none)'}"))
+                        d.skipped.append(FileIssue(str(f), f"unsupported file type {f.suffix.lower() or '(none)'}"))
         elif p.is_file():
-            if is_supported(p):
-                add(p)
+            if p.name == POLICY_FILE:
+                d.policy_files.append(p)
+                d.skipped.append(FileIssue(str(p), "access policy file: it decides who may read the documents "
+                                                   "beside it, it is not a document"))
+            elif is_supported(p):
+                add(p, p)
             else:
-                failed.append(FileIssue(str(p), f"unsupported file type {p.suffix.lower() or '(none)'}"))
+                d.failed.append(FileIssue(str(p), f"unsupported file type {p.suffix.lower() or '(none)'}"))
         else:
-            roots.append(p)  # gone: whatever was ingested from it is removed below
-    return files, roots, skipped, failed
+            d.roots.append(p)  # gone: whatever was ingested from it is removed below
+    return d
+
+
+def resolve_access(found: Discovered, policy: AccessPolicy) -> tuple[dict[str, dict], list[FileIssue]]:
+    """Every file's access record (``AccessPolicy.record``) and warnings about policy files that are not applied
+    because they sit above the ingest root. Reads policy files only: raises AccessPolicyError (file and line)
+    before the caller writes anything."""
+    if not policy.reads_policy_files:
+        return {str(f): policy.record(f, found.file_roots[f]) for f in found.files}, []
+    for pf in found.policy_files:
+        policy.load(pf.parent)
+    access = {str(f): policy.record(f, found.file_roots[f]) for f in found.files}
+    warnings: list[FileIssue] = []
+    seen: set[Path] = set()
+    for folder in sorted({_root_folder(r) for r in set(found.file_roots.values())}):
+        for above in folder.parents:
+            pf = above / POLICY_FILE
+            if pf not in seen and pf.is_file():
+                seen.add(pf)
+                warnings.append(FileIssue(str(pf), f"not applied to the documents under {folder}: policy files "
+                                                   f"above the folder (or file) given to ingest are not read; "
+                                                   f"ingest {above} to apply it"))
+    return access, warnings
 
 
 def ingest(
@@ -162,22 +224,33 @@ def ingest(
     settings: Settings,
     *,
     groups: Sequence[str] | None = None,
+    policy_files: bool = True,
     store: Store | None = None,
     embedder: Embedder | None = None,
     progress: ProgressCallback | None = None,
 ) -> IngestReport:
-    """Ingest files and folders into the configured store; the Python twin of ``rag ingest``."""
+    """Ingest files and folders into the configured store; the Python twin of ``rag ingest``.
+
+    ``groups`` may read documents that no ``.rag-access.toml`` rule covers (default ``settings.default_groups``);
+    with ``policy_files=False`` policy files are not read and every document gets exactly ``groups`` (uploads).
+    Raises AccessPolicyError, before anything is written, if a policy file is broken.
+    """
     started = time.perf_counter()
     report = IngestReport()
-    files, roots, report.skipped, report.failed = discover(paths)
+    found = walk(paths)
+    files, roots, report.skipped, report.failed = found.files, found.roots, found.skipped, found.failed
     report.files_seen = len(files)
+    try:
+        policy = AccessPolicy.for_run(settings, groups) if policy_files else AccessPolicy.fixed(settings, groups)
+    except ValueError as exc:
+        raise AccessPolicyError(f"invalid groups: {exc}") from None
+    access, report.warnings = resolve_access(found, policy)
     embedder = embedder or get_embedder(settings)
     own_store = store is None
     store = store or open_store(settings)
     try:
         store.ensure_ready(embedder.dimension, embedder.model_name)
-        _run(files, roots, settings, list(groups) if groups else list(settings.default_groups),
-             store, embedder, report, progress)
+        _run(files, roots, settings, access, store, embedder, report, progress)
     except KeyboardInterrupt:
         report.interrupted = True
         raise
@@ -189,7 +262,7 @@ def ingest(
     return report
 
 
-def _run(files: list[Path], roots: list[Path], settings: Settings, groups: list[str], store: Store,
+def _run(files: list[Path], roots: list[Path], settings: Settings, access: dict[str, dict], store: Store,
          embedder: Embedder, report: IngestReport, progress: ProgressCallback | None) -> None:
     registry = store.documents()
     current = {str(f) for f in files}
@@ -226,7 +299,7 @@ def _run(files: list[Path], roots: list[Path], settings: Settings, groups: list[
             for f in files:
                 if stop.is_set():
                     return
-                w = _prepare(f, registry.get(str(f)), sig, groups, settings, embedder)
+                w = _prepare(f, registry.get(str(f)), sig, access[str(f)], settings, embedder)
                 while not stop.is_set():
                     try:
                         work_q.put(w, timeout=0.2)
@@ -256,9 +329,7 @@ def _run(files: list[Path], roots: list[Path], settings: Settings, groups: list[
                 _fail(store, w, report)
             elif w.doc is None:  # unchanged
                 report.unchanged += 1
-                if w.previous is not None and sorted(w.previous.groups) != sorted(groups):
-                    store.set_groups(w.path, groups)
-                    report.regrouped += 1
+                _update_access(store, w, report)
             else:
                 # Chunks without a record were swept at the start of the run, so only a recorded document
                 # has old chunks to replace.
@@ -277,12 +348,12 @@ def _run(files: list[Path], roots: list[Path], settings: Settings, groups: list[
             prog.files_done += 1
             prog.bytes_done += w.size
             if len(buffer) >= EMBED_BUFFER or (buffer and work_q.empty()):
-                _flush(buffer, pending, works, groups, sig, store, embedder, sparse, report, prog)
+                _flush(buffer, pending, works, sig, store, embedder, sparse, report, prog)
                 buffer = []
             if progress:
                 progress(prog)
         if buffer:
-            _flush(buffer, pending, works, groups, sig, store, embedder, sparse, report, prog)
+            _flush(buffer, pending, works, sig, store, embedder, sparse, report, prog)
             if progress:
                 progress(prog)
     finally:
@@ -297,15 +368,15 @@ def _size(p: Path) -> int:
         return 0
 
 
-def _prepare(f: Path, previous: DocumentRecord | None, sig: str, groups: list[str], settings: Settings,
+def _prepare(f: Path, previous: DocumentRecord | None, sig: str, access: dict, settings: Settings,
              embedder: Embedder) -> _Work:
     """Runs in the parse thread: hash, and parse + chunk only if the file changed."""
     try:
         st = f.stat()
         sha = file_sha256(f)
     except OSError as exc:
-        return _Work(str(f), 0, 0.0, "", previous, error=f"cannot read file: {exc.strerror or exc}")
-    w = _Work(str(f), st.st_size, st.st_mtime, sha, previous)
+        return _Work(str(f), 0, 0.0, "", previous, access, error=f"cannot read file: {exc.strerror or exc}")
+    w = _Work(str(f), st.st_size, st.st_mtime, sha, previous, access)
     if previous is not None and previous.sha256 == sha and previous.config_sig == sig:
         return w
     try:
@@ -323,6 +394,22 @@ def _prepare(f: Path, previous: DocumentRecord | None, sig: str, groups: list[st
     return w
 
 
+def _update_access(store: Store, w: _Work, report: IngestReport) -> None:
+    """An unchanged document: if its groups changed, rewrite them in its chunks' payload and record (no
+    re-embedding); if only the explanation changed (a rule moved, another file decides the same groups), refresh
+    the record alone."""
+    prev = w.previous
+    if prev is None:
+        return
+    groups = list(w.access["groups"])
+    if sorted(set(prev.groups)) != groups:
+        store.set_groups(w.path, groups, access=w.access)
+        report.access_updated += 1
+    elif prev.access != w.access:
+        prev.access = w.access
+        store.put_document(prev)
+
+
 def _remove(store: Store, path: str, report: IngestReport) -> None:
     """Take a document out of the index: its record first (so a crash here leaves it "not ingested"), then
     its chunks."""
@@ -338,8 +425,7 @@ def _fail(store: Store, w: _Work, report: IngestReport) -> None:
     report.failed.append(FileIssue(w.path, w.error or "unknown error"))
 
 
-def _flush(buffer: list[tuple[_Work, Chunk]], pending: dict[str, int], works: dict[str, _Work],
-           groups: list[str], sig: str, store: Store, embedder: Embedder, sparse: SparseEncoder | None,
+def _flush(buffer: list[tuple[_Work, Chunk]], pending: dict[str, int], works: dict[str, _Work], sig: str, store: Store, embedder: Embedder, sparse: SparseEncoder | None,
            report: IngestReport, prog: Progress) -> None:
     texts = [c.text for _, c in buffer]
     vectors = embedder.embed_documents(texts)
@@ -361,7 +447,7 @@ def _flush(buffer: list[tuple[_Work, Chunk]], pending: dict[str, int], works: di
             "char_start": c.char_start,
             "char_end": c.char_end,
             "token_count": c.token_count,
-            "groups": groups,
+            "groups": list(w.access["groups"]),
         }, sv))
     store.upsert_chunks(points)
     report.chunks += len(points)
@@ -373,8 +459,8 @@ def _flush(buffer: list[tuple[_Work, Chunk]], pending: dict[str, int], works: di
         del pending[path]
         store.put_document(DocumentRecord(
             path=w.path, sha256=w.sha256, chunks=len(w.chunks), config_sig=sig, size=w.size, mtime=w.mtime,
-            pages=w.doc.pages if w.doc else None, title=w.doc.title if w.doc else None, groups=groups,
-            ingested_at=time.time(),
+            pages=w.doc.pages if w.doc else None, title=w.doc.title if w.doc else None,
+            groups=list(w.access["groups"]), access=w.access, ingested_at=time.time(),
         ))
         if w.previous is not None:
             report.updated += 1

@@ -2,6 +2,10 @@
 
 A re-upload under the same name replaces the earlier document (same path, new content hash), which is what a
 user who fixes a file and uploads it again expects.
+
+Access: uploads get exactly the ``groups`` the caller passes (``settings.default_groups`` if none);
+``.rag-access.toml`` files are not read for them, not even one placed in the uploads folder: the caller (the UI,
+which knows who uploads) decides, and a stray file there cannot widen or narrow that.
 """
 
 from __future__ import annotations
@@ -51,8 +55,8 @@ def ingest_uploads(
     groups: Sequence[str] | None = None,
     progress: ProgressCallback | None = None,
 ) -> IngestReport:
-    """Save (name, bytes) pairs into ``settings.uploads_dir`` and ingest them; refused names are reported as
-    failures next to the ingest's own."""
+    """Save (name, bytes) pairs into ``settings.uploads_dir`` and ingest them, readable by ``groups`` (see the
+    module docstring); refused names are reported as failures next to the ingest's own."""
     saved: list[Path] = []
     refused: list[FileIssue] = []
     for name, data in files:
@@ -66,7 +70,7 @@ def ingest_uploads(
             refused.append(FileIssue(name, f"larger than RAG_MAX_FILE_MB={settings.max_file_mb:g}"))
         else:
             saved.append(save_upload(clean, data, settings.uploads_dir))
-    report = ingest(saved, settings, groups=groups, store=store, embedder=embedder, progress=progress) \
-        if saved else IngestReport()
+    report = ingest(saved, settings, groups=groups, policy_files=False, store=store, embedder=embedder,
+                    progress=progress) if saved else IngestReport()
     report.failed[:0] = refused
     return report

@@ -171,9 +171,12 @@ class PolicyFile:
                                     "UTF-8 and ingest again") from None
         except tomllib.TOMLDecodeError as exc:
             m = re.search(r"\(at line (\d+), column (\d+)\)", str(exc))
-            where = f"{path}:{m.group(1)}" if m else str(path)
-            msg = re.sub(r"\s*\(at line \d+, column \d+\)", "", str(exc))
-            col = f", column {m.group(2)}" if m else ""
+            # "Unclosed array (at end of document)": point at the last line, where the reader gave up.
+            end = "(at end of document)" in str(exc)
+            line = m.group(1) if m else str(max(1, len(text.splitlines()))) if end else None
+            where = f"{path}:{line}" if line else str(path)
+            msg = re.sub(r"\s*\(at line \d+, column \d+\)|\s*\(at end of document\)", "", str(exc))
+            col = f", column {m.group(2)}" if m else ", at the end of the file" if end else ""
             raise AccessPolicyError(f"{where}: invalid TOML ({msg}{col}); fix the access policy ({_FORMAT_HINT}) "
                                     "and ingest again") from None
         lines = text.splitlines()
@@ -249,7 +252,7 @@ class Access:
     """The groups a document gets, and why (for `rag ingest`/`rag status` to explain)."""
 
     groups: tuple[str, ...]
-    decided_by: Literal["rule", "default", "groups-option", "settings-default"]
+    decided_by: Literal["rule", "default", "groups-option", "settings-default", "given"]
     policy_file: Path | None = None
     rule: tuple[str, ...] | None = None  # the deciding rule's patterns
     line: int | None = None
@@ -262,6 +265,8 @@ class Access:
             return f"default of {self.policy_file}"
         if self.decided_by == "groups-option":
             return "no policy rule covers it: --groups of this ingest"
+        if self.decided_by == "given":
+            return "set by the caller (uploads); policy files do not apply"
         return "no policy rule covers it: RAG_DEFAULT_GROUPS"
 
     def to_dict(self) -> dict:
@@ -282,12 +287,15 @@ class AccessPolicy:
     """
 
     def __init__(self, fallback: Sequence[str], *, fallback_is_option: bool = False,
-                 filename: str = POLICY_FILE) -> None:
+                 filename: str | None = POLICY_FILE) -> None:
         self.fallback = normalize_groups(fallback, "fallback groups: ")
-        self._fallback_kind: Literal["groups-option", "settings-default"] = (
+        self._fallback_kind: Literal["groups-option", "settings-default", "given"] = (
             "groups-option" if fallback_is_option else "settings-default")
         self.filename = filename
         self._files: dict[Path, PolicyFile | None] = {}
+        # (folder, root) -> the folder's policy files up to root, nearest first, each with its depth below root:
+        # every document of a folder shares them.
+        self._chains: dict[tuple[Path, Path], tuple[tuple[PolicyFile, int], ...]] = {}
 
     @classmethod
     def for_run(cls, settings: Settings, groups: Sequence[str] | None = None) -> AccessPolicy:
@@ -297,7 +305,43 @@ class AccessPolicy:
             return cls(groups, fallback_is_option=True)
         return cls(settings.default_groups)
 
+    @classmethod
+    def fixed(cls, settings: Settings, groups: Sequence[str] | None = None) -> AccessPolicy:
+        """No policy files: every document gets ``groups``, or ``settings.default_groups`` if none are given
+        (uploads: the caller decides who may read what it uploads)."""
+        policy = cls(groups if groups else settings.default_groups, filename=None)
+        policy._fallback_kind = "given"
+        return policy
+
+    @classmethod
+    def from_record(cls, record: dict) -> AccessPolicy:
+        """The policy as the ingest that wrote ``record`` (see ``record``) would apply it today: to tell whether
+        a stored decision is still current (`rag access`)."""
+        policy = cls(record.get("fallback") or [], filename=POLICY_FILE if record.get("policy_files", True) else None)
+        policy._fallback_kind = record.get("fallback_kind") or "settings-default"
+        return policy
+
+    def record(self, path: str | Path, root: str | Path) -> dict:
+        """What a document's registry record keeps about its access: ``Access.to_dict()`` (groups, what decided
+        them, why) plus the ingest root, the fallback of the run and the policy signature, so that `rag access`
+        can say later whether the policy changed since."""
+        chain = self._chain(Path(path), Path(root))
+        d = self._decide(chain).to_dict()
+        d.update(root=str(Path(root).absolute()), signature=self._signature(chain), fallback=list(self.fallback),
+                 fallback_kind=self._fallback_kind, policy_files=self.reads_policy_files)
+        return d
+
+    @property
+    def reads_policy_files(self) -> bool:
+        return self.filename is not None
+
+    def load(self, folder: str | Path) -> PolicyFile | None:
+        """The policy file of ``folder`` (parsed once per run), or None; AccessPolicyError if it is broken."""
+        return self._file_in(Path(folder).absolute())
+
     def _file_in(self, folder: Path) -> PolicyFile | None:
+        if self.filename is None:
+            return None
         if folder not in self._files:
             p = folder / self.filename
             self._files[folder] = PolicyFile.load(p) if p.is_file() else None
@@ -315,17 +359,28 @@ class AccessPolicy:
             raise ValueError(f"{path} is not inside the ingest root {root}") from None
         if not rel:
             raise ValueError(f"{path} is the ingest root itself, not a document inside it")
-        chain = []
-        for depth in range(len(rel) - 1, -1, -1):
-            pf = self._file_in(root.joinpath(*rel[:depth]))
-            if pf is not None:
-                chain.append((pf, rel[depth:]))
+        return [(pf, rel[depth:]) for pf, depth in self._folder_chain(path.parent, root, rel[:-1])]
+
+    def _folder_chain(self, folder: Path, root: Path,
+                      folder_rel: tuple[str, ...]) -> tuple[tuple[PolicyFile, int], ...]:
+        key = (folder, root)
+        chain = self._chains.get(key)
+        if chain is None:
+            found = []
+            for depth in range(len(folder_rel), -1, -1):
+                pf = self._file_in(root.joinpath(*folder_rel[:depth]))
+                if pf is not None:
+                    found.append((pf, depth))
+            chain = self._chains[key] = tuple(found)
         return chain
 
     def resolve(self, path: str | Path, root: str | Path) -> Access:
         """The groups of the document ``path`` ingested from ``root`` (a folder, or the file itself when a file
         is ingested on its own: then only its own folder's policy file applies)."""
-        for pf, rel in self._chain(Path(path), Path(root)):
+        return self._decide(self._chain(Path(path), Path(root)))
+
+    def _decide(self, chain: list[tuple[PolicyFile, tuple[str, ...]]]) -> Access:
+        for pf, rel in chain:
             decided = pf.decide(rel)
             if decided is not None:
                 groups, rule = decided
@@ -342,6 +397,9 @@ class AccessPolicy:
         """Changes whenever anything that decides ``path``'s groups may have changed: a policy file on its chain
         (edited, added or removed) or the fallback. Cheap after the first call per folder; compare it with the
         one stored at the last ingest to know when to re-resolve (then ``Store.set_groups``, no re-embedding)."""
-        parts = [[str(pf.path), pf.sha256] for pf, _ in self._chain(Path(path), Path(root))]
+        return self._signature(self._chain(Path(path), Path(root)))
+
+    def _signature(self, chain: list[tuple[PolicyFile, tuple[str, ...]]]) -> str:
+        parts = [[str(pf.path), pf.sha256] for pf, _ in chain]
         parts.append(["fallback", *self.fallback])
         return hashlib.sha256(json.dumps(parts).encode()).hexdigest()[:16]

@@ -113,15 +113,27 @@ class _ChunkRate(ProgressColumn):
 @app.command()
 def ingest(
     paths: Annotated[list[Path], typer.Argument(help="Files and folders to ingest (folders are walked).")],
-    groups: Annotated[str | None, typer.Option(help="Comma-separated groups allowed to read these documents.")] = None,
+    groups: Annotated[str | None, typer.Option(help=(
+        "Comma-separated groups allowed to read the documents that no .rag-access.toml rule covers. Policy files "
+        "in the ingested folders win: they are read from each document's folder up to the folder given here (a "
+        "file given on its own: only its folder's). Without --groups such documents get RAG_DEFAULT_GROUPS, "
+        "default \"admins\": nobody but admins. See `rag access PATH`."))] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar; print only failures.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object (for scripts).")] = False,
 ) -> None:
     """Ingest files and folders: new files are added, changed ones replaced, deleted ones removed."""
     from ingest import ingest as run_ingest
 
+    from rag.access import check_group, split_groups
+
     settings = _settings()
-    group_list = [g.strip() for g in groups.split(",") if g.strip()] if groups else None
+    group_list = split_groups(groups) or None
+    try:
+        for g in group_list or ():
+            check_group(g, "--groups: ")
+    except ValueError as exc:
+        err.print(Text(f"error: {exc}", style="bold red"))
+        raise typer.Exit(2) from None
     show_bar = not quiet and not as_json and err.is_terminal
     bar = Progress(
         TextColumn("[bold]ingest"), BarColumn(), TaskProgressColumn(), TextColumn("{task.fields[files]}"),
@@ -163,11 +175,76 @@ def ingest(
             out.print(
                 f"[bold]{report.added}[/] added, [bold]{report.updated}[/] updated, "
                 f"[bold]{report.unchanged}[/] unchanged, [bold]{report.removed}[/] removed, "
+                f"[bold]{report.access_updated}[/] access updated, "
                 f"[bold {'red' if report.failed else ''}]{len(report.failed)}[/] failed · "
                 f"{report.chunks} chunks written, {report.chunks_removed} removed · "
                 f"{report.seconds:.1f}s ({rate:.1f} chunks/s)"
             )
     raise typer.Exit(0 if report.ok else 1)
+
+
+@app.command()
+def access(
+    paths: Annotated[list[Path], typer.Argument(help="Indexed documents, or folders: every document below.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object (for scripts).")] = False,
+) -> None:
+    """Who may read indexed documents, what decided it (policy file and rule, --groups or RAG_DEFAULT_GROUPS),
+    and whether the policy changed since the last ingest (then run `rag ingest` again to apply it)."""
+    import os
+
+    from rag.access import AccessPolicy
+    from rag.store import open_store
+
+    settings = _settings()
+    try:
+        with open_store(settings) as store:
+            registry = store.documents()
+    except RagError as exc:
+        raise _fail(exc) from None
+    rows: list[dict[str, Any]] = []
+    missing: list[str] = []
+    for raw in paths:
+        p = str(raw.expanduser().absolute())
+        found = sorted(k for k in registry if k == p or k.startswith(p.rstrip(os.sep) + os.sep))
+        if not found:
+            missing.append(p)
+        for k in found:
+            rec = registry[k]
+            row: dict[str, Any] = {"path": k, "groups": sorted(rec.groups), "access": rec.access or None}
+            if not rec.access:  # ingested before access decisions were recorded
+                row["current"] = row["stale"] = None
+                rows.append(row)
+                continue
+            try:
+                now = AccessPolicy.from_record(rec.access).record(k, rec.access["root"])
+            except (RagError, ValueError, KeyError) as exc:  # a policy file broken since: say so, do not guess
+                row["current"], row["stale"], row["error"] = None, True, str(exc)
+            else:
+                row["current"] = now
+                row["stale"] = now["signature"] != rec.access.get("signature") or now["groups"] != row["groups"]
+            rows.append(row)
+    if as_json:
+        out.print_json(json.dumps({"documents": rows, "not_indexed": missing}))
+    else:
+        for r in rows:
+            out.print(Text.assemble((_rel(r["path"]), "bold"), ": ",
+                                    (", ".join(r["groups"]) or "nobody (empty group list)", "cyan")))
+            a = r["access"]
+            if not a:
+                out.print(Text("    ingested before access decisions were recorded: run rag ingest again to record "
+                               "and apply the policy", style="yellow"))
+                continue
+            out.print(Text("    " + a["reason"], style="dim"))
+            if r.get("error"):
+                out.print(Text(f"    policy now broken: {r['error']}", style="red"))
+            elif r["stale"]:
+                cur = r["current"]
+                now = f" (it would now be {', '.join(cur['groups']) or 'nobody'}: {cur['reason']})" if cur else ""
+                out.print(Text(f"    the policy changed since the last ingest{now}; run rag ingest {_rel(a['root'])}",
+                               style="yellow"))
+        for m in missing:
+            err.print(Text.assemble(("not indexed ", "yellow"), _rel(m)))
+    raise typer.Exit(1 if missing else 0)
 
 
 @app.command()

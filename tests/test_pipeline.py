@@ -92,7 +92,7 @@ def test_bad_and_tricky_files(bad_files, settings, embedder):
 def test_groups_change_without_reembedding(docs, settings, embedder):
     ingest([docs], settings, embedder=embedder, groups=["hr"])
     r = ingest([docs], settings, embedder=embedder, groups=["hr", "staff"])
-    assert r.regrouped == 5 and r.chunks == 0
+    assert r.access_updated == 5 and r.chunks == 0
     with open_store(settings) as s:
         assert all(h.payload["groups"] == ["hr", "staff"] for p in s.chunk_paths() for h in s.chunks_of(p))
 

@@ -105,6 +105,10 @@ def test_set_groups_without_reembedding(store):
     hits = store.search(pts[0].vector, 1, SearchFilter(groups_any=("staff",)))
     assert hits and hits[0].id == pts[0].id
     assert store.get_document("/a.txt").groups == ["staff", "hr"]
+    why = {"groups": ["finance"], "decided_by": "rule", "line": 4, "rule": ["finance/**"]}
+    store.set_groups("/a.txt", ["finance"], access=why)
+    assert store.get_document("/a.txt").access == why
+    assert not store.search(pts[0].vector, 3, SearchFilter(groups_any=("staff", "hr")))
 
 
 def test_other_embedding_model_is_refused(store):

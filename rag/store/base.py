@@ -85,6 +85,9 @@ class DocumentRecord:
     groups: list[str] = field(default_factory=list)
     ingested_at: float = 0.0
     kind: str = "document"
+    #: What decided ``groups`` and why: ``AccessPolicy.record()`` (policy file and rule, --groups or the default,
+    #: the ingest root and the policy signature). Empty in records written before access policies.
+    access: dict[str, Any] = field(default_factory=dict)
 
     def to_payload(self) -> dict[str, Any]:
         return asdict(self)
@@ -170,8 +173,9 @@ class Store(Protocol):
         """Remove the registry record only (call before touching chunks: no record = not done)."""
         ...
 
-    def set_groups(self, path: str, groups: Sequence[str]) -> None:
-        """Change the access groups of a document's chunks and record without re-embedding."""
+    def set_groups(self, path: str, groups: Sequence[str], access: dict[str, Any] | None = None) -> None:
+        """Change the access groups of a document's chunks and record without re-embedding (chunks first, so
+        an interrupted change is redone by the next ingest); ``access`` replaces the record's explanation."""
         ...
 
     def flush(self) -> None: ...

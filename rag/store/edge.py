@@ -247,13 +247,15 @@ class EdgeStore:
         return [Hit(str(p.id), float(p.score), dict(p.payload), cosine(vector, p.vector[DENSE]))
                 for p in self._chunks.query(req)]
 
-    def set_groups(self, path: str, groups: Sequence[str]) -> None:
+    def set_groups(self, path: str, groups: Sequence[str], access: dict[str, Any] | None = None) -> None:
         if self._chunks is None:
             return
         self._chunks.update(qe.UpdateOperation.set_payload_by_filter(_filter(None, path), {"groups": list(groups)}))
         rec = self.get_document(path)
         if rec is not None:
             rec.groups = list(groups)
+            if access is not None:
+                rec.access = access
             self.put_document(rec)
 
 

@@ -238,7 +238,7 @@ class QdrantServerStore:
         return [Hit(str(p.id), float(p.score), dict(p.payload or {}), cosine(vector, p.vector[DENSE]))
                 for p in res.points]
 
-    def set_groups(self, path: str, groups: Sequence[str]) -> None:
+    def set_groups(self, path: str, groups: Sequence[str], access: dict[str, Any] | None = None) -> None:
         if not self._ready:
             return
         self._client.set_payload(self.collection, {"groups": list(groups)},
@@ -246,6 +246,8 @@ class QdrantServerStore:
         rec = self.get_document(path)
         if rec is not None:
             rec.groups = list(groups)
+            if access is not None:
+                rec.access = access
             self.put_document(rec)
 
 
