@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from rag import metrics
 from rag.audit import AuditLog
 from rag.auth import Identity
 from rag.citations import CitationFilter, snippet
@@ -304,7 +305,16 @@ class RAG:
 
     def _audited(self, question: str, history: list[Message], user: Identity | None,
                  groups: Sequence[str] | None, **kw: Any) -> Iterator[str]:
-        answer = yield from self._run(question, history, groups, **kw)
+        endpoint = self.endpoint.base_url
+        metrics.IN_FLIGHT.inc()
+        try:
+            answer = yield from self._run(question, history, groups, **kw)
+        except Exception as exc:
+            metrics.observe_error(endpoint, exc)
+            raise
+        finally:  # also when the reader abandons the stream (GeneratorExit)
+            metrics.IN_FLIGHT.dec()
+        metrics.observe_answer(answer, endpoint)
         self._audit("ask", user, question=question, cited=list(dict.fromkeys(c.path for c in answer.cited)),
                     latency_ms=(answer.timings.get("total") or 0) * 1000, model=answer.model,
                     extra={"refused": answer.refused, "sources": len(answer.sources)})

@@ -108,6 +108,9 @@ class SentenceTransformerEmbedder:
         # and ingestion chunks the next document in another thread at the same time.
         self._tokenizer = copy.deepcopy(self._model.tokenizer)
         self._tok_lock = threading.Lock()
+        # One encode() at a time: the model's own tokenizer is not safe to share between threads ("Already
+        # borrowed"), and the API and UI answer several users at once. Counting has its own copy and lock.
+        self._encode_lock = threading.Lock()
         self.dimension = int(self._model.get_embedding_dimension())
         seq = int(self._model.max_seq_length or 512)
         tok_max = getattr(self._tokenizer, "model_max_length", seq) or seq
@@ -129,24 +132,26 @@ class SentenceTransformerEmbedder:
 
     def embed_documents(self, texts: Sequence[str]) -> np.ndarray:
         # encode() sorts by length internally, so batches hold similar lengths and little padding.
-        vecs = self._model.encode(
-            list(texts),
-            batch_size=self.batch_size,
-            prompt=self.passage_prompt or None,
-            normalize_embeddings=True,
-            convert_to_numpy=True,
-            show_progress_bar=False,
-        )
+        with self._encode_lock:
+            vecs = self._model.encode(
+                list(texts),
+                batch_size=self.batch_size,
+                prompt=self.passage_prompt or None,
+                normalize_embeddings=True,
+                convert_to_numpy=True,
+                show_progress_bar=False,
+            )
         return np.asarray(vecs, dtype=np.float32)
 
     def embed_query(self, text: str) -> np.ndarray:
-        vec = self._model.encode(
-            [text],
-            prompt=self.query_prompt or None,
-            normalize_embeddings=True,
-            convert_to_numpy=True,
-            show_progress_bar=False,
-        )
+        with self._encode_lock:
+            vec = self._model.encode(
+                [text],
+                prompt=self.query_prompt or None,
+                normalize_embeddings=True,
+                convert_to_numpy=True,
+                show_progress_bar=False,
+            )
         return np.asarray(vec[0], dtype=np.float32)
 
 
