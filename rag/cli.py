@@ -731,6 +731,28 @@ def _print_ollama(o) -> None:
 app.add_typer(users_app, name="users")
 
 
+@app.command()
+def serve(
+    port: Annotated[int, typer.Option(help="TCP port.")] = 8000,
+    host: Annotated[str, typer.Option(help="Interface; 0.0.0.0 serves the network.")] = "127.0.0.1",
+) -> None:
+    """The RAG as an OpenAI-compatible API: /v1/chat/completions (streaming or not; the model names the
+    collection), /v1/models, /healthz, /metrics (Prometheus). Keys: rag users key NAME."""
+    import uvicorn
+
+    from rag.api import create_app
+
+    settings = _settings()
+    if settings.auth == "none" and host not in ("127.0.0.1", "localhost", "::1"):
+        err.print(Text(f"warning: RAG_AUTH=none on {host}: anyone who reaches port {port} reads every document "
+                       "without a key. Set RAG_AUTH=password and give users keys (rag users key NAME).",
+                       style="yellow"))
+    names = settings.api_collections or [settings.collection]
+    err.print(Text(f"OpenAI-compatible API on http://{host}:{port}/v1 · models: {', '.join(names)} · "
+                   f"auth: {settings.auth}", style="bold"))
+    uvicorn.run(create_app(settings), host=host, port=port, log_level="warning", access_log=False)
+
+
 llm_app = typer.Typer(help="The local demo LLM (SmolLM2-135M; production uses vLLM, Ollama, llama.cpp...).",
                       no_args_is_help=True)
 app.add_typer(llm_app, name="llm")

@@ -169,6 +169,14 @@ class Settings(BaseSettings):
     )
     auth_proxy_secret_header: str = Field("X-Rag-Proxy-Secret", pattern=r"^[A-Za-z0-9-]+$")
 
+    # --- API and metrics -----------------------------------------------------------------------
+    api_collections: list[str] | None = Field(
+        None, description="Collections `rag serve` offers as models (default: RAG_COLLECTION alone)."
+    )
+    ui_metrics_port: int | None = Field(
+        None, ge=1, le=65535, description="Port on which `rag ui` serves Prometheus metrics (unset = none)."
+    )
+
     # --- audit log -----------------------------------------------------------------------------
     audit_log_override: str | None = Field(
         None, alias="RAG_AUDIT_LOG",

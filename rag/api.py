@@ -1,0 +1,258 @@
+"""`rag serve`: the RAG as an OpenAI-compatible HTTP API (FastAPI), a shell over :class:`rag.chain.RAG`.
+
+Any OpenAI client works: point it at ``http://host:8000/v1`` with an API key from ``rag users key NAME``.
+The *model* of a request names the document collection to answer from (``/v1/models`` lists them). The
+conversation's last user message is the question and earlier user/assistant turns are its history; system
+messages from the client are ignored (the product's own system prompt keeps answers grounded and cited).
+Responses carry the sources as an extra ``sources`` field (the SDKs keep unknown fields), so ``[1]`` in the
+answer can be resolved to a file and page.
+
+Auth: with ``RAG_AUTH=none`` no key is needed and every document is visible (single-user local mode); otherwise
+``Authorization: Bearer <key>`` must be a key of an enabled user in ``RAG_USERS_FILE`` and that user's groups
+filter retrieval. In proxy mode the proxy's headers are accepted as well.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
+from pydantic import BaseModel, ConfigDict, Field
+from starlette.middleware.base import BaseHTTPMiddleware
+
+from rag import metrics
+from rag.auth import Identity, authenticate_api_key, identity_from_headers, local_identity
+from rag.chain import RAG, Answer
+from rag.endpoints import EndpointError
+from rag.errors import RagError, StoreLockedError
+from rag.settings import Settings
+from rag.users import UserDirectory
+
+log = logging.getLogger(__name__)
+
+
+class ChatMessage(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    role: str
+    content: str | list[dict[str, Any]] | None = None
+
+
+class StreamOptions(BaseModel):
+    include_usage: bool = False
+
+
+class ChatRequest(BaseModel):
+    # Sampling knobs of the OpenAI API are accepted and ignored: the operator's settings decide.
+    model_config = ConfigDict(extra="allow")
+    model: str
+    messages: list[ChatMessage] = Field(min_length=1)
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, message: str, type_: str, code: str | None = None) -> None:
+        super().__init__(message)
+        self.status, self.message, self.type, self.code = status, message, type_, code
+
+    def response(self) -> JSONResponse:
+        return JSONResponse({"error": {"message": self.message, "type": self.type, "param": None,
+                                       "code": self.code}}, status_code=self.status)
+
+
+def _text(content: str | list[dict[str, Any]] | None) -> str:
+    if isinstance(content, list):  # [{"type": "text", "text": ...}, ...]
+        return "".join(part.get("text", "") for part in content if part.get("type") == "text")
+    return content or ""
+
+
+def _question_and_history(messages: list[ChatMessage]) -> tuple[str, list[tuple[str, str]]]:
+    turns = [(m.role, _text(m.content)) for m in messages if m.role in ("user", "assistant")]
+    if not turns or turns[-1][0] != "user" or not turns[-1][1].strip():
+        raise ApiError(400, "the last message must be a non-empty user message: it is the question",
+                       "invalid_request_error", "invalid_messages")
+    return turns[-1][1], turns[:-1]
+
+
+def _sources(answer: Answer) -> list[dict[str, Any]]:
+    return [{"n": c.n, "path": c.path, "source": c.source, "page": c.page, "page_end": c.page_end,
+             "section": c.section, "snippet": c.snippet, "score": round(c.score, 4), "cited": c.cited}
+            for c in answer.sources]
+
+
+def _usage(answer: Answer) -> dict[str, int]:
+    p, c = answer.usage.get("prompt_tokens") or 0, answer.usage.get("completion_tokens") or 0
+    return {"prompt_tokens": p, "completion_tokens": c, "total_tokens": p + c}
+
+
+class Collections:
+    """One RAG per collection, opened on first use and kept (an embedded store admits one opener per process,
+    so every request shares it)."""
+
+    def __init__(self, settings: Settings, names: list[str]) -> None:
+        self.settings = settings
+        self.names = names
+        self._open: dict[str, RAG] = {}
+        self._lock = threading.Lock()
+
+    def get(self, name: str) -> RAG:
+        if name not in self.names:
+            raise ApiError(404, f"the model {name!r} does not exist: use one of {', '.join(self.names)} "
+                                "(GET /v1/models); each names a document collection", "invalid_request_error",
+                           "model_not_found")
+        with self._lock:
+            if name not in self._open:
+                self._open[name] = RAG.from_settings(self.settings.model_copy(update={"collection": name}))
+            return self._open[name]
+
+    def close(self) -> None:
+        with self._lock:
+            for rag in self._open.values():
+                rag.close()
+            self._open.clear()
+
+
+def create_app(settings: Settings, *, collections: list[str] | None = None) -> FastAPI:
+    names = collections or settings.api_collections or [settings.collection]
+    pool = Collections(settings, names)
+    directory = UserDirectory.from_settings(settings) if settings.auth != "none" else None
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_: FastAPI):
+        yield
+        pool.close()
+
+    app = FastAPI(title="onprem-rag", version="0.1.0", docs_url=None, redoc_url=None, lifespan=lifespan)
+    app.state.collections = pool
+    app.add_middleware(_CountRequests)
+
+    @app.exception_handler(ApiError)
+    async def _api_error(_: Request, exc: ApiError) -> JSONResponse:
+        return exc.response()
+
+    def identify(request: Request) -> Identity:
+        if settings.auth == "none":
+            return local_identity()
+        assert directory is not None
+        auth = request.headers.get("authorization", "")
+        if auth.lower().startswith("bearer ") and auth[7:].strip():
+            who = authenticate_api_key(directory, auth[7:].strip())
+            if who is not None:
+                return who
+            raise ApiError(401, "invalid API key: ask an administrator for one (rag users key NAME)",
+                           "invalid_request_error", "invalid_api_key")
+        if settings.auth == "proxy":
+            who = identity_from_headers(settings, request.headers, directory)
+            if who is not None:
+                return who
+        raise ApiError(401, "missing API key: send Authorization: Bearer <key> (rag users key NAME creates one)",
+                       "invalid_request_error", "invalid_api_key")
+
+    @app.get("/healthz")
+    def healthz() -> JSONResponse:
+        checks: dict[str, Any] = {}
+        ok = True
+        try:
+            rag = pool.get(names[0])
+            checks["store"] = {"ok": True, "documents": len(rag.store.documents())}
+            info = rag.endpoint.info
+            checks["llm"] = {"ok": info.healthy, "model": info.model, "error": info.error}
+            ok = info.healthy
+        except (RagError, ApiError) as exc:
+            checks["store"] = {"ok": False, "error": str(exc)}
+            ok = False
+        return JSONResponse({"status": "ok" if ok else "unavailable", **checks}, status_code=200 if ok else 503)
+
+    @app.get("/metrics")
+    def metrics_route() -> PlainTextResponse:
+        return PlainTextResponse(metrics.exposition(), media_type="text/plain; version=0.0.4; charset=utf-8")
+
+    @app.get("/v1/models")
+    def models(request: Request) -> dict[str, Any]:
+        identify(request)
+        return {"object": "list", "data": [{"id": n, "object": "model", "created": 0, "owned_by": "onprem-rag"}
+                                           for n in names]}
+
+    @app.post("/v1/chat/completions")
+    def chat(body: ChatRequest, request: Request):
+        user = identify(request)
+        question, history = _question_and_history(body.messages)
+        rag = _open(pool, body.model)
+        cid, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
+        stream = rag.stream(question, history, user=user)
+        if not body.stream:
+            try:
+                answer = stream.text()
+            except RagError as exc:
+                raise _as_api_error(exc) from None
+            return {"id": cid, "object": "chat.completion", "created": created, "model": body.model,
+                    "choices": [{"index": 0, "message": {"role": "assistant", "content": answer.text},
+                                 "finish_reason": "stop", "logprobs": None}],
+                    "usage": _usage(answer), "sources": _sources(answer), "refused": answer.refused}
+        include_usage = bool(body.stream_options and body.stream_options.include_usage)
+        pieces = iter(stream)
+        try:  # the first piece before the 200: failover and errors that happen before any token get a status
+            first = next(pieces, None)
+        except RagError as exc:
+            raise _as_api_error(exc) from None
+        return StreamingResponse(_sse(stream, pieces, first, cid, created, body.model, include_usage),
+                                 media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+
+    return app
+
+
+def _open(pool: Collections, name: str) -> RAG:
+    try:
+        return pool.get(name)
+    except RagError as exc:
+        raise _as_api_error(exc) from None
+
+
+def _as_api_error(exc: RagError) -> ApiError:
+    if isinstance(exc, EndpointError):
+        return ApiError(502, f"the LLM behind this API failed: {exc}", "api_error", "llm_unavailable")
+    if isinstance(exc, StoreLockedError):
+        return ApiError(503, str(exc), "api_error", "store_unavailable")
+    return ApiError(500, str(exc), "api_error", None)
+
+
+def _sse(stream, pieces: Iterator[str], first: str | None, cid: str, created: int, model: str,
+         include_usage: bool) -> Iterator[str]:
+    def event(choices: list[dict[str, Any]], **extra: Any) -> str:
+        return "data: " + json.dumps({"id": cid, "object": "chat.completion.chunk", "created": created,
+                                      "model": model, "choices": choices, **extra}, ensure_ascii=False) + "\n\n"
+
+    yield event([{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}])
+    try:
+        piece = first
+        while piece is not None:
+            yield event([{"index": 0, "delta": {"content": piece}, "finish_reason": None}])
+            piece = next(pieces, None)
+    except RagError as exc:  # after the first token there is no status code left to change
+        log.warning("answer stream failed: %s", exc)
+        yield "data: " + json.dumps({"error": {"message": str(_as_api_error(exc)), "type": "api_error",
+                                               "code": "stream_failed"}}) + "\n\n"
+        yield "data: [DONE]\n\n"
+        return
+    answer: Answer = stream.answer
+    yield event([{"index": 0, "delta": {}, "finish_reason": "stop"}], sources=_sources(answer),
+                refused=answer.refused)
+    if include_usage:
+        yield event([], usage=_usage(answer))
+    yield "data: [DONE]\n\n"
+
+
+class _CountRequests(BaseHTTPMiddleware):
+    async def dispatch(self, request: Request, call_next):
+        response = await call_next(request)
+        route = request.scope.get("route")
+        metrics.HTTP_REQUESTS.labels(getattr(route, "path", "unmatched"), str(response.status_code)).inc()
+        return response
