@@ -105,3 +105,41 @@ def llm_server():
     yield server.base_url
     server.stop()
     log.close()
+
+
+#: Who may read which sample document in ``group_index``, and the users of its users file.
+SAMPLE_GROUPS = {"employee-handbook.pdf": ["hr"], "benefits.docx": ["hr"], "it-security.md": ["it"],
+                 "office-faq.txt": ["everyone"], "onboarding.html": ["admins"]}
+USERS = {"alice": (["hr"], "alice-secret-1"), "bob": (["it"], "bob-secret-22")}
+
+
+def readable_by(name: str) -> set[str]:
+    """The sample documents (file names) that a user of ``USERS`` may read in ``group_index``."""
+    mine = {"everyone", f"user:{name}", *USERS[name][0]}
+    return {f for f, groups in SAMPLE_GROUPS.items() if mine & set(groups)}
+
+
+@pytest.fixture(scope="session")
+def group_index(tmp_path_factory, embedder):
+    """Settings of a data dir with sample_docs/ ingested with per-file groups (SAMPLE_GROUPS), and a users file
+    with alice (hr) and bob (it); the store is closed again. Copy the data dir before changing it."""
+    from argon2 import PasswordHasher
+
+    from ingest import ingest
+    from rag.settings import Settings
+    from rag.store import open_store
+    from rag.users import UserDirectory
+
+    settings = Settings(data_dir=tmp_path_factory.mktemp("group-index"))
+    store = open_store(settings)
+    try:
+        for name, groups in SAMPLE_GROUPS.items():
+            report = ingest([SAMPLE_DOCS / name], settings, groups=groups, store=store, embedder=embedder)
+            assert report.added == 1 and not report.failed, report
+    finally:
+        store.close()
+    # Cheap hashes for the fixture; the app upgrades them to the production parameters at the first login.
+    users = UserDirectory(settings.users_file, hasher=PasswordHasher(time_cost=1, memory_cost=1024, parallelism=1))
+    for name, (groups, password) in USERS.items():
+        users.add(name, groups, password)
+    return settings

@@ -9,6 +9,7 @@ import streamlit as st
 from streamlit.testing.v1 import AppTest
 
 from conftest import ROOT, _free_port
+from ui import signin
 
 APP = ROOT / "ui" / "app.py"
 
@@ -28,7 +29,9 @@ def app_env(monkeypatch):
         at = AppTest.from_file(str(APP), default_timeout=300)
         at.run()
         assert not at.exception, [e.value for e in at.exception]
-        assert not at.main.error or "cannot be opened" in at.main.error[0].value, at.main.error[0].value
+        # The only errors a first run may show: a locked index, and proxy mode reached without the proxy.
+        assert not at.main.error or any(s in at.main.error[0].value for s in ("cannot be opened", "sign-in proxy")), \
+            at.main.error[0].value
         return at
 
     yield configure
@@ -120,6 +123,8 @@ def test_store_locked_is_a_message(app_env, tmp_path):
 def test_upload_goes_through_the_pipeline(app_env, tmp_path):
     at = app_env(tmp_path / "data", llm=None)
     assert any("index is empty" in i.value for i in at.info)
+    # RAG_AUTH=none: said plainly, and no sign-in anywhere.
+    assert [i.value for i in at.sidebar.info] == [signin.NONE_MODE_NOTE] and not at.text_input
     text = b"# Parking\n\nThe code of the parking garage gate is 4711. Visitors park on level -1.\n"
     at.sidebar.file_uploader[0].set_value([("../parking rules.md", text, "text/markdown"),
                                            ("tool.exe", b"MZ\x90\x00", "application/octet-stream")])

@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
 import pytest
 
-from conftest import SAMPLE_DOCS, _free_port
+from conftest import SAMPLE_DOCS, _free_port, readable_by
 
 CHROMIUM = "/usr/bin/chromium"
 # Without the background-networking flags Chromium keeps dialling Google on this closed network.
@@ -21,43 +24,56 @@ CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networki
                  "--disable-sync", "--no-first-run"]
 
 
-@pytest.fixture
-def ui_server(sample_index, llm_server, tmp_path):
+@contextmanager
+def serve_ui(src: Path, llm: str, tmp_path: Path, **extra: str) -> Iterator[tuple[str, Path]]:
+    """`rag ui` over a copy of the data dir ``src`` (the UI holds its store's lock); yields (url, data dir)."""
     data = tmp_path / "data"
-    shutil.copytree(sample_index.data_dir, data)  # the UI holds its store's lock; give it its own copy
+    shutil.copytree(src, data)
     port = _free_port()
-    env = {**os.environ, "RAG_DATA_DIR": str(data), "RAG_LLM_BASE_URL": llm_server,
+    env = {**os.environ, "RAG_DATA_DIR": str(data), "RAG_LLM_BASE_URL": llm,
            "RAG_LLM_CONTEXT_WINDOW": "1024", "RAG_LLM_MAX_TOKENS": "60",
            # Greedy decoding: at the default 0.1 the tiny model sometimes answers in four tokens, too few to see
            # a stream grow.
-           "RAG_LLM_TEMPERATURE": "0"}
+           "RAG_LLM_TEMPERATURE": "0", **extra}
     log = open(tmp_path / "ui.log", "w")
     proc = subprocess.Popen([str(Path(sys.executable).parent / "rag"), "ui", "--port", str(port)], env=env,
                             stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 90
-    while True:
-        assert proc.poll() is None, (tmp_path / "ui.log").read_text()
-        try:
-            if httpx.get(f"{url}/_stcore/health", timeout=2).status_code == 200:
-                break
-        except httpx.HTTPError:
-            pass
-        assert time.time() < deadline, "rag ui did not come up within 90 s"
-        time.sleep(0.3)
-    yield url
-    proc.terminate()
-    proc.wait(timeout=30)
-    log.close()
+    try:
+        deadline = time.time() + 90
+        while True:
+            assert proc.poll() is None, (tmp_path / "ui.log").read_text()
+            try:
+                if httpx.get(f"{url}/_stcore/health", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert time.time() < deadline, "rag ui did not come up within 90 s"
+            time.sleep(0.3)
+        yield url, data
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+        log.close()
+
+
+@pytest.fixture
+def ui_server(sample_index, llm_server, tmp_path):
+    with serve_ui(sample_index.data_dir, llm_server, tmp_path) as (url, _):
+        yield url
+
+
+def _chromium(pw):
+    if not Path(CHROMIUM).exists():
+        pytest.fail(f"{CHROMIUM} is missing: apt-get install chromium (scripts/test.sh does it when run as root)")
+    return pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
 
 
 def test_ask_in_the_browser_streams_an_answer_with_sources(ui_server, tmp_path):
     from playwright.sync_api import expect, sync_playwright
 
-    if not Path(CHROMIUM).exists():
-        pytest.fail(f"{CHROMIUM} is missing: apt-get install chromium (scripts/test.sh does it when run as root)")
     with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+        browser = _chromium(pw)
         page = browser.new_page(viewport={"width": 1280, "height": 1000}, accept_downloads=True)
         page.goto(ui_server)
         box = page.get_by_test_id("stChatInput").locator("textarea")
@@ -110,3 +126,51 @@ def test_ask_in_the_browser_streams_an_answer_with_sources(ui_server, tmp_path):
         expect(page.get_by_text("6 documents", exact=False)).to_be_visible()
         print(f"\nscreenshot: {tmp_path / 'ui.png'}; {len(seen)} partial answers seen; source {label!r}")
         browser.close()
+
+
+def test_proxy_mode_identity_from_headers_and_group_filtered_download(group_index, llm_server, tmp_path):
+    """RAG_AUTH=proxy for real: the headers of the browser's requests (as oauth2-proxy would add them) decide who
+    asks; alice (hr) gets sources and downloads from her groups' documents only, and the audit log names her."""
+    from playwright.sync_api import expect, sync_playwright
+
+    with serve_ui(group_index.data_dir, llm_server, tmp_path, RAG_AUTH="proxy", RAG_LLM_MAX_TOKENS="30") as (url, data), \
+            sync_playwright() as pw:
+        browser = _chromium(pw)
+        stranger = browser.new_page()  # reached the app without going through the proxy
+        stranger.goto(url)
+        expect(stranger.get_by_text("expects to be reached through the sign-in proxy")).to_be_visible(timeout=60_000)
+        expect(stranger.get_by_test_id("stChatInput")).to_have_count(0)
+        expect(stranger.get_by_test_id("stTextInput")).to_have_count(0)  # never a login form in proxy mode
+
+        ctx = browser.new_context(extra_http_headers={"X-Forwarded-User": "alice"}, accept_downloads=True)
+        page = ctx.new_page()
+        page.goto(url)
+        box = page.get_by_test_id("stChatInput").locator("textarea")
+        expect(box).to_be_visible(timeout=120_000)
+        expect(page.get_by_text("3 documents are searchable")).to_be_visible(timeout=60_000)
+        expect(page.get_by_test_id("stSidebar").get_by_text("alice", exact=False).first).to_be_visible()
+        box.fill("How do I contact the IT Service Desk?")
+        box.press("Enter")
+        sources = page.get_by_test_id("stChatMessage").nth(1).get_by_test_id("stExpander")
+        expect(sources.first).to_be_visible(timeout=240_000)
+        labels = [s.locator("summary").inner_text() for s in sources.all()]
+        names = {re.search(r"\] (.+?\.(?:pdf|html|md|docx|txt))", lb).group(1) for lb in labels}
+        assert names and names <= readable_by("alice"), labels
+
+        first = sources.first
+        first.locator("summary").click()
+        download = first.get_by_role("button", name=re.compile("Download"))
+        expect(download).to_be_visible()
+        page.wait_for_timeout(600)  # a click during the expander's opening animation is lost
+        with page.expect_download() as dl:
+            download.click()
+        name = dl.value.suggested_filename
+        assert name in readable_by("alice")
+        assert (SAMPLE_DOCS / name).read_bytes() == Path(dl.value.path()).read_bytes()
+        browser.close()
+
+    log = [json.loads(line) for line in (data / "audit.jsonl").read_text().splitlines()]
+    events = [(e["event"], e["user"]) for e in log]
+    assert ("login_failed", None) in events and ("login_ok", "alice") in events, events
+    assert ("ask", "alice") in events and ("download", "alice") in events, events
+    assert {Path(e["cited"][0]).name for e in log if e["event"] == "download"} == {name}

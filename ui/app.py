@@ -2,8 +2,11 @@
 ``rag.chain.RAG``, uploads go through ``ingest.uploads``; no retrieval or prompt logic lives here.
 
 Streamlit reruns this script on every interaction, once per browser session. What is expensive and shareable
-(the open store, the embedding model, the endpoint's discovery) lives in one process-wide resource; the chat
-itself lives in ``st.session_state``, one per browser tab.
+(the open store, the embedding model, the endpoint's discovery, the users file) lives in process-wide resources
+that hold nothing of any one user; the chat itself lives in ``st.session_state``, one per browser tab.
+
+Every run first settles who is asking (ui/signin.py: RAG_AUTH=none|password|proxy); every question, source and
+download then goes through ``rag.chain.RAG`` with that identity, whose groups filter retrieval inside the store.
 """
 
 from __future__ import annotations
@@ -11,7 +14,9 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import mimetypes
+import secrets
 import threading
 import time
 from collections.abc import Iterator
@@ -26,12 +31,16 @@ from rag import offline
 offline.apply()
 
 from ingest.parsers import SUPPORTED_EXTENSIONS  # noqa: E402
-from ingest.uploads import ingest_uploads  # noqa: E402
+from ingest.uploads import ingest_uploads, safe_name  # noqa: E402
+from rag.audit import AuditLog, safe_endpoint  # noqa: E402
+from rag.auth import Identity, authenticate_password  # noqa: E402
 from rag.chain import RAG, Answer, Citation  # noqa: E402
 from rag.errors import RagError  # noqa: E402
 from rag.local_llm import MODEL_ALIAS  # noqa: E402
 from rag.settings import Settings  # noqa: E402
 from rag.status import index_info  # noqa: E402
+from rag.users import UserDirectory  # noqa: E402
+from ui import signin  # noqa: E402
 
 log = logging.getLogger("rag.ui")
 
@@ -46,13 +55,41 @@ class Shared:
     rag: RAG
     ingest_lock: threading.Lock = field(default_factory=threading.Lock)
     _index: dict[str, Any] | None = None
+    _docs: dict[str, tuple[frozenset[str], int]] | None = None  # path -> (groups, chunks): no user's data
     _index_at: float = 0.0
 
     def index(self, *, fresh: bool = False) -> dict[str, Any]:
         if fresh or self._index is None or time.monotonic() - self._index_at > INDEX_INFO_TTL:
             self._index = index_info(self.rag.store, self.rag.settings)
+            self._docs = {p: (frozenset(r.groups), r.chunks) for p, r in self.rag.store.documents().items()}
             self._index_at = time.monotonic()
         return self._index
+
+    def readable_counts(self, identity: Identity, *, fresh: bool = False) -> tuple[int, int]:
+        """(documents, chunks) that ``identity`` may read: the whole index only for the local user."""
+        idx = self.index(fresh=fresh)
+        if identity.groups_any is None:
+            return idx["documents"], idx["chunks"]
+        mine = set(identity.groups_any)
+        readable = [chunks for groups, chunks in (self._docs or {}).values() if groups & mine]
+        return len(readable), sum(readable)
+
+
+@dataclass
+class Auth:
+    """One per server process: the users file, the audit log and the login throttle (no user's data)."""
+
+    directory: UserDirectory
+    audit: AuditLog | None
+    throttle: signin.LoginThrottle
+
+    def record(self, event: str, user: str | None, **fields: Any) -> None:
+        if self.audit is None:
+            return
+        try:
+            self.audit.record(event, user=user, **fields)
+        except RagError as exc:
+            log.error("audit log: %s", exc)
 
 
 @dataclass
@@ -81,6 +118,11 @@ def _shared(key: str, _settings: Settings) -> Shared:
     return Shared(RAG.from_settings(_settings))
 
 
+@st.cache_resource(max_entries=4)
+def _auth(key: str, _settings: Settings) -> Auth:
+    return Auth(UserDirectory.from_settings(_settings), AuditLog.from_settings(_settings), signin.LoginThrottle())
+
+
 def _md(text: str) -> str:
     """Model output is rendered as Markdown, but a "$" would start LaTeX ("$200 ... $300" as a formula)."""
     return text.replace("$", r"\$")
@@ -102,8 +144,15 @@ def _where(c: Citation) -> str:
     return f"{name}, p. {c.page}"
 
 
-def render_sources(answer: Answer, key: str) -> None:
-    shown = answer.cited or answer.sources
+def render_sources(rag: RAG, answer: Answer, key: str) -> None:
+    """The answer's sources, each with its passage and a download. Retrieval already kept out what the user may
+    not read; each source is checked again here (its groups may have changed since), and the download reads the
+    file through ``RAG.read_source`` with this session's grant when the browser asks for it."""
+    grant = signin.grant_of(st.session_state)
+    shown = [c for c in (answer.cited or answer.sources) if rag.readable(c.path, user=grant.identity)]
+    if len(shown) < len(answer.cited or answer.sources):
+        log.warning("%s: %d source(s) of an earlier answer are no longer readable; not shown",
+                    grant.identity.name, len(answer.cited or answer.sources) - len(shown))
     if not shown:
         return
     st.caption("Sources" if answer.cited else "Sources given to the model (the answer cites none)")
@@ -114,14 +163,18 @@ def render_sources(answer: Answer, key: str) -> None:
             st.caption(f"{c.path} · relevance {c.score:.2f}" + (" · shortened to fit the context" if c.trimmed
                                                                  else ""))
             if path.is_file():
-                st.download_button(f"Download {path.name}", data=lambda p=path: p.read_bytes(), file_name=path.name,
+                st.download_button(f"Download {path.name}", data=lambda p=c.path: grant.read(rag, p),
+                                   file_name=path.name,
                                    mime=mimetypes.guess_type(path.name)[0] or "application/octet-stream",
-                                   key=f"dl-{key}-{c.n}", icon=":material/download:")
+                                   key=f"dl-{key}-{c.n}", icon=":material/download:",
+                                   # No rerun: one would delete the generated file before a slow browser
+                                   # fetched it (Streamlit prunes unreferenced media at the end of a run).
+                                   on_click="ignore")
             else:
                 st.caption("The original file is no longer at this path.")
 
 
-def render_turn(turn: Turn, i: int) -> None:
+def render_turn(rag: RAG, turn: Turn, i: int) -> None:
     with st.chat_message(turn.role):
         if turn.error:
             st.error(turn.error, icon=":material/error:")
@@ -129,7 +182,7 @@ def render_turn(turn: Turn, i: int) -> None:
         st.markdown(_md(turn.content))
         if turn.answer is not None:
             _answer_footer(turn.answer, turn.threshold)
-            render_sources(turn.answer, key=str(i))
+            render_sources(rag, turn.answer, key=str(i))
 
 
 def _answer_footer(answer: Answer, threshold: float | None) -> None:
@@ -165,12 +218,31 @@ def _new_chat() -> None:
     st.session_state.turns = []
 
 
-def sidebar(shared: Shared, settings: Settings) -> RAG:
+def _sign_out(auth: Auth, name: str) -> None:
+    signin.sign_out(st.session_state)
+    auth.record("logout", name)
+
+
+def who(identity: Identity, auth: Auth, settings: Settings) -> None:
+    """Who is signed in (or that nobody needs to be), in the sidebar."""
+    if identity.unrestricted:
+        st.info(signin.NONE_MODE_NOTE, icon=":material/person:")
+        return
+    how = {"password": "", "proxy": " (through the sign-in proxy)"}.get(identity.via, "")
+    st.markdown(f"Signed in as **{identity.name}**{how}")
+    st.caption("Groups: " + ", ".join(identity.groups) + ". You see only documents shared with one of them.")
+    if settings.auth == "password":
+        st.button("Sign out", on_click=_sign_out, args=(auth, identity.name), icon=":material/logout:",
+                  width="stretch")
+
+
+def sidebar(shared: Shared, settings: Settings, identity: Identity, auth: Auth) -> RAG:
     """Status and controls; returns the RAG to answer with (the shared one, or a variant with the chosen
     retrieval settings over the same open store)."""
     rag = shared.rag
     with st.sidebar:
         st.title("onprem-rag")
+        who(identity, auth, settings)
         st.button("New chat", on_click=_new_chat, icon=":material/add_comment:", width="stretch")
 
         st.subheader("Language model")
@@ -178,18 +250,21 @@ def sidebar(shared: Shared, settings: Settings) -> RAG:
         if info.healthy:
             st.markdown(f":green[●] **{info.model}** · healthy")
             window = f"{info.context_window:,} tokens" if info.context_window else "unknown"
-            st.caption(f"{info.kind} at {info.base_url} · context window {window} ({info.context_source})")
+            st.caption(f"{info.kind} at {safe_endpoint(info.base_url)} · context window {window} "
+                       f"({info.context_source})")
             if info.model == MODEL_ALIAS:
                 st.caption("Tiny demo model (SmolLM2-135M): expect weak answers. For real use set "
                            "RAG_LLM_BASE_URL to a vLLM or Ollama server.")
         else:
             st.markdown(":red[●] **unavailable**")
-            st.caption(f"{info.base_url}: {info.error}")
+            st.caption(f"{safe_endpoint(info.base_url)}: {info.error}")
 
         st.subheader("Documents")
         try:
             idx = shared.index()
-            st.markdown(f"**{idx['documents']}** documents · **{idx['chunks']:,}** chunks")
+            documents, chunks = shared.readable_counts(identity)
+            st.markdown(f"**{documents}** documents · **{chunks:,}** chunks"
+                        + ("" if identity.unrestricted else " you may read"))
             st.caption(f"{idx['embedding_model']} ({idx['embedding_backend']}) · {idx['backend']} at "
                        f"{idx['location']}")
         except RagError as exc:
@@ -208,18 +283,27 @@ def sidebar(shared: Shared, settings: Settings) -> RAG:
                                    "'the documents do not contain an answer'.")
 
         st.subheader("Add documents")
-        upload_box(shared, settings)
+        upload_box(shared, settings, identity, auth)
 
     if (top_k, min_score, mode) != (settings.top_k, settings.min_score, settings.retrieval_mode):
         rag = rag.with_settings(top_k=top_k, min_score=min_score, retrieval_mode=mode)
     return rag
 
 
-def upload_box(shared: Shared, settings: Settings) -> None:
+def upload_box(shared: Shared, settings: Settings, identity: Identity, auth: Auth) -> None:
     round_ = st.session_state.setdefault("upload_round", 0)
     files = st.file_uploader("PDF, Word, HTML, Markdown or text", accept_multiple_files=True,
                              type=sorted(e.lstrip(".") for e in SUPPORTED_EXTENSIONS), key=f"upload-{round_}")
+    chosen: list[str] = []
+    if not identity.unrestricted:
+        # Only the uploader's own groups are offered, and upload_groups drops anything else the browser sends.
+        chosen = st.multiselect("Also readable by", signin.shareable_groups(identity), default=[],
+                                key=f"upload-groups-{round_}",
+                                help=f"Your uploads are always readable by you (user:{identity.name}); add any "
+                                     "of your groups to share them.")
     if files and st.button("Add to the index", type="primary", icon=":material/upload:"):
+        groups = signin.upload_groups(identity, chosen)
+        target = signin.upload_settings(settings, identity)
         bar = st.progress(0.0, text="Waiting for another upload to finish…")
         with shared.ingest_lock:
             def on_progress(p) -> None:
@@ -228,11 +312,13 @@ def upload_box(shared: Shared, settings: Settings) -> None:
                              text=f"{p.files_done}/{p.files_total} files · {p.chunks_done} chunks · {name}")
 
             bar.progress(0.0, text="Reading the files…")
+            t0 = time.perf_counter()
             try:
-                report = ingest_uploads([(f.name, f.getvalue()) for f in files], settings,
+                report = ingest_uploads([(f.name, f.getvalue()) for f in files], target, groups=groups,
                                         store=shared.rag.store, embedder=shared.rag.embedder, progress=on_progress)
             except RagError as exc:
                 st.session_state.upload_result = {"error": str(exc)}
+                report = None
             else:
                 st.session_state.upload_result = {
                     "summary": f"{report.added} added, {report.updated} updated, {report.unchanged} unchanged "
@@ -241,6 +327,13 @@ def upload_box(shared: Shared, settings: Settings) -> None:
                     "warnings": [(Path(f.path).name, f.reason) for f in report.warnings],
                 }
             shared.index(fresh=True)
+        failed = {f.path for f in report.failed} if report is not None else set()
+        indexed = [] if report is None else [
+            path for f in files if f.name not in failed and (n := safe_name(f.name))
+            and (path := str(target.uploads_dir / n)) not in failed]
+        auth.record("upload", identity.name, cited=indexed, latency_ms=(time.perf_counter() - t0) * 1000,
+                    extra={"groups": groups if groups is not None else list(settings.default_groups),
+                           "files": len(files), "indexed": len(indexed), "error": report is None})
         st.session_state.upload_round = round_ + 1  # a fresh, empty uploader
         st.rerun()
     result = st.session_state.get("upload_result")
@@ -264,13 +357,13 @@ def _streamed(pieces: Iterator[str], waiting: Any) -> Iterator[str]:
         yield _md(piece)
 
 
-def ask(rag: RAG, question: str, turns: list[Turn]) -> Turn:
+def ask(rag: RAG, question: str, turns: list[Turn], identity: Identity) -> Turn:
     """Stream one answer into the open assistant message; failures become a message, never a traceback."""
     history = _history(turns)
     waiting = st.empty()
     waiting.caption("Searching the documents, then waiting for the model's first words…")
     try:
-        stream = rag.stream(question, history)
+        stream = rag.stream(question, history, user=identity)
         st.write_stream(_streamed(iter(stream), waiting))
         answer = stream.answer
         assert answer is not None
@@ -287,8 +380,55 @@ def ask(rag: RAG, question: str, turns: list[Turn]) -> Turn:
     waiting.empty()
     turn = Turn("assistant", answer.text, answer=answer, threshold=rag.settings.min_score)
     _answer_footer(answer, turn.threshold)
-    render_sources(answer, key=str(len(turns) + 1))
+    render_sources(rag, answer, key=str(len(turns) + 1))
     return turn
+
+
+def login_page(settings: Settings, auth: Auth) -> None:
+    """RAG_AUTH=password and nobody signed in: only the form, nothing about the index or the model."""
+    st.header("Sign in")
+    st.caption("Ask your administrator for an account (`rag users add`).")
+    session = st.session_state.setdefault(signin.SESSION_ID, secrets.token_hex(16))
+    with st.form("login", clear_on_submit=True):  # the password leaves the widget state after every attempt
+        name = st.text_input("Name", key="login_name", autocomplete="username")
+        password = st.text_input("Password", type="password", key="login_password",
+                                 autocomplete="current-password")
+        submitted = st.form_submit_button("Sign in", type="primary")
+    if not submitted:
+        return
+    # The browser clears the form (clear_on_submit); the server's copy of the password goes now, too.
+    st.session_state.pop("login_password", None)
+    name = name.strip()
+    keys = auth.throttle.keys(name, session)
+    wait = auth.throttle.wait(keys)
+    if wait > 0:
+        auth.record("login_failed", name, extra={"via": "password", "throttled": True})
+        st.error(f"Too many failed sign-ins. Try again in {math.ceil(wait)} s.", icon=":material/timer:")
+        return
+    with auth.throttle.verifying:
+        user = authenticate_password(auth.directory, name, password) if name and password else None
+    if user is None:
+        auth.throttle.failed(keys)
+        auth.record("login_failed", name, extra={"via": "password"})
+        st.error(signin.WRONG_CREDENTIALS, icon=":material/lock:")
+        return
+    auth.throttle.succeeded(keys)
+    # Re-read: a successful login may have upgraded the stored hash (argon2 parameters), which changes it.
+    signin.sign_in(st.session_state, auth.directory.get(user.name) or user)
+    auth.record("login_ok", user.name, extra={"via": "password"})
+    st.rerun()
+
+
+def _settings_error(exc: Exception) -> str:
+    """A settings error without the offending values: one of them may be an API key or the proxy secret."""
+    errors = getattr(exc, "errors", None)
+    if callable(errors):
+        try:
+            return "; ".join(f"{'.'.join(map(str, e['loc'])) or 'settings'}: {e['msg']}"
+                             for e in errors(include_input=False, include_url=False))
+        except Exception:  # noqa: BLE001 - not a pydantic error after all
+            pass
+    return type(exc).__name__
 
 
 def main() -> None:
@@ -296,28 +436,51 @@ def main() -> None:
     try:
         settings = Settings()
     except Exception as exc:  # pydantic names the variable that is wrong
-        st.error(f"Invalid settings (RAG_* environment or rag.toml): {exc}")
+        st.error(f"Invalid settings (RAG_* environment or rag.toml): {_settings_error(exc)}")
         st.stop()
+    key = _settings_key(settings)
+    auth = _auth(key, settings)
     try:
-        shared = _shared(_settings_key(settings), settings)
+        headers = st.context.headers if settings.auth == "proxy" else None  # never read in other modes
+        identity = signin.current_identity(settings, st.session_state, headers, auth.directory)
+    except RagError as exc:  # an unreadable or broken users file
+        st.error(f"Sign-in is unavailable: {exc}", icon=":material/lock:")
+        st.stop()
+    if signin.bind_session(st.session_state, identity) and identity is not None and identity.via == "proxy":
+        auth.record("login_ok", identity.name, extra={"via": "proxy", "groups": list(identity.groups)})
+    if identity is None:
+        if settings.auth == "proxy":
+            if not st.session_state.get("_proxy_refused"):  # once per session, not on every rerun
+                st.session_state["_proxy_refused"] = True
+                auth.record("login_failed", None, extra={"via": "proxy"})
+            st.error(signin.PROXY_REQUIRED, icon=":material/lock:")
+        else:
+            login_page(settings, auth)
+        st.stop()
+
+    try:
+        shared = _shared(key, settings)
     except RagError as exc:
         with st.chat_message("assistant"):
             st.error(f"The document index cannot be opened: {exc}", icon=":material/lock:")
         st.stop()
 
     turns: list[Turn] = st.session_state.setdefault("turns", [])
-    rag = sidebar(shared, settings)
+    rag = sidebar(shared, settings, identity, auth)
 
     st.header("Ask the documents")
     if not turns:
-        idx = shared.index()
-        if idx["documents"]:
-            st.caption(f"{idx['documents']} documents are searchable. Answers cite their sources as [1], [2]…; "
+        documents, _ = shared.readable_counts(identity)
+        if documents:
+            st.caption(f"{documents} documents are searchable. Answers cite their sources as [1], [2]…; "
                        "open a source to read the passage and download the file.")
-        else:
+        elif identity.unrestricted or not shared.index()["documents"]:
             st.info("The index is empty: add documents in the sidebar, or run `rag ingest PATH`.")
+        else:
+            st.info("No document is shared with your groups yet: add your own in the sidebar, or ask an "
+                    "administrator to give you access.")
     for i, turn in enumerate(turns):
-        render_turn(turn, i)
+        render_turn(rag, turn, i)
 
     if question := st.chat_input("Ask a question about the documents"):
         question = question.strip()
@@ -325,7 +488,7 @@ def main() -> None:
         with st.chat_message("user"):
             st.markdown(_md(question))
         with st.chat_message("assistant"):
-            turns.append(ask(rag, question, turns[:-1]))
+            turns.append(ask(rag, question, turns[:-1], identity))
 
 
 main()
