@@ -59,8 +59,9 @@ def serve_ui(src: Path, llm: str, tmp_path: Path, **extra: str) -> Iterator[tupl
 
 @pytest.fixture
 def ui_server(sample_index, llm_server, tmp_path):
-    with serve_ui(sample_index.data_dir, llm_server, tmp_path) as (url, _):
-        yield url
+    metrics_port = _free_port()
+    with serve_ui(sample_index.data_dir, llm_server, tmp_path, RAG_UI_METRICS_PORT=str(metrics_port)) as (url, _):
+        yield url, metrics_port
 
 
 def _chromium(pw):
@@ -70,6 +71,7 @@ def _chromium(pw):
 
 
 def test_ask_in_the_browser_streams_an_answer_with_sources(ui_server, tmp_path):
+    ui_server, metrics_port = ui_server
     from playwright.sync_api import expect, sync_playwright
 
     with sync_playwright() as pw:
@@ -126,6 +128,10 @@ def test_ask_in_the_browser_streams_an_answer_with_sources(ui_server, tmp_path):
         expect(page.get_by_text("6 documents", exact=False)).to_be_visible()
         print(f"\nscreenshot: {tmp_path / 'ui.png'}; {len(seen)} partial answers seen; source {label!r}")
         browser.close()
+    # The UI's questions are counted in the same Prometheus metrics as the API's.
+    m = httpx.get(f"http://127.0.0.1:{metrics_port}/metrics").text
+    assert re.search(r'rag_questions_total\{endpoint="[^"]+",outcome="answered"\} 1\.0', m), m[:2000]
+    assert "rag_time_to_first_token_seconds_count" in m
 
 
 def test_proxy_mode_identity_from_headers_and_group_filtered_download(group_index, llm_server, tmp_path):

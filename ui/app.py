@@ -438,6 +438,13 @@ def main() -> None:
     except Exception as exc:  # pydantic names the variable that is wrong
         st.error(f"Invalid settings (RAG_* environment or rag.toml): {_settings_error(exc)}")
         st.stop()
+    if settings.ui_metrics_port:
+        from rag import metrics
+
+        try:
+            metrics.serve(settings.ui_metrics_port)
+        except OSError as exc:  # a port clash must not take the chat down
+            log.warning("cannot serve metrics on port %s: %s", settings.ui_metrics_port, exc)
     key = _settings_key(settings)
     auth = _auth(key, settings)
     try:
