@@ -47,9 +47,13 @@ def server_command(*, host: str = "127.0.0.1", port: int = 8080, n_ctx: int = DE
     except ImportError:
         raise LocalLLMError("llama-cpp-python's server is not installed: pip install 'onprem-rag[demo]' "
                             "(or bash scripts/install.sh)") from None
+    # The server runs one request at a time. Its default interrupt_requests=True ends the stream being generated
+    # (HTTP 200, [DONE] after the next token, no error) as soon as another request waits, even a token count:
+    # with two users at once, answers came back silently truncated (bench/load.py). Queue them instead.
     return [sys.executable, "-m", "llama_cpp.server", "--model", str(model or packaged_model()),
             "--model_alias", MODEL_ALIAS, "--host", host, "--port", str(port), "--n_ctx", str(n_ctx),
-            "--n_threads", str(threads), "--n_threads_batch", str(batch_threads or threads)]
+            "--n_threads", str(threads), "--n_threads_batch", str(batch_threads or threads),
+            "--interrupt_requests", "False"]
 
 
 class LocalLLMServer:

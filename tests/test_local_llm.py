@@ -47,3 +47,14 @@ def test_a_taken_port_is_a_clear_error(llm_server):
     port = int(llm_server.rsplit(":", 1)[1].split("/")[0])
     with pytest.raises(LocalLLMError, match="already answers.*--port"):
         LocalLLMServer(port=port).start()
+
+
+def test_the_server_queues_concurrent_requests_instead_of_cutting_streams():
+    from rag.local_llm import server_command
+
+    try:
+        cmd = server_command(port=1)
+    except LocalLLMError as exc:
+        pytest.skip(str(exc))
+    # llama-cpp-python's default would end a stream early whenever another request (a token count) waits.
+    assert cmd[cmd.index("--interrupt_requests") + 1] == "False"
