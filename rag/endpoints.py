@@ -127,6 +127,7 @@ class OpenAICompatibleEndpoint:
         self._learned_window: int | None = None
         self._overhead: ChatOverhead | None = None
         self._counts: dict[str, int] = {}
+        self._counts_lock = threading.Lock()  # the API counts for several requests at once
         self._at = 0.0
 
     @classmethod
@@ -275,25 +276,30 @@ class OpenAICompatibleEndpoint:
         cached = self._counts.get(text)
         if cached is not None:
             return cached
-        n = self._count_uncached(text)
-        if len(self._counts) >= _COUNT_CACHE_SIZE:
-            self._counts.pop(next(iter(self._counts)))
-        self._counts[text] = n
+        n, exact = self._count_uncached(text)
+        if exact or not self.exact_tokenizer:
+            # A local estimate made because the server's tokenizer timed out (busy generating) is not kept:
+            # it overestimates, and the next count may reach the server.
+            with self._counts_lock:
+                while len(self._counts) >= _COUNT_CACHE_SIZE:
+                    self._counts.pop(next(iter(self._counts)))
+                self._counts[text] = n
         return n
 
-    def _count_uncached(self, text: str) -> int:
+    def _count_uncached(self, text: str) -> tuple[int, bool]:
+        """(count, whether the server's tokenizer made it)."""
         info = self.info
         try:
             if info.kind == "vllm":
                 return int(self._post(f"{self.root}/tokenize", {"model": info.model, "prompt": text,
-                                                                "add_special_tokens": False})["count"])
+                                                                "add_special_tokens": False})["count"]), True
             if info.kind == "llama.cpp":
-                return len(self._post(f"{self.root}/tokenize", {"content": text})["tokens"])
+                return len(self._post(f"{self.root}/tokenize", {"content": text})["tokens"]), True
             if info.kind == "llama-cpp-python":
-                return int(self._post(f"{self.root}/extras/tokenize/count", {"input": text})["count"])
+                return int(self._post(f"{self.root}/extras/tokenize/count", {"input": text})["count"]), True
         except (httpx.HTTPError, KeyError, ValueError, TypeError) as exc:
             log.warning("server tokenizer failed (%s); using a local estimate", _short(exc))
-        return estimate_tokens(text)
+        return estimate_tokens(text), False
 
     def count(self, text: str) -> int:
         """``TokenCounter`` protocol (what the packer calls)."""
