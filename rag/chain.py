@@ -9,6 +9,11 @@ The prompt that is sent is counted as a whole before sending (the server renders
 otherwise the measured template overhead is added to exact content counts) and repacked if it is over. If the
 server still answers "maximum context length is N", the window is learned from the error, the prompt repacked
 and sent once more; the retry is logged and reported in ``Answer.retries``.
+
+With several endpoints (``RAG_LLM_ENDPOINTS``, rag/pool.py) each request takes one from the pool and packs for
+*its* window. If it is unreachable, times out or fails (HTTP 5xx) before the first token, the whole request
+goes to the next endpoint (``Answer.failovers`` says which failed); after the first token a failure is an
+error, since a second endpoint would repeat part of an answer already shown.
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ from rag.embeddings import Embedder
 from rag.endpoints import EndpointError, OpenAICompatibleEndpoint, api_message, parse_overflow
 from rag.errors import AccessDenied, RagError
 from rag.packing import Message, Packing, Passage, format_source, join_sources, pack
+from rag.pool import EndpointPool, Lease, is_failover_error, is_timeout
 from rag.prompts import CONDENSE_PROMPT, CONDENSE_SYSTEM, NO_ANSWER, SYSTEM_PROMPT, user_message
 from rag.retrieval import Retrieved, Retriever, StoreRetriever
 from rag.settings import Settings
@@ -76,6 +82,8 @@ class Answer:
     model: str | None
     removed_citations: list[int] = field(default_factory=list)
     retries: int = 0
+    endpoint: str | None = None  # base URL of the endpoint that answered
+    failovers: list[str] = field(default_factory=list)  # why endpoints tried before it failed
 
     @property
     def cited(self) -> list[Citation]:
@@ -94,6 +102,8 @@ class Answer:
             "packing": self.packing.summary() if self.packing else None,
             "model": self.model,
             "retries": self.retries,
+            "endpoint": self.endpoint,
+            "failovers": self.failovers,
         }
 
 
@@ -138,20 +148,44 @@ def as_messages(history: HistoryLike | None) -> list[Message]:
     return out
 
 
+class _FailOver(Exception):
+    """An endpoint failed before the first token; the request goes to the next one."""
+
+
+@dataclass
+class _Started:
+    """A generation under way on one endpoint: the first chunk is in."""
+
+    lease: Lease
+    packing: Packing
+    cite: CitationFilter
+    chunks: Iterator[Any]
+    first: Any
+    t_send: float
+    retries: int
+
+
 class RAG:
-    """The retrieval-augmented answerer over one store, one embedder and one LLM endpoint."""
+    """The retrieval-augmented answerer over one store, one embedder and one LLM endpoint (or a pool of them)."""
 
     def __init__(self, settings: Settings, *, store: Store, embedder: Embedder,
-                 endpoint: OpenAICompatibleEndpoint, system_prompt: str = SYSTEM_PROMPT,
+                 endpoint: OpenAICompatibleEndpoint | EndpointPool, system_prompt: str = SYSTEM_PROMPT,
                  audit: AuditLog | None = None) -> None:
         self.settings = settings
         self.audit = audit
         self.store = store
         self.embedder = embedder
-        self.endpoint = endpoint
+        self.pool = (endpoint if isinstance(endpoint, EndpointPool)
+                     else EndpointPool.from_settings(settings, endpoints=[endpoint]))
         self.system_prompt = system_prompt.strip()
         self.retriever_core = Retriever.from_settings(settings, store, embedder)
         self._owns_store = False
+        self._owns_pool = True
+
+    @property
+    def endpoint(self) -> OpenAICompatibleEndpoint:
+        """The (first) endpoint of the best priority; requests take theirs from :attr:`pool`."""
+        return self.pool.primary
 
     @classmethod
     def from_settings(cls, settings: Settings | None = None, **kwargs: Any) -> RAG:
@@ -163,7 +197,7 @@ class RAG:
         try:
             kwargs.setdefault("audit", AuditLog.from_settings(settings))
             rag = cls(settings, store=store, embedder=get_embedder(settings),
-                      endpoint=OpenAICompatibleEndpoint.from_settings(settings), **kwargs)
+                      endpoint=EndpointPool.from_settings(settings), **kwargs)
         except BaseException:
             store.close()
             raise
@@ -174,16 +208,20 @@ class RAG:
         """A RAG over the same open store and embedder with some settings changed (threshold, top_k, LLM...).
         The embedded store allows one opener per process, so variants share it; closing one leaves it open."""
         settings = self.settings.model_copy(update=changes)
-        llm_keys = {"llm_base_url", "llm_api_key", "llm_model", "llm_context_window", "llm_timeout"}
-        endpoint = (OpenAICompatibleEndpoint.from_settings(settings) if llm_keys & changes.keys()
-                    else self.endpoint)
-        return RAG(settings, store=self.store, embedder=self.embedder, endpoint=endpoint,
-                   system_prompt=self.system_prompt, audit=self.audit)
+        llm_keys = {"llm_base_url", "llm_api_key", "llm_model", "llm_context_window", "llm_timeout", "llm_endpoints",
+                    "llm_routing", "llm_failure_threshold", "llm_cooldown_s", "llm_health_interval_s"}
+        new_pool = bool(llm_keys & changes.keys())
+        rag = RAG(settings, store=self.store, embedder=self.embedder,
+                  endpoint=EndpointPool.from_settings(settings) if new_pool else self.pool,
+                  system_prompt=self.system_prompt, audit=self.audit)
+        rag._owns_pool = new_pool  # a shared pool (its counters, breakers, discovery) stays open
+        return rag
 
     def close(self) -> None:
         if self._owns_store:
             self.store.close()
-        self.endpoint.close()
+        if self._owns_pool:
+            self.pool.close()
 
     def __enter__(self) -> RAG:
         return self
@@ -197,10 +235,12 @@ class RAG:
         """LangChain ``BaseRetriever`` over the store (no threshold: LangChain users filter themselves)."""
         return StoreRetriever(retriever=self.retriever_core)
 
-    def llm(self, *, max_tokens: int | None = None, streaming: bool = True, context_window: int | None = None):
-        return self.endpoint.chat_model(max_tokens=max_tokens or self.settings.llm_max_tokens,
-                                        temperature=self.settings.llm_temperature, streaming=streaming,
-                                        context_window=context_window)
+    def llm(self, *, max_tokens: int | None = None, streaming: bool = True, context_window: int | None = None,
+            endpoint: OpenAICompatibleEndpoint | None = None):
+        """A LangChain chat model on ``endpoint`` (default: :attr:`endpoint`)."""
+        return (endpoint or self.endpoint).chat_model(max_tokens=max_tokens or self.settings.llm_max_tokens,
+                                                      temperature=self.settings.llm_temperature,
+                                                      streaming=streaming, context_window=context_window)
 
     def retrieve(self, query: str, *, groups: Sequence[str] | None = None, user: Identity | None = None) -> Retrieved:
         """``user`` (or ``groups``) restricts retrieval, inside the store query, to what they may read."""
@@ -229,19 +269,29 @@ class RAG:
         hist = as_messages(history)
         if not hist or not self.settings.condense_questions:
             return question
-        window = self.endpoint.info.context_window or 2048
-        limit = window - _CONDENSE_MAX_TOKENS
-        turns = [f"{'User' if m.role == 'user' else 'Assistant'}: {snippet(m.content, 600)}" for m in hist[-6:]]
-        while True:  # oldest turns go first until the condense prompt fits
-            prompt = CONDENSE_PROMPT.format(history="\n".join(turns), question=question)
-            msgs = [("system", CONDENSE_SYSTEM), ("user", prompt)]
-            if not turns or self.endpoint.prompt_tokens(msgs) <= limit:
+        for lease in self.pool.attempts():
+            with lease:
+                ep = lease.endpoint
+                window = ep.info.context_window or 2048
+                limit = window - _CONDENSE_MAX_TOKENS
+                turns = [f"{'User' if m.role == 'user' else 'Assistant'}: {snippet(m.content, 600)}"
+                         for m in hist[-6:]]
+                while True:  # oldest turns go first until the condense prompt fits
+                    prompt = CONDENSE_PROMPT.format(history="\n".join(turns), question=question)
+                    msgs = [("system", CONDENSE_SYSTEM), ("user", prompt)]
+                    if not turns or ep.prompt_tokens(msgs) <= limit:
+                        break
+                    turns.pop(0)
+                try:
+                    out = self.llm(max_tokens=_CONDENSE_MAX_TOKENS, streaming=False, endpoint=ep).invoke(
+                        _lc_messages(msgs))
+                except Exception as exc:  # noqa: BLE001 - every client failure becomes one actionable line
+                    failure = self._failure(lease, exc)
+                    if isinstance(failure, _FailOver):
+                        continue
+                    raise failure from exc
+                lease.ok()
                 break
-            turns.pop(0)
-        try:
-            out = self.llm(max_tokens=_CONDENSE_MAX_TOKENS, streaming=False).invoke(_lc_messages(msgs))
-        except Exception as exc:  # noqa: BLE001 - every client failure becomes one actionable line
-            raise self.endpoint.explain(exc) from exc
         standalone = _clean_standalone(str(out.content), question)
         if question.rstrip().endswith("?") and not standalone.endswith("?"):
             # Small models answer instead of rewriting; the last user turn plus the follow-up retrieves better
@@ -252,30 +302,33 @@ class RAG:
         return standalone
 
     def pack(self, passages: Sequence[Passage], question: str, history: HistoryLike | None = None, *,
-             context_window: int | None = None, extra_margin: int = 0) -> Packing:
-        """Pack passages and history for ``question`` and verify the whole prompt's token count.
+             context_window: int | None = None, extra_margin: int = 0,
+             endpoint: OpenAICompatibleEndpoint | None = None) -> Packing:
+        """Pack passages and history for ``question`` and verify the whole prompt's token count, in the
+        tokenizer and window of ``endpoint`` (default: :attr:`endpoint`).
 
         The result's ``prompt_tokens`` is the count of the exact prompt :meth:`messages` builds from it."""
         hist = as_messages(history)
-        window = context_window or self.endpoint.info.context_window or 2048
+        ep = endpoint or self.endpoint
+        window = context_window or ep.info.context_window or 2048
         max_out = self.settings.llm_max_tokens
         if max_out >= window - 64:
             raise RagError(f"RAG_LLM_MAX_TOKENS={max_out} leaves no room in the model's {window}-token context; "
                            f"lower it (a quarter of the window is typical)")
-        overhead = self.endpoint.chat_overhead()
-        margin = self.endpoint.margin + extra_margin
+        overhead = ep.chat_overhead()
+        margin = ep.margin + extra_margin
         limit = window - max_out
         for _ in range(4):
             packing = pack(
                 passages, question=user_message("", question, with_sources=True), system_prompt=self.system_prompt,
-                history=hist, context_window=window, max_output_tokens=max_out, counter=self.endpoint,
+                history=hist, context_window=window, max_output_tokens=max_out, counter=ep,
                 template_overhead=overhead.base, turn_overhead=overhead.per_turn, margin=margin,
                 history_share=self.settings.history_share,
             )
             if packing.budget <= 0:
                 raise RagError(f"the question is too long for the model's {window}-token context window "
                                f"({max_out} of it reserved for the answer); shorten it or lower RAG_LLM_MAX_TOKENS")
-            total = self.endpoint.prompt_tokens(self.messages(packing, question))
+            total = ep.prompt_tokens(self.messages(packing, question))
             if total <= limit:
                 packing.prompt_tokens = total
                 return packing
@@ -305,18 +358,19 @@ class RAG:
 
     def _audited(self, question: str, history: list[Message], user: Identity | None,
                  groups: Sequence[str] | None, **kw: Any) -> Iterator[str]:
-        endpoint = self.endpoint.base_url
         metrics.IN_FLIGHT.inc()
         try:
             answer = yield from self._run(question, history, groups, **kw)
         except Exception as exc:
-            metrics.observe_error(endpoint, exc)
+            # Which endpoint failed is in the message; several may have (failover), so label the primary.
+            metrics.observe_error(self.endpoint.base_url, exc)
             raise
         finally:  # also when the reader abandons the stream (GeneratorExit)
             metrics.IN_FLIGHT.dec()
-        metrics.observe_answer(answer, endpoint)
+        metrics.observe_answer(answer, answer.endpoint or self.endpoint.base_url)
         self._audit("ask", user, question=question, cited=list(dict.fromkeys(c.path for c in answer.cited)),
                     latency_ms=(answer.timings.get("total") or 0) * 1000, model=answer.model,
+                    endpoint=answer.endpoint or self.endpoint.base_url,
                     extra={"refused": answer.refused, "sources": len(answer.sources)})
         return answer
 
@@ -324,7 +378,8 @@ class RAG:
         if self.audit is None:
             return
         try:
-            self.audit.record(event, user=user.name if user else None, endpoint=self.endpoint.base_url, **fields)
+            fields.setdefault("endpoint", self.endpoint.base_url)
+            self.audit.record(event, user=user.name if user else None, **fields)
         except RagError as exc:  # the answer is already out; a full disk must not turn it into an error
             log.error("audit log: %s", exc)
 
@@ -332,9 +387,7 @@ class RAG:
              standalone: str | None = None, retrieved: Retrieved | None = None) -> Iterator[str]:
         if not question:
             raise RagError("the question is empty")
-        info = self.endpoint.info
-        if not info.healthy:
-            raise EndpointError(info.error or f"the LLM endpoint {self.endpoint.base_url} is not usable")
+        self.pool.check_usable()
         timings: dict[str, float | None] = {}
         t0 = time.perf_counter()
         if standalone is None:
@@ -344,23 +397,43 @@ class RAG:
             retrieved = self.retrieve(standalone, groups=groups)
         timings["retrieve"] = retrieved.seconds
         timings["rerank"] = retrieved.rerank_seconds  # included in "retrieve"
-        model = self.endpoint.info.model
         if not retrieved.passages:
             yield NO_ANSWER
             timings.update(pack=0.0, ttft=None, generate=0.0, total=time.perf_counter() - t0, tokens_per_s=None)
+            known = self.endpoint.cached_info
             return Answer(question, standalone, NO_ANSWER, [], True, {"prompt_tokens": 0, "completion_tokens": 0,
-                          "total_tokens": 0, "source": "no LLM call"}, timings, None, model)
+                          "total_tokens": 0, "source": "no LLM call"}, timings, None, known.model if known else None)
 
+        failovers: list[str] = []
+        for lease in self.pool.attempts():
+            failovers += lease.skipped
+            try:
+                started = self._start(lease, retrieved.passages, question, history, timings)
+            except _FailOver as exc:
+                failovers.append(str(exc))
+                lease.release()
+                continue
+            except BaseException:
+                lease.release()
+                raise
+            break
+        return (yield from self._generate(started, question, standalone, timings, t0, failovers))
+
+    def _start(self, lease: Lease, passages: Sequence[Passage], question: str, history: list[Message],
+               timings: dict[str, float | None]) -> _Started:
+        """Pack for the leased endpoint and send; return once the first chunk is in. A context overflow is
+        learned and repacked once; raises :class:`_FailOver` for a failure another endpoint may not have."""
+        ep = lease.endpoint
         retries = 0
-        window = self.endpoint.info.context_window
+        window = ep.info.context_window
         extra_margin = 0
         while True:
             t = time.perf_counter()
-            packing = self.pack(retrieved.passages, question, history, context_window=window,
-                                extra_margin=extra_margin)
+            packing = self.pack(passages, question, history, context_window=window, extra_margin=extra_margin,
+                                endpoint=ep)
             timings["pack"] = time.perf_counter() - t
             cite = CitationFilter(s.n for s in packing.sources)
-            llm = self.llm(context_window=window)
+            llm = self.llm(context_window=window, endpoint=ep)
             chunks = llm.stream(_lc_messages(self.messages(packing, question)))
             t_send = time.perf_counter()
             try:
@@ -368,42 +441,73 @@ class RAG:
             except Exception as exc:  # noqa: BLE001
                 n = parse_overflow(api_message(exc))
                 if n is None and "No generation chunks" in str(exc):
-                    n = self._probe_overflow(packing, question)
+                    n = self._probe_overflow(packing, question, ep)
                 if n is None or retries:
-                    raise self.endpoint.explain(exc) from exc
+                    raise self._failure(lease, exc) from exc
                 retries += 1
                 over = packing.prompt_tokens + self.settings.llm_max_tokens - n
                 log.warning("the LLM server says its context is %d tokens; we packed %d + %d for the answer into "
                             "%d; repacking once", n, packing.prompt_tokens or 0, self.settings.llm_max_tokens, window)
-                self.endpoint.learn_window(n)
+                ep.learn_window(n)
                 if n < (window or n + 1):
                     window = n
                 else:  # same window, so our count was off: hold back what it was over by, and 2% more
                     extra_margin += max(over, 0) + n // 50
                 continue
-            break
+            lease.ok()
+            return _Started(lease, packing, cite, chunks, first, t_send, retries)
 
+    def _failure(self, lease: Lease, exc: BaseException) -> Exception:
+        """What a failed LLM call becomes: :class:`_FailOver` (counted against the endpoint) when another
+        endpoint may answer, else the endpoint's one-line explanation."""
+        err = lease.endpoint.explain(exc)
+        if is_failover_error(exc):
+            lease.failed(str(err), trip=is_timeout(exc))
+            if self.pool.multi:
+                return _FailOver(str(err))
+        return err
+
+    def _generate(self, started: _Started, question: str, standalone: str, timings: dict[str, float | None],
+                  t0: float, failovers: list[str]) -> Iterator[str]:
+        """Stream the answer begun in :meth:`_start`; the endpoint counts as busy until the stream ends or is
+        abandoned."""
+        lease, packing, cite, chunks, t_send = (started.lease, started.packing, started.cite, started.chunks,
+                                                started.t_send)
+        ep = lease.endpoint
+        first = started.first
         ttft = time.perf_counter() - t_send if first is not None else None
         raw: list[str] = []
         shown: list[str] = []
         usage_meta: dict[str, Any] | None = None
         t_last = time.perf_counter()
         try:
-            chunk = first
-            while chunk is not None:
-                piece = _content(chunk)
-                if getattr(chunk, "usage_metadata", None):
-                    usage_meta = dict(chunk.usage_metadata)
-                if piece:
-                    raw.append(piece)
-                    t_last = time.perf_counter()
-                    out = cite.feed(piece)
-                    if out:
-                        shown.append(out)
-                        yield out
-                chunk = next(chunks, None)
-        except Exception as exc:  # noqa: BLE001
-            raise self.endpoint.explain(exc) from exc
+            try:
+                chunk = first
+                while chunk is not None:
+                    piece = _content(chunk)
+                    if getattr(chunk, "usage_metadata", None):
+                        usage_meta = dict(chunk.usage_metadata)
+                    if piece:
+                        raw.append(piece)
+                        t_last = time.perf_counter()
+                        out = cite.feed(piece)
+                        if out:
+                            shown.append(out)
+                            yield out
+                    chunk = next(chunks, None)
+            except Exception as exc:  # noqa: BLE001
+                err = ep.explain(exc)
+                if is_failover_error(exc):
+                    lease.failed(str(err), trip=is_timeout(exc))
+                if self.pool.multi:
+                    err = EndpointError(f"{err} (the answer had already begun, so it was not sent to another "
+                                        "endpoint: that would repeat part of it; ask again)")
+                raise err from exc
+        finally:
+            close = getattr(chunks, "close", None)
+            if close is not None:
+                close()  # an abandoned stream ends its HTTP request too
+            lease.release()
         tail = cite.flush()
         if tail:
             shown.append(tail)
@@ -417,10 +521,10 @@ class RAG:
                      usage_meta.get("output_tokens"), "total_tokens": usage_meta.get("total_tokens"),
                      "source": "server"}
         else:  # llama-cpp-python does not report usage when streaming: our exact counts
-            completion = self.endpoint.count_tokens(raw_text)
+            completion = ep.count_tokens(raw_text)
             usage = {"prompt_tokens": packing.prompt_tokens, "completion_tokens": completion,
                      "total_tokens": (packing.prompt_tokens or 0) + completion,
-                     "source": "counted" if self.endpoint.exact_tokenizer else "estimated"}
+                     "source": "counted" if ep.exact_tokenizer else "estimated"}
         usage["prompt_tokens_packed"] = packing.prompt_tokens
         completion_tokens = usage.get("completion_tokens") or 0
         timings.update(
@@ -428,12 +532,14 @@ class RAG:
             tokens_per_s=(completion_tokens - 1) / gen_seconds if gen_seconds > 0 and completion_tokens > 1 else None,
         )
         sources = [_citation(s, s.n in cite.cited) for s in packing.sources]
-        return Answer(question, standalone, text, sources, False, usage, timings, packing, model,
-                      removed_citations=cite.removed, retries=retries)
+        return Answer(question, standalone, text, sources, False, usage, timings, packing, ep.info.model,
+                      removed_citations=cite.removed, retries=started.retries, endpoint=ep.base_url,
+                      failovers=failovers)
 
-    def _probe_overflow(self, packing: Packing, question: str) -> int | None:
+    def _probe_overflow(self, packing: Packing, question: str,
+                        endpoint: OpenAICompatibleEndpoint | None = None) -> int | None:
         try:
-            return self.endpoint.overflow_of(self.messages(packing, question))
+            return (endpoint or self.endpoint).overflow_of(self.messages(packing, question))
         except Exception:  # noqa: BLE001 - the original failure is what the user sees
             return None
 

@@ -386,13 +386,24 @@ def status(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
     if info["last_ingest"]:
         table.add_row("last ingest", time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(info["last_ingest"])))
     llm = info["llm"]
-    table.add_row("llm endpoint", llm["base_url"])
-    if llm["healthy"]:
-        table.add_row("llm model", f"{llm['model']} ({llm['kind']})")
-        table.add_row("context window", f"{llm['context_window']} — {llm['context_source']}")
-        table.add_row("token counting", llm["tokenizer"])
+    if len(llm["endpoints"]) > 1:
+        table.add_row("llm routing", f"{llm['routing']} over {len(llm['endpoints'])} endpoints")
+        for i, e in enumerate(llm["endpoints"], 1):
+            if e["healthy"]:
+                row: str | Text = (f"{e['base_url']} — {e['model']} ({e['kind']}), priority {e['priority']}, "
+                                   f"context window {e['context_window']} ({e['context_source']}), "
+                                   f"token counting: {e['tokenizer']}")
+            else:
+                row = Text(f"{e['base_url']} — priority {e['priority']}, unavailable: {e['error']}", style="yellow")
+            table.add_row(f"llm endpoint {i}", row)
     else:
-        table.add_row("llm status", Text(f"unavailable: {llm['error']}", style="yellow"))
+        table.add_row("llm endpoint", llm["base_url"])
+        if llm["healthy"]:
+            table.add_row("llm model", f"{llm['model']} ({llm['kind']})")
+            table.add_row("context window", f"{llm['context_window']} — {llm['context_source']}")
+            table.add_row("token counting", llm["tokenizer"])
+        else:
+            table.add_row("llm status", Text(f"unavailable: {llm['error']}", style="yellow"))
     out.print(table)
     if not info["documents"]:
         out.print("The index is empty: run [bold]rag ingest PATH[/] to add documents.")
@@ -812,7 +823,8 @@ def ui(
     settings = _settings()
     app_path = Path(ui_pkg.__file__).parent / "app.py"
     shown = "localhost" if host in ("127.0.0.1", "0.0.0.0", "::") else host
-    out.print(f"onprem-rag UI: [bold]http://{shown}:{port}[/] (LLM {settings.llm_base_url}, "
+    llms = ", ".join(e.base_url for e in settings.llm_endpoint_list())
+    out.print(f"onprem-rag UI: [bold]http://{shown}:{port}[/] (LLM {llms}, "
               f"index {settings.qdrant_url or settings.store_dir}) — Ctrl-C stops it.")
     sys.stdout.flush()
     # No telemetry, no file watching, no tracebacks in the browser (they go to this terminal).
@@ -826,13 +838,18 @@ def ui(
 
 
 def _llm_info(settings: Settings) -> dict:
-    from rag.endpoints import OpenAICompatibleEndpoint
+    """The first healthy endpoint's discovery (the only one's, usually) at the top level, every endpoint's under
+    "endpoints"; never includes an API key."""
+    from rag.pool import EndpointPool
 
-    ep = OpenAICompatibleEndpoint.from_settings(settings, timeout=10, connect_timeout=3)
+    pool = EndpointPool.from_settings(settings, timeout=10, connect_timeout=3)
     try:
-        return ep.info.to_dict()  # never includes the API key
+        endpoints = [m.endpoint.info.to_dict() | {"priority": m.priority} for m in pool.members]
     finally:
-        ep.close()
+        pool.close()
+    first = next((e for e in endpoints if e["healthy"]), endpoints[0])
+    return {**{k: v for k, v in first.items() if k != "priority"}, "routing": settings.llm_routing,
+            "endpoints": endpoints}
 
 
 def main() -> None:  # pragma: no cover - console entry point alias

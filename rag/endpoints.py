@@ -74,6 +74,8 @@ class ChatOverhead:
 #: When nothing could be measured: more than any common template needs (ChatML, Llama 3, Gemma: 10-16).
 DEFAULT_OVERHEAD = ChatOverhead(24, 20, "default (not measured)")
 _COUNT_CACHE_SIZE = 8192
+#: After the server tokenizer could not be reached, seconds of local estimates before it is asked again.
+_TOKENIZER_BACKOFF_S = 10.0
 
 
 @dataclass
@@ -128,6 +130,7 @@ class OpenAICompatibleEndpoint:
         self._overhead: ChatOverhead | None = None
         self._counts: dict[str, int] = {}
         self._counts_lock = threading.Lock()  # the API counts for several requests at once
+        self._tokenizer_down_until = 0.0
         self._at = 0.0
 
     @classmethod
@@ -148,6 +151,23 @@ class OpenAICompatibleEndpoint:
                 self._info = self._discover()
                 self._at = time.monotonic()
             return self._info
+
+    @property
+    def cached_info(self) -> EndpointInfo | None:
+        """What the last discovery found, without asking the server (None before the first one)."""
+        return self._info
+
+    def ping(self, timeout: float = 5.0) -> str | None:
+        """Cheap health check (``GET /models``): None if the server answers, else why not, in one line."""
+        try:
+            r = self._http.get(f"{self.base_url}/models", timeout=httpx.Timeout(timeout, connect=min(timeout, 3.0)))
+        except httpx.TimeoutException:
+            return f"{self.base_url}/models did not answer within {timeout:g} s"
+        except httpx.HTTPError as exc:
+            return f"cannot reach {self.base_url} ({_short(exc)})"
+        if r.status_code != 200:
+            return f"{self.base_url}/models answered HTTP {r.status_code}"
+        return None
 
     def refresh(self) -> EndpointInfo:
         with self._lock:
@@ -276,30 +296,37 @@ class OpenAICompatibleEndpoint:
         cached = self._counts.get(text)
         if cached is not None:
             return cached
-        n, exact = self._count_uncached(text)
-        if exact or not self.exact_tokenizer:
-            # A local estimate made because the server's tokenizer timed out (busy generating) is not kept:
-            # it overestimates, and the next count may reach the server.
-            with self._counts_lock:
-                while len(self._counts) >= _COUNT_CACHE_SIZE:
-                    self._counts.pop(next(iter(self._counts)))
-                self._counts[text] = n
+        n = self._count_uncached(text)
+        if n is None:  # the server could not be asked: an estimate, not kept
+            return estimate_tokens(text)
+        with self._counts_lock:
+            while len(self._counts) >= _COUNT_CACHE_SIZE:
+                self._counts.pop(next(iter(self._counts)))
+            self._counts[text] = n
         return n
 
-    def _count_uncached(self, text: str) -> tuple[int, bool]:
-        """(count, whether the server's tokenizer made it)."""
+    def _count_uncached(self, text: str) -> int | None:
         info = self.info
+        if time.monotonic() < self._tokenizer_down_until:
+            return None
         try:
             if info.kind == "vllm":
                 return int(self._post(f"{self.root}/tokenize", {"model": info.model, "prompt": text,
-                                                                "add_special_tokens": False})["count"]), True
+                                                                "add_special_tokens": False})["count"])
             if info.kind == "llama.cpp":
-                return len(self._post(f"{self.root}/tokenize", {"content": text})["tokens"]), True
+                return len(self._post(f"{self.root}/tokenize", {"content": text})["tokens"])
             if info.kind == "llama-cpp-python":
-                return int(self._post(f"{self.root}/extras/tokenize/count", {"input": text})["count"]), True
+                return int(self._post(f"{self.root}/extras/tokenize/count", {"input": text})["count"])
+        except httpx.TransportError as exc:
+            # Unreachable or hung: estimate without asking for a while (a hung server would cost a timeout per
+            # text), and keep none of these estimates: exact counts come back with the server.
+            log.warning("server tokenizer at %s unreachable (%s); local estimates for %g s", self.root,
+                        _short(exc), _TOKENIZER_BACKOFF_S)
+            self._tokenizer_down_until = time.monotonic() + _TOKENIZER_BACKOFF_S
+            return None
         except (httpx.HTTPError, KeyError, ValueError, TypeError) as exc:
             log.warning("server tokenizer failed (%s); using a local estimate", _short(exc))
-        return estimate_tokens(text), False
+        return estimate_tokens(text)
 
     def count(self, text: str) -> int:
         """``TokenCounter`` protocol (what the packer calls)."""

