@@ -72,6 +72,7 @@ import time
 from pathlib import Path
 
 import httpx
+import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLE_DOCS = ROOT / "sample_docs"
@@ -87,12 +88,7 @@ def _log(msg: str) -> None:
 
 
 def pct(values: list[float], q: float) -> float | None:
-    if not values:
-        return None
-    s = sorted(values)
-    k = (len(s) - 1) * q / 100
-    lo, hi = int(k), min(int(k) + 1, len(s) - 1)
-    return s[lo] + (s[hi] - s[lo]) * (k - lo)
+    return float(np.percentile(values, q)) if values else None
 
 
 def loadavg() -> list[float]:

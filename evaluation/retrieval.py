@@ -18,6 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote, unquote
 
+import numpy as np
+
 from ingest import ingest
 from rag.embeddings import Embedder, get_embedder
 from rag.rerank import Reranker
@@ -135,7 +137,7 @@ def evaluate(ds: BeirDataset, settings: Settings, modes: Sequence[str] = MODES, 
                     run[q] = {d: float(len(ranked) - i) for i, d in enumerate(ranked[:100])}
                 results[name] = _metrics(pytrec_eval, qrels, run) | {
                     "p50_ms": round(statistics.median(latencies), 2),
-                    "p95_ms": round(_percentile(latencies, 95), 2),
+                    "p95_ms": round(float(np.percentile(latencies, 95)), 2),
                     "queries": len(qids),
                 }
     return results
@@ -153,11 +155,3 @@ def _metrics(pytrec_eval, qrels: dict, run: dict) -> dict[str, float]:
     return {"ndcg@10": mean(full, "ndcg_cut_10"), "recall@10": mean(full, "recall_10"),
             "recall@100": mean(full, "recall_100"), "mrr@10": mean(mrr, "recip_rank")}
 
-
-def _percentile(values: Sequence[float], pct: float) -> float:
-    s = sorted(values)
-    if not s:
-        return 0.0
-    k = (len(s) - 1) * pct / 100
-    lo, hi = int(k), min(int(k) + 1, len(s) - 1)
-    return s[lo] + (s[hi] - s[lo]) * (k - lo)

@@ -22,11 +22,11 @@ import threading
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
-from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 
 from rag import offline
+from rag.audit import safe_endpoint
 from rag.errors import RerankError
 from rag.settings import Settings
 
@@ -121,7 +121,7 @@ class EndpointReranker:
         if api not in ("auto", *FORMATS):
             raise ValueError(f"api must be auto, cohere or tei, not {api!r}")
         self.url = _rerank_url(url)
-        self.shown_url = _without_credentials(self.url)
+        self.shown_url = safe_endpoint(self.url)
         self.model = model
         self.api = api  # "auto" until a format worked once
         self.batch_size = batch_size
@@ -214,14 +214,6 @@ def _rerank_url(url: str) -> str:
     return url if url.endswith("/rerank") else url + "/rerank"
 
 
-def _without_credentials(url: str) -> str:
-    parts = urlsplit(url)
-    if parts.username is None and parts.password is None:
-        return url
-    host = parts.hostname or ""
-    return urlunsplit(parts._replace(netloc=host + (f":{parts.port}" if parts.port else "")))
-
-
 def _server_message(resp: httpx.Response) -> str:
     """The server's own error text: TEI ``{"error": str}``, vLLM ``{"error": {"message"}}`` or ``{"message"}``,
     FastAPI ``{"detail"}``, or a plain body."""
@@ -246,7 +238,7 @@ def describe(settings: Settings) -> str:
     """What reranks, without loading or calling it (for `rag status`)."""
     if settings.rerank_url:
         model = f", model {settings.rerank_model}" if settings.rerank_model else ""
-        return (f"endpoint {_without_credentials(_rerank_url(settings.rerank_url))} ({settings.rerank_api} format"
+        return (f"endpoint {safe_endpoint(_rerank_url(settings.rerank_url))} ({settings.rerank_api} format"
                 f"{model}), best {settings.rerank_candidates} chunks")
     if settings.rerank_model:
         return f"cross-encoder {settings.rerank_model}, best {settings.rerank_candidates} chunks"
