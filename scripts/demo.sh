@@ -2,11 +2,17 @@
 # The main job on a fresh machine: install, start the tiny demo LLM, ingest sample_docs/, start the chat UI.
 # Ctrl-C stops everything this script started.
 #
+# The demo LLM runs under `rag llm serve`, which restarts it if it crashes (at most 5 times in 10 minutes,
+# each restart logged here); meanwhile the UI says the model is restarting. The UI never stops because the
+# LLM did: the demo ends when the UI ends (or on Ctrl-C).
+#
 # With RAG_LLM_BASE_URL already set (vLLM, Ollama, llama.cpp...), that server is used and no demo LLM starts.
-# Ports: RAG_DEMO_LLM_PORT (8080) and RAG_DEMO_UI_PORT (8501); RAG_DEMO_HOST=0.0.0.0 lets colleagues connect.
+# RAG_DEMO_ENGINE: vllm (default) or llamacpp. Ports: RAG_DEMO_LLM_PORT (8080) and RAG_DEMO_UI_PORT (8501);
+# RAG_DEMO_HOST=0.0.0.0 lets colleagues connect.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/install.sh
+engine=${RAG_DEMO_ENGINE:-vllm}
+RAG_INSTALL_ENGINES=${RAG_INSTALL_ENGINES:-$engine} bash scripts/install.sh
 export RAG_DATA_DIR=${RAG_DATA_DIR:-.rag}
 llm_port=${RAG_DEMO_LLM_PORT:-8080}
 ui_port=${RAG_DEMO_UI_PORT:-8501}
@@ -24,10 +30,12 @@ trap 'exit 130' INT TERM
 
 if [ -z "${RAG_LLM_BASE_URL:-}" ]; then
   export RAG_LLM_BASE_URL="http://127.0.0.1:${llm_port}/v1"
-  # The server reports no window of its own; tell the packer what it was started with.
-  export RAG_LLM_CONTEXT_WINDOW=${RAG_LLM_CONTEXT_WINDOW:-2048}
-  echo "== starting the demo LLM: SmolLM2-135M, a tiny model for demos (weak answers); production sets RAG_LLM_BASE_URL"
-  .venv/bin/rag llm serve --port "$llm_port" --ctx "$RAG_LLM_CONTEXT_WINDOW" --threads 2 &
+  ctx=${RAG_LLM_CONTEXT_WINDOW:-2048}
+  # vLLM reports its window (max_model_len); llama-cpp-python reports none, so tell the packer.
+  [ "$engine" = vllm ] || export RAG_LLM_CONTEXT_WINDOW=$ctx
+  echo "== starting the demo LLM: SmolLM2-135M on $engine, a tiny model for demos (weak answers); production sets RAG_LLM_BASE_URL"
+  # It loads while sample_docs/ is ingested (vLLM takes ~40 s).
+  .venv/bin/rag llm serve --engine "$engine" --port "$llm_port" --ctx "$ctx" &
   pids+=($!)
 else
   echo "== using the LLM at $RAG_LLM_BASE_URL"
@@ -38,6 +46,7 @@ echo "== ingesting sample_docs/ into $RAG_DATA_DIR"
 
 echo "== starting the chat UI"
 .venv/bin/rag ui --port "$ui_port" --host "$host" &
-pids+=($!)
-# Until Ctrl-C, or until one of them stops on its own (port taken, server crashed): then stop the other.
-wait -n "${pids[@]}"
+ui_pid=$!
+pids+=($ui_pid)
+# Until Ctrl-C or until the UI stops (its port taken, say). The LLM's supervisor deals with the LLM.
+wait "$ui_pid"

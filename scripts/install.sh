@@ -1,18 +1,25 @@
 #!/usr/bin/env bash
-# Installs everything onprem-rag needs into ./.venv on a fresh machine (Python 3.11 with pip).
+# Installs everything onprem-rag needs into ./.venv on a fresh machine (Python 3.11 with pip), plus the demo
+# LLM's engines (RAG_INSTALL_ENGINES, default "vllm"; the tests want "vllm llamacpp"), each checked with one
+# tiny completion on this CPU: an engine that would crash here fails the install, with the reason.
 # Idempotent: a second run takes seconds. Needs no network beyond the package registries.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
+quiet() { grep -v "is ignored: it is neither" >&2 || true; }
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
 # torch first, pinned: the local CPU wheel. Anything that pulls torch before this fetches gigabytes of CUDA.
-.venv/bin/pip install -q torch==2.13.0 2> >(grep -v "is ignored: it is neither" >&2)
-# [demo] compiles llama.cpp (llama-cpp-python) once, ~9 min; pip caches the wheel afterwards.
-.venv/bin/pip install -q -e ".[dev,demo,pdf-unstructured]" 2> >(grep -v "is ignored: it is neither" >&2)
+.venv/bin/pip install -q --disable-pip-version-check torch==2.13.0 2> >(quiet)
+.venv/bin/pip install -q --disable-pip-version-check -e ".[dev,demo,pdf-unstructured]" 2> >(quiet)
 # See pyproject.toml [pdf-unstructured]: without --no-deps this pulls torchvision and CUDA torch.
-.venv/bin/pip install -q --no-deps "unstructured-inference>=1.6.12,<2" 2> >(grep -v "is ignored: it is neither" >&2)
+.venv/bin/pip install -q --disable-pip-version-check --no-deps "unstructured-inference>=1.6.12,<2" 2> >(quiet)
 # Optional system tools: tesseract OCRs scanned PDF pages. Skipped quietly where apt-get is not ours to use.
 if ! { command -v tesseract && command -v strace; } >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
   (apt-get update -qq && apt-get install -y -qq --no-install-recommends tesseract-ocr tesseract-ocr-eng strace) \
     >/dev/null 2>&1 || echo "note: tesseract-ocr not installed; scanned PDF pages will be reported, not OCR'd" >&2
 fi
+# The demo LLM's engines (rag/local_llm/): vLLM in a venv of its own (~3 min once), llama.cpp built portably
+# (~9 min once). Both are cached outside the checkout (~/.cache/onprem-rag), so clones share them.
+for engine in ${RAG_INSTALL_ENGINES:-vllm}; do
+  .venv/bin/rag llm install --engine "$engine"
+done

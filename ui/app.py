@@ -37,6 +37,7 @@ from rag.auth import Identity, authenticate_password  # noqa: E402
 from rag.chain import RAG, Answer, Citation  # noqa: E402
 from rag.errors import RagError  # noqa: E402
 from rag.local_llm import MODEL_ALIAS  # noqa: E402
+from rag.local_llm.supervisor import notice_for  # noqa: E402
 from rag.settings import Settings  # noqa: E402
 from rag.status import index_info  # noqa: E402
 from rag.users import UserDirectory  # noqa: E402
@@ -265,8 +266,10 @@ def sidebar(shared: Shared, settings: Settings, identity: Identity, auth: Auth) 
                     st.caption("Tiny demo model (SmolLM2-135M): expect weak answers. For real use set "
                                "RAG_LLM_BASE_URL to a vLLM or Ollama server.")
             else:
-                st.markdown(":red[●] **unavailable**")
-                st.caption(f"{safe_endpoint(info.base_url)}: {info.error}")
+                notice = _llm_notice(rag)
+                st.markdown(":orange[●] **restarting**" if notice and "restarting" in notice
+                            else ":red[●] **unavailable**")
+                st.caption(notice or f"{safe_endpoint(info.base_url)}: {info.error}")
 
         st.subheader("Documents")
         try:
@@ -366,6 +369,11 @@ def _streamed(pieces: Iterator[str], waiting: Any) -> Iterator[str]:
         yield _md(piece)
 
 
+def _llm_notice(rag: RAG) -> str | None:
+    """Why the demo model is not answering, when its supervisor (``rag llm serve``) says so."""
+    return notice_for(rag.settings.data_dir, [e.base_url for e in rag.settings.llm_endpoint_list()])
+
+
 def ask(rag: RAG, question: str, turns: list[Turn], identity: Identity) -> Turn:
     """Stream one answer into the open assistant message; failures become a message, never a traceback."""
     history = _history(turns)
@@ -378,8 +386,10 @@ def ask(rag: RAG, question: str, turns: list[Turn], identity: Identity) -> Turn:
         assert answer is not None
     except RagError as exc:
         waiting.empty()
-        st.error(str(exc), icon=":material/error:")
-        return Turn("assistant", "", error=str(exc))
+        # A crashed demo model being restarted is a wait, not a failure: say that rather than "connection refused".
+        msg = _llm_notice(rag) or str(exc)
+        st.error(msg, icon=":material/error:")
+        return Turn("assistant", "", error=msg)
     except Exception as exc:  # a bug, not a user error: full details go to the server log only
         log.exception("answering %r failed", question)
         waiting.empty()

@@ -1,0 +1,156 @@
+"""One local model server as a child process: start it, wait until its OpenAI-compatible API answers, stop it.
+
+Shared by both engines (llama.cpp, vLLM), ``rag llm serve``, the supervisor, the self-check and the test
+fixtures, so that "is it up", "did it die" and "never leave it behind" are answered in one place.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import IO
+
+import httpx
+
+from rag.errors import RagError
+
+
+class LocalLLMError(RagError):
+    pass
+
+
+def engine_home() -> Path:
+    """Engines, wheels and converted models, shared by every checkout on the machine (``RAG_ENGINES_DIR``)."""
+    if os.environ.get("RAG_ENGINES_DIR"):
+        return Path(os.environ["RAG_ENGINES_DIR"]).expanduser()
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return cache / "onprem-rag" / "engines"
+
+
+def describe_exit(code: int | None) -> str:
+    """"code 1", or "signal SIGSEGV (crashed)" for a negative code: a crash reads differently from a refusal."""
+    if code is None:
+        return "still running"
+    if code < 0:
+        try:
+            name = signal.Signals(-code).name
+        except ValueError:
+            name = f"signal {-code}"
+        crash = " (crashed)" if -code in (signal.SIGSEGV, signal.SIGILL, signal.SIGBUS, signal.SIGFPE,
+                                          signal.SIGABRT) else ""
+        return f"signal {name}{crash}"
+    return f"code {code}"
+
+
+def answers(base_url: str, timeout: float = 2.0) -> bool:
+    """True when ``base_url`` (…/v1) lists its models: the API is up and the model is loaded."""
+    try:
+        return httpx.get(f"{base_url}/models", timeout=timeout).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def _die_with_parent() -> None:
+    """In the child before exec: SIGTERM when the process that started it dies, even by SIGKILL. In its own
+    session a Ctrl-C no longer reaches the server directly, and a killed parent must not orphan a 3 GB server."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):  # not Linux: the parent's stop() still applies
+        pass
+
+
+class ServerProcess:
+    """A server command run as a child; ``start()`` returns once its API answers, or raises with the reason."""
+
+    #: Shown in messages ("the demo LLM server (llama.cpp) exited with signal SIGSEGV (crashed)").
+    label = "the demo LLM server"
+
+    def __init__(self, command: Sequence[str], *, host: str, port: int, env: Mapping[str, str] | None = None,
+                 log: IO | None = None, label: str | None = None) -> None:
+        self.command = list(command)
+        self.host, self.port = host, port
+        self.env = dict(env) if env is not None else None
+        self.log = log
+        self.label = label or self.label
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def base_url(self) -> str:
+        host = "127.0.0.1" if self.host in ("0.0.0.0", "::") else self.host
+        return f"http://{host}:{self.port}/v1"
+
+    @property
+    def pid(self) -> int | None:
+        return self.proc.pid if self.proc is not None else None
+
+    def start(self, *, timeout: float = 120.0) -> ServerProcess:
+        if answers(self.base_url):
+            raise LocalLLMError(f"something already answers on {self.base_url}; stop it or choose another --port")
+        env = {**os.environ, **self.env} if self.env is not None else None
+        # Its own process group: stopping it must also stop the workers a server forks (vLLM's engine core).
+        self.proc = subprocess.Popen(self.command, stdout=self.log or subprocess.DEVNULL,
+                                     stderr=subprocess.STDOUT if self.log else subprocess.DEVNULL, env=env,
+                                     start_new_session=True, preexec_fn=_die_with_parent)
+        try:
+            self._await_ready(timeout)
+        except BaseException:  # Ctrl-C while loading included: never leave the server behind
+            self.stop()
+            raise
+        return self
+
+    def _await_ready(self, timeout: float) -> None:
+        assert self.proc is not None
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                where = f"; its output is in {self.log.name}" if getattr(self.log, "name", None) else ""
+                raise LocalLLMError(f"{self.label} exited with {describe_exit(self.proc.returncode)} while "
+                                    f"starting{where} (is port {self.port} free?)")
+            if answers(self.base_url):
+                return
+            time.sleep(0.3)
+        raise LocalLLMError(f"{self.label} did not answer on {self.base_url} within {timeout:.0f} s")
+
+    def poll(self) -> int | None:
+        return None if self.proc is None else self.proc.poll()
+
+    def wait(self, timeout: float | None = None) -> int:
+        assert self.proc is not None
+        return self.proc.wait(timeout=timeout)
+
+    def kill(self, sig: int = signal.SIGKILL) -> None:
+        """Signal the server itself (tests use it to stand in for a crash)."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(sig)
+
+    def stop(self, timeout: float = 20.0) -> None:
+        if self.proc is None:
+            return
+        if self.proc.poll() is None:
+            self._signal_group(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                self._signal_group(signal.SIGKILL)
+                self.proc.wait()
+        # Whatever it forked and left running (an engine worker whose parent crashed) goes with it.
+        self._signal_group(signal.SIGKILL)
+
+    def _signal_group(self, sig: int) -> None:
+        assert self.proc is not None
+        try:
+            os.killpg(self.proc.pid, sig)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+    def __enter__(self) -> ServerProcess:
+        return self.start() if self.proc is None else self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

@@ -1,0 +1,111 @@
+"""After install: start the engine's server, ask for one tiny completion, and check the server survived it.
+
+A build that loads but crashes in its first decode (the llama.cpp AMX crash) passes every import check; only a
+real completion finds it. Run by ``rag llm check`` and scripts/install.sh, which fails with this message
+rather than leave a demo whose first question kills the model.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import platform
+import socket
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+from rag.local_llm.llamacpp import MODEL_ALIAS
+from rag.local_llm.process import LocalLLMError, describe_exit, engine_home
+
+
+@dataclass
+class CheckResult:
+    engine: str
+    start_s: float
+    completion_s: float
+    text: str
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def run(engine, *, n_ctx: int = 512) -> CheckResult:  # engine: rag.local_llm.Engine
+    """Raises LocalLLMError naming what failed and what to do."""
+    with tempfile.NamedTemporaryFile("w+", prefix=f"rag-llm-check-{engine.name}-", suffix=".log",
+                                     delete=False) as log:
+        server = engine.server(port=_free_port(), n_ctx=n_ctx, log=log)
+        t0 = time.monotonic()
+        try:
+            server.start(timeout=engine.start_timeout)
+            started = time.monotonic() - t0
+            t1 = time.monotonic()
+            try:
+                r = httpx.post(f"{server.base_url}/chat/completions", timeout=120, json={
+                    "model": MODEL_ALIAS, "max_tokens": 4, "temperature": 0,
+                    "messages": [{"role": "user", "content": "Say hello."}]})
+                r.raise_for_status()
+                text = r.json()["choices"][0]["message"]["content"] or ""
+            except (httpx.HTTPError, KeyError, ValueError) as exc:
+                time.sleep(0.5)
+                died = server.poll()
+                cause = (f"the server died with {describe_exit(died)} during its first completion"
+                         if died is not None else f"the first completion failed: {exc}")
+                raise LocalLLMError(f"{engine.title} self-check: {cause}. Its output is in {log.name}. "
+                                    + _advice(engine.name)) from None
+            if server.poll() is not None:
+                raise LocalLLMError(f"{engine.title} self-check: the server exited with "
+                                    f"{describe_exit(server.poll())} after its first completion; output in "
+                                    f"{log.name}. " + _advice(engine.name))
+            return CheckResult(engine.name, started, time.monotonic() - t1, text)
+        except LocalLLMError as exc:
+            if "self-check" in str(exc):
+                raise
+            raise LocalLLMError(f"{engine.title} self-check: {exc}. " + _advice(engine.name)) from None
+        finally:
+            server.stop()
+
+
+def cpu_key() -> str:
+    """The CPU's model name and feature flags: a check that passed holds for this kind of CPU only."""
+    model = flags = ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name") and not model:
+                model = line.split(":", 1)[1].strip()
+            elif line.startswith("flags") and not flags:
+                flags = " ".join(sorted(line.split(":", 1)[1].split()))
+    except OSError:
+        pass
+    return hashlib.sha256(f"{platform.machine()}|{model}|{flags}".encode()).hexdigest()[:12]
+
+
+def _marker(engine) -> Path:
+    fp = hashlib.sha256(engine.fingerprint().encode()).hexdigest()[:12]
+    return engine_home() / "checked" / f"{engine.name}-{fp}-cpu-{cpu_key()}"
+
+
+def run_once(engine) -> CheckResult | None:
+    """:func:`run`, unless this install already passed it on this kind of CPU (then None: re-running an
+    install takes seconds). Another CPU, build or dtype is checked afresh: the crash this guards against
+    appeared only on some CPUs."""
+    marker = _marker(engine)
+    if marker.exists():
+        return None
+    result = run(engine)
+    marker.parent.mkdir(parents=True, exist_ok=True)
+    marker.write_text(f"{result.start_s:.1f} s to start, {result.completion_s:.2f} s to complete\n")
+    return result
+
+
+def _advice(engine: str) -> str:
+    if engine == "llamacpp":
+        return ("This llama.cpp build does not run on this CPU. Rebuild it: rag llm install --engine llamacpp "
+                "--rebuild (set RAG_LLAMA_CMAKE_ARGS for a CPU without AVX2), or use --engine vllm.")
+    return ("Reinstall it (rag llm install --engine vllm --rebuild), or use --engine llamacpp; "
+            "RAG_VLLM_DTYPE=float32 helps on CPUs without AVX512-BF16.")
