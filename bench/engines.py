@@ -83,7 +83,8 @@ def _prompt(tok, rng: random.Random, words: list[str], tokens: int) -> list[dict
 def _chat(base_url: str, msgs: list[dict], max_tokens: int) -> dict:
     t0 = time.perf_counter()
     ttft = None
-    usage = {}
+    usage: dict = {}
+    deltas = 0  # content pieces: one token each on both servers; llama-cpp-python sends no usage chunk
     with httpx.stream("POST", f"{base_url}/chat/completions", timeout=600, json={
             "model": MODEL_ALIAS, "messages": msgs, "max_tokens": max_tokens, "temperature": 0, "stream": True,
             "stream_options": {"include_usage": True}}) as r:
@@ -94,10 +95,12 @@ def _chat(base_url: str, msgs: list[dict], max_tokens: int) -> dict:
             d = json.loads(line[6:])
             if d.get("usage"):
                 usage = d["usage"]
-            if ttft is None and d.get("choices") and d["choices"][0].get("delta", {}).get("content"):
-                ttft = time.perf_counter() - t0
+            if d.get("choices") and d["choices"][0].get("delta", {}).get("content"):
+                deltas += 1
+                if ttft is None:
+                    ttft = time.perf_counter() - t0
     return {"ttft": ttft, "latency": time.perf_counter() - t0, "prompt_tokens": usage.get("prompt_tokens"),
-            "completion_tokens": usage.get("completion_tokens")}
+            "completion_tokens": usage.get("completion_tokens") or deltas}
 
 
 def _rss_mb(pid: int) -> float:
@@ -148,6 +151,7 @@ def measure(name: str, prompts: list[list[dict]], *, rounds: int, answer_tokens:
     finally:
         server.stop()
         log.close()
+    print(json.dumps(out), file=sys.stderr)
     return out
 
 

@@ -86,25 +86,66 @@ def _free_port() -> int:
 LLM_CTX = 2048
 
 
+def _engine_server(name: str, log_name: str, **kw):
+    """Start one engine's server for the session; a missing engine is installed (cached per machine), and one
+    that cannot start fails the tests that need it: CI must never pass by skipping them."""
+    from rag.local_llm import get_engine
+
+    engine = get_engine(name)
+    if not engine.installed():
+        engine.install(lambda line: print(line, file=sys.stderr))
+    port = _free_port()
+    log = open(Path(tempfile.gettempdir()) / f"onprem-rag-{log_name}-{port}.log", "w")
+    server = engine.server(port=port, n_ctx=LLM_CTX, log=log, **kw)
+    try:
+        server.start(timeout=engine.start_timeout)
+    except Exception as exc:
+        log.close()
+        pytest.fail(f"{engine.title} did not start: {exc}")
+    return server, log
+
+
 @pytest.fixture(scope="session")
 def llm_server():
     """A real OpenAI-compatible server: llama-cpp-python serving the packaged SmolLM2-135M GGUF."""
-    from rag.local_llm import LocalLLMError, LocalLLMServer
+    from rag.local_llm import LocalLLMServer, get_engine
 
+    engine = get_engine("llamacpp")
+    if not engine.installed():
+        engine.install(lambda line: print(line, file=sys.stderr))
     port = _free_port()
     log = open(Path(tempfile.gettempdir()) / f"onprem-rag-llm-{port}.log", "w")
-    try:
-        # Tests run one at a time: two threads for prompt processing nearly halve it (62 -> 115 tokens/s).
-        server = LocalLLMServer(port=port, n_ctx=LLM_CTX, threads=1, batch_threads=2, log=log)
-    except LocalLLMError as exc:
-        pytest.skip(f"demo LLM not installed: {exc}")
+    # Tests run one at a time: two threads for prompt processing nearly halve it (62 -> 115 tokens/s).
+    server = LocalLLMServer(port=port, n_ctx=LLM_CTX, threads=1, batch_threads=2, log=log)
     try:
         server.start()
-    except LocalLLMError as exc:
-        pytest.fail(str(exc))
+    except Exception as exc:
+        pytest.fail(f"the llama.cpp server did not start: {exc}")
     yield server.base_url
     server.stop()
     log.close()
+
+
+@pytest.fixture(scope="session")
+def vllm_process():
+    """vLLM's CPU build (its own venv, the GGUF converted once; rag/local_llm/vllm.py) serving the same model
+    with a window of LLM_CTX. Started once per session (~35-50 s, ~3.5 GB). A test may SIGSTOP/SIGCONT it,
+    never stop it."""
+    server, log = _engine_server("vllm", "vllm")
+    yield server
+    server.stop()
+    log.close()
+
+
+@pytest.fixture(scope="session")
+def vllm_server(vllm_process) -> str:
+    return vllm_process.base_url
+
+
+@pytest.fixture(params=["llamacpp", "vllm"])
+def any_llm(request) -> str:
+    """Each real server in turn (the test runs once per engine): llama-cpp-python, then vLLM."""
+    return request.getfixturevalue("llm_server" if request.param == "llamacpp" else "vllm_server")
 
 
 #: Who may read which sample document in ``group_index``, and the users of its users file.

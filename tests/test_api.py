@@ -17,9 +17,12 @@ from conftest import _free_port, rag_cmd
 QUESTION = "What is the hotel cap for business travel?"
 
 
-@pytest.fixture(scope="module")
-def api(sample_index, llm_server, tmp_path_factory):
+@pytest.fixture(scope="module", params=["llamacpp", "vllm"])
+def api(request, sample_index, tmp_path_factory):
+    """`rag serve` in front of each real LLM server in turn."""
     from rag.settings import Settings
+
+    llm_server = request.getfixturevalue("llm_server" if request.param == "llamacpp" else "vllm_server")
     from rag.store import open_store
 
     root = tmp_path_factory.mktemp("api")

@@ -9,6 +9,7 @@ template measurement done once). That a server really served a request is read f
 from __future__ import annotations
 
 import json
+import os
 import re
 import signal
 import threading
@@ -331,6 +332,36 @@ def test_a_recovered_server_is_used_again_after_the_cooldown(base, servers, warm
     s = by_url(r)[servers.url(down)]
     assert s["state"] == "closed" and s["requests"] >= 1 and s["last_ok_at"]
     assert servers.served(down) > served
+
+
+def test_failover_between_llama_cpp_and_vllm(base, servers, vllm_process):
+    """A pool of two different servers: llama-cpp-python first, vLLM as the fallback. Killed, the first hands
+    over to vLLM, whose prompt is packed for the window vLLM reports itself; a hung vLLM costs one timeout and
+    the question goes back to llama.cpp."""
+    servers.ensure_up()
+    a, v = servers.url(0), vllm_process.base_url
+    eps = [{"base_url": a, "context_window": CTX[0]}, {"base_url": v, "priority": 1}]
+    with pooled(base, eps, llm_failure_threshold=1, llm_cooldown_s=600, llm_context_window=None) as r:
+        first = r.ask(QUESTION)
+        assert first.endpoint == a and first.packing.context_window == CTX[0]
+        servers.kill(0)
+        x = r.ask(QUESTION)
+        assert x.text and x.endpoint == v and len(x.failovers) == 1 and a in x.failovers[0]
+        assert x.packing.context_window == 2048 and x.usage["prompt_tokens"] == x.packing.prompt_tokens
+        assert by_url(r)[v]["context_window"] == 2048 and by_url(r)[a]["state"] == "open"
+    servers.start(0)
+    eps = [{"base_url": v, "context_window": 2048}, {"base_url": a, "context_window": CTX[0], "priority": 1}]
+    with pooled(base, eps, llm_failure_threshold=1, llm_cooldown_s=600, llm_context_window=None,
+                llm_timeout=3.0) as r:
+        assert r.ask(QUESTION).endpoint == v
+        os.killpg(vllm_process.pid, signal.SIGSTOP)  # hung, not gone: the connection opens, nothing answers
+        try:
+            t = time.perf_counter()
+            x = r.ask("What is the hotel cap per night for business trips?")
+        finally:
+            os.killpg(vllm_process.pid, signal.SIGCONT)
+        assert x.endpoint == a and len(x.failovers) == 1 and v in x.failovers[0]
+        assert time.perf_counter() - t < 3.0 + 30
 
 
 def test_all_servers_down_is_one_clear_error(base, servers):

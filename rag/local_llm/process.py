@@ -139,15 +139,21 @@ class ServerProcess:
             except subprocess.TimeoutExpired:
                 self._signal_group(signal.SIGKILL)
                 self.proc.wait()
-        # Whatever it forked and left running (an engine worker whose parent crashed) goes with it.
+        # Whatever it forked and left running (an engine worker whose parent crashed) goes with it, and is gone
+        # when stop() returns: a restart on the same port, or a test counting processes, comes right after.
         self._signal_group(signal.SIGKILL)
+        deadline = time.monotonic() + 10
+        while self._signal_group(0) and time.monotonic() < deadline:
+            time.sleep(0.05)
 
-    def _signal_group(self, sig: int) -> None:
+    def _signal_group(self, sig: int) -> bool:
+        """Signal the server's process group; False when no process of it is left."""
         assert self.proc is not None
         try:
             os.killpg(self.proc.pid, sig)
         except (ProcessLookupError, PermissionError):
-            pass
+            return False
+        return True
 
     def __enter__(self) -> ServerProcess:
         return self.start() if self.proc is None else self

@@ -32,6 +32,8 @@ class SupervisorStatus:
     max_restarts: int = 0
     last_exit: str | None = None
     message: str = ""
+    #: The engine's server process (its process group holds the engine's workers); None between servers.
+    server_pid: int | None = None
     pid: int = field(default_factory=os.getpid)
     updated: float = field(default_factory=time.time)
 
@@ -112,8 +114,9 @@ class Supervisor:
         if self.status_path is None:
             return
         base_url = self.server.base_url if self.server is not None else ""
-        SupervisorStatus(state, self.engine, base_url, restarts=len(self._restarts),
-                         max_restarts=self.max_restarts, **kw).write(self.status_path)  # type: ignore[arg-type]
+        server_pid = self.server.pid if self.server is not None and self.server.poll() is None else None
+        SupervisorStatus(state, self.engine, base_url, restarts=len(self._restarts), max_restarts=self.max_restarts,
+                         server_pid=server_pid, **kw).write(self.status_path)  # type: ignore[arg-type]
 
     def start(self) -> ServerProcess:
         """Start the first server; a failure here is the caller's to report (nothing was serving yet)."""
@@ -135,6 +138,7 @@ class Supervisor:
             while True:
                 code = self.server.wait()
                 what = describe_exit(code)
+                self.server.stop()  # what the dead server forked (vLLM's engine core) goes too, freeing the port
                 now = time.monotonic()
                 self._restarts = [t for t in self._restarts if now - t < self.window_s]
                 if len(self._restarts) >= self.max_restarts:

