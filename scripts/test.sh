@@ -3,7 +3,8 @@
 # (embedded Qdrant, the packaged embedding model, real files).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/install.sh
+# Both demo engines: the tests run the chain, packing, API and failover against llama.cpp and vLLM.
+RAG_INSTALL_ENGINES=${RAG_INSTALL_ENGINES:-"vllm llamacpp"} bash scripts/install.sh
 # The browser test drives Debian's Chromium (Playwright never downloads a browser here).
 if [ ! -x /usr/bin/chromium ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
   (apt-get update -qq && apt-get install -y -qq --no-install-recommends chromium) >/dev/null 2>&1 \

@@ -133,7 +133,7 @@ def warm(servers):
 
 def pooled(base: RAG, endpoints: list[dict], **settings) -> RAG:
     """A RAG over the shared store with a pool made from settings (RAG_LLM_ENDPOINTS): new endpoint objects."""
-    return base.with_settings(llm_endpoints=endpoints, llm_timeout=60.0, **settings)
+    return base.with_settings(llm_endpoints=endpoints, **{"llm_timeout": 60.0, **settings})
 
 
 def pool_of(base: RAG, endpoints: list, priorities: list[int] | None = None, **kw) -> RAG:
@@ -350,18 +350,23 @@ def test_failover_between_llama_cpp_and_vllm(base, servers, vllm_process):
         assert x.packing.context_window == 2048 and x.usage["prompt_tokens"] == x.packing.prompt_tokens
         assert by_url(r)[v]["context_window"] == 2048 and by_url(r)[a]["state"] == "open"
     servers.start(0)
+    second = "What is the hotel cap per night for business trips?"
+    with pooled(base, [{"base_url": a, "context_window": CTX[0]}]) as ra:
+        ra.ask(second)  # A has the prompt in its cache: its answer after the failover is quick
     eps = [{"base_url": v, "context_window": 2048}, {"base_url": a, "context_window": CTX[0], "priority": 1}]
     with pooled(base, eps, llm_failure_threshold=1, llm_cooldown_s=600, llm_context_window=None,
-                llm_timeout=3.0) as r:
+                llm_timeout=10.0) as r:
         assert r.ask(QUESTION).endpoint == v
+        r.pool.member(a).endpoint.chat_overhead()  # measured while nothing hangs
         os.killpg(vllm_process.pid, signal.SIGSTOP)  # hung, not gone: the connection opens, nothing answers
         try:
             t = time.perf_counter()
-            x = r.ask("What is the hotel cap per night for business trips?")
+            x = r.ask(second)
         finally:
             os.killpg(vllm_process.pid, signal.SIGCONT)
-        assert x.endpoint == a and len(x.failovers) == 1 and v in x.failovers[0]
-        assert time.perf_counter() - t < 3.0 + 30
+        assert x.text and x.endpoint == a and len(x.failovers) == 1 and v in x.failovers[0]
+        assert "did not answer within 10 s" in x.failovers[0]
+        assert time.perf_counter() - t < 60
 
 
 def test_all_servers_down_is_one_clear_error(base, servers):

@@ -54,17 +54,6 @@ def answers(base_url: str, timeout: float = 2.0) -> bool:
         return False
 
 
-def _die_with_parent() -> None:
-    """In the child before exec: SIGTERM when the process that started it dies, even by SIGKILL. In its own
-    session a Ctrl-C no longer reaches the server directly, and a killed parent must not orphan a 3 GB server."""
-    try:
-        import ctypes
-
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):  # not Linux: the parent's stop() still applies
-        pass
-
-
 class ServerProcess:
     """A server command run as a child; ``start()`` returns once its API answers, or raises with the reason."""
 
@@ -94,9 +83,11 @@ class ServerProcess:
             raise LocalLLMError(f"something already answers on {self.base_url}; stop it or choose another --port")
         env = {**os.environ, **self.env} if self.env is not None else None
         # Its own process group: stopping it must also stop the workers a server forks (vLLM's engine core).
+        # (No PR_SET_PDEATHSIG against orphans: it fires when the *thread* that started the child ends, and
+        # servers are started from worker threads, e.g. two at once in tests/test_failover.py.)
         self.proc = subprocess.Popen(self.command, stdout=self.log or subprocess.DEVNULL,
                                      stderr=subprocess.STDOUT if self.log else subprocess.DEVNULL, env=env,
-                                     start_new_session=True, preexec_fn=_die_with_parent)
+                                     start_new_session=True)
         try:
             self._await_ready(timeout)
         except BaseException:  # Ctrl-C while loading included: never leave the server behind
