@@ -800,8 +800,7 @@ def llm_install(engine: EngineOption = "", rebuild: Annotated[bool, typer.Option
         if rebuild and eng.name == "llamacpp":
             llamacpp.install(_say, force=True)
         eng.install(_say)
-        _say(f"checking {eng.title} with one tiny completion…")
-        result = selfcheck.run(eng) if rebuild else selfcheck.run_once(eng)
+        result = selfcheck.run(eng, say=_say) if rebuild else selfcheck.run_once(eng, say=_say)
     except RagError as exc:
         raise _fail(exc) from None
     if result is None:

@@ -100,7 +100,7 @@ def test_demo_answers_survives_a_model_crash_and_ctrl_c_stops_all(tmp_path):
                 page.screenshot(path=str(tmp_path / "demo.png"), full_page=True)
                 browser.close()
             out = log_path.read_text()
-            assert re.search(r"exited with signal SIGSEGV \(crashed\); restarting in \d+ s \(restart 1 of", out), out
+            assert re.search(r"exited with a crash \(SIGSEGV\); restarting in \d+ s \(restart 1 of", out), out
             back = _status(data)
             assert "is back on" in out and back["restarts"] == 1 and back["server_pid"] != before["server_pid"]
 

@@ -32,7 +32,7 @@ def engine_home() -> Path:
 
 
 def describe_exit(code: int | None) -> str:
-    """"code 1", or "signal SIGSEGV (crashed)" for a negative code: a crash reads differently from a refusal."""
+    """"code 1", "signal SIGKILL", or "a crash (SIGSEGV)": a crash reads differently from a refusal."""
     if code is None:
         return "still running"
     if code < 0:
@@ -40,9 +40,9 @@ def describe_exit(code: int | None) -> str:
             name = signal.Signals(-code).name
         except ValueError:
             name = f"signal {-code}"
-        crash = " (crashed)" if -code in (signal.SIGSEGV, signal.SIGILL, signal.SIGBUS, signal.SIGFPE,
-                                          signal.SIGABRT) else ""
-        return f"signal {name}{crash}"
+        if -code in (signal.SIGSEGV, signal.SIGILL, signal.SIGBUS, signal.SIGFPE, signal.SIGABRT):
+            return f"a crash ({name})"
+        return f"signal {name}"
     return f"code {code}"
 
 
@@ -57,7 +57,7 @@ def answers(base_url: str, timeout: float = 2.0) -> bool:
 class ServerProcess:
     """A server command run as a child; ``start()`` returns once its API answers, or raises with the reason."""
 
-    #: Shown in messages ("the demo LLM server (llama.cpp) exited with signal SIGSEGV (crashed)").
+    #: Shown in messages ("the demo LLM server (llama.cpp) exited with a crash (SIGSEGV)").
     label = "the demo LLM server"
 
     def __init__(self, command: Sequence[str], *, host: str, port: int, env: Mapping[str, str] | None = None,

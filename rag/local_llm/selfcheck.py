@@ -35,8 +35,10 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def run(engine, *, n_ctx: int = 512) -> CheckResult:  # engine: rag.local_llm.Engine
+def run(engine, *, n_ctx: int = 512, say=None) -> CheckResult:  # engine: rag.local_llm.Engine
     """Raises LocalLLMError naming what failed and what to do."""
+    if say is not None:
+        say(f"checking {engine.title} on this CPU with one tiny completion…")
     with tempfile.NamedTemporaryFile("w+", prefix=f"rag-llm-check-{engine.name}-", suffix=".log",
                                      delete=False) as log:
         server = engine.server(port=_free_port(), n_ctx=n_ctx, log=log)
@@ -90,14 +92,14 @@ def _marker(engine) -> Path:
     return engine_home() / "checked" / f"{engine.name}-{fp}-cpu-{cpu_key()}"
 
 
-def run_once(engine) -> CheckResult | None:
+def run_once(engine, say=None) -> CheckResult | None:
     """:func:`run`, unless this install already passed it on this kind of CPU (then None: re-running an
     install takes seconds). Another CPU, build or dtype is checked afresh: the crash this guards against
     appeared only on some CPUs."""
     marker = _marker(engine)
     if marker.exists():
         return None
-    result = run(engine)
+    result = run(engine, say=say)
     marker.parent.mkdir(parents=True, exist_ok=True)
     marker.write_text(f"{result.start_s:.1f} s to start, {result.completion_s:.2f} s to complete\n")
     return result

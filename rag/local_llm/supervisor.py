@@ -61,8 +61,8 @@ class SupervisorStatus:
         """One sentence for a user whose question could not be answered, or None when the state explains
         nothing (the model is ready, so the failure is something else)."""
         if self.state == "restarting":
-            return (f"The language model stopped ({self.last_exit}) and is restarting (attempt {self.restarts} of "
-                    f"{self.max_restarts}); ask again in a moment.")
+            return (f"The language model stopped with {self.last_exit} and is restarting (attempt {self.restarts} "
+                    f"of {self.max_restarts}); ask again in a moment.")
         if self.state == "starting":
             return "The language model is starting; ask again in a moment."
         if self.state == "failed":
