@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
 import platform
 import shutil
 import tempfile
 import threading
-from collections.abc import Sequence
+import warnings
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
@@ -155,6 +157,41 @@ class SentenceTransformerEmbedder:
         return np.asarray(vec[0], dtype=np.float32)
 
 
+@contextlib.contextmanager
+def _quiet_export() -> Iterator[None]:
+    """What the one-time ONNX export makes third parties print, silenced where it is emitted, for this export only:
+    sentence-transformers' "No 'model.onnx' found ... Exporting" and "Saving the exported ONNX model is heavily
+    recommended" (we do save it, under the models dir), transformers' "`torch_dtype` is deprecated" (said by
+    optimum's exporter, not us) and torch's TracerWarning from tracing the attention mask. Our own line says
+    what is happening instead. ``rag -v`` shows them all."""
+    if log.isEnabledFor(logging.DEBUG):
+        yield
+        return
+    import torch
+
+    loggers = [logging.getLogger(n) for n in ("sentence_transformers.backend.utils", "sentence_transformers",
+                                              "transformers", "optimum")]
+    levels = [lg.level for lg in loggers]
+    try:
+        from transformers.utils import logging as hf_logging
+
+        hf_verbosity = hf_logging.get_verbosity()
+        hf_logging.set_verbosity_error()  # transformers' own handler ignores the stdlib level we set
+    except ImportError:  # pragma: no cover - transformers always comes with sentence-transformers
+        hf_logging, hf_verbosity = None, None
+    for lg in loggers:
+        lg.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
+            yield
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
+        if hf_logging is not None and hf_verbosity is not None:
+            hf_logging.set_verbosity(hf_verbosity)
+
+
 def _load_onnx_int8(path: str, model_name: str, models_dir: Path):
     """Export the model to ONNX and quantize it to int8 once, into the data dir; reuse it afterwards."""
     from sentence_transformers import SentenceTransformer, export_dynamic_quantized_onnx_model
@@ -167,12 +204,15 @@ def _load_onnx_int8(path: str, model_name: str, models_dir: Path):
     models_dir.mkdir(parents=True, exist_ok=True)
     with FileLock(str(models_dir / ".export.lock")):  # two processes starting at once export it once
         if not (out / file_name).exists():
-            log.warning("exporting embedding model %s to int8 ONNX under %s (once, a few seconds)", model_name, out)
+            log.warning("preparing the embedding model %s for this CPU: int8 ONNX export under %s (once, "
+                        "about 10 seconds)", model_name, out)
             tmp = Path(tempfile.mkdtemp(prefix=".export-", dir=models_dir))
             try:
-                fp32 = SentenceTransformer(path, device="cpu", backend="onnx")
-                fp32.save_pretrained(str(tmp))
-                export_dynamic_quantized_onnx_model(fp32, quantization_config=target, model_name_or_path=str(tmp))
+                with _quiet_export():
+                    fp32 = SentenceTransformer(path, device="cpu", backend="onnx")
+                    fp32.save_pretrained(str(tmp))
+                    export_dynamic_quantized_onnx_model(fp32, quantization_config=target,
+                                                        model_name_or_path=str(tmp))
                 if out.exists():
                     shutil.rmtree(out)
                 tmp.rename(out)  # atomic: a crash mid-export never leaves a half-written model in place
