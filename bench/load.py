@@ -9,7 +9,7 @@ LLM server, or the ``rag serve`` log it captured holds a traceback. Run from the
     .venv/bin/python bench/load.py --api-url https://rag.example.com --api-key sk-... --concurrency 4
 
 Set-up (default): a temporary data dir; ``rag ingest sample_docs/``; ``rag llm serve`` (the tiny SmolLM2-135M on
-llama-cpp-python, ``--ctx`` tokens, ``--llm-threads``/``--llm-batch-threads``) on a free port, unless
+``--llm-engine`` vllm or llamacpp, ``--ctx`` tokens, ``--llm-threads`` for llamacpp) on a free port, unless
 ``--llm-url`` names an LLM server already running (vLLM, Ollama...); ``rag serve`` on a free port against it
 (``RAG_AUTH=none``, ``RAG_LLM_MAX_TOKENS=--max-tokens``, ``RAG_LLM_TEMPERATURE=0``, ``RAG_LLM_CONTEXT_WINDOW=--ctx``
 when given or when the local LLM is used), unless ``--api-url`` names a running deployment (then ``--api-key``;
@@ -374,16 +374,16 @@ def setup(args, work: Path, children: Children, res: dict) -> tuple[str, Path | 
         ctx = ctx or 1024
         port = free_port()
         llm_log = work / "llm.log"
-        _log(f"starting rag llm serve on port {port} (ctx {ctx}, threads {args.llm_threads}/"
-             f"{args.llm_batch_threads}) ...")
+        _log(f"starting rag llm serve --engine {args.llm_engine} on port {port} (ctx {ctx}) ...")
         t = time.perf_counter()
-        proc = children.start("llm", [str(RAG), "--verbose", "llm", "serve", "--port", str(port), "--ctx", str(ctx),
-                                      "--threads", str(args.llm_threads), "--batch-threads",
-                                      str(args.llm_batch_threads)], env, llm_log, work)
+        threads = ["--threads", str(args.llm_threads)] if args.llm_engine == "llamacpp" else []
+        proc = children.start("llm", [str(RAG), "--verbose", "llm", "serve", "--engine", args.llm_engine, "--port",
+                                      str(port), "--ctx", str(ctx), *threads], env, llm_log, work)
         llm_url = f"http://127.0.0.1:{port}/v1"
-        wait_http(f"{llm_url}/models", proc, llm_log, 300, "rag llm serve")
+        wait_http(f"{llm_url}/models", proc, llm_log, 600, "rag llm serve")
         res["setup"]["llm_start_s"] = round(time.perf_counter() - t, 1)
-        res["setup"]["llm_threads"] = f"{args.llm_threads}/{args.llm_batch_threads}"
+        res["setup"]["llm_engine"] = args.llm_engine
+        res["setup"]["llm_threads"] = str(args.llm_threads) if threads else "all cores"
         res["setup"]["llm_command"] = llama_command(proc.pid)
     res["setup"]["llm_url"] = llm_url
     env.update({"RAG_DATA_DIR": str(work / "data"), "RAG_LLM_BASE_URL": llm_url, "RAG_AUTH": "none",
@@ -431,8 +431,9 @@ def main(argv: list[str] | None = None) -> int:
                     help="context window: the local LLM's --ctx and RAG_LLM_CONTEXT_WINDOW (default 1024 with the "
                          "local LLM; with --llm-url unset, i.e. what the server reports)")
     ap.add_argument("--max-tokens", type=int, default=48, help="RAG_LLM_MAX_TOKENS of the API started here (48)")
-    ap.add_argument("--llm-threads", type=int, default=1, help="local LLM --threads (1)")
-    ap.add_argument("--llm-batch-threads", type=int, default=1, help="local LLM --batch-threads (1)")
+    ap.add_argument("--llm-threads", type=int, default=1, help="local LLM --threads, llamacpp engine only (1)")
+    ap.add_argument("--llm-engine", choices=["vllm", "llamacpp"], default="vllm",
+                    help="engine of the local LLM started here (vllm)")
     ap.add_argument("--timeout", type=float, default=600, help="seconds per chat before it counts as failed")
     ap.add_argument("--json", action="store_true", help="print one JSON object on stdout instead of the table")
     ap.add_argument("--keep", action="store_true", help="keep the temp dir (data, llm.log, serve.log)")
@@ -563,9 +564,12 @@ def print_table(res: dict) -> None:
         if "llm_start_s" in s:
             cmd = s.get("llm_command") or ""
             m = re.search(r"--interrupt_requests (\S+)", cmd)
-            out.append(f"local LLM: SmolLM2-135M on llama-cpp-python (--n_ctx {s['context_window']}, threads "
-                       f"{s['llm_threads']}), interrupt_requests "
-                       f"{m.group(1) if m else 'True (llama-cpp-python default)' if cmd else '?'}")
+            if s.get("llm_engine") == "llamacpp":
+                out.append(f"local LLM: SmolLM2-135M on llama-cpp-python (--n_ctx {s['context_window']}, threads "
+                           f"{s['llm_threads']}), interrupt_requests "
+                           f"{m.group(1) if m else 'True (llama-cpp-python default)' if cmd else '?'}")
+            else:
+                out.append(f"local LLM: SmolLM2-135M on vLLM (CPU), max_model_len {s['context_window']}")
     w = res.get("warmup") or {}
     if w:
         out.append(f"warm-up chat: {_f(w.get('latency_s'), 1)} s, {w.get('completion_tokens')} tokens (not counted)")
