@@ -845,11 +845,16 @@ def llm_serve(
     eng = _engine(engine)
     settings = _settings()
     log = sys.stderr if _state["verbose"] else None
-    supervisor = Supervisor(lambda: eng.server(host=host, port=port, n_ctx=ctx, threads=threads, log=log),
+    # die_with_parent: started (and restarted) from this main thread, the server gets SIGTERM even if we are
+    # SIGKILLed; it runs in a session of its own, so nothing else would stop it.
+    supervisor = Supervisor(lambda: eng.server(host=host, port=port, n_ctx=ctx, threads=threads, log=log,
+                                               die_with_parent=True),
                             engine=eng.name, start_timeout=eng.start_timeout, max_restarts=max_restarts,
                             status_path=status_path(settings.data_dir), say=_say)
-    # A supervisor (scripts/demo.sh, systemd) stops us with SIGTERM: stop the server too, never orphan it.
+    # A supervisor (scripts/demo.sh, systemd) stops us with SIGTERM, a closed terminal with SIGHUP: stop the
+    # server too, never orphan it.
     signal.signal(signal.SIGTERM, _interrupt)
+    signal.signal(signal.SIGHUP, _interrupt)
     try:
         if not eng.installed():
             eng.install(_say)

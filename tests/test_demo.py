@@ -107,8 +107,12 @@ def test_demo_answers_survives_a_model_crash_and_ctrl_c_stops_all(tmp_path):
             os.killpg(proc.pid, signal.SIGINT)
             assert proc.wait(timeout=60) == 130
         finally:
-            if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGKILL)
+            if proc.poll() is None:  # a failed assertion: stop it as Ctrl-C would, then for sure
+                os.killpg(proc.pid, signal.SIGINT)
+                try:
+                    proc.wait(timeout=60)
+                except subprocess.TimeoutExpired:
+                    os.killpg(proc.pid, signal.SIGKILL)
     time.sleep(1)
     assert not _up(llm) and not _up(ui), "something the demo started is still serving"
     left = subprocess.run(["pgrep", "-f", "--", f"--port {llm_port}|server.port {ui_port}"], capture_output=True,

@@ -91,6 +91,26 @@ def test_a_crashed_server_is_restarted_and_the_restarts_are_bounded(tmp_path):
             proc.kill()
 
 
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGHUP])
+def test_the_server_does_not_outlive_a_killed_or_hung_up_supervisor(sig, tmp_path):
+    """`rag llm serve` SIGKILLed (no cleanup possible) or its terminal closed: the engine's server, in a session
+    of its own, must still go (it holds the port and, for vLLM, 3.5 GB)."""
+    port = _free_port()
+    proc = subprocess.Popen([str(Path(sys.executable).parent / "rag"), "llm", "serve", "--engine", "llamacpp",
+                             "--port", str(port)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env={**os.environ, "RAG_DATA_DIR": str(tmp_path)})
+    while "demo LLM ready" not in (line := proc.stdout.readline()):
+        assert line, "exited before it was ready"
+    server_pid = json.loads((tmp_path / "llm-status.json").read_text())["server_pid"]
+    proc.send_signal(sig)
+    proc.wait(timeout=60)
+    deadline = time.time() + 30
+    while subprocess.run(["pgrep", "-g", str(server_pid)], capture_output=True).returncode == 0:
+        assert time.time() < deadline, "the engine's server outlived its supervisor"
+        time.sleep(0.2)
+    assert _models(f"http://127.0.0.1:{port}/v1/models") is None
+
+
 def test_check_runs_one_completion_on_each_engine():
     for engine in ("llamacpp", "vllm"):
         res = rag_cmd("llm", "check", "--engine", engine)

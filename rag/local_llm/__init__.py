@@ -44,7 +44,9 @@ class Engine(Protocol):
     def install(self, say: Callable[[str], None] = print) -> None: ...
 
     def server(self, *, host: str = "127.0.0.1", port: int = 8080, n_ctx: int = DEFAULT_CONTEXT,
-               threads: int | None = None, log: IO | None = None) -> ServerProcess: ...
+               threads: int | None = None, log: IO | None = None, die_with_parent: bool = False) -> ServerProcess:
+        """The server, not started yet; ``die_with_parent`` see :class:`ServerProcess`."""
+        ...
 
 
 ENGINES: dict[str, Engine] = {"vllm": VllmEngine(), "llamacpp": LlamaCppEngine()}

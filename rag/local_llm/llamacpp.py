@@ -21,6 +21,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from importlib import metadata
 from pathlib import Path
@@ -115,6 +116,7 @@ def install(say: Say = print, *, force: bool = False) -> None:
     pattern = f"llama_cpp_python-{version or '*'}-*.whl"
     wheels = sorted(house.glob(pattern))
     if force or not wheels:
+        started = time.monotonic()
         say(f"building llama.cpp portably ({req}; about 9 minutes on 2 cores, once; flags: {cmake_args()})")
         env = {**os.environ, "CMAKE_ARGS": cmake_args(),
                "CMAKE_BUILD_PARALLEL_LEVEL": os.environ.get("CMAKE_BUILD_PARALLEL_LEVEL", str(os.cpu_count() or 2))}
@@ -123,6 +125,7 @@ def install(say: Say = print, *, force: bool = False) -> None:
         wheels = sorted(house.glob(pattern))
         if not wheels:
             raise LocalLLMError(f"building llama-cpp-python left no wheel in {house}")
+        say(f"  built in {time.monotonic() - started:.0f} s")
     say(f"installing {wheels[-1].name} (portable build)")
     extras = req[req.index("["):req.index("]") + 1] if "[" in req else ""
     # The wheel's own dependencies (and the [server] extra's) come from the registry as usual.
@@ -166,9 +169,11 @@ class LocalLLMServer(ServerProcess):
     label = "the demo LLM server (llama.cpp)"
 
     def __init__(self, *, host: str = "127.0.0.1", port: int = 8080, n_ctx: int = DEFAULT_CONTEXT,
-                 threads: int = 1, batch_threads: int | None = None, log: IO | None = None) -> None:
+                 threads: int = 1, batch_threads: int | None = None, log: IO | None = None,
+                 die_with_parent: bool = False) -> None:
         super().__init__(server_command(host=host, port=port, n_ctx=n_ctx, threads=threads,
-                                        batch_threads=batch_threads), host=host, port=port, log=log)
+                                        batch_threads=batch_threads), host=host, port=port, log=log,
+                         die_with_parent=die_with_parent)
 
 
 class LlamaCppEngine:
@@ -189,6 +194,7 @@ class LlamaCppEngine:
         install(say)
 
     def server(self, *, host: str = "127.0.0.1", port: int = 8080, n_ctx: int = DEFAULT_CONTEXT,
-               threads: int | None = None, log: IO | None = None) -> ServerProcess:
+               threads: int | None = None, log: IO | None = None, die_with_parent: bool = False) -> ServerProcess:
         n = threads or min(2, os.cpu_count() or 1)
-        return LocalLLMServer(host=host, port=port, n_ctx=n_ctx, threads=n, batch_threads=n, log=log)
+        return LocalLLMServer(host=host, port=port, n_ctx=n_ctx, threads=n, batch_threads=n, log=log,
+                              die_with_parent=die_with_parent)

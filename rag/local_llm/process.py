@@ -54,6 +54,16 @@ def answers(base_url: str, timeout: float = 2.0) -> bool:
         return False
 
 
+def _terminate_with_parent() -> None:
+    """In the child, before exec (Linux): SIGTERM when the starting thread dies."""
+    try:
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):  # not Linux: the parent's stop() is all there is
+        pass
+
+
 class ServerProcess:
     """A server command run as a child; ``start()`` returns once its API answers, or raises with the reason."""
 
@@ -61,12 +71,17 @@ class ServerProcess:
     label = "the demo LLM server"
 
     def __init__(self, command: Sequence[str], *, host: str, port: int, env: Mapping[str, str] | None = None,
-                 log: IO | None = None, label: str | None = None) -> None:
+                 log: IO | None = None, label: str | None = None, die_with_parent: bool = False) -> None:
         self.command = list(command)
         self.host, self.port = host, port
         self.env = dict(env) if env is not None else None
         self.log = log
         self.label = label or self.label
+        #: SIGTERM the server when the thread that started it ends (PR_SET_PDEATHSIG): for ``rag llm serve``,
+        #: whose main thread starts it, so that even a SIGKILLed supervisor leaves no 3.5 GB server behind in
+        #: a session of its own. Not for servers started from short-lived threads (the signal would come
+        #: when that thread ends, not the process).
+        self.die_with_parent = die_with_parent
         self.proc: subprocess.Popen | None = None
 
     @property
@@ -83,11 +98,10 @@ class ServerProcess:
             raise LocalLLMError(f"something already answers on {self.base_url}; stop it or choose another --port")
         env = {**os.environ, **self.env} if self.env is not None else None
         # Its own process group: stopping it must also stop the workers a server forks (vLLM's engine core).
-        # (No PR_SET_PDEATHSIG against orphans: it fires when the *thread* that started the child ends, and
-        # servers are started from worker threads, e.g. two at once in tests/test_failover.py.)
         self.proc = subprocess.Popen(self.command, stdout=self.log or subprocess.DEVNULL,
                                      stderr=subprocess.STDOUT if self.log else subprocess.DEVNULL, env=env,
-                                     start_new_session=True)
+                                     start_new_session=True,
+                                     preexec_fn=_terminate_with_parent if self.die_with_parent else None)
         try:
             self._await_ready(timeout)
         except BaseException:  # Ctrl-C while loading included: never leave the server behind

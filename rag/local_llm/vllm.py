@@ -167,11 +167,12 @@ class VllmEngine:
         install(say)
 
     def server(self, *, host: str = "127.0.0.1", port: int = 8080, n_ctx: int = DEFAULT_CONTEXT,
-               threads: int | None = None, log: IO | None = None) -> ServerProcess:
+               threads: int | None = None, log: IO | None = None, die_with_parent: bool = False) -> ServerProcess:
         # A thread cap meant for our own process (the embedder's) must not reach the engine's OMP pool.
         base = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
         return ServerProcess(server_command(host=host, port=port, n_ctx=n_ctx), host=host, port=port,
-                             env={**base, **server_env()}, log=log, label="the demo LLM server (vLLM)")
+                             env={**base, **server_env()}, log=log, label="the demo LLM server (vLLM)",
+                             die_with_parent=die_with_parent)
 
 
 def remove() -> None:
