@@ -6,15 +6,13 @@ The chain, packing, API and failover tests run against it too (parametrized); th
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import httpx
 
 from rag.endpoints import OpenAICompatibleEndpoint
 from rag.local_llm import MODEL_ALIAS
 
-from conftest import LLM_CTX, ROOT
+from conftest import LLM_CTX
 
 
 def test_discovers_vllm_window_and_tokenizer(vllm_server):
@@ -60,16 +58,3 @@ def test_overlong_prompt_is_a_400_naming_the_window(vllm_server):
     r = httpx.post(f"{vllm_server}/chat/completions", timeout=60, json={
         "model": MODEL_ALIAS, "max_tokens": 4, "messages": [{"role": "user", "content": "word " * (LLM_CTX + 50)}]})
     assert r.status_code == 400 and parse_overflow(r.json()["error"]["message"]) == LLM_CTX
-
-
-def test_load_bench_against_vllm_batches_and_loses_nothing(vllm_server, tmp_path):
-    """bench/load.py through `rag serve` against vLLM: no error, no cut stream, and 4 chats at once finish
-    sooner than 4 one after the other (vLLM batches them; llama-cpp-python would queue them)."""
-    proc = subprocess.run([sys.executable, str(ROOT / "bench" / "load.py"), "--llm-url", vllm_server,
-                           "--concurrency", "1,4", "--requests", "4", "--max-tokens", "24", "--json"],
-                          capture_output=True, text=True, timeout=900, cwd=ROOT)
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
-    levels = {lv["concurrency"]: lv for lv in json.loads(proc.stdout)["levels"]}
-    # (Not "short_answers": vLLM's greedy text may differ between batch sizes, so lengths are not comparable.)
-    assert all(lv["errors"] == 0 and lv["ok"] == 4 for lv in levels.values()), levels
-    assert levels[4]["wall_s"] < 0.8 * levels[1]["wall_s"], levels
