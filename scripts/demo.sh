@@ -7,12 +7,22 @@
 # LLM did: the demo ends when the UI ends (or on Ctrl-C).
 #
 # With RAG_LLM_BASE_URL already set (vLLM, Ollama, llama.cpp...), that server is used and no demo LLM starts.
-# RAG_DEMO_ENGINE: vllm (default) or llamacpp. Ports: RAG_DEMO_LLM_PORT (8080) and RAG_DEMO_UI_PORT (8501);
-# RAG_DEMO_HOST=0.0.0.0 lets colleagues connect.
+# RAG_DEMO_ENGINE: vllm or llamacpp; unset, vLLM, or llama.cpp where vLLM does not install or run (its check
+# failed, said above). Ports: RAG_DEMO_LLM_PORT (8080) and RAG_DEMO_UI_PORT (8501); RAG_DEMO_HOST=0.0.0.0 lets
+# colleagues connect.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-engine=${RAG_DEMO_ENGINE:-vllm}
-RAG_INSTALL_ENGINES=${RAG_INSTALL_ENGINES:-$engine} bash scripts/install.sh
+RAG_INSTALL_ENGINES=${RAG_DEMO_ENGINE:-} bash scripts/install.sh
+engine=${RAG_DEMO_ENGINE:-}
+if [ -z "$engine" ] && [ -z "${RAG_LLM_BASE_URL:-}" ]; then
+  if .venv/bin/rag llm install --engine vllm; then
+    engine=vllm
+  else
+    echo "== vLLM cannot serve the demo on this machine (see above); using llama.cpp instead"
+    .venv/bin/rag llm install --engine llamacpp
+    engine=llamacpp
+  fi
+fi
 export RAG_DATA_DIR=${RAG_DATA_DIR:-.rag}
 llm_port=${RAG_DEMO_LLM_PORT:-8080}
 ui_port=${RAG_DEMO_UI_PORT:-8501}

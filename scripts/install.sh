@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs everything onprem-rag needs into ./.venv on a fresh machine (Python 3.11 with pip), plus the demo
-# LLM's engines (RAG_INSTALL_ENGINES, default "vllm"; the tests want "vllm llamacpp"), each checked with one
+# LLM's engines (RAG_INSTALL_ENGINES, default "vllm", may be empty; the tests want "vllm llamacpp"), each checked with one
 # tiny completion on this CPU: an engine that would crash here fails the install, with the reason.
 # Idempotent: a second run takes seconds. Needs no network beyond the package registries.
 set -euo pipefail
@@ -20,6 +20,6 @@ if ! { command -v tesseract && command -v strace; } >/dev/null 2>&1 && [ "$(id -
 fi
 # The demo LLM's engines (rag/local_llm/): vLLM in a venv of its own (~3 min once), llama.cpp built portably
 # (~9 min once). Both are cached outside the checkout (~/.cache/onprem-rag), so clones share them.
-for engine in ${RAG_INSTALL_ENGINES:-vllm}; do
+for engine in ${RAG_INSTALL_ENGINES-vllm}; do
   .venv/bin/rag llm install --engine "$engine"
 done

@@ -121,3 +121,46 @@ def test_demo_answers_survives_a_model_crash_and_ctrl_c_stops_all(tmp_path):
     group = subprocess.run(["pgrep", "-g", str(back["server_pid"])], capture_output=True, text=True)
     assert not left.stdout.strip() and not group.stdout.strip(), f"left behind: {left.stdout} {group.stdout}"
     assert "demo stopped" in log_path.read_text()
+
+
+@pytest.mark.slow
+def test_demo_falls_back_to_llama_cpp_where_vllm_cannot_run(tmp_path):
+    """vLLM failing its install/check on this machine (forced here with a dtype torch does not have) leaves a
+    working demo on llama.cpp, said on the terminal."""
+    from playwright.sync_api import expect, sync_playwright
+
+    from test_ui_browser import _chromium
+
+    llm_port, ui_port = _free_port(), _free_port()
+    data = tmp_path / "data"
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("RAG_LLM_", "RAG_DEMO_"))}
+    env |= {"RAG_DATA_DIR": str(data), "RAG_DEMO_LLM_PORT": str(llm_port), "RAG_DEMO_UI_PORT": str(ui_port),
+            "RAG_VLLM_DTYPE": "int3", "RAG_LLM_TEMPERATURE": "0", "RAG_LLM_MAX_TOKENS": "24"}
+    log_path = tmp_path / "demo.log"
+    llm, ui = f"http://127.0.0.1:{llm_port}/v1/models", f"http://127.0.0.1:{ui_port}/_stcore/health"
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen(["bash", str(ROOT / "scripts" / "demo.sh")], env=env, stdout=log,
+                                stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            _wait("LLM and UI", lambda: _up(llm) and _up(ui), log_path, proc, 1200)
+            out = log_path.read_text()
+            assert "vLLM setup failed while converting the model" in out
+            assert "vLLM cannot serve the demo on this machine (see above); using llama.cpp instead" in out
+            assert _status(data)["engine"] == "llamacpp"
+            with sync_playwright() as pw:
+                browser = _chromium(pw)
+                page = browser.new_page(viewport={"width": 1280, "height": 1000})
+                page.goto(f"http://127.0.0.1:{ui_port}")
+                answer = _ask(page, "How many vacation days do full-time employees get?", 1)
+                expect(answer.get_by_test_id("stExpander").first).to_be_visible(timeout=240_000)
+                browser.close()
+            os.killpg(proc.pid, signal.SIGINT)
+            assert proc.wait(timeout=60) == 130
+        finally:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGINT)
+                try:
+                    proc.wait(timeout=60)
+                except subprocess.TimeoutExpired:
+                    os.killpg(proc.pid, signal.SIGKILL)
+    assert not _up(llm) and not _up(ui)
