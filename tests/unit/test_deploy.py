@@ -23,7 +23,8 @@ import yaml
 
 from rag.settings import PACKAGED_EMBEDDING_MODEL, Settings
 
-ROOT = Path(__file__).resolve().parent.parent
+from conftest import ROOT
+
 DEPLOY = ROOT / "deploy"
 K8S = DEPLOY / "k8s"
 COMPOSE_FILE = DEPLOY / "docker-compose.yml"
