@@ -29,6 +29,7 @@ import uuid
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+import cachetools
 import httpx
 
 from rag.errors import RagError
@@ -128,8 +129,10 @@ class OpenAICompatibleEndpoint:
         self._lock = threading.Lock()
         self._learned_window: int | None = None
         self._overhead: ChatOverhead | None = None
-        self._counts: dict[str, int] = {}
-        self._counts_lock = threading.Lock()  # the API counts for several requests at once
+        # LRU: the chunks of popular documents stay. cachetools' caches are not thread-safe, and the API counts
+        # for several requests at once, hence the lock.
+        self._counts: cachetools.LRUCache[str, int] = cachetools.LRUCache(maxsize=_COUNT_CACHE_SIZE)
+        self._counts_lock = threading.Lock()
         self._tokenizer_down_until = 0.0
         self._at = 0.0
 
@@ -293,15 +296,14 @@ class OpenAICompatibleEndpoint:
         Counts are cached: the same chunks come back question after question."""
         if not text:
             return 0
-        cached = self._counts.get(text)
+        with self._counts_lock:
+            cached = self._counts.get(text)
         if cached is not None:
             return cached
         n = self._count_uncached(text)
         if n is None:  # the server could not be asked: an estimate, not kept
             return estimate_tokens(text)
         with self._counts_lock:
-            while len(self._counts) >= _COUNT_CACHE_SIZE:
-                self._counts.pop(next(iter(self._counts)))
             self._counts[text] = n
         return n
 

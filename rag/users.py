@@ -26,7 +26,7 @@ import secrets
 import tempfile
 import time
 import tomllib
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -310,45 +310,25 @@ class UserDirectory:
 
 
 # --- the file format --------------------------------------------------------------------------------------
-# tomllib reads TOML but the standard library cannot write it, and this tiny subset is easier to keep right than
-# a new dependency: quoted keys, strings, booleans and arrays of strings or inline tables.
-
-
-def _toml_str(s: str) -> str:
-    out = []
-    for c in s:
-        if c == '"':
-            out.append('\\"')
-        elif c == "\\":
-            out.append("\\\\")
-        elif ord(c) < 0x20 or ord(c) == 0x7F:  # TOML forbids raw control characters (tab aside) in strings
-            out.append(f"\\u{ord(c):04X}")
-        else:
-            out.append(c)
-    return '"' + "".join(out) + '"'
-
-
-def _toml_list(items: Iterable[str]) -> str:
-    return "[" + ", ".join(_toml_str(i) for i in items) + "]"
 
 
 def dump_users(users: dict[str, User]) -> str:
-    parts = [_HEADER]
+    """The users file's text: the explanatory header, then one ``[users."name"]`` table per user (tomli-w)."""
+    import tomli_w
+
+    table: dict[str, dict] = {}
     for name in sorted(users):
         u = users[name]
-        lines = [f"[users.{_toml_str(name)}]", f"groups = {_toml_list(u.groups)}"]
+        entry: dict = {"groups": list(u.groups)}
         if u.password_hash is not None:
-            lines.append(f"password_hash = {_toml_str(u.password_hash)}")
-        lines.append(f"disabled = {'true' if u.disabled else 'false'}")
+            entry["password_hash"] = u.password_hash
+        entry["disabled"] = u.disabled
         if u.created is not None:
-            lines.append(f"created = {_toml_str(u.created)}")
+            entry["created"] = u.created
         if u.api_keys:
-            lines.append("api_keys = [")
-            lines += [f"  {{ id = {_toml_str(k.id)}, sha256 = {_toml_str(k.sha256)}, "
-                      f"created = {_toml_str(k.created)} }}," for k in u.api_keys]
-            lines.append("]")
-        parts.append("\n".join(lines) + "\n")
-    return "\n".join(parts)
+            entry["api_keys"] = [{"id": k.id, "sha256": k.sha256, "created": k.created} for k in u.api_keys]
+        table[name] = entry
+    return _HEADER + "\n" + tomli_w.dumps({"users": table})
 
 
 _USER_KEYS = {"groups", "password_hash", "disabled", "created", "api_keys"}
