@@ -403,7 +403,11 @@ def status(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
             table.add_row("context window", f"{llm['context_window']} — {llm['context_source']}")
             table.add_row("token counting", llm["tokenizer"])
         else:
-            table.add_row("llm status", Text(f"unavailable: {llm['error']}", style="yellow"))
+            from rag.local_llm.supervisor import notice_for
+
+            # The demo LLM's supervisor may know why (restarting after a crash, still loading, gave up).
+            why = notice_for(settings.data_dir, [llm["base_url"]])
+            table.add_row("llm status", Text(why or f"unavailable: {llm['error']}", style="yellow"))
     out.print(table)
     if not info["documents"]:
         out.print("The index is empty: run [bold]rag ingest PATH[/] to add documents.")

@@ -86,6 +86,10 @@ def test_a_crashed_server_is_restarted_and_the_restarts_are_bounded(tmp_path):
         out = proc.stdout.read()
         assert "exited with a crash (SIGSEGV); restarting in 1 s (restart 1 of at most 1" in out, out
         assert "is back on" in out and "giving up" in out
+        # `rag status` tells why the model does not answer.
+        res = rag_cmd("status", env={"RAG_DATA_DIR": str(tmp_path), "RAG_LLM_BASE_URL": f"http://127.0.0.1:{port}/v1",
+                                     "COLUMNS": "300"})
+        assert "could not be restarted" in res.stdout and "giving up" in res.stdout, res.stdout
     finally:
         if proc.poll() is None:
             proc.kill()
