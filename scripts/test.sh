@@ -11,5 +11,6 @@ if [ ! -x /usr/bin/chromium ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/
     || echo "note: could not install chromium; the browser test will fail" >&2
 fi
 .venv/bin/ruff check rag ingest ui evaluation tests bench scripts
+.venv/bin/lint-imports --no-cache
 # All three lanes (tests/unit, tests/integration, tests/e2e); `bash scripts/test.sh tests/unit` is the fast one.
 exec .venv/bin/python -m pytest -q -ra --durations=25 "$@"
