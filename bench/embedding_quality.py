@@ -252,7 +252,7 @@ def top_k_run(qids: Sequence[str], scores: np.ndarray, doc_ids: Sequence[str], k
 
 
 def run_backend(backend: str, corpus, queries, qrels, models_dir: Path, batch_size: int, threads: int | None):
-    from rag.embeddings import SentenceTransformerEmbedder
+    from rag.index.embeddings import SentenceTransformerEmbedder
 
     t0 = time.perf_counter()
     emb = SentenceTransformerEmbedder(backend=backend, models_dir=models_dir, batch_size=batch_size, threads=threads)

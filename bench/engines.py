@@ -32,8 +32,8 @@ import psutil
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from rag.local_llm import MODEL_ALIAS, get_engine  # noqa: E402
-from rag.local_llm.selfcheck import _free_port  # noqa: E402
+from rag.llm.local import MODEL_ALIAS, get_engine  # noqa: E402
+from rag.llm.local.selfcheck import _free_port  # noqa: E402
 
 WINDOW, RESERVED = 2048, 512
 
@@ -54,7 +54,7 @@ def _tokenizer():
     from llama_cpp import Llama
     from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
-    from rag.local_llm import packaged_model
+    from rag.llm.local import packaged_model
 
     llm = Llama(model_path=str(packaged_model()), vocab_only=True, verbose=False)
     eos, bos = llm.token_eos(), llm.token_bos()

@@ -134,7 +134,7 @@ def _instrument_ours(embedder) -> dict:
     for other bookkeeping: hashing is in the parse thread too).
     """
     import ingest.pipeline as pl
-    from rag.store.edge import EdgeStore
+    from rag.index.store.edge import EdgeStore
 
     st: dict = {"parse_s": 0.0, "chunk_s": 0.0, "embed_s": 0.0, "upsert_s": 0.0, "embed_calls": 0,
                 "embed_batch_sizes": [], "per_file": {}, "rss_samples": []}
@@ -189,8 +189,8 @@ def child_ours(spec: dict) -> dict:
     t0 = time.perf_counter()
     from ingest import ingest
     from rag import Settings
-    from rag.embeddings import get_embedder, resolve_model_path
-    from rag.store import open_store
+    from rag.index.embeddings import get_embedder, resolve_model_path
+    from rag.index.store import open_store
 
     import_s = time.perf_counter() - t0
 
@@ -422,7 +422,7 @@ def child_langchain(spec: dict) -> dict:
 def child_prepare(spec: dict) -> dict:
     """onnx-int8 only: export the model once into the fresh data dir, so that the measured run only loads it."""
     from rag import Settings
-    from rag.embeddings import get_embedder
+    from rag.index.embeddings import get_embedder
 
     t = time.perf_counter()
     get_embedder(Settings(data_dir=Path(spec["data_dir"]), embedding_backend=spec["backend"]))

@@ -29,9 +29,9 @@ from rag import offline  # noqa: E402
 
 offline.apply()
 
-from rag.sparse import Bm25Encoder  # noqa: E402
-from rag.store import ChunkPoint, SearchFilter, chunk_id  # noqa: E402
-from rag.store.edge import EdgeStore  # noqa: E402
+from rag.index.sparse import Bm25Encoder  # noqa: E402
+from rag.index.store import ChunkPoint, SearchFilter, chunk_id  # noqa: E402
+from rag.index.store.edge import EdgeStore  # noqa: E402
 
 DIM = 384
 VOCAB = 30_000
@@ -83,12 +83,12 @@ def bench_store(n: int, queries: int = 200) -> dict:
 
 def bench_question(queries: int = 50) -> dict:
     from ingest import ingest
-    from rag.embeddings import get_embedder
-    from rag.packing import format_source, join_sources, pack
-    from rag.prompts import SYSTEM_PROMPT, user_message
-    from rag.retrieval import Retriever
+    from rag.index.embeddings import get_embedder
+    from rag.generation.packing import format_source, join_sources, pack
+    from rag.generation.prompts import SYSTEM_PROMPT, user_message
+    from rag.retrieval.retriever import Retriever
     from rag.settings import Settings
-    from rag.store import open_store
+    from rag.index.store import open_store
 
     questions = [q["question"] for q in json.loads((ROOT / "tests" / "data" / "sample_questions.json").read_text())]
     with tempfile.TemporaryDirectory() as d:

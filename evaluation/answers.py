@@ -29,8 +29,8 @@ from typing import Any
 
 import numpy as np
 
-from rag.chain import RAG, Answer
-from rag.citations import _CITE
+from rag.generation.chain import RAG, Answer
+from rag.generation.citations import _CITE
 from rag.errors import RagError
 
 # What a refusal looks like: our own canned reply, and how models phrase "the sources do not say".

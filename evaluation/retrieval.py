@@ -21,11 +21,11 @@ from urllib.parse import quote, unquote
 import numpy as np
 
 from ingest import ingest
-from rag.embeddings import Embedder, get_embedder
-from rag.rerank import Reranker
-from rag.retrieval import Retriever
+from rag.index.embeddings import Embedder, get_embedder
+from rag.retrieval.rerank import Reranker
+from rag.retrieval.retriever import Retriever
 from rag.settings import RETRIEVAL_MODES, Settings
-from rag.store import open_store
+from rag.index.store import open_store
 
 MODES = RETRIEVAL_MODES
 #: Chunks fetched per query: enough distinct documents for Recall@100 when documents have several chunks.

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from ingest.parsers import ParsedDocument
-from rag.embeddings import Embedder
+from rag.index.embeddings import Embedder
 
 BLOCK_SEP = "\n\n"
 

@@ -9,7 +9,7 @@ Parsing and chunking run in a background thread while the main thread embeds: em
 this keeps the model busy. Chunks from several documents are embedded together (sentence-transformers sorts
 each batch by length), so many small files cost little padding.
 
-Access: every document's groups are resolved (rag/access.py) before anything is written, from the
+Access: every document's groups are resolved (rag/security/access.py) before anything is written, from the
 ``.rag-access.toml`` files between its folder and the ingest root it was found under: a folder given to
 ``ingest`` is the root of everything below it; a file given on its own has only its own folder's policy file.
 A file reached through several given paths uses the outermost. A broken policy file anywhere in the walked
@@ -32,12 +32,12 @@ from pathlib import Path
 
 from ingest.chunking import Chunk, chunk_document
 from ingest.parsers import PARSER_VERSION, ParsedDocument, is_supported, parse
-from rag.access import POLICY_FILE, AccessPolicy
-from rag.embeddings import Embedder, get_embedder
+from rag.security.access import POLICY_FILE, AccessPolicy
+from rag.index.embeddings import Embedder, get_embedder
 from rag.errors import AccessPolicyError, ParseError
 from rag.settings import Settings
-from rag.sparse import SparseEncoder, get_sparse_encoder
-from rag.store import ChunkPoint, DocumentRecord, Store, chunk_id, open_store
+from rag.index.sparse import SparseEncoder, get_sparse_encoder
+from rag.index.store import ChunkPoint, DocumentRecord, Store, chunk_id, open_store
 
 log = logging.getLogger(__name__)
 

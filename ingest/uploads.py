@@ -18,9 +18,9 @@ from pathlib import Path
 
 from ingest.parsers import SUPPORTED_EXTENSIONS, is_supported
 from ingest.pipeline import FileIssue, IngestReport, ProgressCallback, ingest
-from rag.embeddings import Embedder
+from rag.index.embeddings import Embedder
 from rag.settings import Settings
-from rag.store import Store
+from rag.index.store import Store
 
 _UNSAFE = re.compile(r"[\x00-\x1f/\\:*?\"<>|]+")
 

@@ -24,7 +24,7 @@ __version__ = "0.1.0"
 def __getattr__(name: str) -> Any:
     # The chain pulls in LangChain (about a second): only when asked for.
     if name in ("RAG", "Answer", "Citation"):
-        from rag import chain
+        from rag.generation import chain
 
         return getattr(chain, name)
     raise AttributeError(f"module 'rag' has no attribute {name!r}")

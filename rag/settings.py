@@ -26,7 +26,7 @@ RETRIEVAL_MODES: tuple[str, ...] = get_args(RetrievalMode)
 PACKAGED_EMBEDDING_MODEL = "all-MiniLM-L6-v2"
 
 
-#: How a request picks among several LLM endpoints of the same priority (rag/pool.py).
+#: How a request picks among several LLM endpoints of the same priority (rag/llm/pool.py).
 Routing = Literal["least_busy", "round_robin"]
 
 
@@ -140,7 +140,7 @@ class Settings(BaseSettings):
     llm_temperature: float = Field(0.1, ge=0, le=2)
     llm_max_tokens: int = Field(512, ge=1, description="Reserved for the answer; sent as max_tokens.")
     llm_timeout: float = Field(120.0, gt=0, description="Seconds before a request to the LLM is abandoned.")
-    # --- several LLM endpoints (replicas of one model, or a primary and a fallback): rag/pool.py --------
+    # --- several LLM endpoints (replicas of one model, or a primary and a fallback): rag/llm/pool.py --------
     llm_endpoints: list[LLMEndpoint] = Field(
         default_factory=list,
         description='Several endpoints instead of RAG_LLM_BASE_URL: JSON in the environment (\'[{"base_url": '
@@ -172,7 +172,7 @@ class Settings(BaseSettings):
 
     # --- access control (reserved now so permissions never need a re-index) ---------------------
     # Which groups may read a document: .rag-access.toml files in the ingested tree, then `rag ingest --groups`,
-    # then this (rag/access.py). "Nobody but admins" is the safe default for documents no one thought about.
+    # then this (rag/security/access.py). "Nobody but admins" is the safe default for documents no one thought about.
     default_groups: list[str] = Field(
         default_factory=lambda: ["admins"],
         description="Groups given to documents that no .rag-access.toml rule covers and no --groups names.",
@@ -241,7 +241,7 @@ class Settings(BaseSettings):
     @field_validator("default_groups", mode="after")
     @classmethod
     def _groups(cls, v: list[str]) -> list[str]:
-        from rag.access import check_group
+        from rag.security.access import check_group
 
         return [check_group(g) for g in v]
 

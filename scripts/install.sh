@@ -18,7 +18,7 @@ if ! { command -v tesseract && command -v strace; } >/dev/null 2>&1 && [ "$(id -
   (apt-get update -qq && apt-get install -y -qq --no-install-recommends tesseract-ocr tesseract-ocr-eng strace) \
     >/dev/null 2>&1 || echo "note: tesseract-ocr not installed; scanned PDF pages will be reported, not OCR'd" >&2
 fi
-# The demo LLM's engines (rag/local_llm/): vLLM in a venv of its own (~3 min once), llama.cpp built portably
+# The demo LLM's engines (rag/llm/local/): vLLM in a venv of its own (~3 min once), llama.cpp built portably
 # (~9 min once). Both are cached outside the checkout (~/.cache/onprem-rag), so clones share them.
 for engine in ${RAG_INSTALL_ENGINES-vllm}; do
   .venv/bin/rag llm install --engine "$engine"

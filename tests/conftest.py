@@ -23,7 +23,7 @@ SHARED = ROOT.parent / "shared"
 
 @pytest.fixture(scope="session")
 def embedder():
-    from rag.embeddings import get_embedder
+    from rag.index.embeddings import get_embedder
     from rag.settings import Settings
 
     return get_embedder(Settings())
@@ -89,7 +89,7 @@ LLM_CTX = 2048
 def _engine_server(name: str, log_name: str, **kw):
     """Start one engine's server for the session; a missing engine is installed (cached per machine), and one
     that cannot start fails the tests that need it: CI must never pass by skipping them."""
-    from rag.local_llm import get_engine
+    from rag.llm.local import get_engine
 
     engine = get_engine(name)
     if not engine.installed():
@@ -108,7 +108,7 @@ def _engine_server(name: str, log_name: str, **kw):
 @pytest.fixture(scope="session")
 def llm_server():
     """A real OpenAI-compatible server: llama-cpp-python serving the packaged SmolLM2-135M GGUF."""
-    from rag.local_llm import LocalLLMServer, get_engine
+    from rag.llm.local import LocalLLMServer, get_engine
 
     engine = get_engine("llamacpp")
     if not engine.installed():
@@ -128,7 +128,7 @@ def llm_server():
 
 @pytest.fixture(scope="session")
 def vllm_process():
-    """vLLM's CPU build (its own venv, the GGUF converted once; rag/local_llm/vllm.py) serving the same model
+    """vLLM's CPU build (its own venv, the GGUF converted once; rag/llm/local/vllm.py) serving the same model
     with a window of LLM_CTX. Started once per session (~35-50 s, ~3.5 GB). A test may SIGSTOP/SIGCONT it,
     never stop it."""
     server, log = _engine_server("vllm", "vllm")
@@ -168,8 +168,8 @@ def group_index(tmp_path_factory, embedder):
 
     from ingest import ingest
     from rag.settings import Settings
-    from rag.store import open_store
-    from rag.users import UserDirectory
+    from rag.index.store import open_store
+    from rag.security.users import UserDirectory
 
     settings = Settings(data_dir=tmp_path_factory.mktemp("group-index"))
     store = open_store(settings)

@@ -1,12 +1,12 @@
 """The chat page (Streamlit). Start it with ``rag ui``; it is a shell over the library: answers come from
-``rag.chain.RAG``, uploads go through ``ingest.uploads``; no retrieval or prompt logic lives here.
+``rag.generation.chain.RAG``, uploads go through ``ingest.uploads``; no retrieval or prompt logic lives here.
 
 Streamlit reruns this script on every interaction, once per browser session. What is expensive and shareable
 (the open store, the embedding model, the endpoint's discovery, the users file) lives in process-wide resources
 that hold nothing of any one user; the chat itself lives in ``st.session_state``, one per browser tab.
 
 Every run first settles who is asking (ui/signin.py: RAG_AUTH=none|password|proxy); every question, source and
-download then goes through ``rag.chain.RAG`` with that identity, whose groups filter retrieval inside the store.
+download then goes through ``rag.generation.chain.RAG`` with that identity, whose groups filter retrieval inside the store.
 """
 
 from __future__ import annotations
@@ -32,15 +32,15 @@ offline.apply()
 
 from ingest.parsers import SUPPORTED_EXTENSIONS  # noqa: E402
 from ingest.uploads import ingest_uploads, safe_name  # noqa: E402
-from rag.audit import AuditLog, safe_endpoint  # noqa: E402
-from rag.auth import Identity, authenticate_password  # noqa: E402
-from rag.chain import RAG, Answer, Citation  # noqa: E402
+from rag.security.audit import AuditLog, safe_endpoint  # noqa: E402
+from rag.security.auth import Identity, authenticate_password  # noqa: E402
+from rag.generation.chain import RAG, Answer, Citation  # noqa: E402
 from rag.errors import RagError  # noqa: E402
-from rag.local_llm import MODEL_ALIAS  # noqa: E402
-from rag.local_llm.supervisor import notice_for  # noqa: E402
+from rag.llm.local import MODEL_ALIAS  # noqa: E402
+from rag.llm.local.supervisor import notice_for  # noqa: E402
 from rag.settings import Settings  # noqa: E402
-from rag.status import index_info  # noqa: E402
-from rag.users import UserDirectory  # noqa: E402
+from rag.ops.status import index_info  # noqa: E402
+from rag.security.users import UserDirectory  # noqa: E402
 from ui import signin  # noqa: E402
 
 log = logging.getLogger("rag.ui")
@@ -458,7 +458,7 @@ def main() -> None:
         st.error(f"Invalid settings (RAG_* environment or rag.toml): {_settings_error(exc)}")
         st.stop()
     if settings.ui_metrics_port:
-        from rag import metrics
+        from rag.ops import metrics
 
         try:
             metrics.serve(settings.ui_metrics_port)

@@ -22,11 +22,11 @@ from collections.abc import Callable, Iterable, Mapping, MutableMapping, Sequenc
 from pathlib import Path
 from typing import Any
 
-from rag.access import USER_GROUP_PREFIX
-from rag.auth import Identity, identity_from_headers, identity_of, local_identity
+from rag.security.access import USER_GROUP_PREFIX
+from rag.security.auth import Identity, identity_from_headers, identity_of, local_identity
 from rag.errors import AccessDenied
 from rag.settings import Settings
-from rag.users import User, UserDirectory
+from rag.security.users import User, UserDirectory
 
 NONE_MODE_NOTE = ("Single-user local mode: no sign-in, every indexed document is visible. Set RAG_AUTH=password "
                   "or proxy for several users.")

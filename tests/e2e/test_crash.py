@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from rag.settings import Settings
-from rag.store import open_store
+from rag.index.store import open_store
 
 WORDS = ("policy badge travel expense vacation laptop printer parking invoice contract sensor gateway "
          "calibration warehouse audit compliance training onboarding payroll benefit meeting report").split()

@@ -1,4 +1,4 @@
-"""Several real LLM servers behind one RAG (rag/pool.py): spreading, per-endpoint windows, priorities, a server
+"""Several real LLM servers behind one RAG (rag/llm/pool.py): spreading, per-endpoint windows, priorities, a server
 killed in the middle of a series of questions, recovery after the cooldown, everything down.
 
 Two llama-cpp-python servers (SmolLM2-135M, one thread each) with different context sizes. Cheap on purpose:
@@ -18,9 +18,9 @@ from pathlib import Path
 
 import pytest
 
-from rag.chain import RAG
-from rag.endpoints import EndpointError, OpenAICompatibleEndpoint
-from rag.pool import EndpointPool
+from rag.generation.chain import RAG
+from rag.llm.endpoints import EndpointError, OpenAICompatibleEndpoint
+from rag.llm.pool import EndpointPool
 
 from conftest import _free_port, rag_cmd
 
@@ -47,7 +47,7 @@ class Servers:
         return s is not None and s.proc is not None and s.proc.poll() is None
 
     def start(self, *which: int) -> None:
-        from rag.local_llm import LocalLLMServer
+        from rag.llm.local import LocalLLMServer
 
         threads, errors = [], []
         for i in which:
@@ -99,7 +99,7 @@ class Servers:
 
 @pytest.fixture(scope="module")
 def servers(tmp_path_factory):
-    from rag.local_llm import LocalLLMError, packaged_model, server_command
+    from rag.llm.local import LocalLLMError, packaged_model, server_command
 
     try:
         packaged_model()
@@ -291,7 +291,7 @@ def test_a_server_killed_mid_run_answers_keep_coming(base, servers, warm, caplog
     servers.kill(1)
     for _ in range(4):
         t = time.perf_counter()
-        with caplog.at_level("WARNING", logger="rag.pool"):
+        with caplog.at_level("WARNING", logger="rag.llm.pool"):
             x = r.ask(QUESTION)
         answers.append(x)
         assert x.text and x.endpoint == a

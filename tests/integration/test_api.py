@@ -23,7 +23,7 @@ def api(request, sample_index, tmp_path_factory):
     from rag.settings import Settings
 
     llm_server = request.getfixturevalue("llm_server" if request.param == "llamacpp" else "vllm_server")
-    from rag.store import open_store
+    from rag.index.store import open_store
 
     root = tmp_path_factory.mktemp("api")
     data = root / "data"
@@ -125,7 +125,7 @@ def test_langchain_chat_openai_against_the_api(api):
 def test_llm_down_is_a_502_with_the_reason(sample_index, tmp_path):
     from fastapi.testclient import TestClient
 
-    from rag.api import create_app
+    from rag.api.app import create_app
     from rag.settings import Settings
 
     data = tmp_path / "data"

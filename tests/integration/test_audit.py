@@ -13,7 +13,7 @@ from datetime import datetime
 import pytest
 
 from conftest import ROOT
-from rag.audit import AuditLog, safe_endpoint
+from rag.security.audit import AuditLog, safe_endpoint
 from rag.errors import AuditLogError
 from rag.settings import Settings
 
@@ -106,7 +106,7 @@ def test_unwritable_log_is_an_actionable_error(tmp_path):
 
 _WRITER = """
 import sys, time
-from rag.audit import AuditLog
+from rag.security.audit import AuditLog
 path, tag, start = sys.argv[1], sys.argv[2], float(sys.argv[3])
 log = AuditLog(path, max_bytes=200_000, backups=100)
 while time.time() < start:

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from rag.chain import RAG, Answer
-from rag.endpoints import EndpointError
-from rag.prompts import NO_ANSWER
+from rag.generation.chain import RAG, Answer
+from rag.llm.endpoints import EndpointError
+from rag.generation.prompts import NO_ANSWER
 
 from conftest import LLM_CTX, _free_port
 
@@ -102,7 +102,7 @@ def test_follow_up_is_condensed_with_history(rag):
 def test_overflow_is_recovered_by_repacking_once(rag, caplog):
     # Configured for 4096 but the server has 2048: the first request overflows, the error teaches 2048.
     with rag.with_settings(llm_context_window=2 * LLM_CTX, llm_max_tokens=8) as r:
-        with caplog.at_level("WARNING", logger="rag.chain"):
+        with caplog.at_level("WARNING", logger="rag.generation.chain"):
             a = r.ask("What is the per-diem for meals in Lisbon?")
         assert a.retries == 1 and a.packing.context_window == LLM_CTX
         assert "repacking once" in caplog.text
@@ -155,7 +155,7 @@ def test_endpoint_describes_server_failures():
     import httpx
     import openai
 
-    from rag.endpoints import describe_failure
+    from rag.llm.endpoints import describe_failure
 
     req = httpx.Request("POST", "http://gpu1:8000/v1/chat/completions")
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from rag.endpoints import FALLBACK_CONTEXT_WINDOW, OpenAICompatibleEndpoint, estimate_tokens, parse_overflow
-from rag.local_llm import MODEL_ALIAS
+from rag.llm.endpoints import FALLBACK_CONTEXT_WINDOW, OpenAICompatibleEndpoint, estimate_tokens, parse_overflow
+from rag.llm.local import MODEL_ALIAS
 
 from conftest import LLM_CTX, _free_port
 
@@ -89,7 +89,7 @@ def test_chat_model_streams(llm_server):
 
 
 def test_chat_model_on_unhealthy_endpoint_raises_clear_error():
-    from rag.endpoints import EndpointError
+    from rag.llm.endpoints import EndpointError
 
     ep = OpenAICompatibleEndpoint(f"http://127.0.0.1:{_free_port()}/v1", connect_timeout=1)
     with pytest.raises(EndpointError, match="cannot reach"):

@@ -18,8 +18,8 @@ from evaluation.answers import (
     summarize,
     token_f1,
 )
-from rag.chain import Answer, Citation
-from rag.prompts import NO_ANSWER
+from rag.generation.chain import Answer, Citation
+from rag.generation.prompts import NO_ANSWER
 
 SAMPLE_QA = ROOT / "tests" / "data" / "sample_qa.jsonl"
 

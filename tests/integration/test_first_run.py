@@ -1,6 +1,6 @@
 """What a newcomer's terminal shows on the first `rag ingest`: our own lines only. The one-time ONNX export
 used to print third-party warnings (TracerWarning, "`torch_dtype` is deprecated", "Saving the exported ONNX
-model is heavily recommended"); they are silenced where they are emitted (rag/embeddings.py), not by hiding
+model is heavily recommended"); they are silenced where they are emitted (rag/index/embeddings.py), not by hiding
 stderr, so real errors still show."""
 
 from __future__ import annotations

@@ -12,10 +12,10 @@ import pytest
 from ingest import ingest
 from ingest.pipeline import walk
 from ingest.uploads import ingest_uploads
-from rag.access import POLICY_FILE
+from rag.security.access import POLICY_FILE
 from rag.errors import AccessPolicyError
-from rag.sparse import get_sparse_encoder
-from rag.store import SearchFilter, open_store
+from rag.index.sparse import get_sparse_encoder
+from rag.index.store import SearchFilter, open_store
 
 from conftest import rag_cmd
 

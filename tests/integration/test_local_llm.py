@@ -15,7 +15,7 @@ import httpx
 import pytest
 
 from conftest import _free_port, rag_cmd
-from rag.local_llm import MODEL_ALIAS, LocalLLMError, LocalLLMServer
+from rag.llm.local import MODEL_ALIAS, LocalLLMError, LocalLLMServer
 
 
 def _models(url: str):
@@ -123,8 +123,8 @@ def test_check_runs_one_completion_on_each_engine():
 
 
 def test_the_llama_cpp_build_is_portable():
-    """No AVX-512 or AMX code in the installed llama.cpp (rag/local_llm/llamacpp.py says why)."""
-    from rag.local_llm import llamacpp
+    """No AVX-512 or AMX code in the installed llama.cpp (rag/llm/local/llamacpp.py says why)."""
+    from rag.llm.local import llamacpp
 
     info = llamacpp.system_info()
     assert info and "AVX2 = 1" in info and not llamacpp.non_portable(info), info
@@ -143,7 +143,7 @@ def test_a_taken_port_is_a_clear_error(llm_server):
 
 
 def test_the_server_queues_concurrent_requests_instead_of_cutting_streams():
-    from rag.local_llm import server_command
+    from rag.llm.local import server_command
 
     cmd = server_command(port=1)
     # llama-cpp-python's default would end a stream early whenever another request (a token count) waits.

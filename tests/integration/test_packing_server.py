@@ -15,9 +15,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from rag.chain import RAG
-from rag.packing import Message
-from rag.retrieval import to_passage
+from rag.generation.chain import RAG
+from rag.generation.packing import Message
+from rag.retrieval.retriever import to_passage
 
 from conftest import LLM_CTX
 

@@ -7,9 +7,9 @@ import shutil
 
 
 from ingest import forget, ingest
-from rag.store import open_store
-from rag.store.edge import EdgeStore
-from rag.store.server import QdrantServerStore
+from rag.index.store import open_store
+from rag.index.store.edge import EdgeStore
+from rag.index.store.server import QdrantServerStore
 
 from conftest import rag_cmd
 

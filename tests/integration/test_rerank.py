@@ -13,10 +13,10 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 from rag.errors import RerankError
-from rag.rerank import CrossEncoderReranker, EndpointReranker, Reranker, describe, get_reranker
-from rag.retrieval import Retriever
+from rag.retrieval.rerank import CrossEncoderReranker, EndpointReranker, Reranker, describe, get_reranker
+from rag.retrieval.retriever import Retriever
 from rag.settings import Settings
-from rag.store import open_store
+from rag.index.store import open_store
 
 from conftest import _free_port, rag_cmd
 

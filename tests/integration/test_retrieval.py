@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from rag.retrieval import Retriever, StoreRetriever
-from rag.store import open_store
+from rag.retrieval.retriever import Retriever, StoreRetriever
+from rag.index.store import open_store
 
 from conftest import ROOT, rag_cmd
 

@@ -71,7 +71,7 @@ def test_as_user_never_sees_another_groups_document(secured):
 
 
 def test_a_document_that_gives_orders_stays_quoted_data(secured):
-    from rag.chain import RAG
+    from rag.generation.chain import RAG
     from rag.settings import Settings
 
     root, env = secured

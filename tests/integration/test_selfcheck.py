@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from rag.local_llm import LocalLLMError, ServerProcess, selfcheck
+from rag.llm.local import LocalLLMError, ServerProcess, selfcheck
 
 from conftest import ROOT, rag_cmd
 
@@ -59,7 +59,7 @@ def test_a_broken_vllm_install_is_a_clear_error(tmp_path):
 
 def _engines_with_installed_venv(tmp_path):
     """An engines dir that shares the installed vLLM venv (a symlink) but has no converted model of its own."""
-    from rag.local_llm import vllm
+    from rag.llm.local import vllm
 
     if not vllm.installed():
         pytest.fail("vLLM is not installed: rag llm install --engine vllm (scripts/test.sh does it)")

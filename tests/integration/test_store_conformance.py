@@ -13,10 +13,10 @@ import numpy as np
 import pytest
 
 from rag.errors import StoreConfigError, StoreLockedError
-from rag.store import ChunkPoint, DocumentRecord, SearchFilter, chunk_id
-from rag.store.base import META_ID
-from rag.store.edge import EdgeStore
-from rag.store.server import QdrantServerStore
+from rag.index.store import ChunkPoint, DocumentRecord, SearchFilter, chunk_id
+from rag.index.store.base import META_ID
+from rag.index.store.edge import EdgeStore
+from rag.index.store.server import QdrantServerStore
 
 DIM = 8
 
@@ -132,7 +132,7 @@ def test_reopen_keeps_data(tmp_path):
 def test_edge_store_is_locked_against_a_second_process(tmp_path):
     s = EdgeStore(tmp_path / "e")
     s.ensure_ready(DIM, "m")
-    code = ("import sys\nfrom rag.store.edge import EdgeStore\nfrom rag.errors import StoreLockedError\n"
+    code = ("import sys\nfrom rag.index.store.edge import EdgeStore\nfrom rag.errors import StoreLockedError\n"
             f"try:\n    EdgeStore({str(tmp_path / 'e')!r})\nexcept StoreLockedError as e:\n"
             "    print(e); sys.exit(3)\n")
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
@@ -175,7 +175,7 @@ def _texts(n: int) -> list[str]:
 
 
 def _hybrid_points(n: int = 60) -> list[ChunkPoint]:
-    from rag.sparse import Bm25Encoder
+    from rag.index.sparse import Bm25Encoder
 
     texts = _texts(n)
     sparse = Bm25Encoder(avg_len=12).embed_documents(texts)
@@ -186,7 +186,7 @@ def _hybrid_points(n: int = 60) -> list[ChunkPoint]:
 
 
 def test_sparse_and_hybrid_find_a_keyword_the_dense_vector_misses(store):
-    from rag.sparse import Bm25Encoder
+    from rag.index.sparse import Bm25Encoder
 
     pts = _hybrid_points()
     store.upsert_chunks(pts)
@@ -203,7 +203,7 @@ def test_sparse_and_hybrid_find_a_keyword_the_dense_vector_misses(store):
 
 
 def test_hybrid_and_sparse_apply_the_group_filter_inside_the_query(store):
-    from rag.sparse import Bm25Encoder
+    from rag.index.sparse import Bm25Encoder
 
     store.upsert_chunks(_hybrid_points())
     q_sparse = Bm25Encoder(avg_len=12).embed_query("zeppelin hangar key budget")

@@ -72,7 +72,7 @@ def test_answer_streams_with_sources_then_follow_up_and_new_chat(app_env, sample
 
 
 def test_nothing_found_is_said_without_calling_the_llm(app_env, sample_index, llm_server, monkeypatch):
-    from rag.chain import RAG
+    from rag.generation.chain import RAG
 
     opened = []
     real = RAG.from_settings.__func__
@@ -105,7 +105,7 @@ def test_endpoint_down_is_a_message_not_a_traceback(app_env, sample_index):
 
 def test_store_locked_is_a_message(app_env, tmp_path):
     from rag.settings import Settings
-    from rag.store import open_store
+    from rag.index.store import open_store
 
     holder = open_store(Settings(data_dir=tmp_path / "data"))  # as if `rag ingest` were running
     try:

@@ -185,11 +185,11 @@ def test_uploads_are_private_unless_shared_with_own_groups(app_env, data):  # no
 
 def test_read_source_refuses_documents_outside_the_users_groups(data):
     """What the download buttons call (Grant.read -> RAG.read_source), against the real store."""
-    from rag.auth import identity_of
-    from rag.chain import RAG
+    from rag.security.auth import identity_of
+    from rag.generation.chain import RAG
     from rag.errors import AccessDenied
     from rag.settings import Settings
-    from rag.users import UserDirectory
+    from rag.security.users import UserDirectory
 
     settings = Settings(data_dir=data, llm_base_url="http://127.0.0.1:9/v1")
     users = UserDirectory.from_settings(settings)
@@ -214,7 +214,7 @@ def test_session_binding_and_upload_groups(tmp_path):
     from argon2 import PasswordHasher
 
     from rag.settings import Settings
-    from rag.users import UserDirectory
+    from rag.security.users import UserDirectory
 
     users = UserDirectory(tmp_path / "users.toml", hasher=PasswordHasher(time_cost=1, memory_cost=1024,
                                                                           parallelism=1))

@@ -17,7 +17,7 @@ from hypothesis import given, settings as hsettings, strategies as st
 from typer.testing import CliRunner
 
 from conftest import ROOT, rag_cmd
-from rag.auth import (
+from rag.security.auth import (
     Identity,
     authenticate_api_key,
     authenticate_password,
@@ -27,7 +27,7 @@ from rag.auth import (
 )
 from rag.errors import UsersFileError
 from rag.settings import Settings
-from rag.users import User, UserDirectory, dump_users, parse_users
+from rag.security.users import User, UserDirectory, dump_users, parse_users
 
 # Real argon2id, cheap parameters: the tests hash dozens of passwords. One test checks the production defaults.
 FAST = PasswordHasher(time_cost=1, memory_cost=1024, parallelism=1)
@@ -156,7 +156,7 @@ def test_api_keys(directory):
 
 _ADDER = """
 import sys, time
-from rag.users import UserDirectory
+from rag.security.users import UserDirectory
 path, tag, start = sys.argv[1], sys.argv[2], float(sys.argv[3])
 d = UserDirectory(path)
 while time.time() < start:

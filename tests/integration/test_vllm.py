@@ -9,8 +9,8 @@ import json
 
 import httpx
 
-from rag.endpoints import OpenAICompatibleEndpoint
-from rag.local_llm import MODEL_ALIAS
+from rag.llm.endpoints import OpenAICompatibleEndpoint
+from rag.llm.local import MODEL_ALIAS
 
 from conftest import LLM_CTX
 
@@ -53,7 +53,7 @@ def test_streams_end_with_a_usage_chunk(vllm_server):
 
 
 def test_overlong_prompt_is_a_400_naming_the_window(vllm_server):
-    from rag.endpoints import parse_overflow
+    from rag.llm.endpoints import parse_overflow
 
     r = httpx.post(f"{vllm_server}/chat/completions", timeout=60, json={
         "model": MODEL_ALIAS, "max_tokens": 4, "messages": [{"role": "user", "content": "word " * (LLM_CTX + 50)}]})

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, given, settings as hsettings, strategies as st
 
-from rag.access import POLICY_FILE, AccessPolicy, compile_pattern, glob_match, split_groups
+from rag.security.access import POLICY_FILE, AccessPolicy, compile_pattern, glob_match, split_groups
 from rag.errors import AccessPolicyError
 from rag.settings import Settings
 

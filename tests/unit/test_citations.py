@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from rag.citations import CitationFilter, clean
+from rag.generation.citations import CitationFilter, clean
 
 
 @pytest.mark.parametrize(

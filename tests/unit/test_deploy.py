@@ -61,7 +61,7 @@ def other_rag_env_names() -> set[str]:
 
 
 def cli_default(command: str, option: str):
-    """A `rag` command's default, read from its typer signature (rag/cli.py), e.g. serve --port."""
+    """A `rag` command's default, read from its typer signature (rag/cli/__init__.py), e.g. serve --port."""
     import rag.cli
 
     return inspect.signature(getattr(rag.cli, command)).parameters[option].default
@@ -75,7 +75,7 @@ def api_routes() -> frozenset[str]:
 def _api_routes() -> set[str]:
     import tempfile
 
-    from rag.api import create_app
+    from rag.api.app import create_app
 
     # create_app opens nothing until the first request; RAG_AUTH none needs no users file.
     with tempfile.TemporaryDirectory() as tmp:
@@ -594,7 +594,7 @@ def test_secret_holds_every_referenced_key():
 
 
 def test_users_file_and_data_dir_are_where_the_settings_point():
-    from rag.users import parse_users
+    from rag.security.users import parse_users
 
     secret = objects("Secret")["rag-secrets"]
     parse_users(secret["stringData"]["users.toml"])  # the placeholder is a valid (empty) users file

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from rag.embeddings import SentenceTransformerEmbedder, get_embedder
+from rag.index.embeddings import SentenceTransformerEmbedder, get_embedder
 from rag.errors import EmbeddingModelError
 from rag.settings import Settings
 

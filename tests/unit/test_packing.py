@@ -6,7 +6,7 @@ import random
 
 from hypothesis import given, settings as hsettings, strategies as st
 
-from rag.packing import Message, Passage, _turns, format_source, pack
+from rag.generation.packing import Message, Passage, _turns, format_source, pack
 
 
 class Words:
@@ -30,7 +30,7 @@ def header_cost(n_words_section="S"):
 
 
 def _src():
-    from rag.packing import _as_source
+    from rag.generation.packing import _as_source
     return _as_source(99, [P(0, 1)])
 
 

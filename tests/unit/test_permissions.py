@@ -14,13 +14,13 @@ from hypothesis import HealthCheck, given
 from hypothesis import settings as hsettings
 from hypothesis import strategies as st
 
-from rag.access import EVERYONE
-from rag.auth import Identity, identity_of, local_identity
-from rag.chain import RAG, Citation
-from rag.endpoints import OpenAICompatibleEndpoint
+from rag.security.access import EVERYONE
+from rag.security.auth import Identity, identity_of, local_identity
+from rag.generation.chain import RAG, Citation
+from rag.llm.endpoints import OpenAICompatibleEndpoint
 from rag.errors import AccessDenied
-from rag.retrieval import Retriever, StoreRetriever
-from rag.users import User
+from rag.retrieval.retriever import Retriever, StoreRetriever
+from rag.security.users import User
 
 GROUPS = ["hr", "it", "finance", "legal", EVERYONE]
 TEAMS = ["alpha", "bravo", "charlie", "delta", "echo", "foxtrot", "golf", "hotel"]
@@ -38,8 +38,8 @@ def _doc(team: str, i: int) -> str:
 def corpus(request, tmp_path_factory, embedder):
     from ingest import ingest
     from rag.settings import Settings
-    from rag.store.edge import EdgeStore
-    from rag.store.server import QdrantServerStore
+    from rag.index.store.edge import EdgeStore
+    from rag.index.store.server import QdrantServerStore
 
     root = tmp_path_factory.mktemp(f"perm-{request.param}")
     docs = root / "docs"
@@ -145,7 +145,7 @@ def test_citation_objects_carry_only_the_paths_given(corpus):
         rag.store.set_groups(p, ["hr"] if "alpha" in p else ["it"])
     user = _user({"hr"})
     packing = rag.pack(rag.retrieve("budget code", user=user).passages, "budget code", context_window=4096)
-    from rag.chain import _citation
+    from rag.generation.chain import _citation
 
     cites = [_citation(s, False) for s in packing.sources]
     assert cites and all(isinstance(c, Citation) and "alpha" in c.path for c in cites)

@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import pytest
 
-from rag.endpoints import EndpointError, EndpointInfo
-from rag.pool import CircuitBreaker, EndpointPool, is_failover_error
+from rag.llm.endpoints import EndpointError, EndpointInfo
+from rag.llm.pool import CircuitBreaker, EndpointPool, is_failover_error
 
 
 class Clock:

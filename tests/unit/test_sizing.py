@@ -7,7 +7,7 @@ import json
 import pytest
 from typer.testing import CliRunner
 
-from rag.sizing import (
+from rag.ops.sizing import (
     GPU,
     MODELS,
     Model,

@@ -12,7 +12,7 @@ Modes (``RAG_AUTH``):
   headers, and Streamlit does not reliably tell us the client's address, so enable proxy mode only when the app
   listens on 127.0.0.1 (or a socket only the proxy reaches), and preferably set ``RAG_AUTH_PROXY_SECRET`` too.
 
-Every signed-in identity also has the groups ``everyone`` and ``user:NAME`` (rag.access), so the store filter
+Every signed-in identity also has the groups ``everyone`` and ``user:NAME`` (rag.security.access), so the store filter
 is always "chunk groups ∩ identity groups ≠ ∅" and never needs a wildcard.
 """
 
@@ -24,9 +24,9 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
-from rag.access import EVERYONE, USER_GROUP_PREFIX, check_group, normalize_groups, split_groups
+from rag.security.access import EVERYONE, USER_GROUP_PREFIX, check_group, normalize_groups, split_groups
 from rag.errors import UsersFileError
-from rag.users import User, UserDirectory, check_user_name
+from rag.security.users import User, UserDirectory, check_user_name
 
 if TYPE_CHECKING:
     from rag.settings import Settings

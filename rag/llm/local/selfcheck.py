@@ -17,8 +17,8 @@ from pathlib import Path
 
 import httpx
 
-from rag.local_llm.llamacpp import MODEL_ALIAS
-from rag.local_llm.process import LocalLLMError, describe_exit, engine_home
+from rag.llm.local.llamacpp import MODEL_ALIAS
+from rag.llm.local.process import LocalLLMError, describe_exit, engine_home
 
 
 @dataclass
@@ -35,7 +35,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def run(engine, *, n_ctx: int = 512, say=None) -> CheckResult:  # engine: rag.local_llm.Engine
+def run(engine, *, n_ctx: int = 512, say=None) -> CheckResult:  # engine: rag.llm.local.Engine
     """Raises LocalLLMError naming what failed and what to do."""
     if say is not None:
         say(f"checking {engine.title} on this CPU with one tiny completion…")

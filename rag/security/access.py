@@ -32,7 +32,7 @@ segments, i.e. everything inside (``finance/**``). A trailing ``/`` means the sa
 ``/`` is ignored. ``**`` inside a segment (``a**``) is just ``*``.
 
 Groups are literal names. ``everyone`` is a group every signed-in user implicitly has, and ``user:NAME`` is
-NAME's personal group (rag.auth adds both), so the store filter stays a plain "any of the user's groups". An
+NAME's personal group (rag.security.auth adds both), so the store filter stays a plain "any of the user's groups". An
 empty list (``groups = []``) means no one, not even admins. Nothing bypasses this: ``admins`` is an ordinary
 group that documents without a rule get by default.
 """
@@ -57,7 +57,7 @@ if TYPE_CHECKING:
 POLICY_FILE = ".rag-access.toml"
 #: Every authenticated identity has this group: documents meant for all signed-in users list it.
 EVERYONE = "everyone"
-#: ``user:alice`` is alice's personal group (her own uploads, say); only rag.auth grants it.
+#: ``user:alice`` is alice's personal group (her own uploads, say); only rag.security.auth grants it.
 USER_GROUP_PREFIX = "user:"
 
 _FORMAT_HINT = 'e.g. default = ["staff"] and [[rule]] match = "finance/**" groups = ["finance"]'

@@ -8,7 +8,7 @@ build crashed in the first decode (SIGSEGV in the AMX buffer type that repacks t
 fixed to the x86-64-v3 feature set (AVX, AVX2, FMA, F16C, BMI2: every x86-64 server CPU since 2013-2015) with
 AVX-512 and AMX off, cached in a wheelhouse of its own (pip's wheel cache does not key on CMAKE_ARGS, so a
 native wheel built earlier would otherwise be reused), and checked after install: the library must report
-no AVX-512/AMX and one tiny completion must come back (:mod:`rag.local_llm.selfcheck`).
+no AVX-512/AMX and one tiny completion must come back (:mod:`rag.llm.local.selfcheck`).
 
 What portability costs was measured on this machine (AMD EPYC, AVX-512 without AMX): see bench/README.md.
 ``RAG_LLAMA_CMAKE_ARGS`` replaces the flags (for a CPU without AVX2, or a GPU build), with its own wheel.
@@ -27,7 +27,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import IO
 
-from rag.local_llm.process import LocalLLMError, ServerProcess, engine_home
+from rag.llm.local.process import LocalLLMError, ServerProcess, engine_home
 
 #: The name the server lists under /v1/models (what RAG_LLM_MODEL would be set to).
 MODEL_ALIAS = "smollm2-135m-demo"

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from rag.local_llm.process import LocalLLMError, ServerProcess, describe_exit
+from rag.llm.local.process import LocalLLMError, ServerProcess, describe_exit
 
 Say = Callable[[str], None]
 

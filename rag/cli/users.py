@@ -1,4 +1,4 @@
-"""`rag users …`: a thin shell over rag.users (registered in rag.cli).
+"""`rag users …`: a thin shell over rag.security.users (registered in rag.cli).
 
 Shared helpers (consoles, settings, error exit) are imported from rag.cli inside the commands, when rag.cli is
 fully loaded, so importing either module first works.
@@ -14,7 +14,7 @@ import typer
 from rich.table import Table
 from rich.text import Text
 
-from rag.access import split_groups
+from rag.security.access import split_groups
 from rag.errors import RagError
 
 users_app = typer.Typer(help="Users, their groups, passwords and API keys (the file RAG_USERS_FILE).",
@@ -23,7 +23,7 @@ users_app = typer.Typer(help="Users, their groups, passwords and API keys (the f
 
 def _directory():
     from rag.cli import _settings
-    from rag.users import UserDirectory
+    from rag.security.users import UserDirectory
 
     return UserDirectory.from_settings(_settings())
 

@@ -1,5 +1,5 @@
 """Retrieval over the store: embed the question locally, search Qdrant with the caller's filter, optionally
-rerank the best candidates with a cross-encoder (rag.rerank), return passages.
+rerank the best candidates with a cross-encoder (rag.retrieval.rerank), return passages.
 
 ``Retriever`` is ours (typed passages, scores, timings); ``StoreRetriever`` wraps it as a LangChain
 ``BaseRetriever`` so a developer can drop it into any LangChain chain.
@@ -16,13 +16,13 @@ from langchain_core.documents import Document
 from langchain_core.retrievers import BaseRetriever
 from pydantic import ConfigDict
 
-from rag.embeddings import Embedder
-from rag.packing import Passage
-from rag.rerank import Reranker, get_reranker
+from rag.index.embeddings import Embedder
+from rag.generation.packing import Passage
+from rag.retrieval.rerank import Reranker, get_reranker
 from rag.settings import Settings
-from rag.sparse import SparseEncoder, get_sparse_encoder
-from rag.store import Hit, SearchFilter, Store
-from rag.store.base import SearchMode
+from rag.index.sparse import SparseEncoder, get_sparse_encoder
+from rag.index.store import Hit, SearchFilter, Store
+from rag.index.store.base import SearchMode
 
 
 @dataclass

@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
 from rag.settings import RetrievalMode as SearchMode
-from rag.sparse import SparseVector
+from rag.index.sparse import SparseVector
 
 # Fixed namespace: ids must be identical across runs and machines so re-running never duplicates.
 _NS = uuid.UUID("6f1c2a1e-5d0b-4c3e-9a8f-2b7d4e6c9a01")
@@ -45,7 +45,7 @@ class ChunkPoint:
     id: str
     vector: Sequence[float]
     payload: dict[str, Any]
-    sparse: SparseVector | None = None  # keyword weights (rag.sparse); None in stores built without them
+    sparse: SparseVector | None = None  # keyword weights (rag.index.sparse); None in stores built without them
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,7 @@ Two ways to run one, both off by default (no cross-encoder ships its weights in 
   ``auto`` sends the cohere format first and switches to tei for good if the server rejects the body (400/422).
 
 The retriever applies a reranker to the fused candidates that survived the relevance threshold
-(:class:`rag.retrieval.Retriever`); the store never knows about it.
+(:class:`rag.retrieval.retriever.Retriever`); the store never knows about it.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from typing import Any, Protocol, runtime_checkable
 import httpx
 
 from rag import offline
-from rag.audit import safe_endpoint
+from rag.security.audit import safe_endpoint
 from rag.errors import RerankError
 from rag.settings import Settings
 

@@ -1,7 +1,7 @@
 """Scale-out store: a Qdrant server or cluster through qdrant-client (``RAG_QDRANT_URL``).
 
 The same client also runs in its local mode (``path=`` or ``":memory:"``), which the conformance tests use;
-it is far too slow to be our embedded default (see rag/store/edge.py).
+it is far too slow to be our embedded default (see rag/index/store/edge.py).
 Collections: ``<collection>`` for chunks, ``<collection>__documents`` for the registry.
 """
 
@@ -13,7 +13,7 @@ from typing import Any
 from qdrant_client import QdrantClient, models
 
 from rag.errors import StoreLockedError, StoreUnavailableError
-from rag.store.base import (
+from rag.index.store.base import (
     check_meta,
     new_meta,
     DENSE,
@@ -28,7 +28,7 @@ from rag.store.base import (
     cosine,
     document_id,
 )
-from rag.sparse import SparseVector
+from rag.index.sparse import SparseVector
 
 _SCROLL_PAGE = 1024
 

@@ -15,7 +15,7 @@ seconds, not a request's whole timeout. No background thread: checks happen when
 One endpoint (``RAG_LLM_BASE_URL``) is a pool of one and behaves as before: it is always tried (there is nothing
 to fail over to) and its own error is raised as it is.
 
-The chain (rag/chain.py) takes a :class:`Lease` per attempt, packs for that endpoint's window, and on a
+The chain (rag/generation/chain.py) takes a :class:`Lease` per attempt, packs for that endpoint's window, and on a
 failure before the first streamed token reports it (:meth:`Lease.failed`) and asks for the next endpoint.
 :meth:`EndpointPool.stats` gives per-endpoint counters and state for metrics.
 """
@@ -32,7 +32,7 @@ from typing import Any, Literal
 
 import httpx
 
-from rag.endpoints import EndpointError, OpenAICompatibleEndpoint
+from rag.llm.endpoints import EndpointError, OpenAICompatibleEndpoint
 from rag.settings import Routing, Settings
 
 log = logging.getLogger(__name__)

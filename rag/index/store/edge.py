@@ -18,7 +18,7 @@ import qdrant_edge as qe
 from filelock import FileLock, Timeout
 
 from rag.errors import StoreLockedError
-from rag.store.base import (
+from rag.index.store.base import (
     check_meta,
     new_meta,
     DENSE,
@@ -33,7 +33,7 @@ from rag.store.base import (
     cosine,
     document_id,
 )
-from rag.sparse import SparseVector
+from rag.index.sparse import SparseVector
 
 _SCROLL_PAGE = 1024
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from rag.rerank import describe as describe_reranker
+from rag.retrieval.rerank import describe as describe_reranker
 from rag.settings import Settings
-from rag.store import Store
+from rag.index.store import Store
 
 
 def index_info(store: Store, settings: Settings) -> dict[str, Any]:

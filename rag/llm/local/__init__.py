@@ -1,9 +1,9 @@
 """The local demo LLM: the packaged SmolLM2-135M served by a real engine, so the demo and the tests need no
 model hub and no GPU.
 
-Two engines, one interface (:class:`Engine`): vLLM's CPU build (:mod:`rag.local_llm.vllm`, the demo's default:
-it met the demo's targets, bench/README.md) and llama-cpp-python (:mod:`rag.local_llm.llamacpp`, built
-portably). ``rag llm serve --engine vllm|llamacpp`` runs one under :class:`~rag.local_llm.supervisor.Supervisor`.
+Two engines, one interface (:class:`Engine`): vLLM's CPU build (:mod:`rag.llm.local.vllm`, the demo's default:
+it met the demo's targets, bench/README.md) and llama-cpp-python (:mod:`rag.llm.local.llamacpp`, built
+portably). ``rag llm serve --engine vllm|llamacpp`` runs one under :class:`~rag.llm.local.supervisor.Supervisor`.
 
 It is a *demo* model: 135M parameters answer weakly. Production points ``RAG_LLM_BASE_URL`` at vLLM, Ollama
 or llama.cpp serving a real model; nothing else changes.
@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import IO, Protocol
 
-from rag.local_llm.llamacpp import (
+from rag.llm.local.llamacpp import (
     DEFAULT_CONTEXT,
     MODEL_ALIAS,
     LlamaCppEngine,
@@ -22,8 +22,8 @@ from rag.local_llm.llamacpp import (
     packaged_model,
     server_command,
 )
-from rag.local_llm.process import LocalLLMError, ServerProcess
-from rag.local_llm.vllm import VllmEngine
+from rag.llm.local.process import LocalLLMError, ServerProcess
+from rag.llm.local.vllm import VllmEngine
 
 __all__ = ["DEFAULT_CONTEXT", "DEFAULT_ENGINE", "ENGINES", "MODEL_ALIAS", "Engine", "LocalLLMError",
            "LocalLLMServer", "ServerProcess", "get_engine", "packaged_model", "server_command"]

@@ -30,7 +30,7 @@ from rich.table import Table
 from rich.text import Text
 
 from rag import offline
-from rag.cli_users import users_app
+from rag.cli.users import users_app
 from rag.errors import RagError
 from rag.settings import RETRIEVAL_MODES, Settings
 
@@ -60,7 +60,7 @@ _state: dict[str, Any] = {"verbose": False}
 
 
 def _fail(exc: BaseException) -> typer.Exit:
-    from rag.endpoints import EndpointError
+    from rag.llm.endpoints import EndpointError
 
     if _state["verbose"]:
         err.print_exception()
@@ -85,8 +85,8 @@ def _identity(settings: Settings, as_user: str | None):
     """The user to run as, or None: the operator at the machine, who owns the store files anyway."""
     if as_user is None:
         return None
-    from rag.auth import identity_as
-    from rag.users import UserDirectory
+    from rag.security.auth import identity_as
+    from rag.security.users import UserDirectory
 
     try:
         return identity_as(UserDirectory.from_settings(settings), as_user)
@@ -124,7 +124,7 @@ def ingest(
     """Ingest files and folders: new files are added, changed ones replaced, deleted ones removed."""
     from ingest import ingest as run_ingest
 
-    from rag.access import check_group, split_groups
+    from rag.security.access import check_group, split_groups
 
     settings = _settings()
     group_list = split_groups(groups) or None
@@ -192,8 +192,8 @@ def access(
     and whether the policy changed since the last ingest (then run `rag ingest` again to apply it)."""
     import os
 
-    from rag.access import AccessPolicy
-    from rag.store import open_store
+    from rag.security.access import AccessPolicy
+    from rag.index.store import open_store
 
     settings = _settings()
     try:
@@ -270,7 +270,7 @@ def forget(
 
 
 def _snippet(text: str, width: int = 240) -> str:
-    from rag.citations import snippet
+    from rag.generation.citations import snippet
 
     return snippet(text, width)
 
@@ -287,9 +287,9 @@ def search(
     as_user: AsUser = None,
 ) -> None:
     """Show what retrieval finds for a query (path, page, score, snippet). No LLM involved."""
-    from rag.embeddings import get_embedder
-    from rag.retrieval import Retriever
-    from rag.store import open_store
+    from rag.index.embeddings import get_embedder
+    from rag.retrieval.retriever import Retriever
+    from rag.index.store import open_store
 
     settings = _settings()
     if mode is not None:
@@ -344,7 +344,7 @@ def _check_rerank_option(rerank: bool | None, settings: Settings) -> None:
 
 
 def _audit_search(settings: Settings, user, query: str, found) -> None:
-    from rag.audit import AuditLog
+    from rag.security.audit import AuditLog
 
     log = AuditLog.from_settings(settings)
     if log is not None:
@@ -359,8 +359,8 @@ def _audit_search(settings: Settings, user, query: str, found) -> None:
 @app.command()
 def status(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
     """Where the index is and what it holds."""
-    from rag.status import index_info
-    from rag.store import open_store
+    from rag.ops.status import index_info
+    from rag.index.store import open_store
 
     settings = _settings()
     t0 = time.perf_counter()
@@ -403,7 +403,7 @@ def status(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
             table.add_row("context window", f"{llm['context_window']} — {llm['context_source']}")
             table.add_row("token counting", llm["tokenizer"])
         else:
-            from rag.local_llm.supervisor import notice_for
+            from rag.llm.local.supervisor import notice_for
 
             # The demo LLM's supervisor may know why (restarting after a crash, still loading, gave up).
             why = notice_for(settings.data_dir, [llm["base_url"]])
@@ -427,7 +427,7 @@ def ask(
     as_user: AsUser = None,
 ) -> None:
     """Answer a question from the documents, streamed, then list the sources it cites."""
-    from rag.chain import RAG
+    from rag.generation.chain import RAG
 
     settings = _settings()
     user = _identity(settings, as_user)
@@ -483,8 +483,8 @@ def _print_stats(answer) -> None:
 def chat(as_user: AsUser = None) -> None:
     """Interactive questions with history. /sources shows the last answer's sources, /reset forgets the
     conversation, /exit (or Ctrl-D) ends."""
-    from rag.chain import RAG
-    from rag.packing import Message
+    from rag.generation.chain import RAG
+    from rag.generation.packing import Message
 
     settings = _settings()
     user = _identity(settings, as_user)
@@ -550,8 +550,8 @@ def eval_retrieval(
     The corpus is ingested through the normal pipeline into its own index under <data dir>/eval/<dataset>
     (reused on the next run)."""
     from evaluation.retrieval import MODES, build_index, evaluate, load_beir
-    from rag.embeddings import get_embedder
-    from rag.rerank import get_reranker
+    from rag.index.embeddings import get_embedder
+    from rag.retrieval.rerank import get_reranker
 
     modes = MODES if mode == "all" else (mode,)
     if any(m not in MODES for m in modes):
@@ -599,7 +599,7 @@ def eval_answers(
     """Ask every question through the whole chain (configured index and LLM endpoint) and score the answers:
     exact match, token F1, citation validity, expected source found and cited, refusals, latency."""
     from evaluation.answers import evaluate_answers, load_qa, write_results
-    from rag.chain import RAG
+    from rag.generation.chain import RAG
 
     settings = _settings()
     try:
@@ -652,7 +652,7 @@ def sizing(
     """How many GPUs a model needs: weights + 20 % headroom + KV cache (context x concurrency), the cards of a
     catalogue that hold it and with how many for tensor parallelism, and the vllm / ollama command lines.
     Sizes are in GB = 10^9 bytes."""
-    from rag.sizing import find_model, parse_params, size
+    from rag.ops.sizing import find_model, parse_params, size
 
     try:
         spec = find_model(model)
@@ -667,7 +667,7 @@ def sizing(
 
 
 def _print_sizing(s) -> None:
-    from rag.sizing import precision
+    from rag.ops.sizing import precision
 
     m = s.model
     seqs = f"{s.concurrency} sequence{'s' if s.concurrency > 1 else ''}"
@@ -755,7 +755,7 @@ def serve(
     collection), /v1/models, /healthz, /metrics (Prometheus). Keys: rag users key NAME."""
     import uvicorn
 
-    from rag.api import create_app
+    from rag.api.app import create_app
 
     settings = _settings()
     if settings.auth == "none" and host not in ("127.0.0.1", "localhost", "::1"):
@@ -778,7 +778,7 @@ EngineOption = Annotated[str, typer.Option(
 
 
 def _engine(name: str | None):
-    from rag.local_llm import DEFAULT_ENGINE, get_engine
+    from rag.llm.local import DEFAULT_ENGINE, get_engine
 
     try:
         return get_engine(name or DEFAULT_ENGINE)
@@ -795,7 +795,7 @@ def llm_install(engine: EngineOption = "", rebuild: Annotated[bool, typer.Option
         help="Build/install again even if present (a broken or non-portable install).")] = False) -> None:
     """Install an engine for the demo model (vLLM: its own venv, ~3 min once; llama.cpp: a portable build,
     ~9 min once), then check it with one tiny completion."""
-    from rag.local_llm import llamacpp, selfcheck, vllm
+    from rag.llm.local import llamacpp, selfcheck, vllm
 
     eng = _engine(engine)
     try:
@@ -818,7 +818,7 @@ def llm_install(engine: EngineOption = "", rebuild: Annotated[bool, typer.Option
 def llm_check(engine: EngineOption = "") -> None:
     """Start the engine on a free port, ask for one tiny completion, stop it: exit 1 with the reason if the
     server cannot start or crashes (a build that does not suit this CPU)."""
-    from rag.local_llm import selfcheck
+    from rag.llm.local import selfcheck
 
     eng = _engine(engine)
     if not eng.installed():
@@ -843,8 +843,8 @@ def llm_serve(
     """Serve the packaged tiny demo model (SmolLM2-135M) until Ctrl-C: an OpenAI-compatible API on --port,
     restarted if it crashes. It answers weakly; for real use point RAG_LLM_BASE_URL at vLLM, Ollama or
     llama.cpp with a real model. Installs the engine on first use."""
-    from rag.local_llm import MODEL_ALIAS
-    from rag.local_llm.supervisor import Supervisor, status_path
+    from rag.llm.local import MODEL_ALIAS
+    from rag.llm.local.supervisor import Supervisor, status_path
 
     eng = _engine(engine)
     settings = _settings()
@@ -914,7 +914,7 @@ def ui(
 def _llm_info(settings: Settings) -> dict:
     """The first healthy endpoint's discovery (the only one's, usually) at the top level, every endpoint's under
     "endpoints"; never includes an API key."""
-    from rag.pool import EndpointPool
+    from rag.llm.pool import EndpointPool
 
     pool = EndpointPool.from_settings(settings, timeout=10, connect_timeout=3)
     try:

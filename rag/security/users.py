@@ -35,7 +35,7 @@ from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
 from filelock import FileLock, Timeout
 
-from rag.access import normalize_groups
+from rag.security.access import normalize_groups
 from rag.errors import UsersFileError
 
 if TYPE_CHECKING:

@@ -1,0 +1,1 @@
+"""`rag serve`: the OpenAI-compatible HTTP API, a shell over the library."""

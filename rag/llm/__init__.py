@@ -1,0 +1,2 @@
+"""The LLM side: OpenAI-compatible endpoints (discovery, exact token counting), several endpoints as one
+pool with failover, and the local demo model's engines."""

@@ -1,0 +1,1 @@
+"""Operating it: Prometheus metrics, GPU sizing, index status."""
