@@ -241,7 +241,7 @@ class Settings(BaseSettings):
     @field_validator("default_groups", mode="after")
     @classmethod
     def _groups(cls, v: list[str]) -> list[str]:
-        from rag.security.access import check_group
+        from rag.types import check_group
 
         return [check_group(g) for g in v]
 

@@ -124,7 +124,8 @@ def ingest(
     """Ingest files and folders: new files are added, changed ones replaced, deleted ones removed."""
     from ingest import ingest as run_ingest
 
-    from rag.security.access import check_group, split_groups
+    from rag.security.access import split_groups
+    from rag.types import check_group
 
     settings = _settings()
     group_list = split_groups(groups) or None
@@ -484,7 +485,7 @@ def chat(as_user: AsUser = None) -> None:
     """Interactive questions with history. /sources shows the last answer's sources, /reset forgets the
     conversation, /exit (or Ctrl-D) ends."""
     from rag.generation.chain import RAG
-    from rag.generation.packing import Message
+    from rag.types import Message
 
     settings = _settings()
     user = _identity(settings, as_user)

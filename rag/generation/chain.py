@@ -33,7 +33,8 @@ from rag.generation.citations import CitationFilter, snippet
 from rag.index.embeddings import Embedder
 from rag.llm.endpoints import EndpointError, OpenAICompatibleEndpoint, api_message, parse_overflow
 from rag.errors import AccessDenied, RagError
-from rag.generation.packing import Message, Packing, Passage, format_source, join_sources, pack
+from rag.generation.packing import Packing, format_source, join_sources, pack
+from rag.types import Message, Passage
 from rag.llm.pool import EndpointPool, Lease, is_failover_error, is_timeout
 from rag.generation.prompts import CONDENSE_PROMPT, CONDENSE_SYSTEM, NO_ANSWER, SYSTEM_PROMPT, user_message
 from rag.retrieval.retriever import Retrieved, Retriever, StoreRetriever

@@ -18,28 +18,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Protocol
 
+from rag.types import Message, Passage
+
 
 class TokenCounter(Protocol):
     def count(self, text: str) -> int: ...
-
-
-@dataclass(frozen=True)
-class Passage:
-    """One retrieved chunk, as the retriever hands it to the packer."""
-
-    id: str
-    text: str
-    score: float
-    path: str
-    source: str
-    page_start: int | None = None
-    page_end: int | None = None
-    section: str | None = None
-    chunk_index: int = 0
-    char_start: int = 0
-    char_end: int = 0
-    trimmed: bool = False  # cut to fill the last room in the window; its text ends with TRIM_MARK
-    rerank_score: float | None = None  # set when a reranker ordered the passages; ``score`` stays the cosine
 
 
 @dataclass
@@ -71,12 +54,6 @@ class Source:
     @property
     def char_start(self) -> int:
         return min(p.char_start for p in self.passages)
-
-
-@dataclass(frozen=True)
-class Message:
-    role: str  # "user" | "assistant"
-    content: str
 
 
 @dataclass(frozen=True)

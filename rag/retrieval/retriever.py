@@ -17,7 +17,7 @@ from langchain_core.retrievers import BaseRetriever
 from pydantic import ConfigDict
 
 from rag.index.embeddings import Embedder
-from rag.generation.packing import Passage
+from rag.types import Passage
 from rag.retrieval.rerank import Reranker, get_reranker
 from rag.settings import Settings
 from rag.index.sparse import SparseEncoder, get_sparse_encoder

@@ -50,6 +50,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
 from rag.errors import AccessPolicyError
+from rag.types import check_group
 
 if TYPE_CHECKING:
     from rag.settings import Settings
@@ -61,17 +62,6 @@ EVERYONE = "everyone"
 USER_GROUP_PREFIX = "user:"
 
 _FORMAT_HINT = 'e.g. default = ["staff"] and [[rule]] match = "finance/**" groups = ["finance"]'
-
-
-def check_group(name: object, where: str = "") -> str:
-    """A valid group name, or an error. Commas are refused because groups travel comma-separated (--groups,
-    X-Forwarded-Groups); control characters because they end up in logs and headers."""
-    if not isinstance(name, str) or not name.strip():
-        raise ValueError(f"{where}group names must be non-empty strings, not {name!r}")
-    if name != name.strip() or "," in name or any(ord(c) < 32 or ord(c) == 127 for c in name) or len(name) > 256:
-        raise ValueError(f"{where}invalid group name {name!r}: no commas, control characters or surrounding "
-                         "spaces, at most 256 characters")
-    return name
 
 
 def normalize_groups(groups: Sequence[str], where: str = "") -> tuple[str, ...]:

@@ -24,7 +24,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
-from rag.security.access import EVERYONE, USER_GROUP_PREFIX, check_group, normalize_groups, split_groups
+from rag.security.access import EVERYONE, USER_GROUP_PREFIX, normalize_groups, split_groups
+from rag.types import check_group
 from rag.errors import UsersFileError
 from rag.security.users import User, UserDirectory, check_user_name
 

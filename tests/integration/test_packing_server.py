@@ -16,7 +16,7 @@ import httpx
 import pytest
 
 from rag.generation.chain import RAG
-from rag.generation.packing import Message
+from rag.types import Message
 from rag.retrieval.retriever import to_passage
 
 from conftest import LLM_CTX

@@ -6,7 +6,8 @@ import random
 
 from hypothesis import given, settings as hsettings, strategies as st
 
-from rag.generation.packing import Message, Passage, _turns, format_source, pack
+from rag.generation.packing import _turns, format_source, pack
+from rag.types import Message, Passage
 
 
 class Words:
