@@ -22,7 +22,7 @@ users_app = typer.Typer(help="Users, their groups, passwords and API keys (the f
 
 
 def _directory():
-    from rag.cli import _settings
+    from rag.cli.common import load_settings as _settings
     from rag.security.users import UserDirectory
 
     return UserDirectory.from_settings(_settings())
@@ -36,7 +36,7 @@ def _read_password(from_stdin: bool) -> str:
 
 
 def _fail(exc: RagError) -> typer.Exit:
-    from rag.cli import _fail as fail
+    from rag.cli.common import fail
 
     return fail(exc)
 
@@ -54,7 +54,7 @@ def users_add(
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     """Add a user with their groups; asks for the password twice (hidden) unless told otherwise."""
-    from rag.cli import err, out
+    from rag.cli.common import err, out
 
     directory = _directory()
     try:
@@ -80,7 +80,7 @@ def users_add(
 @users_app.command("list")
 def users_list(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
     """List users and their groups (never password hashes or keys)."""
-    from rag.cli import out
+    from rag.cli.common import out
 
     directory = _directory()
     try:
@@ -106,7 +106,7 @@ def users_remove(
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     """Remove a user (with their password and API keys)."""
-    from rag.cli import out
+    from rag.cli.common import out
 
     directory = _directory()
     try:
@@ -126,7 +126,7 @@ def users_passwd(
                                                                           "line of stdin.")] = False,
 ) -> None:
     """Set a user's password (asked twice, hidden)."""
-    from rag.cli import out
+    from rag.cli.common import out
 
     directory = _directory()
     try:
@@ -145,7 +145,7 @@ def users_key(
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     """Print a new API key for a user. It is shown once and only its digest is stored: keep it now."""
-    from rag.cli import err, out
+    from rag.cli.common import err, out
 
     directory = _directory()
     try:

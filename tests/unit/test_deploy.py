@@ -61,10 +61,12 @@ def other_rag_env_names() -> set[str]:
 
 
 def cli_default(command: str, option: str):
-    """A `rag` command's default, read from its typer signature (rag/cli/__init__.py), e.g. serve --port."""
-    import rag.cli
+    """A `rag` command's default, read from the typer signature of the command `rag COMMAND` runs, e.g. serve
+    --port."""
+    from rag.cli import app
 
-    return inspect.signature(getattr(rag.cli, command)).parameters[option].default
+    (callback,) = [c.callback for c in app.registered_commands if (c.name or c.callback.__name__) == command]
+    return inspect.signature(callback).parameters[option].default
 
 
 @functools.cache

@@ -1,0 +1,265 @@
+"""`rag ingest`, `rag access`, `rag forget`, `rag status`: documents into the index and what it holds."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.progress import (
+    BarColumn,
+    Progress,
+    ProgressColumn,
+    TaskProgressColumn,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+from rich.table import Table
+from rich.text import Text
+
+from rag.errors import RagError
+from rag.settings import Settings
+from rag.cli.common import err, fail, load_settings, out, rel
+
+
+class _ChunkRate(ProgressColumn):
+    def render(self, task) -> Text:  # type: ignore[override]
+        chunks = task.fields.get("chunks", 0)
+        elapsed = task.elapsed or 0
+        rate = chunks / elapsed if elapsed > 0 else 0.0
+        return Text(f"{chunks} chunks · {rate:.1f}/s", style="cyan")
+
+
+def ingest(
+    paths: Annotated[list[Path], typer.Argument(help="Files and folders to ingest (folders are walked).")],
+    groups: Annotated[str | None, typer.Option(help=(
+        "Comma-separated groups allowed to read the documents that no .rag-access.toml rule covers. Policy files "
+        "in the ingested folders win: they are read from each document's folder up to the folder given here (a "
+        "file given on its own: only its folder's). Without --groups such documents get RAG_DEFAULT_GROUPS, "
+        "default \"admins\": nobody but admins. See `rag access PATH`."))] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar; print only failures.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object (for scripts).")] = False,
+) -> None:
+    """Ingest files and folders: new files are added, changed ones replaced, deleted ones removed."""
+    from ingest import ingest as run_ingest
+
+    from rag.security.access import split_groups
+    from rag.types import check_group
+
+    settings = load_settings()
+    group_list = split_groups(groups) or None
+    try:
+        for g in group_list or ():
+            check_group(g, "--groups: ")
+    except ValueError as exc:
+        err.print(Text(f"error: {exc}", style="bold red"))
+        raise typer.Exit(2) from None
+    show_bar = not quiet and not as_json and err.is_terminal
+    bar = Progress(
+        TextColumn("[bold]ingest"), BarColumn(), TaskProgressColumn(), TextColumn("{task.fields[files]}"),
+        _ChunkRate(), TimeElapsedColumn(), TimeRemainingColumn(), TextColumn("{task.fields[current]}"),
+        console=err, transient=True, disable=not show_bar,
+    )
+    task = bar.add_task("ingest", total=None, files="", chunks=0, current="")
+
+    def on_progress(p) -> None:
+        bar.update(task, total=max(p.bytes_total, 1), completed=p.bytes_done, chunks=p.chunks_done,
+                   files=f"{p.files_done}/{p.files_total} files",
+                   current=Path(p.current).name[:40] if p.current else "")
+
+    try:
+        with bar:
+            report = run_ingest(paths, settings, groups=group_list, progress=on_progress)
+    except KeyboardInterrupt:
+        err.print("interrupted: documents finished so far are stored; run the same command again to continue")
+        raise typer.Exit(130) from None
+    except RagError as exc:
+        raise fail(exc) from None
+
+    if as_json:
+        d = report.to_dict()
+        for key in ("failed", "skipped", "warnings"):
+            d[key] = [{"path": f["path"], "reason": f["reason"]} for f in d[key]]
+        out.print_json(json.dumps(d))
+    else:
+        for f in report.failed:
+            err.print(Text.assemble(("failed ", "bold red"), (rel(f.path), "bold"), f": {f.reason}"))
+        if not quiet:
+            for f in report.warnings:
+                err.print(Text.assemble(("warning ", "yellow"), (rel(f.path), "bold"), f": {f.reason}"))
+            if report.skipped:
+                err.print(f"skipped {len(report.skipped)} unsupported file(s)"
+                          + (": " + ", ".join(rel(f.path) for f in report.skipped[:5]) if report.skipped else "")
+                          + (" …" if len(report.skipped) > 5 else ""))
+            rate = report.chunks / report.seconds if report.seconds else 0
+            out.print(
+                f"[bold]{report.added}[/] added, [bold]{report.updated}[/] updated, "
+                f"[bold]{report.unchanged}[/] unchanged, [bold]{report.removed}[/] removed, "
+                f"[bold]{report.access_updated}[/] access updated, "
+                f"[bold {'red' if report.failed else ''}]{len(report.failed)}[/] failed · "
+                f"{report.chunks} chunks written, {report.chunks_removed} removed · "
+                f"{report.seconds:.1f}s ({rate:.1f} chunks/s)"
+            )
+    raise typer.Exit(0 if report.ok else 1)
+
+
+def access(
+    paths: Annotated[list[Path], typer.Argument(help="Indexed documents, or folders: every document below.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object (for scripts).")] = False,
+) -> None:
+    """Who may read indexed documents, what decided it (policy file and rule, --groups or RAG_DEFAULT_GROUPS),
+    and whether the policy changed since the last ingest (then run `rag ingest` again to apply it)."""
+    import os
+
+    from rag.security.access import AccessPolicy
+    from rag.index.store import open_store
+
+    settings = load_settings()
+    try:
+        with open_store(settings) as store:
+            registry = store.documents()
+    except RagError as exc:
+        raise fail(exc) from None
+    rows: list[dict[str, Any]] = []
+    missing: list[str] = []
+    for raw in paths:
+        p = str(raw.expanduser().absolute())
+        found = sorted(k for k in registry if k == p or k.startswith(p.rstrip(os.sep) + os.sep))
+        if not found:
+            missing.append(p)
+        for k in found:
+            rec = registry[k]
+            row: dict[str, Any] = {"path": k, "groups": sorted(rec.groups), "access": rec.access or None}
+            if not rec.access:  # ingested before access decisions were recorded
+                row["current"] = row["stale"] = None
+                rows.append(row)
+                continue
+            try:
+                now = AccessPolicy.from_record(rec.access).record(k, rec.access["root"])
+            except (RagError, ValueError, KeyError) as exc:  # a policy file broken since: say so, do not guess
+                row["current"], row["stale"], row["error"] = None, True, str(exc)
+            else:
+                row["current"] = now
+                row["stale"] = now["signature"] != rec.access.get("signature") or now["groups"] != row["groups"]
+            rows.append(row)
+    if as_json:
+        out.print_json(json.dumps({"documents": rows, "not_indexed": missing}))
+    else:
+        for r in rows:
+            out.print(Text.assemble((rel(r["path"]), "bold"), ": ",
+                                    (", ".join(r["groups"]) or "nobody (empty group list)", "cyan")))
+            a = r["access"]
+            if not a:
+                out.print(Text("    ingested before access decisions were recorded: run rag ingest again to record "
+                               "and apply the policy", style="yellow"))
+                continue
+            out.print(Text("    " + a["reason"], style="dim"))
+            if r.get("error"):
+                out.print(Text(f"    policy now broken: {r['error']}", style="red"))
+            elif r["stale"]:
+                cur = r["current"]
+                now = f" (it would now be {', '.join(cur['groups']) or 'nobody'}: {cur['reason']})" if cur else ""
+                out.print(Text(f"    the policy changed since the last ingest{now}; run rag ingest {rel(a['root'])}",
+                               style="yellow"))
+        for m in missing:
+            err.print(Text.assemble(("not indexed ", "yellow"), rel(m)))
+    raise typer.Exit(1 if missing else 0)
+
+
+def forget(
+    paths: Annotated[list[Path], typer.Argument(help="Files or folders to remove from the index.")],
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Remove documents from the index (the files themselves are not touched)."""
+    from ingest import forget as run_forget
+
+    try:
+        report = run_forget(paths, load_settings())
+    except RagError as exc:
+        raise fail(exc) from None
+    if as_json:
+        out.print_json(json.dumps({"removed": report.removed, "chunks_removed": report.chunks_removed,
+                                   "failed": [{"path": f.path, "reason": f.reason} for f in report.failed]}))
+    else:
+        for f in report.failed:
+            err.print(Text.assemble(("not found ", "yellow"), rel(f.path), f": {f.reason}"))
+        out.print(f"removed {report.removed} document(s), {report.chunks_removed} chunks")
+    raise typer.Exit(0 if not report.failed else 1)
+
+
+def status(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """Where the index is and what it holds."""
+    from rag.ops.status import index_info
+    from rag.index.store import open_store
+
+    settings = load_settings()
+    t0 = time.perf_counter()
+    try:
+        store = open_store(settings)
+        try:
+            info = index_info(store, settings)
+        finally:
+            store.close()
+    except RagError as exc:
+        raise fail(exc) from None
+    info |= {
+        "llm": _llm_info(settings),
+        "seconds": round(time.perf_counter() - t0, 3),
+    }
+    if as_json:
+        out.print_json(json.dumps(info))
+        return
+    table = Table(show_header=False, box=None)
+    for k in ("backend", "location", "collection", "documents", "chunks", "pages", "embedding_model",
+              "embedding_dimension", "embedding_backend", "retrieval_mode", "reranker"):
+        table.add_row(k.replace("_", " "), str(info[k]))
+    if info["last_ingest"]:
+        table.add_row("last ingest", time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(info["last_ingest"])))
+    llm = info["llm"]
+    if len(llm["endpoints"]) > 1:
+        table.add_row("llm routing", f"{llm['routing']} over {len(llm['endpoints'])} endpoints")
+        for i, e in enumerate(llm["endpoints"], 1):
+            if e["healthy"]:
+                row: str | Text = (f"{e['base_url']} — {e['model']} ({e['kind']}), priority {e['priority']}, "
+                                   f"context window {e['context_window']} ({e['context_source']}), "
+                                   f"token counting: {e['tokenizer']}")
+            else:
+                row = Text(f"{e['base_url']} — priority {e['priority']}, unavailable: {e['error']}", style="yellow")
+            table.add_row(f"llm endpoint {i}", row)
+    else:
+        table.add_row("llm endpoint", llm["base_url"])
+        if llm["healthy"]:
+            table.add_row("llm model", f"{llm['model']} ({llm['kind']})")
+            table.add_row("context window", f"{llm['context_window']} — {llm['context_source']}")
+            table.add_row("token counting", llm["tokenizer"])
+        else:
+            from rag.llm.local.supervisor import notice_for
+
+            # The demo LLM's supervisor may know why (restarting after a crash, still loading, gave up).
+            why = notice_for(settings.data_dir, [llm["base_url"]])
+            table.add_row("llm status", Text(why or f"unavailable: {llm['error']}", style="yellow"))
+    out.print(table)
+    if not info["documents"]:
+        out.print("The index is empty: run [bold]rag ingest PATH[/] to add documents.")
+    elif not info["sparse_vectors"] and settings.retrieval_mode != "dense":
+        out.print(Text(f"RAG_RETRIEVAL_MODE={settings.retrieval_mode} needs keyword (BM25) vectors, which this index, "
+                       "built by an older version, lacks: dense retrieval is used. To rebuild, ingest into a new "
+                       "RAG_DATA_DIR or RAG_COLLECTION.", style="yellow"))
+
+
+def _llm_info(settings: Settings) -> dict:
+    """The first healthy endpoint's discovery (the only one's, usually) at the top level, every endpoint's under
+    "endpoints"; never includes an API key."""
+    from rag.llm.pool import EndpointPool
+
+    pool = EndpointPool.from_settings(settings, timeout=10, connect_timeout=3)
+    try:
+        endpoints = [m.endpoint.info.to_dict() | {"priority": m.priority} for m in pool.members]
+    finally:
+        pool.close()
+    first = next((e for e in endpoints if e["healthy"]), endpoints[0])
+    return {**{k: v for k, v in first.items() if k != "priority"}, "routing": settings.llm_routing,
+            "endpoints": endpoints}

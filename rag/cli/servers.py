@@ -1,0 +1,59 @@
+"""`rag serve` (the OpenAI-compatible API) and `rag ui` (the chat in the browser)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.text import Text
+
+from rag.cli.common import err, load_settings, out
+
+
+def serve(
+    port: Annotated[int, typer.Option(help="TCP port.")] = 8000,
+    host: Annotated[str, typer.Option(help="Interface; 0.0.0.0 serves the network.")] = "127.0.0.1",
+) -> None:
+    """The RAG as an OpenAI-compatible API: /v1/chat/completions (streaming or not; the model names the
+    collection), /v1/models, /healthz, /metrics (Prometheus). Keys: rag users key NAME."""
+    import uvicorn
+
+    from rag.api.app import create_app
+
+    settings = load_settings()
+    if settings.auth == "none" and host not in ("127.0.0.1", "localhost", "::1"):
+        err.print(Text(f"warning: RAG_AUTH=none on {host}: anyone who reaches port {port} reads every document "
+                       "without a key. Set RAG_AUTH=password and give users keys (rag users key NAME).",
+                       style="yellow"))
+    names = settings.api_collections or [settings.collection]
+    err.print(Text(f"OpenAI-compatible API on http://{host}:{port}/v1 · models: {', '.join(names)} · "
+                   f"auth: {settings.auth}", style="bold"))
+    uvicorn.run(create_app(settings), host=host, port=port, log_level="warning", access_log=False)
+
+
+def ui(
+    port: Annotated[int, typer.Option(help="Port of the web UI.")] = 8501,
+    host: Annotated[str, typer.Option(help="Interface to listen on; 0.0.0.0 lets colleagues connect.")] = "127.0.0.1",
+) -> None:
+    """Start the chat UI in the browser (Streamlit) over the configured index and LLM; Ctrl-C stops it."""
+    import os
+
+    import ui as ui_pkg
+
+    settings = load_settings()
+    app_path = Path(ui_pkg.__file__).parent / "app.py"
+    shown = "localhost" if host in ("127.0.0.1", "0.0.0.0", "::") else host
+    llms = ", ".join(e.base_url for e in settings.llm_endpoint_list())
+    out.print(f"onprem-rag UI: [bold]http://{shown}:{port}[/] (LLM {llms}, "
+              f"index {settings.qdrant_url or settings.store_dir}) — Ctrl-C stops it.")
+    sys.stdout.flush()
+    # No telemetry, no file watching, no tracebacks in the browser (they go to this terminal).
+    args = [sys.executable, "-m", "streamlit", "run", str(app_path),
+            "--server.port", str(port), "--server.address", host, "--server.headless", "true",
+            "--browser.gatherUsageStats", "false", "--server.fileWatcherType", "none",
+            "--server.maxUploadSize", str(max(1, int(settings.max_file_mb))),
+            "--client.showErrorDetails", "none", "--client.toolbarMode", "minimal"]
+    # exec: Ctrl-C and the demo script's kill reach Streamlit itself.
+    os.execv(sys.executable, args)
