@@ -136,16 +136,22 @@ class Retriever:
 
 
 class StoreRetriever(BaseRetriever):
-    """LangChain face of :class:`Retriever`: ``Document(page_content=text, metadata={path, page, score, ...})``."""
+    """LangChain face of :class:`Retriever`: ``Document(page_content=text, metadata={path, page, score, ...})``.
+
+    ``k`` (as LangChain's retrievers name it) caps the documents returned, in the constructor or per call
+    (``retriever.invoke(query, k=3)``); unset, the Retriever's ``top_k``. ``groups`` restricts what it may
+    return, inside the store's query. Passes LangChain's standard retriever tests
+    (tests/integration/test_langchain_standard.py)."""
 
     model_config = ConfigDict(arbitrary_types_allowed=True)
 
     retriever: Retriever
     groups: list[str] | None = None
-    top_k: int | None = None
+    k: int | None = None
 
-    def _get_relevant_documents(self, query: str, *, run_manager: CallbackManagerForRetrieverRun) -> list[Document]:
-        found = self.retriever.retrieve(query, top_k=self.top_k, groups=self.groups)
+    def _get_relevant_documents(self, query: str, *, run_manager: CallbackManagerForRetrieverRun,
+                                k: int | None = None) -> list[Document]:
+        found = self.retriever.retrieve(query, top_k=k or self.k, groups=self.groups)
         return [
             Document(
                 page_content=p.text,

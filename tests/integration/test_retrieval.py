@@ -51,7 +51,7 @@ def test_group_filter_applies(indexed, embedder):
 
 def test_langchain_retriever(indexed, embedder):
     _, store = indexed
-    lc = StoreRetriever(retriever=Retriever(store, embedder, min_score=-1), top_k=5)
+    lc = StoreRetriever(retriever=Retriever(store, embedder, min_score=-1), k=5)
     docs = lc.invoke("What is the per-diem for Lisbon?")
     assert len(docs) == 5 and any(d.metadata["path"].endswith("employee-handbook.pdf") for d in docs)
     assert {"path", "page", "score", "section", "source"} <= set(docs[0].metadata)
