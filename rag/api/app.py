@@ -25,6 +25,11 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
+from openai.types import CompletionUsage, Model
+from openai.types.chat import ChatCompletion, ChatCompletionChunk, ChatCompletionMessage
+from openai.types.chat.chat_completion import Choice
+from openai.types.chat.chat_completion_chunk import Choice as ChunkChoice
+from openai.types.chat.chat_completion_chunk import ChoiceDelta
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.middleware.base import BaseHTTPMiddleware
 
@@ -178,7 +183,7 @@ def create_app(settings: Settings, *, collections: list[str] | None = None) -> F
     @app.get("/v1/models")
     def models(request: Request) -> dict[str, Any]:
         identify(request)
-        return {"object": "list", "data": [{"id": n, "object": "model", "created": 0, "owned_by": "onprem-rag"}
+        return {"object": "list", "data": [Model(id=n, object="model", created=0, owned_by="onprem-rag").model_dump()
                                            for n in names]}
 
     @app.post("/v1/chat/completions")
@@ -193,10 +198,13 @@ def create_app(settings: Settings, *, collections: list[str] | None = None) -> F
                 answer = stream.text()
             except RagError as exc:
                 raise _as_api_error(exc) from None
-            return {"id": cid, "object": "chat.completion", "created": created, "model": body.model,
-                    "choices": [{"index": 0, "message": {"role": "assistant", "content": answer.text},
-                                 "finish_reason": "stop", "logprobs": None}],
-                    "usage": _usage(answer), "sources": _sources(answer), "refused": answer.refused}
+            # The SDK's own response type (extra fields allowed, as its clients keep them): sources and refused.
+            return ChatCompletion(
+                id=cid, object="chat.completion", created=created, model=body.model,
+                choices=[Choice(index=0, message=ChatCompletionMessage(role="assistant", content=answer.text),
+                                finish_reason="stop", logprobs=None)],
+                usage=CompletionUsage(**_usage(answer)), sources=_sources(answer), refused=answer.refused,
+            ).model_dump(exclude_unset=True)
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
         pieces = iter(stream)
         try:  # the first piece before the 200: failover and errors that happen before any token get a status
@@ -226,15 +234,19 @@ def _as_api_error(exc: RagError) -> ApiError:
 
 def _sse(stream, pieces: Iterator[str], first: str | None, cid: str, created: int, model: str,
          include_usage: bool) -> Iterator[str]:
-    def event(choices: list[dict[str, Any]], **extra: Any) -> str:
-        return "data: " + json.dumps({"id": cid, "object": "chat.completion.chunk", "created": created,
-                                      "model": model, "choices": choices, **extra}, ensure_ascii=False) + "\n\n"
+    def event(choices: list[ChunkChoice], **extra: Any) -> str:
+        chunk = ChatCompletionChunk(id=cid, object="chat.completion.chunk", created=created, model=model,
+                                    choices=choices, **extra)
+        return "data: " + json.dumps(chunk.model_dump(exclude_unset=True), ensure_ascii=False) + "\n\n"
 
-    yield event([{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}])
+    def delta(finish_reason: str | None = None, **content: str) -> list[ChunkChoice]:
+        return [ChunkChoice(index=0, delta=ChoiceDelta(**content), finish_reason=finish_reason)]
+
+    yield event(delta(role="assistant", content=""))
     try:
         piece = first
         while piece is not None:
-            yield event([{"index": 0, "delta": {"content": piece}, "finish_reason": None}])
+            yield event(delta(content=piece))
             piece = next(pieces, None)
     except RagError as exc:  # after the first token there is no status code left to change
         log.warning("answer stream failed: %s", exc)
@@ -243,10 +255,9 @@ def _sse(stream, pieces: Iterator[str], first: str | None, cid: str, created: in
         yield "data: [DONE]\n\n"
         return
     answer: Answer = stream.answer
-    yield event([{"index": 0, "delta": {}, "finish_reason": "stop"}], sources=_sources(answer),
-                refused=answer.refused)
+    yield event(delta("stop"), sources=_sources(answer), refused=answer.refused)
     if include_usage:
-        yield event([], usage=_usage(answer))
+        yield event([], usage=CompletionUsage(**_usage(answer)))
     yield "data: [DONE]\n\n"
 
 
