@@ -764,6 +764,45 @@ def serve(
     uvicorn.run(create_app(settings), host=host, port=port, log_level="warning", access_log=False)
 
 
+@app.command()
+def mcp(
+    http: Annotated[bool, typer.Option("--http", help="Serve streamable HTTP (shared use; each request "
+                                                      "identified by its API key) instead of stdio.")] = False,
+    port: Annotated[int, typer.Option(help="TCP port (with --http).")] = 8765,
+    host: Annotated[str, typer.Option(help="Interface (with --http); 0.0.0.0 serves the network.")] = "127.0.0.1",
+    as_user: AsUser = None,
+) -> None:
+    """The documents as tools for agents (Model Context Protocol): search, ask, get_source, list_collections,
+    and the readable documents as resources. stdio by default (a desktop client or IDE starts `rag mcp`);
+    --http for shared use at http://HOST:PORT/mcp with Authorization: Bearer <key> (rag users key NAME)."""
+    from rag.auth import local_identity
+    from rag.mcp_server import create_server, serve_http
+
+    settings = _settings()
+    if http and as_user is not None:
+        err.print(Text("error: --as is for stdio; over --http each request is the user of its API key",
+                       style="bold red"))
+        raise typer.Exit(2)
+    if http and settings.auth == "none" and host not in ("127.0.0.1", "localhost", "::1"):
+        err.print(Text(f"warning: RAG_AUTH=none on {host}: anyone who reaches port {port} reads every document "
+                       "without a key. Set RAG_AUTH=password and give users keys (rag users key NAME).",
+                       style="yellow"))
+    # stdio: whoever starts the process owns the store files anyway; --as narrows what the agent sees.
+    user = None if http else (_identity(settings, as_user) or local_identity())
+    try:
+        server = create_server(settings, user=user)
+    except RagError as exc:
+        raise _fail(exc) from None
+    if http:
+        names = settings.api_collections or [settings.collection]
+        err.print(Text(f"MCP server on http://{host}:{port}/mcp · collections: {', '.join(names)} · "
+                       f"auth: {settings.auth}", style="bold"))
+        serve_http(server, host=host, port=port)
+    else:
+        # stdout is the protocol channel: nothing else may be printed there.
+        server.run("stdio")
+
+
 llm_app = typer.Typer(help="The local demo LLM (SmolLM2-135M; production uses vLLM, Ollama, llama.cpp...).",
                       no_args_is_help=True)
 app.add_typer(llm_app, name="llm")
