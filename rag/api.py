@@ -120,17 +120,34 @@ class Collections:
             self._open.clear()
 
 
-def create_app(settings: Settings, *, collections: list[str] | None = None) -> FastAPI:
+def create_app(settings: Settings, *, collections: list[str] | None = None, mcp: bool = False,
+               host: str = "127.0.0.1") -> FastAPI:
+    """``mcp``: also serve the MCP server (rag.mcp_server) at /mcp, over the same collections and keys. ``host``:
+    the interface served; on loopback the MCP endpoint only accepts loopback Host headers (DNS rebinding)."""
     names = collections or settings.api_collections or [settings.collection]
     pool = Collections(settings, names)
     directory = UserDirectory.from_settings(settings) if settings.auth != "none" else None
+    mcp_server = None
+    if mcp:
+        from rag.audit import AuditLog
+        from rag.mcp_server import RagMCP
+
+        mcp_server = RagMCP(settings, pool, audit=AuditLog.from_settings(settings))
+        mcp_app = mcp_server.http_app(path="/mcp", host=host)
 
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI):
-        yield
+        # A route's app gets no lifespan of its own: the MCP sessions' task group runs in ours.
+        async with (mcp_server.session_manager.run() if mcp_server else contextlib.nullcontext()):
+            yield
         pool.close()
 
     app = FastAPI(title="onprem-rag", version="0.1.0", docs_url=None, redoc_url=None, lifespan=lifespan)
+    if mcp_server is not None:
+        from starlette.routing import Route
+
+        # A Route, not a Mount: the client's URL stays /mcp, with no redirect to /mcp/.
+        app.router.routes.append(Route("/mcp", endpoint=mcp_app))
     app.state.collections = pool
     app.add_middleware(_CountRequests)
 

@@ -746,6 +746,8 @@ app.add_typer(users_app, name="users")
 def serve(
     port: Annotated[int, typer.Option(help="TCP port.")] = 8000,
     host: Annotated[str, typer.Option(help="Interface; 0.0.0.0 serves the network.")] = "127.0.0.1",
+    mcp: Annotated[bool, typer.Option("--mcp", help="Also serve the MCP server (rag mcp) at /mcp, with the same "
+                                                    "keys.")] = False,
 ) -> None:
     """The RAG as an OpenAI-compatible API: /v1/chat/completions (streaming or not; the model names the
     collection), /v1/models, /healthz, /metrics (Prometheus). Keys: rag users key NAME."""
@@ -760,8 +762,8 @@ def serve(
                        style="yellow"))
     names = settings.api_collections or [settings.collection]
     err.print(Text(f"OpenAI-compatible API on http://{host}:{port}/v1 · models: {', '.join(names)} · "
-                   f"auth: {settings.auth}", style="bold"))
-    uvicorn.run(create_app(settings), host=host, port=port, log_level="warning", access_log=False)
+                   f"auth: {settings.auth}" + (f" · MCP on http://{host}:{port}/mcp" if mcp else ""), style="bold"))
+    uvicorn.run(create_app(settings, mcp=mcp, host=host), host=host, port=port, log_level="warning", access_log=False)
 
 
 @app.command()
