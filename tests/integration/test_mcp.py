@@ -153,9 +153,6 @@ async def _exercise(client: Client, who: str) -> None:
     bad = await client.call_tool("get_source", {"id": "not an id"})
     assert bad.is_error and "PATH#NUMBER" in bad.content[0].text
 
-    nothing = await client.call_tool("search", {"query": "zqxj vbnm kjhg", "mode": "dense"})
-    assert nothing.is_error and "nothing relevant found" in nothing.content[0].text
-
     wrong = await client.call_tool("search", {"query": "leave", "collection": "nope"})
     assert wrong.is_error and "list_collections" in wrong.content[0].text
 
@@ -352,6 +349,8 @@ def test_two_users_never_see_each_others_documents_through_any_tool_or_resource(
         seen: set[str] = set()
         async with Client(server) as client:
             r = await client.call_tool("search", {"query": "project budget code", "k": 50, "mode": mode})
+            if not allowed:  # nothing readable is nothing found, an error the model can act on
+                assert r.is_error and "nothing relevant found" in r.content[0].text
             found = set() if r.is_error else {h["path"] for h in r.structured_content["results"]}
             assert found == allowed  # every document matches: the filter hides nothing readable either
             seen |= found
