@@ -13,6 +13,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -27,7 +28,7 @@ from mcp import Client, StdioServerParameters
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.exceptions import MCPError
 
-from conftest import SAMPLE_GROUPS, USERS, _free_port, rag_cmd, readable_by
+from conftest import SAMPLE_DOCS, SAMPLE_GROUPS, USERS, _free_port, rag_cmd, readable_by
 
 RAG = str(Path(sys.executable).parent / "rag")
 TOOLS = {"search", "ask", "get_source", "list_collections"}
@@ -230,34 +231,42 @@ async def _connect_only(url: str) -> None:
         await client.list_tools()
 
 
-def test_langchain_mcp_adapters(env, http_url):
-    """Our tools as LangChain tools: invoked as an agent's tool call would be (the model's decision aside)."""
-    from langchain_core.messages import ToolMessage
-    from langchain_mcp_adapters.client import MultiServerMCPClient
+#: langchain-mcp-adapters (every release so far) requires mcp<2 and imports APIs that 2.x removed, so it cannot
+#: share the project's venv: it gets one of its own, made once per machine (like the LLM engines), and talks to our
+#: server over streamable HTTP — which also shows a 1.x client, what most agent frameworks ship, works with it.
+ADAPTERS = "langchain-mcp-adapters==0.3.2"
+ADAPTERS_VENV = Path(tempfile.gettempdir()) / "onprem-rag-test-mcp-adapters"
 
+
+@pytest.fixture(scope="module")
+def adapters_python() -> Path:
+    py = ADAPTERS_VENV / "bin" / "python"
+    marker = ADAPTERS_VENV / "installed.txt"
+    if not (marker.exists() and marker.read_text() == ADAPTERS):
+        shutil.rmtree(ADAPTERS_VENV, ignore_errors=True)
+        subprocess.run([sys.executable, "-m", "venv", str(ADAPTERS_VENV)], check=True)
+        r = subprocess.run([str(py), "-m", "pip", "install", "-q", ADAPTERS], capture_output=True, text=True)
+        assert r.returncode == 0, f"cannot install {ADAPTERS}: {r.stderr[-2000:]}"
+        marker.write_text(ADAPTERS)
+    return py
+
+
+def test_langchain_mcp_adapters(env, http_url, adapters_python):
+    """Our tools as LangChain tools: invoked as an agent's tool calls would be (the model's decision aside)."""
     _, keys, _ = env
-
-    async def main():
-        client = MultiServerMCPClient({"docs": {"transport": "streamable_http", "url": http_url,
-                                                "headers": {"Authorization": f"Bearer {keys['bob']}"}}})
-        tools = {t.name: t for t in await client.get_tools()}
-        assert set(tools) == TOOLS
-        assert "query" in tools["search"].args
-        msg = await tools["search"].ainvoke({"name": "search", "args": {"query": "password rules", "k": 5},
-                                             "id": "call_1", "type": "tool_call"})
-        assert isinstance(msg, ToolMessage) and msg.tool_call_id == "call_1" and msg.status == "success"
-        hits = msg.artifact["structured_content"]["results"]
-        assert hits and {_name(h["path"]) for h in hits} <= readable_by("bob")
-        src = await tools["get_source"].ainvoke({"name": "get_source", "args": {"id": hits[0]["id"]},
-                                                 "id": "call_2", "type": "tool_call"})
-        assert src.status == "success" and hits[0]["id"] in str(src.content)
-        # A refused id reaches the agent as an error it can read, not as an exception that ends the run.
-        hr_doc = str(Path(hits[0]["path"]).parent / "employee-handbook.pdf")
-        bad = await tools["get_source"].ainvoke({"name": "get_source", "args": {"id": hr_doc + "#0"},
-                                                 "id": "call_3", "type": "tool_call"})
-        assert bad.status == "error" and "may not read it" in str(bad.content)
-
-    anyio.run(main)
+    script = Path(__file__).resolve().parent.parent / "data" / "mcp_adapters_client.py"
+    hr_doc = str((SAMPLE_DOCS / "employee-handbook.pdf").resolve())  # where group_index ingested it from
+    r = subprocess.run([str(adapters_python), str(script), http_url, keys["bob"], hr_doc], capture_output=True,
+                       text=True, timeout=180, env={"PATH": os.environ.get("PATH", "")})
+    assert r.returncode == 0, r.stderr[-3000:]
+    out = json.loads(r.stdout.strip().splitlines()[-1])
+    assert out["tools"] == sorted(TOOLS) and "query" in out["search_args"]
+    s = out["search"]
+    assert s["status"] == "success" and s["tool_call_id"] == "call_1" and s["results"]
+    assert {_name(h["path"]) for h in s["results"]} <= readable_by("bob")
+    assert out["get_source"]["status"] == "success" and out["get_source"]["id"] in out["get_source"]["content"]
+    # A refused id reaches the agent as an error it can read, not as an exception that ends its run.
+    assert out["refused"]["status"] == "error" and "may not read it" in out["refused"]["content"]
 
 
 def test_llm_down_is_a_tool_error_naming_the_way_out(env, tmp_path):
