@@ -124,8 +124,9 @@ async def _check_tools(client: Client) -> None:
     assert {"answer", "refused", "sources"} <= set(tools["ask"].output_schema["properties"])
 
 
-async def _exercise(client: Client, who: str) -> None:
-    """Every tool and both resource calls as ``who``, checked against what ``who`` may read."""
+async def _exercise(client: Client, who: str, *, ask: bool = False, history: bool = False) -> None:
+    """Every tool (``ask`` only when asked: the LLM call is the slow part) and both resource calls as ``who``,
+    checked against what ``who`` may read."""
     mine = readable_by(who)
     others = ALL_DOCS - mine
 
@@ -168,9 +169,10 @@ async def _exercise(client: Client, who: str) -> None:
         with pytest.raises(MCPError, match="you may not read it"):
             await client.read_resource(f"rag://document{docs_dir}/{name}")
 
-    a = await client.call_tool("ask", {"question": QUESTION,
-                                       "history": [{"role": "user", "content": "Hi"},
-                                                   {"role": "assistant", "content": "Hello."}]})
+    if not ask:
+        return
+    turns = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello."}] if history else []
+    a = await client.call_tool("ask", {"question": QUESTION, "history": turns})
     assert not a.is_error, a.content
     ans = a.structured_content
     assert isinstance(ans["refused"], bool) and ans["answer"]
@@ -190,7 +192,7 @@ def test_stdio_as_users_and_operator(env):
             async with _stdio(e, "--as", who) as client:
                 if who == "alice":
                     await _check_tools(client)
-                await _exercise(client, who)
+                await _exercise(client, who, ask=who == "alice", history=True)
         async with _stdio(e) as client:  # the operator at the machine sees every document
             assert {r.name for r in (await client.list_resources()).resources} == ALL_DOCS
 
@@ -201,7 +203,7 @@ def test_stdio_as_users_and_operator(env):
     assert {("search", "search"), ("ask", "ask"), ("download", "get_source"), ("mcp_tool", "list_collections"),
             ("mcp_tool", "resources/list"), ("download", "resources/read")} <= kinds
     asked = [r for r in log if r["event"] == "ask"]
-    assert asked and all(r["question"] == QUESTION and r["model"] for r in asked)
+    assert asked and all(r["question"] == QUESTION and r["model"] and r["user"] == "alice" for r in asked)
 
 
 def test_http_api_keys(env, http_url):
@@ -212,7 +214,7 @@ def test_http_api_keys(env, http_url):
             await _check_tools(client)
             await _exercise(client, "alice")
         async with _http(http_url, keys["bob"]) as client:
-            await _exercise(client, "bob")
+            await _exercise(client, "bob", ask=True)
 
     anyio.run(main)
     # No key or a wrong one: refused at the door with a status a client can show.
