@@ -336,7 +336,7 @@ def corpus(tmp_path_factory, embedder):
     store.close()
 
 
-@hsettings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow,
+@hsettings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow,
                                                                   HealthCheck.function_scoped_fixture])
 @given(assign=st.lists(st.sets(st.sampled_from(GROUPS), max_size=2), min_size=len(TEAMS), max_size=len(TEAMS)),
        a_groups=st.sets(st.sampled_from(GROUPS[:-1]), max_size=2),
