@@ -27,7 +27,7 @@ import anyio
 from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
 from mcp.shared.exceptions import MCPError
-from mcp.types import INVALID_PARAMS, ListResourcesResult, PaginatedRequestParams, ReadResourceRequestParams, ReadResourceResult
+from mcp.types import INTERNAL_ERROR, INVALID_PARAMS, ListResourcesResult, PaginatedRequestParams, ReadResourceRequestParams, ReadResourceResult
 from mcp.types import Resource as MCPResource
 from mcp.types import TextResourceContents, ToolAnnotations
 from pydantic import BaseModel, Field
@@ -355,8 +355,14 @@ class RagMCP(MCPServer):
             out += [(n, rag, p) for p in sorted(rag.store.documents()) if rag.readable(p, user=user)]
         return out
 
+    def _resource_caller(self, ctx) -> Identity:
+        try:
+            return self.identify(_headers(ctx))
+        except ToolError as exc:
+            raise MCPError(code=INVALID_PARAMS, message=str(exc)) from None
+
     async def _handle_list_resources(self, ctx, params: PaginatedRequestParams | None) -> ListResourcesResult:
-        user = self.identify(_headers(ctx))
+        user = self._resource_caller(ctx)
 
         def run() -> list[MCPResource]:
             out = []
@@ -370,13 +376,13 @@ class RagMCP(MCPServer):
 
         try:
             resources = await anyio.to_thread.run_sync(run)
-        except RagError as exc:
-            raise _tool_error(exc) from None
+        except RagError as exc:  # resources have no isError result: a protocol error carries the message
+            raise MCPError(code=INTERNAL_ERROR, message=str(_tool_error(exc))) from None
         self._audit("mcp_tool", user, "resources/list")
         return ListResourcesResult(resources=resources)
 
     async def _handle_read_resource(self, ctx, params: ReadResourceRequestParams) -> ReadResourceResult:
-        user = self.identify(_headers(ctx))
+        user = self._resource_caller(ctx)
         uri = str(params.uri)
         path = path_of_uri(uri)
 
@@ -391,7 +397,10 @@ class RagMCP(MCPServer):
                     return "\n\n".join(c.text for c in chunks)
             return None
 
-        text = await anyio.to_thread.run_sync(run)
+        try:
+            text = await anyio.to_thread.run_sync(run)
+        except RagError as exc:
+            raise MCPError(code=INTERNAL_ERROR, message=str(_tool_error(exc))) from None
         self._audit("download", user, "resources/read", cited=[path] if text is not None and path else [],
                     extra={"found": text is not None})
         if text is None:
