@@ -6,8 +6,9 @@ Each line::
      "cited": ["/docs/travel.pdf"], "endpoint": "http://llm:8080/v1", "model": "qwen", "latency_ms": 812.4,
      "extra": {}}
 
-``event`` is one of ask, search, download, login_ok, login_failed, logout, upload, mcp_tool (others may be added; readers
-should accept unknown kinds). Every key is always present (null when not applicable) so the log is easy to query with jq.
+``event`` is one of ask, search, download, login_ok, login_failed, logout, upload, mcp_tool (others may be added;
+readers should accept unknown kinds). Calls through the MCP server (rag.mcp_server) carry ``"via": "mcp"`` and the
+tool in ``extra``; mcp_tool is for its calls that read no document text (list_collections, resources/list). Every key is always present (null when not applicable) so the log is easy to query with jq.
 
 Several processes (the UI, the API, `rag ask`) may write at once. Why not ``logging.handlers.
 RotatingFileHandler``: it is per process, so two processes rotate independently, renaming each other's file
