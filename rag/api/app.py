@@ -17,7 +17,6 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -33,6 +32,7 @@ from openai.types.chat.chat_completion_chunk import ChoiceDelta
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.middleware.base import BaseHTTPMiddleware
 
+from rag.api.collections import ApiError, Collections
 from rag.ops import metrics
 from rag.security.auth import Identity, authenticate_api_key, identity_from_headers, local_identity
 from rag.generation.chain import RAG, Answer
@@ -63,16 +63,6 @@ class ChatRequest(BaseModel):
     stream_options: StreamOptions | None = None
 
 
-class ApiError(Exception):
-    def __init__(self, status: int, message: str, type_: str, code: str | None = None) -> None:
-        super().__init__(message)
-        self.status, self.message, self.type, self.code = status, message, type_, code
-
-    def response(self) -> JSONResponse:
-        return JSONResponse({"error": {"message": self.message, "type": self.type, "param": None,
-                                       "code": self.code}}, status_code=self.status)
-
-
 def _text(content: str | list[dict[str, Any]] | None) -> str:
     if isinstance(content, list):  # [{"type": "text", "text": ...}, ...]
         return "".join(part.get("text", "") for part in content if part.get("type") == "text")
@@ -98,44 +88,34 @@ def _usage(answer: Answer) -> dict[str, int]:
     return {"prompt_tokens": p, "completion_tokens": c, "total_tokens": p + c}
 
 
-class Collections:
-    """One RAG per collection, opened on first use and kept (an embedded store admits one opener per process,
-    so every request shares it)."""
-
-    def __init__(self, settings: Settings, names: list[str]) -> None:
-        self.settings = settings
-        self.names = names
-        self._open: dict[str, RAG] = {}
-        self._lock = threading.Lock()
-
-    def get(self, name: str) -> RAG:
-        if name not in self.names:
-            raise ApiError(404, f"the model {name!r} does not exist: use one of {', '.join(self.names)} "
-                                "(GET /v1/models); each names a document collection", "invalid_request_error",
-                           "model_not_found")
-        with self._lock:
-            if name not in self._open:
-                self._open[name] = RAG.from_settings(self.settings.model_copy(update={"collection": name}))
-            return self._open[name]
-
-    def close(self) -> None:
-        with self._lock:
-            for rag in self._open.values():
-                rag.close()
-            self._open.clear()
-
-
-def create_app(settings: Settings, *, collections: list[str] | None = None) -> FastAPI:
+def create_app(settings: Settings, *, collections: list[str] | None = None, mcp: bool = False,
+               host: str = "127.0.0.1") -> FastAPI:
+    """``mcp``: also serve the MCP server (rag.api.mcp) at /mcp, over the same collections and keys. ``host``:
+    the interface served; on loopback the MCP endpoint only accepts loopback Host headers (DNS rebinding)."""
     names = collections or settings.api_collections or [settings.collection]
     pool = Collections(settings, names)
     directory = UserDirectory.from_settings(settings) if settings.auth != "none" else None
+    mcp_server = None
+    if mcp:
+        from rag.security.audit import AuditLog
+        from rag.api.mcp import RagMCP
+
+        mcp_server = RagMCP(settings, pool, audit=AuditLog.from_settings(settings))
+        mcp_app = mcp_server.http_app(path="/mcp", host=host)
 
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI):
-        yield
+        # A route's app gets no lifespan of its own: the MCP sessions' task group runs in ours.
+        async with (mcp_server.session_manager.run() if mcp_server else contextlib.nullcontext()):
+            yield
         pool.close()
 
     app = FastAPI(title="onprem-rag", version="0.1.0", docs_url=None, redoc_url=None, lifespan=lifespan)
+    if mcp_server is not None:
+        from starlette.routing import Route
+
+        # A Route, not a Mount: the client's URL stays /mcp, with no redirect to /mcp/.
+        app.router.routes.append(Route("/mcp", endpoint=mcp_app))
     app.state.collections = pool
     app.add_middleware(_CountRequests)
 

@@ -1,4 +1,5 @@
-"""`rag serve` (the OpenAI-compatible API) and `rag ui` (the chat in the browser)."""
+"""`rag serve` (the OpenAI-compatible API), `rag mcp` (the documents as tools for agents) and `rag ui` (the chat
+in the browser)."""
 
 from __future__ import annotations
 
@@ -9,12 +10,15 @@ from typing import Annotated
 import typer
 from rich.text import Text
 
-from rag.cli.common import err, load_settings, out
+from rag.cli.common import AsUser, err, fail, identity_for, load_settings, out
+from rag.errors import RagError
 
 
 def serve(
     port: Annotated[int, typer.Option(help="TCP port.")] = 8000,
     host: Annotated[str, typer.Option(help="Interface; 0.0.0.0 serves the network.")] = "127.0.0.1",
+    mcp: Annotated[bool, typer.Option("--mcp", help="Also serve the MCP server (rag mcp) at /mcp, with the same "
+                                                    "keys.")] = False,
 ) -> None:
     """The RAG as an OpenAI-compatible API: /v1/chat/completions (streaming or not; the model names the
     collection), /v1/models, /healthz, /metrics (Prometheus). Keys: rag users key NAME."""
@@ -29,8 +33,46 @@ def serve(
                        style="yellow"))
     names = settings.api_collections or [settings.collection]
     err.print(Text(f"OpenAI-compatible API on http://{host}:{port}/v1 · models: {', '.join(names)} · "
-                   f"auth: {settings.auth}", style="bold"))
-    uvicorn.run(create_app(settings), host=host, port=port, log_level="warning", access_log=False)
+                   f"auth: {settings.auth}" + (f" · MCP on http://{host}:{port}/mcp" if mcp else ""), style="bold"))
+    uvicorn.run(create_app(settings, mcp=mcp, host=host), host=host, port=port, log_level="warning", access_log=False)
+
+
+def mcp(
+    http: Annotated[bool, typer.Option("--http", help="Serve streamable HTTP (shared use; each request "
+                                                      "identified by its API key) instead of stdio.")] = False,
+    port: Annotated[int, typer.Option(help="TCP port (with --http).")] = 8765,
+    host: Annotated[str, typer.Option(help="Interface (with --http); 0.0.0.0 serves the network.")] = "127.0.0.1",
+    as_user: AsUser = None,
+) -> None:
+    """The documents as tools for agents (Model Context Protocol): search, ask, get_source, list_collections,
+    and the readable documents as resources. stdio by default (a desktop client or IDE starts `rag mcp`);
+    --http for shared use at http://HOST:PORT/mcp with Authorization: Bearer <key> (rag users key NAME)."""
+    from rag.api.mcp import create_server, serve_http
+    from rag.security.auth import local_identity
+
+    settings = load_settings()
+    if http and as_user is not None:
+        err.print(Text("error: --as is for stdio; over --http each request is the user of its API key",
+                       style="bold red"))
+        raise typer.Exit(2)
+    if http and settings.auth == "none" and host not in ("127.0.0.1", "localhost", "::1"):
+        err.print(Text(f"warning: RAG_AUTH=none on {host}: anyone who reaches port {port} reads every document "
+                       "without a key. Set RAG_AUTH=password and give users keys (rag users key NAME).",
+                       style="yellow"))
+    # stdio: whoever starts the process owns the store files anyway; --as narrows what the agent sees.
+    user = None if http else (identity_for(settings, as_user) or local_identity())
+    try:
+        server = create_server(settings, user=user)
+    except RagError as exc:
+        raise fail(exc) from None
+    if http:
+        names = settings.api_collections or [settings.collection]
+        err.print(Text(f"MCP server on http://{host}:{port}/mcp · collections: {', '.join(names)} · "
+                       f"auth: {settings.auth}", style="bold"))
+        serve_http(server, host=host, port=port)
+    else:
+        # stdout is the protocol channel: nothing else may be printed there.
+        server.run("stdio")
 
 
 def ui(

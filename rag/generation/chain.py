@@ -347,18 +347,21 @@ class RAG:
 
     # --- the whole path -------------------------------------------------------------------------
     def stream(self, question: str, history: HistoryLike | None = None, *, user: Identity | None = None,
-               groups: Sequence[str] | None = None) -> AnswerStream:
+               groups: Sequence[str] | None = None, audit_extra: dict[str, Any] | None = None) -> AnswerStream:
         """Answer ``question`` as it is generated. ``user``: who asks (their groups filter retrieval, and the
         audit log names them); ``groups`` instead of a user restricts retrieval the same way. Neither = no
-        filter, for a developer's own scripts over their own store."""
-        return AnswerStream(self._audited(question.strip(), as_messages(history), user, _groups(user, groups)))
+        filter, for a developer's own scripts over their own store. ``audit_extra`` goes into the audit
+        record's ``extra`` (which shell asked: ``{"via": "mcp"}``)."""
+        return AnswerStream(self._audited(question.strip(), as_messages(history), user, _groups(user, groups),
+                                          audit_extra=audit_extra))
 
     def ask(self, question: str, history: HistoryLike | None = None, *, user: Identity | None = None,
-            groups: Sequence[str] | None = None) -> Answer:
-        return self.stream(question, history, user=user, groups=groups).text()
+            groups: Sequence[str] | None = None, audit_extra: dict[str, Any] | None = None) -> Answer:
+        return self.stream(question, history, user=user, groups=groups, audit_extra=audit_extra).text()
 
     def _audited(self, question: str, history: list[Message], user: Identity | None,
-                 groups: Sequence[str] | None, **kw: Any) -> Iterator[str]:
+                 groups: Sequence[str] | None, audit_extra: dict[str, Any] | None = None,
+                 **kw: Any) -> Iterator[str]:
         metrics.IN_FLIGHT.inc()
         try:
             answer = yield from self._run(question, history, groups, **kw)
@@ -372,7 +375,7 @@ class RAG:
         self._audit("ask", user, question=question, cited=list(dict.fromkeys(c.path for c in answer.cited)),
                     latency_ms=(answer.timings.get("total") or 0) * 1000, model=answer.model,
                     endpoint=answer.endpoint or self.endpoint.base_url,
-                    extra={"refused": answer.refused, "sources": len(answer.sources)})
+                    extra={"refused": answer.refused, "sources": len(answer.sources), **(audit_extra or {})})
         return answer
 
     def _audit(self, event: str, user: Identity | None, **fields: Any) -> None:

@@ -6,8 +6,9 @@ Each line::
      "cited": ["/docs/travel.pdf"], "endpoint": "http://llm:8080/v1", "model": "qwen", "latency_ms": 812.4,
      "extra": {}}
 
-``event`` is one of ask, search, download, login_ok, login_failed, logout, upload (others may be added; readers
-should accept unknown kinds). Every key is always present (null when not applicable) so the log is easy to query with jq.
+``event`` is one of ask, search, download, login_ok, login_failed, logout, upload, mcp_tool (others may be added;
+readers should accept unknown kinds). Calls through the MCP server (rag.api.mcp) carry ``"via": "mcp"`` and the
+tool in ``extra``; mcp_tool is for its calls that read no document text (list_collections, resources/list). Every key is always present (null when not applicable) so the log is easy to query with jq.
 
 Several processes (the UI, the API, `rag ask`) may write at once. Why not ``logging.handlers.
 RotatingFileHandler``: it is per process, so two processes rotate independently, renaming each other's file
@@ -35,7 +36,7 @@ from rag.errors import AuditLogError
 if TYPE_CHECKING:
     from rag.settings import Settings
 
-EVENTS = ("ask", "search", "download", "login_ok", "login_failed", "logout", "upload")
+EVENTS = ("ask", "search", "download", "login_ok", "login_failed", "logout", "upload", "mcp_tool")
 MAX_QUESTION_CHARS = 20_000  # a pasted book must not make one line megabytes long
 _SECRET_KEY = re.compile(r"(pass(word|wd)?|secret|token|api[_-]?key|authorization|cookie|credential)", re.I)
 

@@ -1,0 +1,49 @@
+"""What both API shells (the OpenAI-compatible app and the MCP server) serve: the document collections, one open
+RAG each, and the error an HTTP client gets back."""
+
+from __future__ import annotations
+
+import threading
+
+from fastapi.responses import JSONResponse
+
+from rag.generation.chain import RAG
+from rag.settings import Settings
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, message: str, type_: str, code: str | None = None) -> None:
+        super().__init__(message)
+        self.status, self.message, self.type, self.code = status, message, type_, code
+
+    def response(self) -> JSONResponse:
+        return JSONResponse({"error": {"message": self.message, "type": self.type, "param": None,
+                                       "code": self.code}}, status_code=self.status)
+
+
+
+class Collections:
+    """One RAG per collection, opened on first use and kept (an embedded store admits one opener per process,
+    so every request shares it)."""
+
+    def __init__(self, settings: Settings, names: list[str]) -> None:
+        self.settings = settings
+        self.names = names
+        self._open: dict[str, RAG] = {}
+        self._lock = threading.Lock()
+
+    def get(self, name: str) -> RAG:
+        if name not in self.names:
+            raise ApiError(404, f"the model {name!r} does not exist: use one of {', '.join(self.names)} "
+                                "(GET /v1/models); each names a document collection", "invalid_request_error",
+                           "model_not_found")
+        with self._lock:
+            if name not in self._open:
+                self._open[name] = RAG.from_settings(self.settings.model_copy(update={"collection": name}))
+            return self._open[name]
+
+    def close(self) -> None:
+        with self._lock:
+            for rag in self._open.values():
+                rag.close()
+            self._open.clear()
