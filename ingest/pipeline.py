@@ -36,6 +36,7 @@ from rag.security.access import POLICY_FILE, AccessPolicy
 from rag.index.embeddings import Embedder, get_embedder
 from rag.errors import AccessPolicyError, ParseError
 from rag.settings import Settings
+from rag.types import ChunkPayload
 from rag.index.sparse import SparseEncoder, get_sparse_encoder
 from rag.index.store import ChunkPoint, DocumentRecord, Store, chunk_id, open_store
 
@@ -433,22 +434,12 @@ def _flush(buffer: list[tuple[_Work, Chunk]], pending: dict[str, int], works: di
     points = []
     for (w, c), vec, sv in zip(buffer, vectors, sparse_vectors):
         assert w.doc is not None
-        points.append(ChunkPoint(chunk_id(w.path, w.sha256, c.index), vec.tolist(), {
-            "text": c.text,
-            "path": w.path,
-            "source": Path(w.path).name,
-            "title": w.doc.title,
-            "doc_sha256": w.sha256,
-            "chunk_index": c.index,
-            "chunk_count": len(w.chunks),
-            "page_start": c.page_start,
-            "page_end": c.page_end,
-            "section": c.section,
-            "char_start": c.char_start,
-            "char_end": c.char_end,
-            "token_count": c.token_count,
-            "groups": list(w.access["groups"]),
-        }, sv))
+        payload = ChunkPayload(
+            text=c.text, path=w.path, source=Path(w.path).name, title=w.doc.title, doc_sha256=w.sha256,
+            chunk_index=c.index, chunk_count=len(w.chunks), page_start=c.page_start, page_end=c.page_end,
+            section=c.section, char_start=c.char_start, char_end=c.char_end, token_count=c.token_count,
+            groups=list(w.access["groups"]))
+        points.append(ChunkPoint(chunk_id(w.path, w.sha256, c.index), vec.tolist(), payload.to_dict(), sv))
     store.upsert_chunks(points)
     report.chunks += len(points)
     prog.chunks_done += len(points)

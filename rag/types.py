@@ -2,13 +2,50 @@
 and what a group name may be. Only the standard library here, so every stage can import it without importing
 another stage.
 
-The chunk payload written by ingestion and read by retrieval is still a dict (rag/index/store/base.py); it
-becomes a typed schema here next.
+The chunk payload is the one schema both sides of the index share: ingestion writes it (ingest/pipeline.py),
+retrieval and the MCP server read it (rag/retrieval/retriever.py, rag/api/mcp.py); Qdrant stores it as a dict.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+
+@dataclass(frozen=True)
+class ChunkPayload:
+    """What the index keeps with each chunk's vectors: its text, where it comes from, and who may read it.
+
+    Stored as a plain dict (:meth:`to_dict`); :meth:`from_dict` reads one back, tolerating keys it does not know
+    and filling keys an older index lacks with their defaults."""
+
+    text: str
+    path: str
+    source: str = ""  # the file name, shown in citations
+    title: str | None = None
+    doc_sha256: str = ""
+    chunk_index: int = 0
+    chunk_count: int = 0
+    page_start: int | None = None
+    page_end: int | None = None
+    section: str | None = None
+    char_start: int = 0  # the chunk's span in the document's extracted text
+    char_end: int = 0
+    token_count: int = 0
+    groups: list[str] = field(default_factory=list)  # who may read it: any of these (the store filter)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, payload: dict[str, Any]) -> ChunkPayload:
+        known = {f.name for f in fields(cls)}
+        data = {k: v for k, v in payload.items() if k in known}
+        data.setdefault("text", "")
+        data.setdefault("path", "")
+        if not data.get("source"):
+            data["source"] = str(data["path"]).rsplit("/", 1)[-1]
+        return cls(**data)
 
 
 @dataclass(frozen=True)

@@ -41,7 +41,7 @@ from rag.generation.chain import RAG, Answer
 from rag.generation.citations import snippet
 from rag.llm.endpoints import EndpointError
 from rag.errors import RagError, StoreLockedError
-from rag.types import Passage
+from rag.types import ChunkPayload, Passage
 from rag.settings import Settings
 from rag.security.users import UserDirectory
 
@@ -475,9 +475,9 @@ def _hit(p: Passage) -> Hit:
 
 
 def _chunk(path: str, payload: Mapping[str, Any]) -> Chunk:
-    i = int(payload.get("chunk_index", 0))
-    return Chunk(id=passage_id(path, i), index=i, page=payload.get("page_start"), section=payload.get("section"),
-                 text=payload.get("text", ""))
+    p = ChunkPayload.from_dict(dict(payload))
+    return Chunk(id=passage_id(path, p.chunk_index), index=p.chunk_index, page=p.page_start, section=p.section,
+                 text=p.text)
 
 
 def _ask_result(answer: Answer, collection: str) -> AskResult:

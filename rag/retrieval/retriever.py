@@ -17,7 +17,7 @@ from langchain_core.retrievers import BaseRetriever
 from pydantic import ConfigDict
 
 from rag.index.embeddings import Embedder
-from rag.types import Passage
+from rag.types import ChunkPayload, Passage
 from rag.retrieval.rerank import Reranker, get_reranker
 from rag.settings import Settings
 from rag.index.sparse import SparseEncoder, get_sparse_encoder
@@ -36,19 +36,19 @@ class Retrieved:
 
 
 def to_passage(hit: Hit) -> Passage:
-    p = hit.payload
+    p = ChunkPayload.from_dict(hit.payload)
     return Passage(
         id=hit.id,
-        text=p.get("text", ""),
+        text=p.text,
         score=hit.score if hit.similarity is None else hit.similarity,  # cosine: comparable across modes
-        path=p.get("path", ""),
-        source=p.get("source") or p.get("path", "").rsplit("/", 1)[-1],
-        page_start=p.get("page_start"),
-        page_end=p.get("page_end"),
-        section=p.get("section"),
-        chunk_index=int(p.get("chunk_index", 0)),
-        char_start=int(p.get("char_start", 0)),
-        char_end=int(p.get("char_end", 0)),
+        path=p.path,
+        source=p.source,
+        page_start=p.page_start,
+        page_end=p.page_end,
+        section=p.section,
+        chunk_index=int(p.chunk_index),
+        char_start=int(p.char_start),
+        char_end=int(p.char_end),
     )
 
 

@@ -1,0 +1,36 @@
+"""The chunk payload: one schema for the writer (ingestion) and the readers (retrieval, the MCP server)."""
+
+from __future__ import annotations
+
+from rag.types import ChunkPayload
+
+
+def test_round_trip_and_the_keys_the_store_filters_on():
+    p = ChunkPayload(text="Hotel cap 140 EUR.", path="/docs/travel.pdf", source="travel.pdf", chunk_index=3,
+                     page_start=2, page_end=2, section="Travel", char_start=10, char_end=28, groups=["hr"])
+    d = p.to_dict()
+    # The store's filters and indexes address these keys by name (rag/index/store/).
+    assert d["path"] == "/docs/travel.pdf" and d["groups"] == ["hr"] and d["chunk_index"] == 3
+    assert ChunkPayload.from_dict(d) == p
+
+
+def test_an_older_or_newer_payload_still_reads():
+    old = {"text": "x", "path": "/a/b/notes.md", "chunk_index": 1}  # no source, no groups
+    p = ChunkPayload.from_dict({**old, "some_future_key": True})
+    assert p.source == "notes.md" and p.groups == [] and p.page_start is None and p.chunk_index == 1
+
+
+def test_ingestion_writes_exactly_the_schema(tmp_path, embedder):
+    from ingest import ingest
+    from rag.index.store import open_store
+    from rag.settings import Settings
+
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "a.md").write_text("# Title\n\nSome text about parking.\n")
+    settings = Settings(data_dir=tmp_path / "data")
+    assert ingest([docs], settings, embedder=embedder).added == 1
+    with open_store(settings) as store:
+        (hit,) = store.chunks_of(str(docs / "a.md"))
+    assert set(hit.payload) == set(ChunkPayload.__dataclass_fields__)
+    assert ChunkPayload.from_dict(hit.payload).to_dict() == hit.payload
