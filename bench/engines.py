@@ -33,7 +33,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from rag.llm.local import MODEL_ALIAS, get_engine  # noqa: E402
-from rag.llm.local.selfcheck import _free_port  # noqa: E402
+from rag.llm.local.process import free_port  # noqa: E402
 
 WINDOW, RESERVED = 2048, 512
 
@@ -116,7 +116,7 @@ def measure(name: str, prompts: list[list[dict]], *, rounds: int, answer_tokens:
         engine.install(lambda s: print(s, file=sys.stderr))
         out["install_s"] = round(time.perf_counter() - t0, 1)
     log = tempfile.NamedTemporaryFile("w", prefix=f"bench-{name}-", suffix=".log", delete=False)
-    server = engine.server(port=_free_port(), n_ctx=WINDOW, log=log)
+    server = engine.server(port=free_port(), n_ctx=WINDOW, log=log)
     t0 = time.perf_counter()
     server.start(timeout=engine.start_timeout)
     out["start_s"] = round(time.perf_counter() - t0, 1)

@@ -76,11 +76,9 @@ def rag_cmd(*args: str, env: dict | None = None, cwd: Path | None = None, timeou
 
 
 def _free_port() -> int:
-    import socket
+    from rag.llm.local.process import free_port
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    return free_port()
 
 
 LLM_CTX = 2048

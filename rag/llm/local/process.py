@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import time
 from collections.abc import Mapping, Sequence
@@ -29,6 +30,27 @@ def engine_home() -> Path:
         return Path(os.environ["RAG_ENGINES_DIR"]).expanduser()
     cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
     return cache / "onprem-rag" / "engines"
+
+
+def cpu_info() -> tuple[str, frozenset[str]]:
+    """The CPU's model name and feature flags (Linux /proc/cpuinfo; empty elsewhere)."""
+    model, flags = "", frozenset[str]()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name") and not model:
+                model = line.split(":", 1)[1].strip()
+            elif line.startswith("flags") and not flags:
+                flags = frozenset(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return model, flags
+
+
+def free_port() -> int:
+    """A TCP port on loopback that nothing listens on right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def describe_exit(code: int | None) -> str:
@@ -128,11 +150,6 @@ class ServerProcess:
     def wait(self, timeout: float | None = None) -> int:
         assert self.proc is not None
         return self.proc.wait(timeout=timeout)
-
-    def kill(self, sig: int = signal.SIGKILL) -> None:
-        """Signal the server itself (tests use it to stand in for a crash)."""
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(sig)
 
     def stop(self, timeout: float = 20.0) -> None:
         if self.proc is None:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import platform
-import socket
 import tempfile
 import time
 from dataclasses import dataclass
@@ -18,7 +17,7 @@ from pathlib import Path
 import httpx
 
 from rag.llm.local.llamacpp import MODEL_ALIAS
-from rag.llm.local.process import LocalLLMError, describe_exit, engine_home
+from rag.llm.local.process import LocalLLMError, cpu_info, describe_exit, engine_home, free_port
 
 
 @dataclass
@@ -29,22 +28,23 @@ class CheckResult:
     text: str
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def run(engine, *, n_ctx: int = 512, say=None) -> CheckResult:  # engine: rag.llm.local.Engine
     """Raises LocalLLMError naming what failed and what to do."""
     if say is not None:
         say(f"checking {engine.title} on this CPU with one tiny completion…")
     with tempfile.NamedTemporaryFile("w+", prefix=f"rag-llm-check-{engine.name}-", suffix=".log",
                                      delete=False) as log:
-        server = engine.server(port=_free_port(), n_ctx=n_ctx, log=log)
+        server = engine.server(port=free_port(), n_ctx=n_ctx, log=log)
+
+        def failed(cause: str) -> LocalLLMError:
+            return LocalLLMError(f"{engine.title} self-check: {cause}. " + _advice(engine.name))
+
         t0 = time.monotonic()
         try:
-            server.start(timeout=engine.start_timeout)
+            try:
+                server.start(timeout=engine.start_timeout)
+            except LocalLLMError as exc:
+                raise failed(str(exc)) from None
             started = time.monotonic() - t0
             t1 = time.monotonic()
             try:
@@ -58,33 +58,19 @@ def run(engine, *, n_ctx: int = 512, say=None) -> CheckResult:  # engine: rag.ll
                 died = server.poll()
                 cause = (f"the server died with {describe_exit(died)} during its first completion"
                          if died is not None else f"the first completion failed: {exc}")
-                raise LocalLLMError(f"{engine.title} self-check: {cause}. Its output is in {log.name}. "
-                                    + _advice(engine.name)) from None
+                raise failed(f"{cause}. Its output is in {log.name}") from None
             if server.poll() is not None:
-                raise LocalLLMError(f"{engine.title} self-check: the server exited with "
-                                    f"{describe_exit(server.poll())} after its first completion; output in "
-                                    f"{log.name}. " + _advice(engine.name))
+                raise failed(f"the server exited with {describe_exit(server.poll())} after its first completion; "
+                             f"output in {log.name}")
             return CheckResult(engine.name, started, time.monotonic() - t1, text)
-        except LocalLLMError as exc:
-            if "self-check" in str(exc):
-                raise
-            raise LocalLLMError(f"{engine.title} self-check: {exc}. " + _advice(engine.name)) from None
         finally:
             server.stop()
 
 
 def cpu_key() -> str:
     """The CPU's model name and feature flags: a check that passed holds for this kind of CPU only."""
-    model = flags = ""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name") and not model:
-                model = line.split(":", 1)[1].strip()
-            elif line.startswith("flags") and not flags:
-                flags = " ".join(sorted(line.split(":", 1)[1].split()))
-    except OSError:
-        pass
-    return hashlib.sha256(f"{platform.machine()}|{model}|{flags}".encode()).hexdigest()[:12]
+    model, flags = cpu_info()
+    return hashlib.sha256(f"{platform.machine()}|{model}|{' '.join(sorted(flags))}".encode()).hexdigest()[:12]
 
 
 def _marker(engine) -> Path:

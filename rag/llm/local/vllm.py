@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import IO
 
 from rag.llm.local.llamacpp import DEFAULT_CONTEXT, MODEL_ALIAS, packaged_model
-from rag.llm.local.process import LocalLLMError, ServerProcess, engine_home
+from rag.llm.local.process import LocalLLMError, ServerProcess, cpu_info, engine_home
 
 #: What the engine venv gets. Not a dependency of onprem-rag (it cannot share our venv); pinned here because
 #: the quirks above were measured on exactly these. torch comes first, from the local CPU wheel.
@@ -52,30 +52,20 @@ def python() -> Path:
     return venv_dir() / "bin" / "python"
 
 
-def cpu_flags() -> set[str]:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                return set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return set()
-
-
 def dtype() -> str:
     """bfloat16 where the CPU computes it natively (AVX512-BF16 or AMX), else float32.
 
-    Measured here (EPYC with AVX512-BF16): bf16 prefill ~1,000-1,650 tokens/s, float32 ~240 tokens/s.
-    ``RAG_VLLM_DTYPE`` overrides."""
+    Measured: bf16 prefill ~940 tokens/s on this project's EPYC (AVX512-BF16, both cores; bench/README.md);
+    the issue that brought vLLM in measured ~1,000-1,650 tokens/s in bf16 and ~240 in float32 on a CPU with
+    AMX. ``RAG_VLLM_DTYPE`` overrides."""
     chosen = os.environ.get("RAG_VLLM_DTYPE")
     if chosen:
         return chosen
-    flags = cpu_flags()
-    return "bfloat16" if {"avx512_bf16", "amx_bf16"} & flags else "float32"
+    return "bfloat16" if {"avx512_bf16", "amx_bf16"} & cpu_info()[1] else "float32"
 
 
-def model_dir(kind: str | None = None) -> Path:
-    return engine_home() / "models" / f"smollm2-135m-instruct-{kind or dtype()}"
+def model_dir() -> Path:
+    return engine_home() / "models" / f"smollm2-135m-instruct-{dtype()}"
 
 
 def installed() -> bool:
