@@ -39,15 +39,11 @@ def llm_install(engine: EngineOption = "", rebuild: Annotated[bool, typer.Option
         help="Build/install again even if present (a broken or non-portable install).")] = False) -> None:
     """Install an engine for the demo model (vLLM: its own venv, ~3 min once; llama.cpp: a portable build,
     ~9 min once), then check it with one tiny completion."""
-    from rag.llm.local import llamacpp, selfcheck, vllm
+    from rag.llm.local import selfcheck
 
     eng = _engine(engine)
     try:
-        if rebuild and eng.name == "vllm":
-            vllm.remove()
-        if rebuild and eng.name == "llamacpp":
-            llamacpp.install(_say, force=True)
-        eng.install(_say)
+        eng.install(_say, force=rebuild)
         result = selfcheck.run(eng, say=_say) if rebuild else selfcheck.run_once(eng, say=_say)
     except RagError as exc:
         raise fail(exc) from None

@@ -23,7 +23,7 @@ class CrashingEngine:
     def fingerprint(self) -> str:
         return "crashing"
 
-    def install(self, say=print) -> None:
+    def install(self, say=print, *, force=False) -> None:
         pass
 
     def server(self, *, host="127.0.0.1", port=8080, n_ctx=512, threads=None, log=None, die_with_parent=False):

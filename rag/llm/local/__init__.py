@@ -41,7 +41,9 @@ class Engine(Protocol):
         """What was installed (version, build flags, dtype): a self-check holds for one fingerprint and CPU."""
         ...
 
-    def install(self, say: Callable[[str], None] = print) -> None: ...
+    def install(self, say: Callable[[str], None] = print, *, force: bool = False) -> None:
+        """Install what the engine needs (a no-op when it is there); ``force``: build or install it again."""
+        ...
 
     def server(self, *, host: str = "127.0.0.1", port: int = 8080, n_ctx: int = DEFAULT_CONTEXT,
                threads: int | None = None, log: IO | None = None, die_with_parent: bool = False) -> ServerProcess:

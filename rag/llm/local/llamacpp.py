@@ -190,8 +190,8 @@ class LlamaCppEngine:
     def fingerprint(self) -> str:
         return f"{installed_version()}-{wheelhouse().name}"
 
-    def install(self, say: Say = print) -> None:
-        install(say)
+    def install(self, say: Say = print, *, force: bool = False) -> None:
+        install(say, force=force)
 
     def server(self, *, host: str = "127.0.0.1", port: int = 8080, n_ctx: int = DEFAULT_CONTEXT,
                threads: int | None = None, log: IO | None = None, die_with_parent: bool = False) -> ServerProcess:

@@ -153,7 +153,9 @@ class VllmEngine:
     def fingerprint(self) -> str:
         return f"{venv_dir().name}-{dtype()}"
 
-    def install(self, say: Say = print) -> None:
+    def install(self, say: Say = print, *, force: bool = False) -> None:
+        if force:  # a broken venv: made anew (the converted model stays)
+            shutil.rmtree(venv_dir(), ignore_errors=True)
         install(say)
 
     def server(self, *, host: str = "127.0.0.1", port: int = 8080, n_ctx: int = DEFAULT_CONTEXT,
@@ -163,8 +165,3 @@ class VllmEngine:
         return ServerProcess(server_command(host=host, port=port, n_ctx=n_ctx), host=host, port=port,
                              env={**base, **server_env()}, log=log, label="the demo LLM server (vLLM)",
                              die_with_parent=die_with_parent)
-
-
-def remove() -> None:
-    """Delete the engine venv (a broken install); the converted models stay."""
-    shutil.rmtree(venv_dir(), ignore_errors=True)
