@@ -1,5 +1,5 @@
 """The domain objects that cross the stages, in one place: what retrieval hands to packing, what a chat turn is,
-and what a group name may be. Only the standard library here, so every stage can import it without importing
+what an answer and its citations are, and what a group name may be. Only the standard library here, so every stage can import it without importing
 another stage.
 
 The chunk payload is the one schema both sides of the index share: ingestion writes it (ingest/pipeline.py),
@@ -9,7 +9,10 @@ retrieval and the MCP server read it (rag/retrieval/retriever.py, rag/api/mcp.py
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, fields
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # annotations only: packing is a stage, and this module imports none
+    from rag.generation.packing import Packing
 
 
 @dataclass(frozen=True)
@@ -84,3 +87,65 @@ def check_group(name: object, where: str = "") -> str:
     return name
 
 
+
+
+@dataclass
+class Citation:
+    """A numbered source of an answer: what [n] points to."""
+
+    n: int
+    path: str
+    source: str
+    page: int | None
+    page_end: int | None
+    section: str | None
+    snippet: str
+    score: float
+    cited: bool  # the answer actually cites [n]
+    trimmed: bool = False
+    text: str = ""  # everything of this source the model was given
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"n": self.n, "path": self.path, "source": self.source, "page": self.page, "page_end": self.page_end,
+                "section": self.section, "snippet": self.snippet, "score": round(self.score, 4),
+                "cited": self.cited, "trimmed": self.trimmed, "text": self.text}
+
+
+@dataclass
+class Answer:
+    """One answered question: the text the user saw, its numbered sources, and how it was produced."""
+
+    question: str
+    standalone_question: str
+    text: str
+    sources: list[Citation]
+    refused: bool
+    usage: dict[str, Any]
+    timings: dict[str, float | None]
+    packing: Packing | None
+    model: str | None
+    removed_citations: list[int] = field(default_factory=list)
+    retries: int = 0
+    endpoint: str | None = None  # base URL of the endpoint that answered
+    failovers: list[str] = field(default_factory=list)  # why endpoints tried before it failed
+
+    @property
+    def cited(self) -> list[Citation]:
+        return [c for c in self.sources if c.cited]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "answer": self.text,
+            "question": self.question,
+            "standalone_question": self.standalone_question,
+            "refused": self.refused,
+            "sources": [c.to_dict() for c in self.sources],
+            "removed_citations": self.removed_citations,
+            "usage": self.usage,
+            "timings": {k: (round(v, 4) if isinstance(v, float) else v) for k, v in self.timings.items()},
+            "packing": self.packing.summary() if self.packing else None,
+            "model": self.model,
+            "retries": self.retries,
+            "endpoint": self.endpoint,
+            "failovers": self.failovers,
+        }

@@ -1,123 +1,72 @@
-"""Cited answers: condense a follow-up -> retrieve -> pack into the window -> prompt -> LLM (streamed) -> citations.
+"""Cited answers, as one LangChain (LCEL) graph: condense -> retrieve -> pack -> prompt -> chat model -> cite.
 
-``RAG`` is the API (``RAG.from_settings().ask(question, history=...)``); the CLI and UI call it. Its pieces are
-public so a developer can build a different chain: ``rag.retriever`` (a LangChain ``BaseRetriever``),
-``rag.pack(...)``, ``rag.messages(...)``, ``rag.llm()``, and the whole thing as a LangChain ``Runnable``
-(``rag.as_runnable()``) that streams text.
+``RAG`` is the facade (``RAG.from_settings().ask(question, history=...)``) that the CLI, UI, API and MCP server
+call; :meth:`RAG.chain` is the graph itself, a ``Runnable`` whose callbacks and tracers see every step (the
+retriever, the prompt, the model) and whose prompt, model and retriever a developer replaces in one line::
 
-The prompt that is sent is counted as a whole before sending (the server renders its chat template where it can,
-otherwise the measured template overhead is added to exact content counts) and repacked if it is over. If the
-server still answers "maximum context length is N", the window is learned from the error, the prompt repacked
-and sent once more; the retry is logged and reported in ``Answer.retries``.
+    chain = rag.chain(prompt=my_prompt, model=ChatOllama(model="llama3.1"))
+    chain.invoke({"question": "How many vacation days?"})["answer"].sources
 
-With several endpoints (``RAG_LLM_ENDPOINTS``, rag/llm/pool.py) each request takes one from the pool and packs for
-*its* window. If it is unreachable, times out or fails (HTTP 5xx) before the first token, the whole request
-goes to the next endpoint (``Answer.failovers`` says which failed); after the first token a failure is an
-error, since a second endpoint would repeat part of an answer already shown.
+The graph streams ``{"text": piece}`` chunks and ends with ``{"answer": Answer}``; :meth:`RAG.as_runnable`
+streams the text alone. Every run, whatever the entry point, is counted in the metrics and written to the audit
+log (rag/ops/metrics.py, rag/security/audit.py).
+
+The prompt is counted as a whole in the serving endpoint's tokenizer before it is sent and repacked if it is over
+(rag/generation/window.py); an overflow the server still reports is learned and retried once
+(rag/generation/generate.py). With several endpoints (``RAG_LLM_ENDPOINTS``, rag/llm/pool.py) each request
+leases one and packs for *its* window; a failure before the first token sends the request to the next endpoint
+(``Answer.failovers``), after it a failure is an error, since a second endpoint would repeat part of an answer
+already shown.
 """
 
 from __future__ import annotations
 
 import logging
-import re
 import time
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from langchain_core.prompts import BasePromptTemplate
+from langchain_core.retrievers import BaseRetriever
+from langchain_core.runnables import Runnable, RunnableConfig, RunnableGenerator, RunnableLambda
+from langchain_core.runnables.utils import AddableDict
+
+from rag.errors import AccessDenied, RagError
+from rag.generation import condense as condensing
+from rag.generation.generate import FailOver, Generator, answer_of, failure
+from rag.generation.packing import Packing
+from rag.generation.prompts import CONDENSE, NO_ANSWER, SYSTEM_PROMPT, answer_prompt
+from rag.generation.window import WindowPacker, as_pairs
+from rag.index.embeddings import Embedder
+from rag.index.store import Store
+from rag.llm.endpoints import OpenAICompatibleEndpoint
+from rag.llm.pool import EndpointPool
 from rag.ops import metrics
+from rag.retrieval.retriever import Retrieved, Retriever, StoreRetriever, passage_of
 from rag.security.audit import AuditLog
 from rag.security.auth import Identity
-from rag.generation.citations import CitationFilter, snippet
-from rag.index.embeddings import Embedder
-from rag.llm.endpoints import EndpointError, OpenAICompatibleEndpoint, api_message, parse_overflow
-from rag.errors import AccessDenied, RagError
-from rag.generation.packing import Packing, format_source, join_sources, pack
-from rag.types import Message, Passage
-from rag.llm.pool import EndpointPool, Lease, is_failover_error, is_timeout
-from rag.generation.prompts import CONDENSE_PROMPT, CONDENSE_SYSTEM, NO_ANSWER, SYSTEM_PROMPT, user_message
-from rag.retrieval.retriever import Retrieved, Retriever, StoreRetriever
 from rag.settings import Settings
-from rag.index.store import Store
+from rag.types import Answer, Citation, Message, Passage
+
+__all__ = ["RAG", "Answer", "AnswerStream", "Citation", "as_messages"]
 
 log = logging.getLogger(__name__)
-
-#: Room kept for a standalone question.
-_CONDENSE_MAX_TOKENS = 96
-
-
-@dataclass
-class Citation:
-    """A numbered source of an answer: what [n] points to."""
-
-    n: int
-    path: str
-    source: str
-    page: int | None
-    page_end: int | None
-    section: str | None
-    snippet: str
-    score: float
-    cited: bool  # the answer actually cites [n]
-    trimmed: bool = False
-    text: str = ""  # everything of this source the model was given
-
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"n": self.n, "path": self.path, "source": self.source, "page": self.page, "page_end": self.page_end,
-                "section": self.section, "snippet": self.snippet, "score": round(self.score, 4),
-                "cited": self.cited, "trimmed": self.trimmed, "text": self.text}
-
-
-@dataclass
-class Answer:
-    question: str
-    standalone_question: str
-    text: str
-    sources: list[Citation]
-    refused: bool
-    usage: dict[str, Any]
-    timings: dict[str, float | None]
-    packing: Packing | None
-    model: str | None
-    removed_citations: list[int] = field(default_factory=list)
-    retries: int = 0
-    endpoint: str | None = None  # base URL of the endpoint that answered
-    failovers: list[str] = field(default_factory=list)  # why endpoints tried before it failed
-
-    @property
-    def cited(self) -> list[Citation]:
-        return [c for c in self.sources if c.cited]
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "answer": self.text,
-            "question": self.question,
-            "standalone_question": self.standalone_question,
-            "refused": self.refused,
-            "sources": [c.to_dict() for c in self.sources],
-            "removed_citations": self.removed_citations,
-            "usage": self.usage,
-            "timings": {k: (round(v, 4) if isinstance(v, float) else v) for k, v in self.timings.items()},
-            "packing": self.packing.summary() if self.packing else None,
-            "model": self.model,
-            "retries": self.retries,
-            "endpoint": self.endpoint,
-            "failovers": self.failovers,
-        }
 
 
 class AnswerStream:
     """Iterate for the answer's text as it arrives; ``.answer`` holds the full :class:`Answer` afterwards."""
 
-    def __init__(self, gen: Iterator[str]) -> None:
-        self._gen = gen
+    def __init__(self, chunks: Iterator[dict]) -> None:
+        self._chunks = chunks
         self.answer: Answer | None = None
 
     def __iter__(self) -> Iterator[str]:
-        self.answer = yield from self._gen
-        return self.answer
+        for chunk in self._chunks:
+            if chunk.get("text"):
+                yield chunk["text"]
+            if "answer" in chunk:
+                self.answer = chunk["answer"]
 
     def text(self) -> Answer:
         """Consume the stream; return the answer."""
@@ -149,29 +98,12 @@ def as_messages(history: HistoryLike | None) -> list[Message]:
     return out
 
 
-class _FailOver(Exception):
-    """An endpoint failed before the first token; the request goes to the next one."""
-
-
-@dataclass
-class _Started:
-    """A generation under way on one endpoint: the first chunk is in."""
-
-    lease: Lease
-    packing: Packing
-    cite: CitationFilter
-    chunks: Iterator[Any]
-    first: Any
-    t_send: float
-    retries: int
-
-
 class RAG:
     """The retrieval-augmented answerer over one store, one embedder and one LLM endpoint (or a pool of them)."""
 
     def __init__(self, settings: Settings, *, store: Store, embedder: Embedder,
                  endpoint: OpenAICompatibleEndpoint | EndpointPool, system_prompt: str = SYSTEM_PROMPT,
-                 audit: AuditLog | None = None) -> None:
+                 prompt: BasePromptTemplate | None = None, audit: AuditLog | None = None) -> None:
         self.settings = settings
         self.audit = audit
         self.store = store
@@ -179,9 +111,11 @@ class RAG:
         self.pool = (endpoint if isinstance(endpoint, EndpointPool)
                      else EndpointPool.from_settings(settings, endpoints=[endpoint]))
         self.system_prompt = system_prompt.strip()
+        self.prompt = prompt or answer_prompt(self.system_prompt)
         self.retriever_core = Retriever.from_settings(settings, store, embedder)
         self._owns_store = False
         self._owns_pool = True
+        self._chain: Runnable | None = None
 
     @property
     def endpoint(self) -> OpenAICompatibleEndpoint:
@@ -214,7 +148,7 @@ class RAG:
         new_pool = bool(llm_keys & changes.keys())
         rag = RAG(settings, store=self.store, embedder=self.embedder,
                   endpoint=EndpointPool.from_settings(settings) if new_pool else self.pool,
-                  system_prompt=self.system_prompt, audit=self.audit)
+                  system_prompt=self.system_prompt, prompt=self.prompt, audit=self.audit)
         rag._owns_pool = new_pool  # a shared pool (its counters, breakers, discovery) stays open
         return rag
 
@@ -233,7 +167,7 @@ class RAG:
     # --- pieces ---------------------------------------------------------------------------------
     @property
     def retriever(self) -> StoreRetriever:
-        """LangChain ``BaseRetriever`` over the store (no threshold: LangChain users filter themselves)."""
+        """LangChain ``BaseRetriever`` over the store, with the configured threshold and reranker."""
         return StoreRetriever(retriever=self.retriever_core)
 
     def llm(self, *, max_tokens: int | None = None, streaming: bool = True, context_window: int | None = None,
@@ -265,42 +199,26 @@ class RAG:
             raise RagError(f"{path} is in the index but cannot be read any more ({exc.strerror}); "
                            "ingest its folder again to update the index") from None
 
-    def condense(self, question: str, history: HistoryLike | None) -> str:
+    def condense(self, question: str, history: HistoryLike | None, *, model: Runnable | None = None,
+                 config: RunnableConfig | None = None) -> str:
         """A follow-up rewritten as a standalone question, for retrieval. Without history: the question."""
         hist = as_messages(history)
         if not hist or not self.settings.condense_questions:
             return question
         for lease in self.pool.attempts():
             with lease:
-                ep = lease.endpoint
-                window = ep.info.context_window or 2048
-                limit = window - _CONDENSE_MAX_TOKENS
-                turns = [f"{'User' if m.role == 'user' else 'Assistant'}: {snippet(m.content, 600)}"
-                         for m in hist[-6:]]
-                while True:  # oldest turns go first until the condense prompt fits
-                    prompt = CONDENSE_PROMPT.format(history="\n".join(turns), question=question)
-                    msgs = [("system", CONDENSE_SYSTEM), ("user", prompt)]
-                    if not turns or ep.prompt_tokens(msgs) <= limit:
-                        break
-                    turns.pop(0)
+                variables = condensing.fitted_variables(CONDENSE, hist, question, lease.endpoint)
+                llm = model or self.llm(max_tokens=condensing.MAX_TOKENS, streaming=False, endpoint=lease.endpoint)
                 try:
-                    out = self.llm(max_tokens=_CONDENSE_MAX_TOKENS, streaming=False, endpoint=ep).invoke(
-                        _lc_messages(msgs))
+                    out = (CONDENSE | llm).invoke(variables, config)
                 except Exception as exc:  # noqa: BLE001 - every client failure becomes one actionable line
-                    failure = self._failure(lease, exc)
-                    if isinstance(failure, _FailOver):
+                    err = failure(self.pool, lease, exc)
+                    if isinstance(err, FailOver):
                         continue
-                    raise failure from exc
+                    raise err from exc
                 lease.ok()
                 break
-        standalone = _clean_standalone(str(out.content), question)
-        if question.rstrip().endswith("?") and not standalone.endswith("?"):
-            # Small models answer instead of rewriting; the last user turn plus the follow-up retrieves better
-            # than an answer (or a bare "And for Berlin?") does.
-            last = next((m.content for m in reversed(hist) if m.role == "user"), "")
-            log.info("condensing produced %r, not a question; retrieving with the last question added", standalone)
-            return f"{snippet(last, 300)} {question}".strip()
-        return standalone
+        return condensing.standalone_question(str(out.content), question, hist)
 
     def pack(self, passages: Sequence[Passage], question: str, history: HistoryLike | None = None, *,
              context_window: int | None = None, extra_margin: int = 0,
@@ -309,74 +227,161 @@ class RAG:
         tokenizer and window of ``endpoint`` (default: :attr:`endpoint`).
 
         The result's ``prompt_tokens`` is the count of the exact prompt :meth:`messages` builds from it."""
-        hist = as_messages(history)
-        ep = endpoint or self.endpoint
-        window = context_window or ep.info.context_window or 2048
-        max_out = self.settings.llm_max_tokens
-        if max_out >= window - 64:
-            raise RagError(f"RAG_LLM_MAX_TOKENS={max_out} leaves no room in the model's {window}-token context; "
-                           f"lower it (a quarter of the window is typical)")
-        overhead = ep.chat_overhead()
-        margin = ep.margin + extra_margin
-        limit = window - max_out
-        for _ in range(4):
-            packing = pack(
-                passages, question=user_message("", question, with_sources=True), system_prompt=self.system_prompt,
-                history=hist, context_window=window, max_output_tokens=max_out, counter=ep,
-                template_overhead=overhead.base, turn_overhead=overhead.per_turn, margin=margin,
-                history_share=self.settings.history_share,
-            )
-            if packing.budget <= 0:
-                raise RagError(f"the question is too long for the model's {window}-token context window "
-                               f"({max_out} of it reserved for the answer); shorten it or lower RAG_LLM_MAX_TOKENS")
-            total = ep.prompt_tokens(self.messages(packing, question))
-            if total <= limit:
-                packing.prompt_tokens = total
-                return packing
-            # Pieces counted apart can tokenize differently once joined: repack into a budget that is smaller
-            # than what this packing used by the excess (a larger margin alone may leave the same packing).
-            log.info("packed prompt counts %d tokens, %d over the limit; repacking", total, total - limit)
-            margin += (total - limit) + max(packing.budget - packing.used, 0)
-        raise RagError(f"could not pack a prompt under {limit} tokens; set RAG_LLM_CONTEXT_WINDOW lower")
+        return WindowPacker(self.settings, self.prompt).pack(
+            passages, question, as_messages(history), endpoint=endpoint or self.endpoint,
+            context_window=context_window, extra_margin=extra_margin)
 
     def messages(self, packing: Packing, question: str) -> list[tuple[str, str]]:
         """The chat messages for a packing, as (role, content): system, kept history, then sources and question."""
-        block = join_sources([format_source(s.n, s) for s in packing.sources])
-        return [("system", self.system_prompt), *((m.role, m.content) for m in packing.history),
-                ("user", user_message(block, question))]
+        return as_pairs(WindowPacker(self.settings, self.prompt).messages(packing, question))
 
-    # --- the whole path -------------------------------------------------------------------------
+    # --- the graph ------------------------------------------------------------------------------
+    def chain(self, *, prompt: BasePromptTemplate | None = None, model: Runnable | None = None,
+              retriever: BaseRetriever | None = None) -> Runnable:
+        """The answer path as a LangChain ``Runnable``. Input: ``{"question", "history"?, "user"?, "groups"?,
+        "audit_extra"?}``; output chunks ``{"text": piece}``, then ``{"answer": Answer}`` (``invoke`` gives
+        both, the text whole).
+
+        ``prompt`` replaces the answer prompt (variables ``history``, ``sources``, ``question``); ``model`` the
+        chat model of every endpoint (packing still counts with the endpoint's tokenizer and window);
+        ``retriever`` the store retriever (its documents need a ``path`` or ``source`` in their metadata). A
+        replaced retriever does not know the caller's groups, so a chain with one refuses requests that carry
+        a user or groups."""
+        packer = WindowPacker(self.settings, prompt or self.prompt)
+        generator = Generator(self.pool, packer, model or self._model_for, self.settings.llm_max_tokens)
+
+        def condense(x: dict, config: RunnableConfig) -> dict:
+            return self._condense_step(x, model, config)
+
+        def retrieve(x: dict, config: RunnableConfig) -> dict:
+            return self._retrieve_step(x, retriever, config)
+
+        def answer(inputs: Iterator[dict], config: RunnableConfig) -> Iterator[AddableDict]:
+            for x in inputs:
+                yield from self._answer_step(x, generator, config)
+
+        steps = (RunnableLambda(condense, name="condense") | RunnableLambda(retrieve, name="retrieve")
+                 | RunnableGenerator(answer, name="answer"))
+
+        def observed(inputs: Iterator[dict], config: RunnableConfig) -> Iterator[AddableDict]:
+            for x in inputs:
+                yield from self._observed(steps, x, config)
+
+        return RunnableGenerator(observed, name="rag")
+
+    def as_runnable(self) -> Runnable:
+        """:meth:`chain` streaming only the answer's text: ``.invoke`` returns the whole text."""
+
+        def text(chunks: Iterator[dict]) -> Iterator[str]:
+            for chunk in chunks:
+                if chunk.get("text"):
+                    yield chunk["text"]
+
+        return self.chain() | RunnableGenerator(text, name="text")
+
     def stream(self, question: str, history: HistoryLike | None = None, *, user: Identity | None = None,
-               groups: Sequence[str] | None = None, audit_extra: dict[str, Any] | None = None) -> AnswerStream:
+               groups: Sequence[str] | None = None, audit_extra: dict[str, Any] | None = None,
+               config: RunnableConfig | None = None) -> AnswerStream:
         """Answer ``question`` as it is generated. ``user``: who asks (their groups filter retrieval, and the
         audit log names them); ``groups`` instead of a user restricts retrieval the same way. Neither = no
         filter, for a developer's own scripts over their own store. ``audit_extra`` goes into the audit
-        record's ``extra`` (which shell asked: ``{"via": "mcp"}``)."""
-        return AnswerStream(self._audited(question.strip(), as_messages(history), user, _groups(user, groups),
-                                          audit_extra=audit_extra))
+        record's ``extra`` (which shell asked: ``{"via": "mcp"}``). ``config``: LangChain's run config
+        (callbacks, tags, metadata), passed to every step."""
+        _groups(user, groups)  # a wrong call fails here, not at the first piece
+        if self._chain is None:
+            self._chain = self.chain()
+        return AnswerStream(self._chain.stream({"question": question, "history": history, "user": user,
+                                                "groups": groups, "audit_extra": audit_extra}, config))
 
     def ask(self, question: str, history: HistoryLike | None = None, *, user: Identity | None = None,
-            groups: Sequence[str] | None = None, audit_extra: dict[str, Any] | None = None) -> Answer:
-        return self.stream(question, history, user=user, groups=groups, audit_extra=audit_extra).text()
+            groups: Sequence[str] | None = None, audit_extra: dict[str, Any] | None = None,
+            config: RunnableConfig | None = None) -> Answer:
+        return self.stream(question, history, user=user, groups=groups, audit_extra=audit_extra,
+                           config=config).text()
 
-    def _audited(self, question: str, history: list[Message], user: Identity | None,
-                 groups: Sequence[str] | None, audit_extra: dict[str, Any] | None = None,
-                 **kw: Any) -> Iterator[str]:
+    # --- the steps ------------------------------------------------------------------------------
+    def _model_for(self, *, endpoint: OpenAICompatibleEndpoint, context_window: int | None) -> Runnable:
+        return self.llm(context_window=context_window, endpoint=endpoint)
+
+    def _observed(self, steps: Runnable, x: dict, config: RunnableConfig) -> Iterator[AddableDict]:
+        """Run the steps, counted in the metrics and audited, for every caller of the graph alike."""
+        user = x.get("user")
+        state = {"question": str(x["question"]).strip(), "history": as_messages(x.get("history")), "user": user,
+                 "groups": _groups(user, x.get("groups")), "started": time.perf_counter(), "timings": {}}
         metrics.IN_FLIGHT.inc()
+        chunks = steps.stream(state, config)
         try:
-            answer = yield from self._run(question, history, groups, **kw)
+            for chunk in chunks:
+                if "answer" in chunk:  # recorded before it is handed on: the reader may stop at it
+                    self._record(chunk["answer"], user, x.get("audit_extra"))
+                yield chunk
         except Exception as exc:
             # Which endpoint failed is in the message; several may have (failover), so label the primary.
             metrics.observe_error(self.endpoint.base_url, exc)
             raise
         finally:  # also when the reader abandons the stream (GeneratorExit)
+            chunks.close()
             metrics.IN_FLIGHT.dec()
-        metrics.observe_answer(answer, answer.endpoint or self.endpoint.base_url)
-        self._audit("ask", user, question=question, cited=list(dict.fromkeys(c.path for c in answer.cited)),
-                    latency_ms=(answer.timings.get("total") or 0) * 1000, model=answer.model,
-                    endpoint=answer.endpoint or self.endpoint.base_url,
+
+    def _record(self, answer: Answer, user: Identity | None, audit_extra: dict[str, Any] | None) -> None:
+        endpoint = answer.endpoint or self.endpoint.base_url
+        metrics.observe_answer(answer, endpoint)
+        self._audit("ask", user, question=answer.question, cited=list(dict.fromkeys(c.path for c in answer.cited)),
+                    latency_ms=(answer.timings.get("total") or 0) * 1000, model=answer.model, endpoint=endpoint,
                     extra={"refused": answer.refused, "sources": len(answer.sources), **(audit_extra or {})})
-        return answer
+
+    def _condense_step(self, x: dict, model: Runnable | None, config: RunnableConfig) -> dict:
+        if not x["question"]:
+            raise RagError("the question is empty")
+        self.pool.check_usable()
+        t = time.perf_counter()
+        standalone = self.condense(x["question"], x["history"], model=model, config=config)
+        return {**x, "standalone": standalone, "timings": {**x["timings"], "condense": time.perf_counter() - t}}
+
+    def _retrieve_step(self, x: dict, retriever: BaseRetriever | None, config: RunnableConfig) -> dict:
+        if retriever is not None and x["groups"] is not None:
+            raise AccessDenied("this chain's retriever was replaced and cannot restrict what a user may read; "
+                               "filter by group inside that retriever and call it without a user or groups")
+        t = time.perf_counter()
+        retriever = retriever or StoreRetriever(retriever=self.retriever_core,
+                                                groups=None if x["groups"] is None else list(x["groups"]))
+        docs = retriever.invoke(x["standalone"], config)
+        rerank = docs[0].metadata.get("rerank_seconds", 0.0) if docs else 0.0
+        timings = {**x["timings"], "retrieve": time.perf_counter() - t, "rerank": rerank}
+        return {**x, "passages": [passage_of(d) for d in docs], "timings": timings}
+
+    def _answer_step(self, x: dict, generator: Generator, config: RunnableConfig) -> Iterator[AddableDict]:
+        if not x["passages"]:
+            yield AddableDict(text=NO_ANSWER)
+            yield AddableDict(answer=self._no_answer(x))
+            return
+        failovers: list[str] = []
+        for lease in self.pool.attempts():
+            failovers += lease.skipped
+            try:
+                attempt, stream = generator.start(lease, x, config)
+            except FailOver as exc:
+                failovers.append(str(exc))
+                lease.release()
+                continue
+            except BaseException:
+                lease.release()
+                raise
+            break
+        shown: list[str] = []
+        for piece in generator.rest(attempt, stream):
+            if piece:
+                shown.append(piece)
+                yield AddableDict(text=piece)
+        yield AddableDict(answer=answer_of(attempt, "".join(shown).strip(), x, failovers))
+
+    def _no_answer(self, x: dict) -> Answer:
+        timings = {**x["timings"], "pack": 0.0, "ttft": None, "generate": 0.0,
+                   "total": time.perf_counter() - x["started"], "tokens_per_s": None}
+        known = self.endpoint.cached_info
+        usage = {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0, "source": "no LLM call"}
+        return Answer(x["question"], x["standalone"], NO_ANSWER, [], True, usage, timings, None,
+                      known.model if known else None)
 
     def _audit(self, event: str, user: Identity | None, **fields: Any) -> None:
         if self.audit is None:
@@ -386,226 +391,6 @@ class RAG:
             self.audit.record(event, user=user.name if user else None, **fields)
         except RagError as exc:  # the answer is already out; a full disk must not turn it into an error
             log.error("audit log: %s", exc)
-
-    def _run(self, question: str, history: list[Message], groups: Sequence[str] | None, *,
-             standalone: str | None = None, retrieved: Retrieved | None = None) -> Iterator[str]:
-        if not question:
-            raise RagError("the question is empty")
-        self.pool.check_usable()
-        timings: dict[str, float | None] = {}
-        t0 = time.perf_counter()
-        if standalone is None:
-            standalone = self.condense(question, history)
-        timings["condense"] = time.perf_counter() - t0
-        if retrieved is None:
-            retrieved = self.retrieve(standalone, groups=groups)
-        timings["retrieve"] = retrieved.seconds
-        timings["rerank"] = retrieved.rerank_seconds  # included in "retrieve"
-        if not retrieved.passages:
-            yield NO_ANSWER
-            timings.update(pack=0.0, ttft=None, generate=0.0, total=time.perf_counter() - t0, tokens_per_s=None)
-            known = self.endpoint.cached_info
-            return Answer(question, standalone, NO_ANSWER, [], True, {"prompt_tokens": 0, "completion_tokens": 0,
-                          "total_tokens": 0, "source": "no LLM call"}, timings, None, known.model if known else None)
-
-        failovers: list[str] = []
-        for lease in self.pool.attempts():
-            failovers += lease.skipped
-            try:
-                started = self._start(lease, retrieved.passages, question, history, timings)
-            except _FailOver as exc:
-                failovers.append(str(exc))
-                lease.release()
-                continue
-            except BaseException:
-                lease.release()
-                raise
-            break
-        return (yield from self._generate(started, question, standalone, timings, t0, failovers))
-
-    def _start(self, lease: Lease, passages: Sequence[Passage], question: str, history: list[Message],
-               timings: dict[str, float | None]) -> _Started:
-        """Pack for the leased endpoint and send; return once the first chunk is in. A context overflow is
-        learned and repacked once; raises :class:`_FailOver` for a failure another endpoint may not have."""
-        ep = lease.endpoint
-        retries = 0
-        window = ep.info.context_window
-        extra_margin = 0
-        while True:
-            t = time.perf_counter()
-            packing = self.pack(passages, question, history, context_window=window, extra_margin=extra_margin,
-                                endpoint=ep)
-            timings["pack"] = time.perf_counter() - t
-            cite = CitationFilter(s.n for s in packing.sources)
-            llm = self.llm(context_window=window, endpoint=ep)
-            chunks = llm.stream(_lc_messages(self.messages(packing, question)))
-            t_send = time.perf_counter()
-            try:
-                first = next(chunks, None)
-            except Exception as exc:  # noqa: BLE001
-                n = parse_overflow(api_message(exc))
-                if n is None and "No generation chunks" in str(exc):
-                    n = self._probe_overflow(packing, question, ep)
-                if n is None or retries:
-                    raise self._failure(lease, exc) from exc
-                retries += 1
-                over = packing.prompt_tokens + self.settings.llm_max_tokens - n
-                log.warning("the LLM server says its context is %d tokens; we packed %d + %d for the answer into "
-                            "%d; repacking once", n, packing.prompt_tokens or 0, self.settings.llm_max_tokens, window)
-                ep.learn_window(n)
-                if n < (window or n + 1):
-                    window = n
-                else:  # same window, so our count was off: hold back what it was over by, and 2% more
-                    extra_margin += max(over, 0) + n // 50
-                continue
-            lease.ok()
-            return _Started(lease, packing, cite, chunks, first, t_send, retries)
-
-    def _failure(self, lease: Lease, exc: BaseException) -> Exception:
-        """What a failed LLM call becomes: :class:`_FailOver` (counted against the endpoint) when another
-        endpoint may answer, else the endpoint's one-line explanation."""
-        err = lease.endpoint.explain(exc)
-        if is_failover_error(exc):
-            lease.failed(str(err), trip=is_timeout(exc))
-            if self.pool.multi:
-                return _FailOver(str(err))
-        return err
-
-    def _generate(self, started: _Started, question: str, standalone: str, timings: dict[str, float | None],
-                  t0: float, failovers: list[str]) -> Iterator[str]:
-        """Stream the answer begun in :meth:`_start`; the endpoint counts as busy until the stream ends or is
-        abandoned."""
-        lease, packing, cite, chunks, t_send = (started.lease, started.packing, started.cite, started.chunks,
-                                                started.t_send)
-        ep = lease.endpoint
-        first = started.first
-        ttft = time.perf_counter() - t_send if first is not None else None
-        raw: list[str] = []
-        shown: list[str] = []
-        usage_meta: dict[str, Any] | None = None
-        t_last = time.perf_counter()
-        try:
-            try:
-                chunk = first
-                while chunk is not None:
-                    piece = _content(chunk)
-                    if getattr(chunk, "usage_metadata", None):
-                        usage_meta = dict(chunk.usage_metadata)
-                    if piece:
-                        raw.append(piece)
-                        t_last = time.perf_counter()
-                        out = cite.feed(piece)
-                        if out:
-                            shown.append(out)
-                            yield out
-                    chunk = next(chunks, None)
-            except Exception as exc:  # noqa: BLE001
-                err = ep.explain(exc)
-                if is_failover_error(exc):
-                    lease.failed(str(err), trip=is_timeout(exc))
-                if self.pool.multi:
-                    err = EndpointError(f"{err} (the answer had already begun, so it was not sent to another "
-                                        "endpoint: that would repeat part of it; ask again)")
-                raise err from exc
-        finally:
-            close = getattr(chunks, "close", None)
-            if close is not None:
-                close()  # an abandoned stream ends its HTTP request too
-            lease.release()
-        tail = cite.flush()
-        if tail:
-            shown.append(tail)
-            yield tail
-
-        raw_text = "".join(raw)
-        text = "".join(shown).strip()  # exactly what the user saw
-        gen_seconds = max(t_last - (t_send + (ttft or 0.0)), 0.0)
-        if usage_meta and usage_meta.get("input_tokens"):
-            usage = {"prompt_tokens": usage_meta.get("input_tokens"), "completion_tokens":
-                     usage_meta.get("output_tokens"), "total_tokens": usage_meta.get("total_tokens"),
-                     "source": "server"}
-        else:  # llama-cpp-python does not report usage when streaming: our exact counts
-            completion = ep.count_tokens(raw_text)
-            usage = {"prompt_tokens": packing.prompt_tokens, "completion_tokens": completion,
-                     "total_tokens": (packing.prompt_tokens or 0) + completion,
-                     "source": "counted" if ep.exact_tokenizer else "estimated"}
-        usage["prompt_tokens_packed"] = packing.prompt_tokens
-        completion_tokens = usage.get("completion_tokens") or 0
-        timings.update(
-            ttft=ttft, generate=gen_seconds, total=time.perf_counter() - t0,
-            tokens_per_s=(completion_tokens - 1) / gen_seconds if gen_seconds > 0 and completion_tokens > 1 else None,
-        )
-        sources = [_citation(s, s.n in cite.cited) for s in packing.sources]
-        return Answer(question, standalone, text, sources, False, usage, timings, packing, ep.info.model,
-                      removed_citations=cite.removed, retries=started.retries, endpoint=ep.base_url,
-                      failovers=failovers)
-
-    def _probe_overflow(self, packing: Packing, question: str,
-                        endpoint: OpenAICompatibleEndpoint | None = None) -> int | None:
-        try:
-            return (endpoint or self.endpoint).overflow_of(self.messages(packing, question))
-        except Exception:  # noqa: BLE001 - the original failure is what the user sees
-            return None
-
-    # --- LangChain ------------------------------------------------------------------------------
-    def as_runnable(self):
-        """The chain as a LangChain ``Runnable``: input ``{"question", "history"?, "user"?, "groups"?}``, streams
-        text.
-
-        ``.invoke`` returns the whole text; ``.stream`` yields pieces. Built from the same pieces as
-        :meth:`stream`: condense | retrieve | pack | generate."""
-        from langchain_core.runnables import RunnableGenerator, RunnableLambda
-
-        def condense(x: dict) -> dict:
-            return {**x, "standalone": self.condense(x["question"], x.get("history"))}
-
-        def retrieve(x: dict) -> dict:
-            return {**x, "retrieved": self.retrieve(x["standalone"], user=x.get("user"), groups=x.get("groups"))}
-
-        def generate(inputs: Iterator[dict]) -> Iterator[str]:
-            for x in inputs:
-                yield from AnswerStream(self._audited(x["question"], as_messages(x.get("history")), x.get("user"),
-                                                      _groups(x.get("user"), x.get("groups")),
-                                                      standalone=x["standalone"], retrieved=x["retrieved"]))
-
-        return (RunnableLambda(condense, name="condense") | RunnableLambda(retrieve, name="retrieve")
-                | RunnableGenerator(generate, name="pack_and_generate"))
-
-
-# --- helpers ------------------------------------------------------------------------------------
-def _lc_messages(messages: Sequence[tuple[str, str]]):
-    from langchain_core.messages import AIMessage, HumanMessage, SystemMessage
-
-    kinds = {"system": SystemMessage, "user": HumanMessage, "assistant": AIMessage}
-    return [kinds[r](content=c) for r, c in messages]
-
-
-def _content(chunk: Any) -> str:
-    c = getattr(chunk, "content", chunk)
-    if isinstance(c, list):  # content blocks
-        return "".join(b.get("text", "") if isinstance(b, dict) else str(b) for b in c)
-    return c if isinstance(c, str) else str(c or "")
-
-
-def _citation(src: Any, cited: bool) -> Citation:
-    best = max(src.passages, key=lambda p: p.score)
-    return Citation(n=src.n, path=src.path, source=src.source, page=best.page_start or src.page_start,
-                    page_end=best.page_end if best.page_start is not None else src.page_end,
-                    section=best.section or src.section,
-                    snippet=snippet(best.text, 300), score=src.score, cited=cited,
-                    trimmed=any(p.trimmed for p in src.passages), text=src.text)
-
-
-def _clean_standalone(out: str, question: str) -> str:
-    """Small models wrap the rewrite in quotes, labels or chatter; anything odd falls back to the question."""
-    lines = [ln.strip() for ln in out.strip().splitlines() if ln.strip()]
-    if not lines:
-        return question
-    s = re.sub(r"^(standalone question|question|rewritten question)\s*:\s*", "", lines[0], flags=re.I)
-    s = s.strip().strip('"“”\'').strip()
-    if len(s) < 3 or len(s) > 3 * len(question) + 200:
-        return question
-    return s
 
 
 def _groups(user: Identity | None, groups: Sequence[str] | None) -> Sequence[str] | None:

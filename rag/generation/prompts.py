@@ -1,6 +1,14 @@
-"""Prompt texts. Retrieved text goes in as quoted data inside <source> blocks, apart from the instructions."""
+"""Prompts, as LangChain ``ChatPromptTemplate``s a developer can replace (``rag.chain(prompt=...)``).
+
+Retrieved text goes in as quoted data inside <source> blocks, apart from the instructions. An answer prompt takes
+three variables: ``history`` (the kept chat turns, as messages), ``sources`` (the packed, numbered source blocks)
+and ``question``; packing renders it to count exactly what is sent.
+"""
 
 from __future__ import annotations
+
+from langchain_core.messages import SystemMessage
+from langchain_core.prompts import ChatPromptTemplate, HumanMessagePromptTemplate, MessagesPlaceholder
 
 SYSTEM_PROMPT = """\
 You answer questions of a company's employees using only the sources provided in the user's message.
@@ -26,8 +34,25 @@ CONDENSE_SYSTEM = "You rewrite follow-up questions so they can be understood on 
 NO_ANSWER = "The documents do not contain an answer to this question."
 
 
-def user_message(sources_block: str, question: str, *, with_sources: bool | None = None) -> str:
-    """The user turn. ``with_sources=True`` with an empty block gives the frame alone (what it costs)."""
-    if not sources_block and not with_sources:
-        return f"There are no sources for this question.\n\nQuestion: {question.strip()}"
-    return f"Sources:\n\n{sources_block}\n\nQuestion: {question.strip()}"
+#: Said in place of the source blocks when none fit (the model must not answer from its own knowledge).
+NO_SOURCES = "There are no sources for this question."
+
+USER_TEMPLATE = "Sources:\n\n{sources}\n\nQuestion: {question}"
+
+
+def answer_prompt(system_prompt: str = SYSTEM_PROMPT) -> ChatPromptTemplate:
+    """The default answer prompt: the system instructions, the kept history, then sources and question."""
+    # A SystemMessage, not a template: a custom system prompt may contain braces.
+    return ChatPromptTemplate.from_messages([
+        SystemMessage(content=system_prompt.strip()),
+        MessagesPlaceholder("history", optional=True),
+        HumanMessagePromptTemplate.from_template(USER_TEMPLATE),
+    ])
+
+
+CONDENSE = ChatPromptTemplate.from_messages([("system", CONDENSE_SYSTEM), ("human", CONDENSE_PROMPT)])
+
+
+def user_message(sources_block: str, question: str) -> str:
+    """The default prompt's user turn, for scripts that build messages without LangChain (bench/query.py)."""
+    return USER_TEMPLATE.format(sources=sources_block or NO_SOURCES, question=question.strip())

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, start_http_server
 
 if TYPE_CHECKING:
-    from rag.generation.chain import Answer
+    from rag.types import Answer
 
 REGISTRY = CollectorRegistry(auto_describe=True)
 

@@ -152,14 +152,32 @@ class StoreRetriever(BaseRetriever):
     def _get_relevant_documents(self, query: str, *, run_manager: CallbackManagerForRetrieverRun,
                                 k: int | None = None) -> list[Document]:
         found = self.retriever.retrieve(query, top_k=k or self.k, groups=self.groups)
-        return [
-            Document(
-                page_content=p.text,
-                id=p.id,
-                metadata={"path": p.path, "source": p.source, "page": p.page_start, "page_end": p.page_end,
-                          "section": p.section, "score": p.score, "rerank_score": p.rerank_score,
-                          "chunk_index": p.chunk_index,
-                          "char_start": p.char_start, "char_end": p.char_end},
-            )
-            for p in found.passages
-        ]
+        docs = [document_of(p) for p in found.passages]
+        if found.reranked:  # a per-query figure; the chain reports it in Answer.timings["rerank"]
+            for d in docs:
+                d.metadata["rerank_seconds"] = found.rerank_seconds
+        return docs
+
+
+def document_of(p: Passage) -> Document:
+    return Document(
+        page_content=p.text,
+        id=p.id,
+        metadata={"path": p.path, "source": p.source, "page": p.page_start, "page_end": p.page_end,
+                  "section": p.section, "score": p.score, "rerank_score": p.rerank_score,
+                  "chunk_index": p.chunk_index, "char_start": p.char_start, "char_end": p.char_end},
+    )
+
+
+def passage_of(doc: Document) -> Passage:
+    """A document from any retriever as a passage the packer takes: ours round-trip exactly; another
+    retriever's documents need at least a ``source`` or ``path`` in their metadata to be citable by name."""
+    m = doc.metadata
+    path = str(m.get("path") or m.get("source") or "unknown")
+    return Passage(
+        id=str(doc.id or f"{path}#{m.get('chunk_index', 0)}"), text=doc.page_content,
+        score=float(m.get("score") or 0.0), path=path, source=str(m.get("source") or path.rsplit("/", 1)[-1]),
+        page_start=m.get("page"), page_end=m.get("page_end", m.get("page")), section=m.get("section"),
+        chunk_index=int(m.get("chunk_index") or 0), char_start=int(m.get("char_start") or 0),
+        char_end=int(m.get("char_end") or 0), rerank_score=m.get("rerank_score"),
+    )

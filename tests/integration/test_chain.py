@@ -172,3 +172,108 @@ def test_endpoint_describes_server_failures():
     assert "8192" in describe_failure(err(openai.BadRequestError, 400, over), url, "m", 60)
     assert "within 60 s" in describe_failure(openai.APITimeoutError(request=req), url, "m", 60)
     assert "is the server running" in describe_failure(openai.APIConnectionError(request=req), url, "m", 60)
+
+
+# --- the chain as a LangChain graph --------------------------------------------------------------------------
+class RunLog:
+    """A LangChain callback handler that records every run it is told about, with its parent."""
+
+    def __init__(self):
+        from langchain_core.callbacks import BaseCallbackHandler
+
+        log = self.runs = {}  # run_id -> (kind, name, parent_run_id)
+        sent = self.sent = {}  # chat model run_id -> the messages it was given
+
+        class Handler(BaseCallbackHandler):
+            def on_chain_start(self, serialized, inputs, *, run_id, parent_run_id=None, **kw):
+                log[run_id] = ("chain", kw.get("name") or (serialized or {}).get("name"), parent_run_id)
+
+            def on_retriever_start(self, serialized, query, *, run_id, parent_run_id=None, **kw):
+                log[run_id] = ("retriever", kw.get("name") or (serialized or {}).get("name"), parent_run_id)
+
+            def on_chat_model_start(self, serialized, messages, *, run_id, parent_run_id=None, **kw):
+                log[run_id] = ("chat_model", kw.get("name") or (serialized or {}).get("name"), parent_run_id)
+                sent[run_id] = messages[0]
+
+            def on_llm_start(self, serialized, prompts, *, run_id, parent_run_id=None, **kw):
+                log[run_id] = ("llm", kw.get("name") or (serialized or {}).get("name"), parent_run_id)
+
+        self.handler = Handler()
+
+    def root(self):
+        (root,) = [r for r, (_, _, parent) in self.runs.items() if parent is None]
+        return root
+
+    def ancestors(self, run_id):
+        out = []
+        while (parent := self.runs[run_id][2]) is not None:
+            out.append(parent)
+            run_id = parent
+        return out
+
+    def of(self, kind, name=None):
+        return [r for r, (k, n, _) in self.runs.items() if k == kind and (name is None or n == name)]
+
+
+def test_callbacks_see_retriever_prompt_and_model_as_children_of_the_chain(rag):
+    runs = RunLog()
+    answer = rag.ask("How many vacation days do full-time employees get?", history=[
+        ("user", "Hi, I have questions about the handbook."), ("assistant", "Sure, ask away.")],
+        config={"callbacks": [runs.handler]})
+    assert answer.sources and answer.text
+    root = runs.root()
+    assert runs.runs[root][1] == "rag"
+    # The condense prompt and the answer prompt, the retriever, the condense call and the answer call: all
+    # inside the one run of the chain.
+    prompts = runs.of("chain", "ChatPromptTemplate")
+    retrievers = runs.of("retriever")
+    models = runs.of("chat_model")
+    assert len(prompts) == 2 and len(retrievers) == 1 and len(models) == 2, runs.runs
+    for run in prompts + retrievers + models + runs.of("chain", "pack") + runs.of("chain", "cite"):
+        assert root in runs.ancestors(run), (run, runs.runs)
+
+
+def test_prompt_and_model_are_replaced_in_one_line(rag, request):
+    from langchain_core.prompts import ChatPromptTemplate
+    from langchain_openai import ChatOpenAI
+
+    from rag.llm.endpoints import OpenAICompatibleEndpoint
+
+    # The chain packs for its own endpoint's window and tokenizer; the answer comes from the *other* server,
+    # through a chat model the developer configured themselves.
+    other = "vllm" if rag.engine == "llamacpp" else "llamacpp"
+    other_url = request.getfixturevalue("vllm_server" if other == "vllm" else "llm_server")
+    prompt = ChatPromptTemplate.from_messages([
+        ("system", "You are the ACME handbook bot. Cite sources as [n]."),
+        ("placeholder", "{history}"),
+        ("human", "Handbook excerpts:\n{sources}\n\nEmployee question: {question}"),
+    ])
+    model = ChatOpenAI(base_url=other_url, api_key="none", model=OpenAICompatibleEndpoint(other_url).info.model,
+                       max_tokens=MAX_TOKENS, temperature=0, stream_usage=True).with_config(run_name="developers-model")
+    runs = RunLog()
+    chain = rag.chain(prompt=prompt, model=model)
+    result = chain.invoke({"question": "How many vacation days do full-time employees get?"},
+                          {"callbacks": [runs.handler]})
+    answer = result["answer"]
+    assert result["text"] == answer.text and answer.sources
+    (model_run,) = runs.of("chat_model")
+    assert runs.runs[model_run][1] == "developers-model"
+    system, user = runs.sent[model_run]
+    assert system.content.startswith("You are the ACME handbook bot")
+    assert user.content.startswith('Handbook excerpts:\n<source id="1"')
+    assert user.content.endswith("Employee question: How many vacation days do full-time employees get?")
+    assert answer.packing.prompt_tokens <= WINDOW - MAX_TOKENS
+    # vLLM reports usage when streaming, llama-cpp-python does not: which one answered shows in the usage.
+    assert answer.usage["source"] == ("server" if other == "vllm" else "counted")
+
+
+def test_retriever_is_replaced_in_one_line_and_a_replaced_one_refuses_groups(rag):
+    from rag.errors import AccessDenied
+    from rag.retrieval.retriever import StoreRetriever
+
+    chain = rag.chain(retriever=StoreRetriever(retriever=rag.retriever_core, k=1))
+    answer = chain.invoke({"question": "How many vacation days do full-time employees get?"})["answer"]
+    assert len(answer.sources) == 1 and len(answer.packing.sources) == 1
+    # The store's own retriever filters by group inside the query; a replaced one cannot, so it refuses.
+    with pytest.raises(AccessDenied, match="retriever was replaced"):
+        chain.invoke({"question": "vacation days", "groups": ["hr"]})

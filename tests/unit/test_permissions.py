@@ -145,7 +145,7 @@ def test_citation_objects_carry_only_the_paths_given(corpus):
         rag.store.set_groups(p, ["hr"] if "alpha" in p else ["it"])
     user = _user({"hr"})
     packing = rag.pack(rag.retrieve("budget code", user=user).passages, "budget code", context_window=4096)
-    from rag.generation.chain import _citation
+    from rag.generation.generate import citation as _citation
 
     cites = [_citation(s, False) for s in packing.sources]
     assert cites and all(isinstance(c, Citation) and "alpha" in c.path for c in cites)
