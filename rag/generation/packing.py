@@ -15,9 +15,10 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Protocol
 
+from rag.generation.passages import TRIM_MARK, adjacent, merge_text, shingles, similarity, trim_to_fit
 from rag.types import Message, Passage
 
 
@@ -141,45 +142,6 @@ def join_sources(blocks: Sequence[str]) -> str:
     return SOURCES_SEP.join(blocks)
 
 
-# --- near-duplicates ----------------------------------------------------------------------------
-def _shingles(text: str, k: int = 3) -> set[tuple[str, ...]]:
-    words = re.findall(r"\w+", text.lower())
-    if len(words) < k:
-        return {tuple(words)} if words else set()
-    return {tuple(words[i:i + k]) for i in range(len(words) - k + 1)}
-
-
-def _similarity(a: set, b: set) -> float:
-    if not a or not b:
-        return 0.0
-    return len(a & b) / min(len(a), len(b))
-
-
-# --- merging adjacent passages ------------------------------------------------------------------
-def _adjacent(a: Passage, b: Passage) -> bool:
-    if a.path != b.path:
-        return False
-    if abs(a.chunk_index - b.chunk_index) == 1:
-        return True
-    return a.char_start < b.char_end and b.char_start < a.char_end  # overlapping spans
-
-
-def _merge_text(passages: list[Passage]) -> str:
-    """Text of a run of passages of one document in position order, overlaps written once."""
-    ps = sorted(passages, key=lambda p: (p.char_start, p.char_end))
-    text, end = ps[0].text, ps[0].char_end
-    for p in ps[1:]:
-        if p.char_end <= end:
-            continue  # contained in what we have
-        if p.char_start < end:
-            text += p.text[end - p.char_start:]
-        else:
-            text += "\n" + p.text
-        end = p.char_end
-    return text
-
-
-# --- the packer ---------------------------------------------------------------------------------
 def pack(
     passages: Sequence[Passage],
     *,
@@ -210,135 +172,162 @@ def pack(
     """
     fixed = counter.count(system_prompt) + counter.count(question) + template_overhead
     budget = context_window - max_output_tokens - fixed - margin
-    notes: list[str] = []
     if budget <= 0:
         return Packing([], [], [Dropped(p.id, p.path, "no room: the question and system prompt fill the window")
                                 for p in passages], len(history), context_window, max_output_tokens, fixed, margin,
                        max(budget, 0), 0, candidates=len(passages),
                        notes=["the question alone does not fit the context window"])
-
-    # History first, up to its share, newest turn first (each turn is counted with its own overhead).
-    turns = _turns(history)
-    turn_costs = [sum(counter.count(history[i].content) for i in t) + turn_overhead * ((len(t) + 1) // 2)
-                  for t in turns]
-    reserved = int(budget * history_share)
-    kept_turns: list[int] = []
-    hist_used = 0
-    for i in range(len(turns) - 1, -1, -1):
-        if hist_used + turn_costs[i] > reserved:
-            break
-        kept_turns.append(i)
-        hist_used += turn_costs[i]
-
-    # Sources: greedy by relevance into what history left.
-    room = budget - hist_used
-    groups: list[list[Passage]] = []  # each a run of one document's adjacent passages
-    group_tokens: list[int] = []
-    shingles: list[tuple[int, set]] = []  # (group index, shingles of one kept passage)
-    dropped: list[Dropped] = []
-    used_src = 0
-    sep_cost = counter.count(SOURCES_SEP)  # BPE tokenizers spend tokens on the blank line between sources
+    hist = _History(history, counter, turn_overhead)
+    hist.keep_newest(int(budget * history_share))  # its share first, so sources cannot crowd it out
+    src = _Sources(counter, formatter, dedup_threshold)
     for p in passages:
-        sh = _shingles(p.text)
-        # Adjacent or overlapping passages of a kept one extend it instead of standing alone.
-        target = next((gi for gi, g in enumerate(groups) if any(_adjacent(q, p) for q in g)), None)
-        if target is None:
-            dup = next((gi for gi, s in shingles if _similarity(sh, s) >= dedup_threshold), None)
-            if dup is not None:
-                dropped.append(Dropped(p.id, p.path, f"near-duplicate of a kept passage of {groups[dup][0].source}"))
-                continue
-            cost = counter.count(formatter(_N, _as_source(_N, [p]))) + (sep_cost if groups else 0)
-            if used_src + cost > room:
-                dropped.append(Dropped(p.id, p.path, f"does not fit: needs {cost} tokens, {room - used_src} left"))
-                continue
-            groups.append([p])
-            group_tokens.append(cost)
-            shingles.append((len(groups) - 1, sh))
-            used_src += cost
-        else:
-            if any(q.id == p.id for q in groups[target]):
-                continue
-            merged = groups[target] + [p]
-            new_cost = counter.count(formatter(_N, _as_source(_N, merged))) + (
-                sep_cost if target > 0 else 0)
-            delta = new_cost - group_tokens[target]
-            if used_src + delta > room:
-                dropped.append(Dropped(p.id, p.path, f"does not fit: extending its neighbour needs {delta} tokens, "
-                                                     f"{room - used_src} left"))
-                continue
-            groups[target] = merged
-            group_tokens[target] = new_cost
-            shingles.append((target, sh))
-            used_src += delta
-
-    # History gets whatever the sources left, oldest turns last.
-    left = budget - used_src - hist_used
-    for i in range(min(kept_turns, default=len(turns)) - 1, -1, -1):
-        if turn_costs[i] > left:
-            break
-        kept_turns.append(i)
-        hist_used += turn_costs[i]
-        left -= turn_costs[i]
-    kept_history = [history[i] for t in sorted(kept_turns) for i in turns[t]]
-    if len(kept_history) < len(history):
-        notes.append(f"{len(turns) - len(kept_turns)} oldest history turn(s) dropped for room")
-
-    # The last room: the best passage that did not fit, cut to size. Continuing a kept source needs no
-    # header, so even a small room takes a few more sentences of a document already in the prompt.
-    trimmed: list[Dropped] = []
-    left = budget - used_src - hist_used
-    for d in list(dropped):
-        if left < 8:
-            break
-        if d.reason.startswith("near-duplicate"):
-            continue
-        p = next(q for q in passages if q.id == d.id)
-        target = next((gi for gi, g in enumerate(groups) if any(_adjacent(q, p) for q in g)), None)
-        if target is None:
-            if left < trim_min_tokens:
-                continue
-            sep = sep_cost if groups else 0
-
-            def cost_of(part: Passage, sep: int = sep) -> int:
-                return counter.count(formatter(_N, _as_source(_N, [part]))) + sep
-        else:
-            def cost_of(part: Passage, gi: int = target) -> int:
-                merged = formatter(_N, _as_source(_N, groups[gi] + [part]))
-                return counter.count(merged) + (sep_cost if gi > 0 else 0) - group_tokens[gi]
-        cut = _trim_to_fit(p, left, cost_of)
-        if cut is None:
-            continue
-        part, cost = cut
-        if target is None:
-            groups.append([part])
-            group_tokens.append(cost)
-        else:
-            groups[target] = groups[target] + [part]
-            group_tokens[target] += cost
-        used_src += cost
-        left -= cost
-        dropped.remove(d)
-        full = len(p.text)
-        kept = len(part.text) - len(TRIM_MARK)
-        how = "as a new source" if target is None else "continuing its neighbour"
-        trimmed.append(Dropped(p.id, p.path, f"trimmed to fit the last room {how}: {kept} of {full} characters, "
-                                             f"{cost} tokens"))
-        notes.append(f"passage {p.id} of {p.source} trimmed to {kept} of {full} characters to fill the window")
-        break
-
-    # Document order: documents by their best passage, positions within a document ascending.
-    order = sorted(range(len(groups)), key=lambda gi: (_doc_rank(groups, gi), min(p.char_start for p in groups[gi])))
-    sources = []
-    for n, gi in enumerate(order, start=1):
-        sources.append(_as_source(n, groups[gi], tokens=group_tokens[gi]))
+        src.add(p, budget - hist.used)
+    hist.keep_older(budget - src.used - hist.used)  # then whatever the sources left, oldest turns last
+    trimmed = src.fill_last_room(passages, budget - src.used - hist.used, trim_min_tokens)
+    notes = [*hist.notes(), *(f"passage {p.id} of {p.source} trimmed to {len(p.text) - len(TRIM_MARK)} of "
+                              f"{len(next(q for q in passages if q.id == p.id).text)} characters to fill the window"
+                              for p in src.trimmed_parts)]
     return Packing(
-        sources=sources, history=kept_history, dropped=dropped, dropped_history=len(history) - len(kept_history),
-        context_window=context_window, max_output_tokens=max_output_tokens, fixed_tokens=fixed, margin=margin,
-        budget=budget, used=used_src + hist_used, candidates=len(passages), notes=notes, trimmed=trimmed,
+        sources=src.in_document_order(), history=hist.kept(), dropped=src.dropped,
+        dropped_history=len(history) - len(hist.kept()), context_window=context_window,
+        max_output_tokens=max_output_tokens, fixed_tokens=fixed, margin=margin, budget=budget,
+        used=src.used + hist.used, candidates=len(passages), notes=notes, trimmed=trimmed,
     )
 
 
-TRIM_MARK = " [...]"
+class _History:
+    """Chat history kept in whole turns (a user message and its answers), newest first."""
+
+    def __init__(self, history: Sequence[Message], counter: TokenCounter, turn_overhead: int) -> None:
+        self.history = history
+        self.turns = _turns(history)
+        self.costs = [sum(counter.count(history[i].content) for i in t) + turn_overhead * ((len(t) + 1) // 2)
+                      for t in self.turns]
+        self.kept_turns: list[int] = []
+        self.used = 0
+
+    def keep_newest(self, reserved: int) -> None:
+        for i in range(len(self.turns) - 1, -1, -1):
+            if self.used + self.costs[i] > reserved:
+                break
+            self.kept_turns.append(i)
+            self.used += self.costs[i]
+
+    def keep_older(self, left: int) -> None:
+        for i in range(min(self.kept_turns, default=len(self.turns)) - 1, -1, -1):
+            if self.costs[i] > left:
+                break
+            self.kept_turns.append(i)
+            self.used += self.costs[i]
+            left -= self.costs[i]
+
+    def kept(self) -> list[Message]:
+        return [self.history[i] for t in sorted(self.kept_turns) for i in self.turns[t]]
+
+    def notes(self) -> list[str]:
+        if len(self.kept()) < len(self.history):
+            return [f"{len(self.turns) - len(self.kept_turns)} oldest history turn(s) dropped for room"]
+        return []
+
+
+class _Sources:
+    """Sources chosen greedily by relevance: each a run of one document's adjacent passages (a group)."""
+
+    def __init__(self, counter: TokenCounter, formatter: SourceFormatter, dedup_threshold: float) -> None:
+        self.counter = counter
+        self.formatter = formatter
+        self.dedup_threshold = dedup_threshold
+        self.groups: list[list[Passage]] = []
+        self.group_tokens: list[int] = []
+        self.shingles: list[tuple[int, set]] = []  # (group index, shingles of one kept passage)
+        self.dropped: list[Dropped] = []
+        self.trimmed_parts: list[Passage] = []
+        self.used = 0
+        self.sep_cost = counter.count(SOURCES_SEP)  # BPE tokenizers spend tokens on the blank line between sources
+
+    def _cost(self, passages: list[Passage], first: bool) -> int:
+        return self.counter.count(self.formatter(_N, _as_source(_N, passages))) + (0 if first else self.sep_cost)
+
+    def _neighbour(self, p: Passage) -> int | None:
+        return next((gi for gi, g in enumerate(self.groups) if any(adjacent(q, p) for q in g)), None)
+
+    def add(self, p: Passage, room: int) -> None:
+        """Adjacent or overlapping passages of a kept one extend it instead of standing alone."""
+        sh = shingles(p.text)
+        target = self._neighbour(p)
+        if target is None:
+            dup = next((gi for gi, s in self.shingles if similarity(sh, s) >= self.dedup_threshold), None)
+            if dup is not None:
+                self.dropped.append(Dropped(p.id, p.path,
+                                            f"near-duplicate of a kept passage of {self.groups[dup][0].source}"))
+                return
+            cost = self._cost([p], first=not self.groups)
+            if self.used + cost > room:
+                self.dropped.append(Dropped(p.id, p.path, f"does not fit: needs {cost} tokens, "
+                                                          f"{room - self.used} left"))
+                return
+            self.groups.append([p])
+            self.group_tokens.append(cost)
+            self.shingles.append((len(self.groups) - 1, sh))
+            self.used += cost
+            return
+        if any(q.id == p.id for q in self.groups[target]):
+            return
+        merged = self.groups[target] + [p]
+        new_cost = self._cost(merged, first=target == 0)
+        delta = new_cost - self.group_tokens[target]
+        if self.used + delta > room:
+            self.dropped.append(Dropped(p.id, p.path, f"does not fit: extending its neighbour needs {delta} tokens, "
+                                                      f"{room - self.used} left"))
+            return
+        self.groups[target] = merged
+        self.group_tokens[target] = new_cost
+        self.shingles.append((target, sh))
+        self.used += delta
+
+    def fill_last_room(self, passages: Sequence[Passage], left: int, trim_min_tokens: int) -> list[Dropped]:
+        """The best passage that did not fit, cut to the room left. Continuing a kept source needs no header,
+        so even a small room takes a few more sentences of a document already in the prompt."""
+        for d in list(self.dropped):
+            if left < 8:
+                break
+            if d.reason.startswith("near-duplicate"):
+                continue
+            p = next(q for q in passages if q.id == d.id)
+            target = self._neighbour(p)
+            if target is None and left < trim_min_tokens:
+                continue
+            cut = trim_to_fit(p, left, self._cost_of(target))
+            if cut is None:
+                continue
+            part, cost = cut
+            if target is None:
+                self.groups.append([part])
+                self.group_tokens.append(cost)
+            else:
+                self.groups[target] = self.groups[target] + [part]
+                self.group_tokens[target] += cost
+            self.used += cost
+            self.dropped.remove(d)
+            self.trimmed_parts.append(part)
+            how = "as a new source" if target is None else "continuing its neighbour"
+            return [Dropped(p.id, p.path, f"trimmed to fit the last room {how}: {len(part.text) - len(TRIM_MARK)} "
+                                          f"of {len(p.text)} characters, {cost} tokens")]
+        return []
+
+    def _cost_of(self, target: int | None) -> Callable[[Passage], int]:
+        if target is None:
+            first = not self.groups
+            return lambda part: self._cost([part], first=first)
+        return lambda part: self._cost(self.groups[target] + [part], first=target == 0) - self.group_tokens[target]
+
+    def in_document_order(self) -> list[Source]:
+        """Documents by their best passage, positions within a document ascending; numbered from 1."""
+        groups = self.groups
+        order = sorted(range(len(groups)), key=lambda gi: (_doc_rank(groups, gi), min(p.char_start for p in groups[gi])))
+        return [_as_source(n, groups[gi], tokens=self.group_tokens[gi]) for n, gi in enumerate(order, start=1)]
+
+
 
 
 def _turns(history: Sequence[Message]) -> list[list[int]]:
@@ -350,33 +339,6 @@ def _turns(history: Sequence[Message]) -> list[list[int]]:
         else:
             turns[-1].append(i)
     return turns
-
-
-def _trim_to_fit(p: Passage, room: int, cost_of: Callable[[Passage], int]) -> tuple[Passage, int] | None:
-    """The longest word-boundary prefix of ``p`` that costs at most ``room`` tokens, and its cost.
-    Binary search: about log2(words) counts."""
-    cuts = [m.start() for m in re.finditer(r"\s+", p.text)]
-    if not cuts:
-        return None
-
-    def part(k: int) -> Passage:
-        end = cuts[k]
-        return replace(p, text=p.text[:end] + TRIM_MARK, char_end=p.char_start + end, trimmed=True)
-
-    def cost(k: int) -> int:
-        return cost_of(part(k))
-
-    lo, hi, best = 0, len(cuts) - 1, None
-    while lo <= hi:
-        mid = (lo + hi) // 2
-        c = cost(mid)
-        if c <= room:
-            best, lo = (mid, c), mid + 1
-        else:
-            hi = mid - 1
-    if best is None:
-        return None
-    return part(best[0]), best[1]
 
 
 #: Sources are costed with a two-digit citation number, so the final one- or two-digit numbers never cost more.
@@ -391,5 +353,5 @@ def _doc_rank(groups: list[list[Passage]], gi: int) -> tuple[int, str]:
 
 def _as_source(n: int, passages: list[Passage], *, tokens: int = 0) -> Source:
     ps = sorted(passages, key=lambda p: p.char_start)
-    return Source(n=n, path=ps[0].path, source=ps[0].source, passages=ps, text=_merge_text(ps), tokens=tokens,
+    return Source(n=n, path=ps[0].path, source=ps[0].source, passages=ps, text=merge_text(ps), tokens=tokens,
                   score=max(p.score for p in ps))
