@@ -26,13 +26,15 @@ import os
 import queue
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from ingest.chunking import Chunk, chunk_document
-from ingest.parsers import PARSER_VERSION, ParsedDocument, is_supported, parse
-from rag.security.access import POLICY_FILE, AccessPolicy
+from ingest.discovery import Discovered, discover, resolve_access, walk
+from ingest.parsers import PARSER_VERSION, ParsedDocument, parse
+from ingest.report import FileIssue, IngestReport, Progress, ProgressCallback
+from rag.security.access import AccessPolicy
 from rag.index.embeddings import Embedder, get_embedder
 from rag.errors import AccessPolicyError, ParseError
 from rag.settings import Settings
@@ -40,58 +42,15 @@ from rag.types import ChunkPayload
 from rag.index.sparse import SparseEncoder, get_sparse_encoder
 from rag.index.store import ChunkPoint, DocumentRecord, Store, chunk_id, open_store
 
+# The walk and the report live in their own modules; callers keep importing them from here, the ingest API.
+__all__ = ["Discovered", "EMBED_BUFFER", "FileIssue", "IngestReport", "Progress", "ProgressCallback",
+           "config_signature", "discover", "file_sha256", "forget", "ingest", "resolve_access", "walk"]
+
 log = logging.getLogger(__name__)
 
 #: Chunks gathered before one embedding call: large enough for length-sorted batches, small enough that a
 #: crash loses little work.
 EMBED_BUFFER = 256
-
-
-@dataclass
-class FileIssue:
-    path: str
-    reason: str
-
-
-@dataclass
-class IngestReport:
-    added: int = 0
-    updated: int = 0
-    unchanged: int = 0
-    removed: int = 0
-    access_updated: int = 0  # unchanged documents whose groups changed: payload updated, nothing re-embedded
-    chunks: int = 0  # chunks written in this run
-    chunks_removed: int = 0
-    pages: int = 0
-    files_seen: int = 0
-    bytes_parsed: int = 0
-    failed: list[FileIssue] = field(default_factory=list)
-    skipped: list[FileIssue] = field(default_factory=list)
-    warnings: list[FileIssue] = field(default_factory=list)
-    seconds: float = 0.0
-    interrupted: bool = False
-
-    @property
-    def ok(self) -> bool:
-        return not self.failed and not self.interrupted
-
-    def to_dict(self) -> dict:
-        d = asdict(self)
-        d["ok"] = self.ok
-        return d
-
-
-@dataclass
-class Progress:
-    files_total: int
-    bytes_total: int
-    files_done: int = 0
-    bytes_done: int = 0
-    chunks_done: int = 0
-    current: str | None = None
-
-
-ProgressCallback = Callable[[Progress], None]
 
 
 @dataclass
@@ -123,101 +82,6 @@ def file_sha256(path: Path) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
-
-
-@dataclass
-class Discovered:
-    files: list[Path] = field(default_factory=list)
-    roots: list[Path] = field(default_factory=list)  # folders given (or paths that are gone)
-    skipped: list[FileIssue] = field(default_factory=list)
-    failed: list[FileIssue] = field(default_factory=list)
-    #: Each file's ingest root: the folder given that contains it (the outermost if several do), or the file
-    #: itself if it was given on its own.
-    file_roots: dict[Path, Path] = field(default_factory=dict)
-    #: Every .rag-access.toml seen in the walked folders (all are checked, even those no document needs).
-    policy_files: list[Path] = field(default_factory=list)
-
-
-def discover(paths: Iterable[str | Path]) -> tuple[list[Path], list[Path], list[FileIssue], list[FileIssue]]:
-    """Expand the given paths into (files, folder roots, skipped, failed); ``walk`` says more."""
-    d = walk(paths)
-    return d.files, d.roots, d.skipped, d.failed
-
-
-def _root_folder(root: Path) -> Path:
-    return root if root.is_dir() else root.parent
-
-
-def walk(paths: Iterable[str | Path]) -> Discovered:
-    """Expand the given paths into files, each with its ingest root.
-
-    Hidden files and folders (.git, .rag, ...) are not walked. An unsupported file inside a folder is
-    skipped (reported, not an error); one named explicitly is a failure. Access policy files are never
-    documents: inside folders they are collected silently, named explicitly they are skipped with a reason.
-    """
-    d = Discovered()
-
-    def add(f: Path, root: Path) -> None:
-        old = d.file_roots.get(f)
-        if old is None:
-            d.files.append(f)
-            d.file_roots[f] = root
-        elif len(_root_folder(root).parts) < len(_root_folder(old).parts):
-            d.file_roots[f] = root  # the outermost root reads the most policy files, whatever the order given
-
-    for raw in paths:
-        p = Path(raw).expanduser().absolute()
-        if p.is_dir():
-            d.roots.append(p)
-            for dirpath, dirnames, filenames in os.walk(p):
-                dirnames[:] = sorted(dn for dn in dirnames if not dn.startswith("."))
-                for name in sorted(filenames):
-                    f = Path(dirpath) / name
-                    if name == POLICY_FILE:
-                        d.policy_files.append(f)
-                        continue
-                    if name.startswith("."):
-                        continue
-                    if not f.is_file():
-                        continue
-                    if is_supported(f):
-                        add(f, p)
-                    else:
-                        d.skipped.append(FileIssue(str(f), f"unsupported file type {f.suffix.lower() or '(none)'}"))
-        elif p.is_file():
-            if p.name == POLICY_FILE:
-                d.policy_files.append(p)
-                d.skipped.append(FileIssue(str(p), "access policy file: it decides who may read the documents "
-                                                   "beside it, it is not a document"))
-            elif is_supported(p):
-                add(p, p)
-            else:
-                d.failed.append(FileIssue(str(p), f"unsupported file type {p.suffix.lower() or '(none)'}"))
-        else:
-            d.roots.append(p)  # gone: whatever was ingested from it is removed below
-    return d
-
-
-def resolve_access(found: Discovered, policy: AccessPolicy) -> tuple[dict[str, dict], list[FileIssue]]:
-    """Every file's access record (``AccessPolicy.record``) and warnings about policy files that are not applied
-    because they sit above the ingest root. Reads policy files only: raises AccessPolicyError (file and line)
-    before the caller writes anything."""
-    if not policy.reads_policy_files:
-        return {str(f): policy.record(f, found.file_roots[f]) for f in found.files}, []
-    for pf in found.policy_files:
-        policy.load(pf.parent)
-    access = {str(f): policy.record(f, found.file_roots[f]) for f in found.files}
-    warnings: list[FileIssue] = []
-    seen: set[Path] = set()
-    for folder in sorted({_root_folder(r) for r in set(found.file_roots.values())}):
-        for above in folder.parents:
-            pf = above / POLICY_FILE
-            if pf not in seen and pf.is_file():
-                seen.add(pf)
-                warnings.append(FileIssue(str(pf), f"not applied to the documents under {folder}: policy files "
-                                                   f"above the folder (or file) given to ingest are not read; "
-                                                   f"ingest {above} to apply it"))
-    return access, warnings
 
 
 def ingest(
@@ -266,8 +130,44 @@ def ingest(
 def _run(files: list[Path], roots: list[Path], settings: Settings, access: dict[str, dict], store: Store,
          embedder: Embedder, report: IngestReport, progress: ProgressCallback | None) -> None:
     registry = store.documents()
-    current = {str(f) for f in files}
+    _sweep(store, registry, files, roots, report)
+    # Every chunk gets its BM25 vector whatever the retrieval mode, so switching modes needs no re-index.
+    sparse = get_sparse_encoder(settings) if store.has_sparse else None
+    sig = config_signature(settings, embedder, sparse)
+    prog = Progress(files_total=len(files), bytes_total=sum(_size(f) for f in files))
+    batch = _Batch(store, embedder, sparse, sig, report, prog)
+    work_q: queue.Queue[_Work | None] = queue.Queue(maxsize=8)
+    stop = threading.Event()
 
+    def prepare(f: Path) -> _Work:
+        return _prepare(f, registry.get(str(f)), sig, access[str(f)], settings, embedder)
+
+    producer = threading.Thread(target=_produce, args=(files, prepare, work_q, stop), name="rag-ingest-parse",
+                                daemon=True)
+    producer.start()
+    try:
+        while (w := work_q.get()) is not None:
+            prog.current = w.path
+            _accept(w, batch, store, report)
+            prog.files_done += 1
+            prog.bytes_done += w.size
+            if len(batch) >= EMBED_BUFFER or (batch and work_q.empty()):
+                batch.flush()
+            if progress:
+                progress(prog)
+        if batch:
+            batch.flush()
+            if progress:
+                progress(prog)
+    finally:
+        stop.set()
+        producer.join(timeout=5)
+
+
+def _sweep(store: Store, registry: dict[str, DocumentRecord], files: list[Path], roots: list[Path],
+           report: IngestReport) -> None:
+    """Before anything is parsed: remove what is gone, and what an interrupted run left half-written."""
+    current = {str(f) for f in files}
     # Files that disappeared from an ingested folder (or a folder or file that is gone as a whole).
     removed_under: dict[Path, int] = {r: 0 for r in roots}
     for path, rec in list(registry.items()):
@@ -288,78 +188,49 @@ def _run(files: list[Path], roots: list[Path], settings: Settings, access: dict[
         if path not in registry:
             store.delete_chunks(path)
 
-    # Every chunk gets its BM25 vector whatever the retrieval mode, so switching modes needs no re-index.
-    sparse = get_sparse_encoder(settings) if store.has_sparse else None
-    sig = config_signature(settings, embedder, sparse)
-    prog = Progress(files_total=len(files), bytes_total=sum(_size(f) for f in files))
-    work_q: queue.Queue[_Work | None] = queue.Queue(maxsize=8)
-    stop = threading.Event()
 
-    def produce() -> None:
-        try:
-            for f in files:
-                if stop.is_set():
-                    return
-                w = _prepare(f, registry.get(str(f)), sig, access[str(f)], settings, embedder)
-                while not stop.is_set():
-                    try:
-                        work_q.put(w, timeout=0.2)
-                        break
-                    except queue.Full:
-                        continue
-        finally:
-            while not stop.is_set():
-                try:
-                    work_q.put(None, timeout=0.2)
-                    return
-                except queue.Full:
-                    continue
-
-    producer = threading.Thread(target=produce, name="rag-ingest-parse", daemon=True)
-    producer.start()
-    buffer: list[tuple[_Work, Chunk]] = []
-    pending: dict[str, int] = {}
-    works: dict[str, _Work] = {}
+def _produce(files: list[Path], prepare: Callable[[Path], _Work], work_q: queue.Queue[_Work | None],
+             stop: threading.Event) -> None:
+    """The parse thread: each file prepared in order, then None; gives up as soon as the main thread stops."""
     try:
-        while True:
-            w = work_q.get()
-            if w is None:
-                break
-            prog.current = w.path
-            if w.error is not None:
-                _fail(store, w, report)
-            elif w.doc is None:  # unchanged
-                report.unchanged += 1
-                _update_access(store, w, report)
-            else:
-                # Chunks without a record were swept at the start of the run, so only a recorded document
-                # has old chunks to replace.
-                if w.previous is not None:
-                    # Record first, then chunks: from here until the new record is written the document
-                    # counts as not ingested, whatever happens.
-                    store.delete_document(w.path)
-                    store.delete_chunks(w.path)
-                works[w.path] = w
-                pending[w.path] = len(w.chunks)
-                buffer.extend((w, c) for c in w.chunks)
-                for warning in w.doc.warnings:
-                    report.warnings.append(FileIssue(w.path, warning))
-                report.pages += w.doc.pages or 0
-                report.bytes_parsed += w.size
-            prog.files_done += 1
-            prog.bytes_done += w.size
-            if len(buffer) >= EMBED_BUFFER or (buffer and work_q.empty()):
-                _flush(buffer, pending, works, sig, store, embedder, sparse, report, prog)
-                buffer = []
-            if progress:
-                progress(prog)
-        if buffer:
-            _flush(buffer, pending, works, sig, store, embedder, sparse, report, prog)
-            if progress:
-                progress(prog)
+        for f in files:
+            if stop.is_set() or not _put(work_q, prepare(f), stop):
+                return
     finally:
-        stop.set()
-        producer.join(timeout=5)
+        _put(work_q, None, stop)
+
+
+def _put(work_q: queue.Queue[_Work | None], item: _Work | None, stop: threading.Event) -> bool:
+    # A blocking put would hang the parse thread forever once the main thread stopped reading.
+    while not stop.is_set():
+        try:
+            work_q.put(item, timeout=0.2)
+            return True
+        except queue.Full:
+            continue
+    return False
+
+
+def _accept(w: _Work, batch: _Batch, store: Store, report: IngestReport) -> None:
+    """One prepared file in the main thread: a failure, an unchanged document, or chunks to embed."""
+    if w.error is not None:
+        _fail(store, w, report)
+    elif w.doc is None:  # unchanged
+        report.unchanged += 1
+        _update_access(store, w, report)
+    else:
+        # Chunks without a record were swept at the start of the run, so only a recorded document
+        # has old chunks to replace.
+        if w.previous is not None:
+            # Record first, then chunks: from here until the new record is written the document
+            # counts as not ingested, whatever happens.
+            store.delete_document(w.path)
+            store.delete_chunks(w.path)
+        batch.add(w)
+        for warning in w.doc.warnings:
+            report.warnings.append(FileIssue(w.path, warning))
+        report.pages += w.doc.pages or 0
+        report.bytes_parsed += w.size
 
 
 def _size(p: Path) -> int:
@@ -426,39 +297,63 @@ def _fail(store: Store, w: _Work, report: IngestReport) -> None:
     report.failed.append(FileIssue(w.path, w.error or "unknown error"))
 
 
-def _flush(buffer: list[tuple[_Work, Chunk]], pending: dict[str, int], works: dict[str, _Work], sig: str, store: Store, embedder: Embedder, sparse: SparseEncoder | None,
-           report: IngestReport, prog: Progress) -> None:
-    texts = [c.text for _, c in buffer]
-    vectors = embedder.embed_documents(texts)
-    sparse_vectors = sparse.embed_documents(texts) if sparse is not None else [None] * len(texts)
-    points = []
-    for (w, c), vec, sv in zip(buffer, vectors, sparse_vectors):
-        assert w.doc is not None
-        payload = ChunkPayload(
-            text=c.text, path=w.path, source=Path(w.path).name, title=w.doc.title, doc_sha256=w.sha256,
-            chunk_index=c.index, chunk_count=len(w.chunks), page_start=c.page_start, page_end=c.page_end,
-            section=c.section, char_start=c.char_start, char_end=c.char_end, token_count=c.token_count,
-            groups=list(w.access["groups"]))
-        points.append(ChunkPoint(chunk_id(w.path, w.sha256, c.index), vec.tolist(), payload.to_dict(), sv))
-    store.upsert_chunks(points)
-    report.chunks += len(points)
-    prog.chunks_done += len(points)
-    for w, _ in buffer:
-        pending[w.path] -= 1
-    for path in [p for p, left in pending.items() if left == 0]:
-        w = works.pop(path)
-        del pending[path]
-        store.put_document(DocumentRecord(
-            path=w.path, sha256=w.sha256, chunks=len(w.chunks), config_sig=sig, size=w.size, mtime=w.mtime,
+class _Batch:
+    """Chunks of several documents gathered for one embedding call; a document's record is written once its
+    last chunk is stored (the crash-safety rule of the module docstring)."""
+
+    def __init__(self, store: Store, embedder: Embedder, sparse: SparseEncoder | None, sig: str,
+                 report: IngestReport, prog: Progress) -> None:
+        self.store, self.embedder, self.sparse, self.sig = store, embedder, sparse, sig
+        self.report, self.prog = report, prog
+        self.buffer: list[tuple[_Work, Chunk]] = []
+        self.pending: dict[str, int] = {}  # chunks of each document not stored yet
+        self.works: dict[str, _Work] = {}
+
+    def __len__(self) -> int:
+        return len(self.buffer)
+
+    def add(self, w: _Work) -> None:
+        self.works[w.path] = w
+        self.pending[w.path] = len(w.chunks)
+        self.buffer.extend((w, c) for c in w.chunks)
+
+    def flush(self) -> None:
+        texts = [c.text for _, c in self.buffer]
+        vectors = self.embedder.embed_documents(texts)
+        sparse_vectors = self.sparse.embed_documents(texts) if self.sparse is not None else [None] * len(texts)
+        points = [_point(w, c, vec, sv) for (w, c), vec, sv in zip(self.buffer, vectors, sparse_vectors)]
+        self.store.upsert_chunks(points)
+        self.report.chunks += len(points)
+        self.prog.chunks_done += len(points)
+        for w, _ in self.buffer:
+            self.pending[w.path] -= 1
+        self.buffer = []
+        for path in [p for p, left in self.pending.items() if left == 0]:
+            del self.pending[path]
+            self._record(self.works.pop(path))
+
+    def _record(self, w: _Work) -> None:
+        self.store.put_document(DocumentRecord(
+            path=w.path, sha256=w.sha256, chunks=len(w.chunks), config_sig=self.sig, size=w.size, mtime=w.mtime,
             pages=w.doc.pages if w.doc else None, title=w.doc.title if w.doc else None,
             groups=list(w.access["groups"]), access=w.access, ingested_at=time.time(),
         ))
         if w.previous is not None:
-            report.updated += 1
+            self.report.updated += 1
         else:
-            report.added += 1
+            self.report.added += 1
         w.doc = None  # free the parsed text early
         w.chunks = []
+
+
+def _point(w: _Work, c: Chunk, vec, sv) -> ChunkPoint:
+    assert w.doc is not None
+    payload = ChunkPayload(
+        text=c.text, path=w.path, source=Path(w.path).name, title=w.doc.title, doc_sha256=w.sha256,
+        chunk_index=c.index, chunk_count=len(w.chunks), page_start=c.page_start, page_end=c.page_end,
+        section=c.section, char_start=c.char_start, char_end=c.char_end, token_count=c.token_count,
+        groups=list(w.access["groups"]))
+    return ChunkPoint(chunk_id(w.path, w.sha256, c.index), vec.tolist(), payload.to_dict(), sv)
 
 
 def forget(paths: Sequence[str | Path], settings: Settings, *, store: Store | None = None) -> IngestReport:

@@ -19,6 +19,7 @@ from filelock import FileLock
 
 from rag import offline
 from rag.errors import EmbeddingModelError
+from rag.hardware import cpu_info
 from rag.settings import PACKAGED_EMBEDDING_MODEL, Settings
 
 log = logging.getLogger(__name__)
@@ -61,11 +62,7 @@ def _onnx_quantization_target() -> str:
     avx2 25-30, torch fp32 31-34 — the avx2 build is no faster than fp32 on a VNNI machine."""
     if platform.machine().lower() in ("aarch64", "arm64"):
         return "arm64"
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        flags = ""
-    return "avx512_vnni" if "avx512_vnni" in flags else "avx2"
+    return "avx512_vnni" if "avx512_vnni" in cpu_info()[1] else "avx2"
 
 
 class SentenceTransformerEmbedder:

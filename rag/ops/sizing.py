@@ -22,7 +22,6 @@ and by layer over pipeline stages.
 from __future__ import annotations
 
 import difflib
-import json
 import math
 import re
 from collections.abc import Sequence
@@ -30,7 +29,14 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from rag.errors import RagError
+# The catalogue's types and the config.json reader are re-exported: rag.ops.sizing is what callers import.
+from rag.ops.catalogue import (GPUS, KV_PRECISIONS, MODELS, OLLAMA_BYTES, PRECISIONS, BY_KEY, GPU, Model, Precision,
+                               SizingError, kv_bytes, model_key, precision)
+from rag.ops.hf_config import estimate_params, model_from_config
+
+__all__ = ["GPU", "GPUS", "KV_PRECISIONS", "MODELS", "Model", "OLLAMA_BYTES", "PRECISIONS", "Precision",
+           "Sizing", "SizingError", "estimate_params", "find_model", "kv_bytes", "model_from_config",
+           "parse_params", "precision", "size", "tp_degrees", "vllm_command"]
 
 GB = 1e9
 HEADROOM = 0.20  # the rule of thumb's "+ 20 %", applied to the weights
@@ -41,283 +47,20 @@ MAX_NODES = 4  # beyond 32 GPUs the answer is "quantize or buy bigger cards", no
 TP_DEGREES = (1, 2, 4, 8)
 
 
-class SizingError(RagError):
-    """Unknown model or precision, unreadable config.json, impossible numbers: the message says what to pass."""
-
-
-# --- precisions ---------------------------------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class Precision:
-    name: str
-    bytes: float  # per parameter, as the rule of thumb counts it
-    effective: float  # per quantized parameter, with the scales a real checkpoint stores
-    vllm_flags: tuple[str, ...] = ()
-    checkpoint: str = ""  # what vLLM must be given when it cannot quantize on load
-    ollama_quant: str = "q4_K_M"
-
-
-# AWQ/GPTQ store, per group of 128 weights, an fp16 scale and a 4-bit zero point: +0.0195 byte per parameter.
-# FP8/INT8 scales are per channel or per tensor: negligible. Embeddings and the LM head stay at 16 bit in
-# vLLM's quantized checkpoints (that is why Llama-3.1-8B-Instruct-FP8 is 9.1 GB, not 8.0), see Model.embedding.
-_INT4_EFFECTIVE = 0.5 + (2 + 0.5) / 128
-PRECISIONS: dict[str, Precision] = {
-    "bf16": Precision("bf16", 2, 2, ollama_quant="fp16"),
-    "fp16": Precision("fp16", 2, 2, ("--dtype", "float16"), ollama_quant="fp16"),
-    "fp8": Precision("fp8", 1, 1, ("--quantization", "fp8"), ollama_quant="q8_0"),
-    "int8": Precision("int8", 1, 1, checkpoint="an INT8 (W8A8) checkpoint of this model", ollama_quant="q8_0"),
-    "int4": Precision("int4", 0.5, _INT4_EFFECTIVE, checkpoint="an AWQ or GPTQ 4-bit checkpoint of this model"),
-    "awq": Precision("awq", 0.5, _INT4_EFFECTIVE, ("--quantization", "awq"),
-                     checkpoint="an AWQ checkpoint of this model"),
-    "gptq": Precision("gptq", 0.5, _INT4_EFFECTIVE, ("--quantization", "gptq"),
-                      checkpoint="a GPTQ checkpoint of this model"),
-}
-_PRECISION_ALIASES = {"bfloat16": "bf16", "float16": "fp16", "half": "fp16", "float8": "fp8", "fp8_e4m3": "fp8",
-                      "w8a8": "int8", "w4a16": "int4", "q4": "int4", "4bit": "int4", "8bit": "int8"}
-KV_PRECISIONS = {"fp16": 2, "bf16": 2, "auto": 2, "fp8": 1, "fp8_e4m3": 1, "fp8_e5m2": 1}
-
-# GGUF bits per weight as Ollama ships them: Q4_K_M mixes 4- and 6-bit blocks (4.85 on average; llama3.1:8b is
-# 4.9 GB), Q8_0 is 8 bits + one fp16 scale per 32 weights.
-OLLAMA_BYTES = {"fp16": 2.0, "q8_0": 8.5 / 8, "q4_K_M": 4.85 / 8}
-
-
-def precision(name: str) -> Precision:
-    key = name.strip().lower()
-    key = _PRECISION_ALIASES.get(key, key)
-    if key not in PRECISIONS:
-        raise SizingError(f"unknown precision {name!r}: use one of {', '.join(PRECISIONS)}")
-    return PRECISIONS[key]
-
-
-def kv_bytes(name: str) -> int:
-    key = name.strip().lower()
-    if key not in KV_PRECISIONS:
-        raise SizingError(f"unknown KV cache precision {name!r}: use fp16 (the default) or fp8")
-    return KV_PRECISIONS[key]
-
-
 # --- models -------------------------------------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class Model:
-    name: str
-    params: float  # real parameter count (the safetensors total on the Hub), vision encoder included
-    nominal_params: float  # the size in the name: what the rule of thumb multiplies
-    layers: int
-    heads: int
-    kv_heads: int
-    head_dim: int
-    max_context: int
-    hidden: int
-    intermediate: int
-    vocab: int
-    tied_embeddings: bool = False
-    experts: int = 1
-    hf_repo: str | None = None  # what `vllm serve` loads; a config.json's folder for local models
-    ollama: str | None = None  # Ollama tag stem, "-q4_K_M"/"-q8_0"/"-fp16" appended
-    aliases: tuple[str, ...] = ()
-    source: str = "built-in"
-    checkpoint_dtype: str | None = None  # a local checkpoint already quantized: vLLM reads the method itself
-    notes: tuple[str, ...] = ()
-
-    @property
-    def embedding(self) -> float:
-        """Parameters of the token embeddings and LM head, which quantized checkpoints keep at 16 bit."""
-        return self.vocab * self.hidden * (1 if self.tied_embeddings else 2)
-
-    @property
-    def kv_bytes_per_token(self) -> int:
-        """KV cache of one token at one byte per value; multiply by the KV precision's bytes."""
-        return 2 * self.layers * self.kv_heads * self.head_dim
-
-
-_MLLAMA = ("Llama 3.2 Vision (Mllama) needs vLLM 0.10.x or older: vLLM removed its encoder-decoder support "
-           "in September 2025 (vllm-project/vllm#24907).",
-           "KV cache counts all text-model layers; the cross-attention layers actually cache the image's "
-           "tokens instead of the text's, so this errs on the safe side.")
-_GEMMA2 = ("Half of Gemma 2's layers use a 4,096-token sliding window; the KV cache counts all layers at full "
-           "context (vLLM's hybrid allocator may need less).",)
-_QWEN_CTX = ("Qwen2.5's config.json says 32,768 tokens; 131,072 needs YaRN rope scaling added to it.",)
-
-# Architecture from each model's config.json (text_config for the vision models); params are the Hub's
-# safetensors totals. tests/test_sizing.py checks that the architecture reproduces params within 1 % for the
-# text models, which catches a wrong layer count or MLP width. The vision totals (10.67B, 88.6B) include the
-# ~0.9B vision encoder, which the architecture fields do not describe.
-MODELS: tuple[Model, ...] = (
-    Model("Llama-3.2-1B", 1.236e9, 1e9, 16, 32, 8, 64, 131072, 2048, 8192, 128256, True,
-          hf_repo="meta-llama/Llama-3.2-1B-Instruct", ollama="llama3.2:1b-instruct"),
-    Model("Llama-3.2-3B", 3.213e9, 3e9, 28, 24, 8, 128, 131072, 3072, 8192, 128256, True,
-          hf_repo="meta-llama/Llama-3.2-3B-Instruct", ollama="llama3.2:3b-instruct"),
-    Model("Llama-3.1-8B", 8.030e9, 8e9, 32, 32, 8, 128, 131072, 4096, 14336, 128256,
-          hf_repo="meta-llama/Llama-3.1-8B-Instruct", ollama="llama3.1:8b-instruct"),
-    # 40 text layers = 32 self-attention + 8 cross-attention (every fifth, from layer 3).
-    Model("Llama-3.2-11B-Vision", 10.67e9, 11e9, 40, 32, 8, 128, 131072, 4096, 14336, 128256,
-          hf_repo="meta-llama/Llama-3.2-11B-Vision-Instruct", ollama="llama3.2-vision:11b-instruct",
-          aliases=("llama-3.2-11b",), notes=_MLLAMA),
-    Model("Llama-3.1-70B", 70.55e9, 70e9, 80, 64, 8, 128, 131072, 8192, 28672, 128256,
-          hf_repo="meta-llama/Llama-3.1-70B-Instruct", ollama="llama3.1:70b-instruct"),
-    Model("Llama-3.3-70B", 70.55e9, 70e9, 80, 64, 8, 128, 131072, 8192, 28672, 128256,
-          hf_repo="meta-llama/Llama-3.3-70B-Instruct", ollama="llama3.3:70b-instruct"),
-    # 100 text layers = 80 self-attention + 20 cross-attention.
-    Model("Llama-3.2-90B-Vision", 88.6e9, 90e9, 100, 64, 8, 128, 131072, 8192, 28672, 128256,
-          hf_repo="meta-llama/Llama-3.2-90B-Vision-Instruct", ollama="llama3.2-vision:90b-instruct",
-          aliases=("llama-3.2-90b",), notes=_MLLAMA),
-    Model("Llama-3.1-405B", 405.85e9, 405e9, 126, 128, 8, 128, 131072, 16384, 53248, 128256,
-          hf_repo="meta-llama/Llama-3.1-405B-Instruct", ollama="llama3.1:405b-instruct"),
-    Model("Mistral-7B-v0.3", 7.248e9, 7e9, 32, 32, 8, 128, 32768, 4096, 14336, 32768,
-          hf_repo="mistralai/Mistral-7B-Instruct-v0.3", ollama="mistral:7b-instruct-v0.3",
-          aliases=("mistral-7b",)),
-    # All eight experts are loaded although two run per token: memory follows 46.7B, speed ~12.9B.
-    Model("Mixtral-8x7B", 46.70e9, 46.7e9, 32, 32, 8, 128, 32768, 4096, 14336, 32000, experts=8,
-          hf_repo="mistralai/Mixtral-8x7B-Instruct-v0.1", ollama="mixtral:8x7b-instruct-v0.1",
-          aliases=("mixtral-8x7b-v0.1",)),
-    Model("Qwen2.5-7B", 7.616e9, 7e9, 28, 28, 4, 128, 32768, 3584, 18944, 152064,
-          hf_repo="Qwen/Qwen2.5-7B-Instruct", ollama="qwen2.5:7b-instruct", notes=_QWEN_CTX),
-    Model("Qwen2.5-14B", 14.77e9, 14e9, 48, 40, 8, 128, 32768, 5120, 13824, 152064,
-          hf_repo="Qwen/Qwen2.5-14B-Instruct", ollama="qwen2.5:14b-instruct", notes=_QWEN_CTX),
-    Model("Qwen2.5-32B", 32.76e9, 32e9, 64, 40, 8, 128, 32768, 5120, 27648, 152064,
-          hf_repo="Qwen/Qwen2.5-32B-Instruct", ollama="qwen2.5:32b-instruct", notes=_QWEN_CTX),
-    Model("Qwen2.5-72B", 72.71e9, 72e9, 80, 64, 8, 128, 32768, 8192, 29568, 152064,
-          hf_repo="Qwen/Qwen2.5-72B-Instruct", ollama="qwen2.5:72b-instruct", notes=_QWEN_CTX),
-    Model("Gemma-2-9B", 9.242e9, 9e9, 42, 16, 8, 256, 8192, 3584, 14336, 256000, True,
-          hf_repo="google/gemma-2-9b-it", ollama="gemma2:9b-instruct", notes=_GEMMA2),
-    Model("Gemma-2-27B", 27.23e9, 27e9, 46, 32, 16, 128, 8192, 4608, 36864, 256000, True,
-          hf_repo="google/gemma-2-27b-it", ollama="gemma2:27b-instruct", notes=_GEMMA2),
-)
-
-
-def _key(name: str) -> str:
-    """Spellings people use for one model ("meta-llama/Llama-3.1-70B-Instruct", "llama3.1 70b") to one key."""
-    s = name.strip().lower().rsplit("/", 1)[-1]
-    s = re.sub(r"^meta-", "", s)
-    s = re.sub(r"[-_ ]?(instruct|chat|it)$", "", s)
-    return re.sub(r"[^a-z0-9.]", "", s)
-
-
-_BY_KEY = {_key(k): m for m in MODELS for k in (m.name, *m.aliases)}
-
 
 def find_model(name: str) -> Model:
     """A built-in model by (loose) name, or the model a config.json / model folder describes."""
     path = Path(name).expanduser()
     if path.is_dir() or path.suffix == ".json" or path.exists():
         return model_from_config(path)
-    if (m := _BY_KEY.get(_key(name))) is not None:
+    if (m := BY_KEY.get(model_key(name))) is not None:
         return m
-    close = difflib.get_close_matches(_key(name), list(_BY_KEY), n=3, cutoff=0.6)
-    hint = f" Did you mean {', '.join(_BY_KEY[c].name for c in close)}?" if close else ""
+    close = difflib.get_close_matches(model_key(name), list(BY_KEY), n=3, cutoff=0.6)
+    hint = f" Did you mean {', '.join(BY_KEY[c].name for c in close)}?" if close else ""
     raise SizingError(f"unknown model {name!r}.{hint} Built-in models: {', '.join(m.name for m in MODELS)}. "
                       "For any other model pass the path of its Hugging Face config.json (or its folder), "
                       "and --params if the estimate from the architecture is not enough.")
-
-
-# --- config.json --------------------------------------------------------------------------------------------
-
-# Gated MLPs (SwiGLU/GeGLU: gate, up and down projections) are the norm; these model types have two matrices.
-_UNGATED = {"gpt2", "gpt_neox", "gptj", "opt", "bloom", "falcon", "phi", "starcoder2", "gpt_bigcode", "mpt"}
-# Model types whose config class ties the embeddings when config.json does not say (PretrainedConfig's default).
-_TIED_BY_DEFAULT = {"gemma", "gemma2", "gemma3_text", "qwen2", "phi3"}
-
-
-def _text_config(cfg: dict[str, Any]) -> dict[str, Any]:
-    # Multimodal configs (Mllama, Llava, Gemma 3, ...) nest the language model; its numbers size the KV cache.
-    for key in ("text_config", "language_config", "llm_config"):
-        if isinstance(cfg.get(key), dict):
-            return cfg[key]
-    return cfg
-
-
-def estimate_params(text: dict[str, Any]) -> float:
-    """Parameters of a decoder-only transformer from its config: embeddings, attention, MLP (or experts), norms.
-
-    Good to ~1 % for Llama/Mistral/Qwen/Gemma-style models; a vision or audio encoder is not counted."""
-    hidden = int(text["hidden_size"])
-    layers = int(text["num_hidden_layers"])
-    heads = int(text["num_attention_heads"])
-    kv_heads = int(text.get("num_key_value_heads") or heads)
-    head_dim = int(text.get("head_dim") or hidden // heads)
-    inter = int(text.get("intermediate_size") or 4 * hidden)
-    vocab = int(text["vocab_size"])
-    model_type = str(text.get("model_type", ""))
-    q, kv = heads * head_dim, kv_heads * head_dim
-    attention = hidden * q + 2 * hidden * kv + q * hidden
-    if text.get("attention_bias") or model_type.startswith("qwen2"):
-        attention += q + 2 * kv
-    experts = int(text.get("num_local_experts") or text.get("num_experts") or 1)
-    expert_inter = int(text.get("moe_intermediate_size") or inter)
-    matrices = 2 if model_type in _UNGATED else 3
-    if experts > 1:
-        mlp = experts * matrices * hidden * expert_inter + hidden * experts  # + router
-        shared = int(text.get("shared_expert_intermediate_size") or 0)
-        mlp += matrices * hidden * shared
-    else:
-        mlp = matrices * hidden * inter
-    per_layer = attention + mlp + 2 * hidden  # two norms
-    tied = text.get("tie_word_embeddings", model_type in _TIED_BY_DEFAULT)
-    embeddings = vocab * hidden * (1 if tied else 2)
-    return float(layers * per_layer + embeddings + hidden)
-
-
-def model_from_config(path: Path) -> Model:
-    """A Model from a Hugging Face config.json, or a model folder holding one."""
-    file = path / "config.json" if path.is_dir() else path
-    try:
-        cfg = json.loads(file.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise SizingError(f"{file} does not exist: pass a Hugging Face config.json or the model folder holding "
-                          "it, or a built-in model name") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise SizingError(f"cannot read {file} as JSON ({exc}): pass the model's Hugging Face config.json") from None
-    if not isinstance(cfg, dict):
-        raise SizingError(f"{file} is not a Hugging Face config.json (no JSON object)")
-    text = _text_config(cfg)
-    missing = [k for k in ("num_hidden_layers", "num_attention_heads", "hidden_size", "vocab_size")
-               if not text.get(k)]
-    if missing:
-        raise SizingError(f"{file} has no {', '.join(missing)}: it is not a decoder-only transformer config "
-                          "this calculator knows; pass a built-in model name instead")
-    hidden, heads = int(text["hidden_size"]), int(text["num_attention_heads"])
-    kv_heads = int(text.get("num_key_value_heads") or heads)
-    params = estimate_params(text)
-    notes: list[str] = [f"Parameters estimated from the architecture ({params / 1e9:.2f}B); pass --params to "
-                        "use the exact count."]
-    if text is not cfg and any(k in cfg for k in ("vision_config", "audio_config")):
-        notes.append("The vision/audio encoder is not in the estimate (typically 0.4-1B parameters): "
-                     "pass --params for the exact total.")
-    model_type = str(text.get("model_type", ""))
-    return Model(
-        name=str(cfg.get("_name_or_path") or file.parent.name or file.stem),
-        params=params, nominal_params=params,
-        layers=int(text["num_hidden_layers"]), heads=heads, kv_heads=kv_heads,
-        head_dim=int(text.get("head_dim") or hidden // heads),
-        max_context=int(text.get("max_position_embeddings") or cfg.get("max_position_embeddings") or 0),
-        hidden=hidden, intermediate=int(text.get("intermediate_size") or 4 * hidden),
-        vocab=int(text["vocab_size"]),
-        tied_embeddings=bool(text.get("tie_word_embeddings", model_type in _TIED_BY_DEFAULT)),
-        experts=int(text.get("num_local_experts") or text.get("num_experts") or 1),
-        hf_repo=str(file.parent.resolve()), source=str(file), checkpoint_dtype=_checkpoint_precision(cfg),
-        notes=tuple(notes),
-    )
-
-
-def _checkpoint_precision(cfg: dict[str, Any]) -> str | None:
-    """The precision a quantized checkpoint is stored in, from its config.json's quantization_config."""
-    q = cfg.get("quantization_config")
-    if not isinstance(q, dict):
-        return None
-    method, bits = str(q.get("quant_method", "")).lower(), q.get("bits")
-    if method in ("awq", "gptq"):
-        return method if bits in (None, 4) else ("int8" if bits == 8 else None)
-    if method == "fp8":
-        return "fp8"
-    if method == "compressed-tensors":
-        for group in (q.get("config_groups") or {}).values():
-            w = group.get("weights") or {}
-            if w.get("num_bits") == 8:
-                return "fp8" if w.get("type") == "float" else "int8"
-            if w.get("num_bits") == 4:
-                return "int4"
-    return None
 
 
 def parse_params(text: str) -> float:
@@ -332,27 +75,6 @@ def parse_params(text: str) -> float:
 
 
 # --- GPUs ---------------------------------------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class GPU:
-    name: str
-    memory_gb: float  # as marketed; drivers report slightly more bytes, so the fit errs on the safe side
-    nvlink: bool = True  # without it tensor parallelism all-reduces over PCIe: works, but slowly
-    fp8: bool = True  # FP8 tensor cores; without them vLLM runs FP8 weights weight-only (Marlin)
-
-
-GPUS: tuple[GPU, ...] = (
-    GPU("RTX 4090", 24, nvlink=False),
-    GPU("L4", 24, nvlink=False),
-    GPU("A100 40GB", 40, fp8=False),
-    GPU("L40S", 48, nvlink=False),
-    GPU("A100 80GB", 80, fp8=False),
-    GPU("H100 80GB", 80),
-    GPU("H200", 141),
-    GPU("B200", 180),  # 180 GB per GPU in DGX/HGX B200 (1,440 GB per 8); first announced as 192 GB
-    GPU("MI300X", 192),
-)
-
 
 def tp_degrees(heads: int, kv_heads: int) -> list[int]:
     """Tensor-parallel degrees vLLM accepts: they divide the attention heads, and the KV heads divide them or

@@ -45,11 +45,11 @@ import re
 import tomllib
 from collections.abc import Sequence
 from dataclasses import dataclass
-from fnmatch import fnmatchcase
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
 from rag.errors import AccessPolicyError
+from rag.security.globs import compile_pattern, glob_match
 from rag.types import check_group
 
 if TYPE_CHECKING:
@@ -74,55 +74,6 @@ def normalize_groups(groups: Sequence[str], where: str = "") -> tuple[str, ...]:
 def split_groups(text: str | None) -> list[str]:
     """``"a, b,,c"`` -> ``["a", "b", "c"]`` (command-line flags and headers)."""
     return [g.strip() for g in (text or "").split(",") if g.strip()]
-
-
-# --- globs ------------------------------------------------------------------------------------------------
-# fnmatch.translate lets "*" cross "/" and 3.11 has neither glob.translate nor PurePath.full_match (3.13), so
-# patterns are matched segment by segment: fnmatch on single segments cannot cross "/", and "**" is handled by
-# the small dynamic programme below.
-
-
-def compile_pattern(pattern: str) -> tuple[str, ...]:
-    """A pattern's segments, normalized (see the module docstring); ValueError if it cannot match anything."""
-    p = pattern.strip()
-    if not p:
-        raise ValueError("empty match pattern")
-    if p.endswith("/"):
-        p += "**"
-    segs = tuple(s for s in p.split("/") if s not in ("", "."))
-    if not segs:
-        raise ValueError(f"pattern {pattern!r} matches nothing; use \"**\" for everything")
-    if ".." in segs:
-        raise ValueError(f"pattern {pattern!r} contains '..': a policy file governs only its own folder and below")
-    return segs
-
-
-def glob_match(segs: tuple[str, ...], path: Sequence[str]) -> bool:
-    """Whether compiled pattern segments match a relative path given as its segments."""
-    n = len(path)
-    # reach[j]: the pattern so far matches exactly path[:j]
-    reach = [True] + [False] * n
-    last = len(segs) - 1
-    for k, seg in enumerate(segs):
-        new = [False] * (n + 1)
-        if seg == "**":
-            # zero or more segments; as the last segment at least one (everything *inside* a folder)
-            seen = False
-            for j in range(n + 1):
-                if k == last:
-                    new[j] = seen
-                    seen = seen or reach[j]
-                else:
-                    seen = seen or reach[j]
-                    new[j] = seen
-        else:
-            for j in range(n):
-                if reach[j] and fnmatchcase(path[j], seg):
-                    new[j + 1] = True
-        reach = new
-        if not any(reach):
-            return False
-    return reach[n]
 
 
 # --- policy files -----------------------------------------------------------------------------------------

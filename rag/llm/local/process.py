@@ -18,6 +18,7 @@ from typing import IO
 import httpx
 
 from rag.errors import RagError
+from rag.hardware import cpu_info  # noqa: F401  (the engines and the self-check import it from here)
 
 
 class LocalLLMError(RagError):
@@ -30,20 +31,6 @@ def engine_home() -> Path:
         return Path(os.environ["RAG_ENGINES_DIR"]).expanduser()
     cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
     return cache / "onprem-rag" / "engines"
-
-
-def cpu_info() -> tuple[str, frozenset[str]]:
-    """The CPU's model name and feature flags (Linux /proc/cpuinfo; empty elsewhere)."""
-    model, flags = "", frozenset[str]()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name") and not model:
-                model = line.split(":", 1)[1].strip()
-            elif line.startswith("flags") and not flags:
-                flags = frozenset(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return model, flags
 
 
 def free_port() -> int:

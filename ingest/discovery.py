@@ -1,0 +1,114 @@
+"""What a run ingests: the given paths walked into files, each with its ingest root, and each file's groups.
+
+Access is resolved here, before the pipeline writes anything, so that a broken ``.rag-access.toml`` stops the run
+with nothing half-done (the rules are in ingest/pipeline.py's docstring and rag/security/access.py).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ingest.parsers import is_supported
+from ingest.report import FileIssue
+from rag.security.access import POLICY_FILE, AccessPolicy
+
+
+@dataclass
+class Discovered:
+    files: list[Path] = field(default_factory=list)
+    roots: list[Path] = field(default_factory=list)  # folders given (or paths that are gone)
+    skipped: list[FileIssue] = field(default_factory=list)
+    failed: list[FileIssue] = field(default_factory=list)
+    #: Each file's ingest root: the folder given that contains it (the outermost if several do), or the file
+    #: itself if it was given on its own.
+    file_roots: dict[Path, Path] = field(default_factory=dict)
+    #: Every .rag-access.toml seen in the walked folders (all are checked, even those no document needs).
+    policy_files: list[Path] = field(default_factory=list)
+
+    def add(self, f: Path, root: Path) -> None:
+        old = self.file_roots.get(f)
+        if old is None:
+            self.files.append(f)
+            self.file_roots[f] = root
+        elif len(root_folder(root).parts) < len(root_folder(old).parts):
+            self.file_roots[f] = root  # the outermost root reads the most policy files, whatever the order given
+
+
+def discover(paths: Iterable[str | Path]) -> tuple[list[Path], list[Path], list[FileIssue], list[FileIssue]]:
+    """Expand the given paths into (files, folder roots, skipped, failed); ``walk`` says more."""
+    d = walk(paths)
+    return d.files, d.roots, d.skipped, d.failed
+
+
+def root_folder(root: Path) -> Path:
+    return root if root.is_dir() else root.parent
+
+
+def walk(paths: Iterable[str | Path]) -> Discovered:
+    """Expand the given paths into files, each with its ingest root.
+
+    Hidden files and folders (.git, .rag, ...) are not walked. An unsupported file inside a folder is
+    skipped (reported, not an error); one named explicitly is a failure. Access policy files are never
+    documents: inside folders they are collected silently, named explicitly they are skipped with a reason.
+    """
+    d = Discovered()
+    for raw in paths:
+        p = Path(raw).expanduser().absolute()
+        if p.is_dir():
+            d.roots.append(p)
+            _walk_folder(p, d)
+        elif p.is_file():
+            if p.name == POLICY_FILE:
+                d.policy_files.append(p)
+                d.skipped.append(FileIssue(str(p), "access policy file: it decides who may read the documents "
+                                                   "beside it, it is not a document"))
+            elif is_supported(p):
+                d.add(p, p)
+            else:
+                d.failed.append(FileIssue(str(p), f"unsupported file type {p.suffix.lower() or '(none)'}"))
+        else:
+            d.roots.append(p)  # gone: whatever was ingested from it is removed by the pipeline
+    return d
+
+
+def _walk_folder(root: Path, d: Discovered) -> None:
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = sorted(dn for dn in dirnames if not dn.startswith("."))
+        for name in sorted(filenames):
+            f = Path(dirpath) / name
+            if name == POLICY_FILE:
+                d.policy_files.append(f)
+                continue
+            if name.startswith("."):
+                continue
+            if not f.is_file():
+                continue
+            if is_supported(f):
+                d.add(f, root)
+            else:
+                d.skipped.append(FileIssue(str(f), f"unsupported file type {f.suffix.lower() or '(none)'}"))
+
+
+def resolve_access(found: Discovered, policy: AccessPolicy) -> tuple[dict[str, dict], list[FileIssue]]:
+    """Every file's access record (``AccessPolicy.record``) and warnings about policy files that are not applied
+    because they sit above the ingest root. Reads policy files only: raises AccessPolicyError (file and line)
+    before the caller writes anything."""
+    if not policy.reads_policy_files:
+        return {str(f): policy.record(f, found.file_roots[f]) for f in found.files}, []
+    for pf in found.policy_files:
+        policy.load(pf.parent)
+    access = {str(f): policy.record(f, found.file_roots[f]) for f in found.files}
+    warnings: list[FileIssue] = []
+    seen: set[Path] = set()
+    for folder in sorted({root_folder(r) for r in set(found.file_roots.values())}):
+        for above in folder.parents:
+            pf = above / POLICY_FILE
+            if pf not in seen and pf.is_file():
+                seen.add(pf)
+                warnings.append(FileIssue(str(pf), f"not applied to the documents under {folder}: policy files "
+                                                   f"above the folder (or file) given to ingest are not read; "
+                                                   f"ingest {above} to apply it"))
+    return access, warnings
