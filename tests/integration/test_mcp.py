@@ -222,8 +222,10 @@ def test_http_api_keys(env, http_url):
         r = httpx.post(http_url, headers={**headers, "Accept": "application/json, text/event-stream"},
                        json={"jsonrpc": "2.0", "id": 1, "method": "tools/list"}, timeout=10)
         assert r.status_code == 401 and "rag users key" in r.json()["error"]
-    with pytest.raises(Exception):
+    # The SDK client raises the 401 as an MCPError inside its task groups' ExceptionGroup.
+    with pytest.raises(ExceptionGroup) as refused:
         anyio.run(_connect_only, http_url)
+    assert refused.group_contains(MCPError)
     users = {r["user"] for r in _audit(root) if r["extra"].get("via") == "mcp"}
     assert {"alice", "bob"} <= users
 
