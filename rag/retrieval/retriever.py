@@ -132,7 +132,7 @@ class Retriever:
             passages = [replace(pool[i], rerank_score=scores[i]) for i in order] + rest
             rerank_seconds, reranked = time.perf_counter() - t, len(pool)
         return Retrieved(passages[:k], time.perf_counter() - started, len(hits), rerank_seconds, reranked,
-                         reranker.name if reranked else None)
+                         reranker.name if reranker is not None and reranked else None)
 
 
 class StoreRetriever(BaseRetriever):
