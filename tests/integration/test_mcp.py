@@ -351,7 +351,7 @@ def test_two_users_never_see_each_others_documents_through_any_tool_or_resource(
     from rag.security.users import User
 
     rag, paths = corpus
-    doc_groups = dict(zip(paths, assign))
+    doc_groups = dict(zip(paths, assign, strict=True))
     for p, g in doc_groups.items():
         rag.store.set_groups(p, sorted(g))
 
