@@ -57,6 +57,7 @@ on a busy machine wall times are only indicative.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import resource
@@ -265,7 +266,7 @@ def _breakdown(st: dict, wall: float) -> dict:
     sizes = st["embed_batch_sizes"]
     slow = sorted(st["per_file"].items(), key=lambda kv: -(kv[1].get("parse_s", 0) + kv[1].get("chunk_s", 0)))
     rss = st["rss_samples"]
-    jumps = sorted(((b[0] - a[0], b[1]) for a, b in zip(rss, rss[1:])), reverse=True)[:3]
+    jumps = sorted(((b[0] - a[0], b[1]) for a, b in itertools.pairwise(rss)), reverse=True)[:3]
     return {
         "parse_s": st["parse_s"], "chunk_s": st["chunk_s"], "embed_s": st["embed_s"], "upsert_s": st["upsert_s"],
         "main_thread_idle_s": max(0.0, wall - st["embed_s"] - st["upsert_s"]),
@@ -383,10 +384,7 @@ def child_langchain(spec: dict) -> dict:
     splitter = RecursiveCharacterTextSplitter(chunk_size=LC_CHUNK_SIZE, chunk_overlap=LC_CHUNK_OVERLAP)
     chunks = splitter.split_documents(docs)
     t_split = time.perf_counter()
-    if spec["lc_store"] == "disk":
-        store_kw = {"path": spec["lc_store_dir"]}
-    else:
-        store_kw = {"location": ":memory:"}
+    store_kw = {"path": spec["lc_store_dir"]} if spec["lc_store"] == "disk" else {"location": ":memory:"}
     vs = QdrantVectorStore.from_documents(chunks, embeddings, collection_name="bench", **store_kw)
     t_end = time.perf_counter()
     cpu = _cpu_s() - cpu0
@@ -566,33 +564,41 @@ def print_table(res: dict) -> None:
     out.append("".ljust(w0) + "".join(c[0].rjust(w) for c in cols))
     out.append("-" * (w0 + w * len(cols)))
     for label, key, nd in rows:
-        cells = []
-        for _, r in cols:
-            if "error" in r:
-                cells.append("ERROR" if label == "files" else "")
-                continue
-            if not r:
-                cells.append("skipped" if label == "files" else "")
-                continue
-            if label == "failed files":
-                v = len(r["failed"]) if "failed" in r else None
-            elif label == "mean chars / chunk":
-                v = r["chars"] / r["chunks"] if r.get("chunks") else None
-            elif label == "CPU use (cores)":
-                v = r["cpu_s"] / r["wall_s"] if r.get("wall_s") else None
-            elif label == "load avg before/after":
-                v = f"{r['loadavg_before'][0]:.1f} / {r['loadavg_after'][0]:.1f}" if "loadavg_before" in r else None
-            elif r is ours and key in ("parse_s", "split_s", "embed_s", "upsert_s", "embed_store_s",
-                                       "main_thread_idle_s"):
-                b = r.get("breakdown") or {}
-                v = {"split_s": b.get("chunk_s"), "embed_store_s": None}.get(key, b.get(key))
-                if key == "embed_store_s" and b:
-                    v = b["embed_s"] + b["upsert_s"]
-            else:
-                v = r.get(key)
-            cells.append(_fmt(v, nd))
+        cells = [_table_cell(label, key, nd, r, ours) for _, r in cols]
         out.append(label.ljust(w0) + "".join(c.rjust(w) for c in cells))
     out.append("")
+    out += _comparison_lines(cmp)
+    out += _notes(ours, lc)
+    out.append("Indicative only on a shared machine: see the load averages and CPU seconds.")
+    print("\n".join(out))
+
+
+def _table_cell(label: str, key: str | None, nd: int, r: dict, ours: dict) -> str:
+    """One cell of print_table: row `label` of one run's result `r`."""
+    if "error" in r:
+        return "ERROR" if label == "files" else ""
+    if not r:
+        return "skipped" if label == "files" else ""
+    if label == "failed files":
+        v = len(r["failed"]) if "failed" in r else None
+    elif label == "mean chars / chunk":
+        v = r["chars"] / r["chunks"] if r.get("chunks") else None
+    elif label == "CPU use (cores)":
+        v = r["cpu_s"] / r["wall_s"] if r.get("wall_s") else None
+    elif label == "load avg before/after":
+        v = f"{r['loadavg_before'][0]:.1f} / {r['loadavg_after'][0]:.1f}" if "loadavg_before" in r else None
+    elif r is ours and key in ("parse_s", "split_s", "embed_s", "upsert_s", "embed_store_s", "main_thread_idle_s"):
+        b = r.get("breakdown") or {}
+        v = {"split_s": b.get("chunk_s"), "embed_store_s": None}.get(key, b.get(key))
+        if key == "embed_store_s" and b:
+            v = b["embed_s"] + b["upsert_s"]
+    else:
+        v = r.get(key)
+    return _fmt(v, nd)
+
+
+def _comparison_lines(cmp: dict) -> list[str]:
+    out = []
     if "ceiling_ratio" in cmp:
         out.append(f"ours chunks/s / encode-ceiling chunks/s = {cmp['ceiling_ratio']:.2f}   "
                    f"(target >= {CEILING_TARGET})  {'MET' if cmp['ceiling_ok'] else 'NOT MET'}")
@@ -605,6 +611,11 @@ def print_table(res: dict) -> None:
                    f"including model load: {cmp['speedup_incl_model_load']:.2f}x")
         out.append(f"   by CPU seconds (LangChain CPU s / ours CPU s, less load-sensitive): "
                    f"{_fmt(cmp['speedup_cpu'], 2)}x")
+    return out
+
+
+def _notes(ours: dict, lc: dict) -> list[str]:
+    out = []
     b = ours.get("breakdown")
     if b:
         out.append(f"ours: parse+chunk run in a background thread (overlapping the embedding); "
@@ -624,8 +635,7 @@ def print_table(res: dict) -> None:
             out.append(f"   {f['path']}: {f['reason']}")
     if ours.get("chunks") is not None and ours.get("chunks_read_back") not in (None, ours.get("chunks")):
         out.append(f"NOTE ours reported {ours['chunks']} chunks but {ours['chunks_read_back']} were read back")
-    out.append("Indicative only on a shared machine: see the load averages and CPU seconds.")
-    print("\n".join(out))
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:

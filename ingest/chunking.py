@@ -126,9 +126,8 @@ def _break_priorities(text: str, offsets: list[tuple[int, int]], spans: list[_Sp
             span_i += 1
         if span_i < len(spans) and spans[span_i].start >= prev_end and spans[span_i].start <= start:
             prio[i] = _SECTION if spans[span_i].section_start else _BLOCK
-        elif "\n" in gap and text[prev_end - 1:prev_end] in ".!?:;":
-            prio[i] = _SENTENCE
-        elif text[prev_end - 1:prev_end] in ".!?" and text[start:start + 1].isupper():
+        elif ("\n" in gap and text[prev_end - 1:prev_end] in ".!?:;") or (
+                text[prev_end - 1:prev_end] in ".!?" and text[start:start + 1].isupper()):
             prio[i] = _SENTENCE
         elif "\n" in gap:
             prio[i] = _LINE

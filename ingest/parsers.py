@@ -228,7 +228,7 @@ def _split_sections(text: str, toc_titles: list[str], has_toc: bool):
 
 def _ranges(pages: list[int]) -> str:
     out, start, prev = [], pages[0], pages[0]
-    for p in pages[1:] + [None]:  # type: ignore[list-item]
+    for p in pages[1:] + [None]:
         if p is not None and p == prev + 1:
             prev = p
             continue

@@ -66,5 +66,5 @@ def patch_unstructured() -> None:
             raise RuntimeError("onprem-rag never downloads spaCy models at run time")
 
         tokenize._get_nlp = _local_nlp  # type: ignore[assignment]
-        tokenize._install_spacy_model = _no_download  # type: ignore[assignment]
+        tokenize._install_spacy_model = _no_download
         _unstructured_patched = True

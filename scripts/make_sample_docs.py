@@ -354,18 +354,12 @@ def build_pdf(path: Path) -> None:
     from reportlab.platypus import (
         BaseDocTemplate,
         Frame,
-        KeepTogether,
-        ListFlowable,
-        ListItem,
         PageBreak,
         PageTemplate,
         Paragraph,
         Spacer,
-        Table,
-        TableStyle,
     )
     from reportlab.platypus.tableofcontents import TableOfContents
-    from xml.sax.saxutils import escape
 
     base = getSampleStyleSheet()
     body = ParagraphStyle("Body", parent=base["BodyText"], fontName="Helvetica", fontSize=10.5,
@@ -441,36 +435,7 @@ def build_pdf(path: Path) -> None:
         return para
 
     def make_table(spec: dict):
-        size = spec.get("font_size", 10)
-        wrap = spec.get("wrap", False)
-        header = spec["header"]
-        rows = spec["rows"]
-        data = [header] + rows
-        if wrap:
-            data = [[Paragraph(escape(c), cell) for c in r] for r in data]
-        widths = [w * mm for w in spec["widths"]]
-        tbl = Table(data, colWidths=widths, repeatRows=1, hAlign="LEFT")
-        style = [
-            ("FONTNAME", (0, 0), (-1, 0), "Helvetica-Bold"),
-            ("FONTNAME", (0, 1), (-1, -1), "Helvetica"),
-            ("FONTSIZE", (0, 0), (-1, -1), size),
-            ("BACKGROUND", (0, 0), (-1, 0), colors.HexColor("#dce8f2")),
-            ("ROWBACKGROUNDS", (0, 1), (-1, -1), [colors.white, colors.HexColor("#f4f7fa")]),
-            ("GRID", (0, 0), (-1, -1), 0.5, colors.HexColor("#8aa4bd")),
-            ("VALIGN", (0, 0), (-1, -1), "MIDDLE"),
-            ("TOPPADDING", (0, 0), (-1, -1), 3),
-            ("BOTTOMPADDING", (0, 0), (-1, -1), 4),
-        ]
-        start = spec.get("align_right_from")
-        if start is not None and not wrap:
-            style.append(("ALIGN", (start, 0), (-1, -1), "RIGHT"))
-        tbl.setStyle(TableStyle(style))
-        parts = [tbl]
-        if spec.get("caption"):
-            parts.append(Paragraph(spec["caption"], caption))
-        else:
-            parts.append(Spacer(1, 8))
-        return parts
+        return _make_table(spec, cell, caption)
 
     story = [
         Spacer(1, 38 * mm),
@@ -497,26 +462,8 @@ def build_pdf(path: Path) -> None:
     for sec_title, blocks in HANDBOOK:
         story.append(heading(sec_title, h1, 0))
         for kind, payload in blocks:
-            if kind == "p":
-                story.append(Paragraph(payload, body))
-            elif kind == "pk":
-                story.append(Paragraph(payload, body_keep))
-            elif kind == "h2":
-                story.append(heading(payload, h2, 1))
-            elif kind == "bullets":
-                story.append(ListFlowable(
-                    [ListItem(Paragraph(t, body), leftIndent=14) for t in payload],
-                    bulletType="bullet", start="\u2022", leftIndent=14, bulletFontSize=9,
-                ))
-            elif kind == "table":
-                # Keep the table on one page together with the heading and the
-                # introductory paragraph(s) marked keepWithNext right before it.
-                group = []
-                while isinstance(story[-1], Paragraph) and story[-1].getKeepWithNext():
-                    group.insert(0, story.pop())
-                story.append(KeepTogether(group + make_table(payload)))
-            else:  # pragma: no cover
-                raise ValueError(kind)
+            _add_block(story, kind, payload, body=body, body_keep=body_keep, h2=h2, heading=heading,
+                       make_table=make_table)
 
     path.parent.mkdir(parents=True, exist_ok=True)
     doc = HandbookDoc(
@@ -535,6 +482,71 @@ def build_pdf(path: Path) -> None:
         pageCompression=1,
     )
     doc.multiBuild(story)
+
+
+def _make_table(spec: dict, cell, caption) -> list:
+    """A HANDBOOK table (header row, zebra rows, optional caption) and what follows it."""
+    from reportlab.lib import colors
+    from reportlab.lib.units import mm
+    from reportlab.platypus import Paragraph, Spacer, Table, TableStyle
+    from xml.sax.saxutils import escape
+
+    size = spec.get("font_size", 10)
+    wrap = spec.get("wrap", False)
+    header = spec["header"]
+    rows = spec["rows"]
+    data = [header] + rows
+    if wrap:
+        data = [[Paragraph(escape(c), cell) for c in r] for r in data]
+    widths = [w * mm for w in spec["widths"]]
+    tbl = Table(data, colWidths=widths, repeatRows=1, hAlign="LEFT")
+    style = [
+        ("FONTNAME", (0, 0), (-1, 0), "Helvetica-Bold"),
+        ("FONTNAME", (0, 1), (-1, -1), "Helvetica"),
+        ("FONTSIZE", (0, 0), (-1, -1), size),
+        ("BACKGROUND", (0, 0), (-1, 0), colors.HexColor("#dce8f2")),
+        ("ROWBACKGROUNDS", (0, 1), (-1, -1), [colors.white, colors.HexColor("#f4f7fa")]),
+        ("GRID", (0, 0), (-1, -1), 0.5, colors.HexColor("#8aa4bd")),
+        ("VALIGN", (0, 0), (-1, -1), "MIDDLE"),
+        ("TOPPADDING", (0, 0), (-1, -1), 3),
+        ("BOTTOMPADDING", (0, 0), (-1, -1), 4),
+    ]
+    start = spec.get("align_right_from")
+    if start is not None and not wrap:
+        style.append(("ALIGN", (start, 0), (-1, -1), "RIGHT"))
+    tbl.setStyle(TableStyle(style))
+    parts = [tbl]
+    if spec.get("caption"):
+        parts.append(Paragraph(spec["caption"], caption))
+    else:
+        parts.append(Spacer(1, 8))
+    return parts
+
+
+def _add_block(story: list, kind: str, payload, *, body, body_keep, h2, heading, make_table) -> None:
+    """Append one HANDBOOK block (paragraph, heading, bullet list or table) to the story."""
+    from reportlab.platypus import KeepTogether, ListFlowable, ListItem, Paragraph
+
+    if kind == "p":
+        story.append(Paragraph(payload, body))
+    elif kind == "pk":
+        story.append(Paragraph(payload, body_keep))
+    elif kind == "h2":
+        story.append(heading(payload, h2, 1))
+    elif kind == "bullets":
+        story.append(ListFlowable(
+            [ListItem(Paragraph(t, body), leftIndent=14) for t in payload],
+            bulletType="bullet", start="\u2022", leftIndent=14, bulletFontSize=9,
+        ))
+    elif kind == "table":
+        # Keep the table on one page together with the heading and the
+        # introductory paragraph(s) marked keepWithNext right before it.
+        group = []
+        while isinstance(story[-1], Paragraph) and story[-1].getKeepWithNext():
+            group.insert(0, story.pop())
+        story.append(KeepTogether(group + make_table(payload)))
+    else:  # pragma: no cover
+        raise ValueError(kind)
 
 
 # ---------------------------------------------------------------------------
@@ -664,7 +676,7 @@ def build_docx(path: Path) -> None:
     table.style = "Table Grid"
     for i, row in enumerate(BENEFITS_SUMMARY):
         cells = table.add_row().cells
-        for c, text in zip(cells, row):
+        for c, text in zip(cells, row, strict=True):
             c.text = text
             if i == 0:
                 for r in c.paragraphs[0].runs:
@@ -675,7 +687,7 @@ def build_docx(path: Path) -> None:
     last.alignment = WD_ALIGN_PARAGRAPH.LEFT
     last.runs[0].italic = True
 
-    fixed = dt.datetime(2025, 1, 1, 9, 0, 0, tzinfo=dt.timezone.utc)
+    fixed = dt.datetime(2025, 1, 1, 9, 0, 0, tzinfo=dt.UTC)
     cp = d.core_properties
     cp.title = "Benefits Overview 2025"
     cp.author = "Northwind Lattice GmbH, People & Culture"
@@ -720,6 +732,14 @@ def verify_pdf(path: Path) -> int:
         texts.append(tp.get_text_range())
         tp.close()
         page.close()
+    problems = _check_pages(texts) + _check_outline(pdf, texts) + _check_per_diem_table(texts)
+    for p in problems:
+        print("PROBLEM:", p)
+    pdf.close()
+    return 1 if problems else 0
+
+
+def _check_pages(texts: list[str]) -> list[str]:
     problems = []
     print(f"pages: {len(texts)}")
     if len(texts) < 5:
@@ -729,7 +749,11 @@ def verify_pdf(path: Path) -> int:
         print(f"  page {i + 1}: {n} words")
         if n < 20:
             problems.append(f"page {i + 1} has almost no text")
+    return problems
 
+
+def _check_outline(pdf, texts: list[str]) -> list[str]:
+    problems = []
     toc = list(pdf.get_toc())
     print("outline:")
     expected = [title for title, _ in HANDBOOK]
@@ -750,7 +774,10 @@ def verify_pdf(path: Path) -> int:
     for title in expected:
         if title not in found:
             problems.append(f"missing outline entry {title}")
+    return problems
 
+
+def _check_per_diem_table(texts: list[str]) -> list[str]:
     table_pages = []
     for i, t in enumerate(texts):
         lines = [" ".join(line.split()) for line in t.splitlines()]
@@ -759,11 +786,8 @@ def verify_pdf(path: Path) -> int:
             table_pages.append((i + 1, len(hits)))
     print(f"per-diem table rows found as lines: {table_pages}")
     if sum(n for _, n in table_pages) != len(PER_DIEM_ROWS):
-        problems.append("not all per-diem rows extracted as single lines")
-    for p in problems:
-        print("PROBLEM:", p)
-    pdf.close()
-    return 1 if problems else 0
+        return ["not all per-diem rows extracted as single lines"]
+    return []
 
 
 def main(argv=None) -> int:

@@ -12,5 +12,7 @@ if [ ! -x /usr/bin/chromium ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/
 fi
 .venv/bin/ruff check rag ingest ui evaluation tests bench scripts
 .venv/bin/lint-imports --no-cache
+# Types of the library and ingestion ([tool.mypy] in pyproject.toml names the packages and the strictness).
+.venv/bin/mypy
 # All three lanes (tests/unit, tests/integration, tests/e2e); `bash scripts/test.sh tests/unit` is the fast one.
 exec .venv/bin/python -m pytest -q -ra --durations=25 "$@"

@@ -45,7 +45,7 @@ def search(
     except RagError as exc:
         raise fail(exc) from None
     _audit_search(settings, user, query, found)
-    results = [{"path": p.path, "page": p.page_start, "score": round(p.score, 4), "snippet": snippet(p.text),
+    results: list[dict[str, Any]] = [{"path": p.path, "page": p.page_start, "score": round(p.score, 4), "snippet": snippet(p.text),
                 "section": p.section, "relevant": p.score >= settings.min_score}
                | ({"rerank_score": round(p.rerank_score, 4)} if p.rerank_score is not None else {})
                for p in found.passages]
@@ -185,6 +185,7 @@ def chat(as_user: AsUser = None) -> None:
                 for piece in stream:
                     out.print(piece, end="", markup=False, highlight=False)
                 last = stream.answer
+                assert last is not None, "AnswerStream sets .answer once iterated to the end"
             except RagError as exc:
                 out.print()
                 err.print(Text(f"error: {exc}", style="bold red"))

@@ -44,16 +44,16 @@ HTTP_REQUESTS = Counter("rag_http_requests", "API requests by route and status c
 def observe_answer(answer: Answer, endpoint: str) -> None:
     QUESTIONS.labels(endpoint, "refused" if answer.refused else "answered").inc()
     t = answer.timings
-    if t.get("retrieve") is not None:
-        RETRIEVAL.observe(t["retrieve"])
-    if t.get("total") is not None:
-        TOTAL.labels(endpoint).observe(t["total"])
+    if (retrieve := t.get("retrieve")) is not None:
+        RETRIEVAL.observe(retrieve)
+    if (total := t.get("total")) is not None:
+        TOTAL.labels(endpoint).observe(total)
     if answer.refused and not answer.packing:
         return  # nothing relevant: no LLM call to measure
-    if t.get("ttft") is not None:
-        TTFT.labels(endpoint).observe(t["ttft"])
-    if t.get("tokens_per_s"):
-        TOKENS_PER_S.labels(endpoint).observe(t["tokens_per_s"])
+    if (ttft := t.get("ttft")) is not None:
+        TTFT.labels(endpoint).observe(ttft)
+    if tokens_per_s := t.get("tokens_per_s"):
+        TOKENS_PER_S.labels(endpoint).observe(tokens_per_s)
     model = answer.model or ""
     PROMPT_TOKENS.labels(endpoint, model).inc(answer.usage.get("prompt_tokens") or 0)
     COMPLETION_TOKENS.labels(endpoint, model).inc(answer.usage.get("completion_tokens") or 0)

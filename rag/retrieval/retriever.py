@@ -118,7 +118,7 @@ class Retriever:
         threshold = self.min_score if min_score is None else min_score
         sims = [h.score if h.similarity is None else h.similarity for h in hits]
         if mode == "dense":
-            kept = [h for h, s in zip(hits, sims) if s >= threshold]
+            kept = [h for h, s in zip(hits, sims, strict=True) if s >= threshold]
         else:
             # Judged on the top k alone, as without reranking: more candidates must not turn a refusal into an answer.
             kept = hits if any(s >= threshold for s in sims[:k]) else []
@@ -132,7 +132,7 @@ class Retriever:
             passages = [replace(pool[i], rerank_score=scores[i]) for i in order] + rest
             rerank_seconds, reranked = time.perf_counter() - t, len(pool)
         return Retrieved(passages[:k], time.perf_counter() - started, len(hits), rerank_seconds, reranked,
-                         reranker.name if reranked else None)
+                         reranker.name if reranker is not None and reranked else None)
 
 
 class StoreRetriever(BaseRetriever):

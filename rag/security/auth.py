@@ -104,7 +104,7 @@ def _header_lists(headers: Any) -> dict[str, list[str]]:
 
     getter = next((getattr(headers, a) for a in ("get_all", "getlist", "get_list") if hasattr(headers, a)), None)
     if getter is not None and isinstance(headers, Mapping):
-        for k in {str(k) for k in headers.keys()}:
+        for k in {str(k) for k in headers}:
             add(k, list(getter(k)))
     elif isinstance(headers, Mapping):
         for k, v in headers.items():
@@ -123,12 +123,37 @@ def identity_from_headers(settings: Settings, headers: Mapping[str, Any] | Itera
     if settings.auth != "proxy":
         return None
     h = _header_lists(headers)
-    if settings.auth_proxy_secret is not None:
-        expected = settings.auth_proxy_secret.get_secret_value().encode()
-        got = h.get(settings.auth_proxy_secret_header.lower(), [])
-        if len(got) != 1 or not hmac.compare_digest(got[0].strip().encode(), expected):
-            log.warning("proxy headers without the right %s: ignored", settings.auth_proxy_secret_header)
-            return None
+    if not _proxy_secret_ok(settings, h):
+        return None
+    name = _proxy_user_name(settings, h)
+    if name is None:
+        return None
+    directory = directory or UserDirectory.from_settings(settings)
+    user = directory.get(name)
+    if user is not None and user.disabled:
+        return None
+    groups: list[str] = []
+    if settings.auth_proxy_groups in ("header", "both"):
+        groups += _proxy_header_groups(settings, h)
+    if settings.auth_proxy_groups in ("users", "both") and user is not None:
+        groups += user.groups
+    return Identity(name, normalize_groups([*groups, *implicit_groups(name)]), "proxy")
+
+
+def _proxy_secret_ok(settings: Settings, h: dict[str, list[str]]) -> bool:
+    """True when no shared secret is configured, or the request carries it exactly once."""
+    if settings.auth_proxy_secret is None:
+        return True
+    expected = settings.auth_proxy_secret.get_secret_value().encode()
+    got = h.get(settings.auth_proxy_secret_header.lower(), [])
+    if len(got) != 1 or not hmac.compare_digest(got[0].strip().encode(), expected):
+        log.warning("proxy headers without the right %s: ignored", settings.auth_proxy_secret_header)
+        return False
+    return True
+
+
+def _proxy_user_name(settings: Settings, h: dict[str, list[str]]) -> str | None:
+    """The one valid user name in the user header, or None (missing, two different ones, or invalid)."""
     names = [v.strip() for v in h.get(settings.auth_proxy_user_header.lower(), []) if v.strip()]
     if len(set(names)) != 1:
         # Two different names: a client sent its own header and the proxy appended instead of replacing it.
@@ -142,22 +167,20 @@ def identity_from_headers(settings: Settings, headers: Mapping[str, Any] | Itera
     except UsersFileError:
         log.warning("%s value %r is not a valid user name: request refused", settings.auth_proxy_user_header, name)
         return None
-    directory = directory or UserDirectory.from_settings(settings)
-    user = directory.get(name)
-    if user is not None and user.disabled:
-        return None
+    return name
+
+
+def _proxy_header_groups(settings: Settings, h: dict[str, list[str]]) -> list[str]:
+    """The valid groups of the groups header, without user:NAME ones."""
     groups: list[str] = []
-    if settings.auth_proxy_groups in ("header", "both"):
-        for raw in h.get(settings.auth_proxy_groups_header.lower(), []):
-            for g in split_groups(raw):
-                # user:NAME is granted here, never taken from the IdP: in some IdPs (GitLab, GitHub) users create
-                # groups themselves, and one named "user:bob" must not open bob's personal documents.
-                if g.startswith(USER_GROUP_PREFIX):
-                    continue
-                try:
-                    groups.append(check_group(g))
-                except ValueError:
-                    log.info("ignoring invalid group %r from %s", g, settings.auth_proxy_groups_header)
-    if settings.auth_proxy_groups in ("users", "both") and user is not None:
-        groups += user.groups
-    return Identity(name, normalize_groups([*groups, *implicit_groups(name)]), "proxy")
+    for raw in h.get(settings.auth_proxy_groups_header.lower(), []):
+        for g in split_groups(raw):
+            # user:NAME is granted here, never taken from the IdP: in some IdPs (GitLab, GitHub) users create
+            # groups themselves, and one named "user:bob" must not open bob's personal documents.
+            if g.startswith(USER_GROUP_PREFIX):
+                continue
+            try:
+                groups.append(check_group(g))
+            except ValueError:
+                log.info("ignoring invalid group %r from %s", g, settings.auth_proxy_groups_header)
+    return groups

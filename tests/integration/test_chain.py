@@ -120,9 +120,9 @@ def test_endpoint_down_is_one_clear_line(rag):
 
 
 def test_wrong_model_name(rag):
-    with rag.with_settings(llm_model="llama-3-70b") as r:
-        with pytest.raises(EndpointError, match="smollm2-135m.*RAG_LLM_MODEL"):
-            r.ask("How many vacation days?")
+    with rag.with_settings(llm_model="llama-3-70b") as r, \
+            pytest.raises(EndpointError, match="smollm2-135m.*RAG_LLM_MODEL"):
+        r.ask("How many vacation days?")
 
 
 def test_timeout_is_one_clear_line(rag):

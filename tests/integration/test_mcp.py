@@ -222,8 +222,10 @@ def test_http_api_keys(env, http_url):
         r = httpx.post(http_url, headers={**headers, "Accept": "application/json, text/event-stream"},
                        json={"jsonrpc": "2.0", "id": 1, "method": "tools/list"}, timeout=10)
         assert r.status_code == 401 and "rag users key" in r.json()["error"]
-    with pytest.raises(Exception):
+    # The SDK client raises the 401 as an MCPError inside its task groups' ExceptionGroup.
+    with pytest.raises(ExceptionGroup) as refused:
         anyio.run(_connect_only, http_url)
+    assert refused.group_contains(MCPError)
     users = {r["user"] for r in _audit(root) if r["extra"].get("via") == "mcp"}
     assert {"alice", "bob"} <= users
 
@@ -349,7 +351,7 @@ def test_two_users_never_see_each_others_documents_through_any_tool_or_resource(
     from rag.security.users import User
 
     rag, paths = corpus
-    doc_groups = dict(zip(paths, assign))
+    doc_groups = dict(zip(paths, assign, strict=True))
     for p, g in doc_groups.items():
         rag.store.set_groups(p, sorted(g))
 

@@ -281,7 +281,7 @@ class _Handler(BaseHTTPRequestHandler):
             docs = body["documents"]
             scores = self.model.rerank(body["query"], docs)
             results = sorted(({"index": i, "document": {"text": d}, "relevance_score": s}
-                              for i, (d, s) in enumerate(zip(docs, scores))), key=lambda r: -r["relevance_score"])
+                              for i, (d, s) in enumerate(zip(docs, scores, strict=True))), key=lambda r: -r["relevance_score"])
             top_n = body.get("top_n") or len(results)
             return self._send(200, {"id": "rerank-1", "model": "tiny-reranker", "usage": {"total_tokens": 1},
                                     "results": results[:top_n]})

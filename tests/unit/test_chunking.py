@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 
 from ingest.chunking import BLOCK_SEP, chunk_document, document_text
@@ -26,7 +28,7 @@ def test_chunks_fit_the_model_and_spans_are_exact(name, chunk_tokens, settings, 
     covered = [False] * len(text)
     for c in chunks:
         covered[c.char_start:c.char_end] = [True] * (c.char_end - c.char_start)
-    missing = "".join(ch for ch, cov in zip(text, covered) if not cov).strip()
+    missing = "".join(ch for ch, cov in zip(text, covered, strict=True) if not cov).strip()
     assert missing == ""
 
 
@@ -65,7 +67,7 @@ def test_overlap_only_inside_blocks(embedder):
     chunks = chunk_document(doc, embedder, 64, 16)
     inner = [c for c in chunks if c.char_end <= len(para)]
     assert len(inner) >= 3
-    for a, b in zip(inner, inner[1:]):
+    for a, b in itertools.pairwise(inner):
         assert b.char_start < a.char_end  # overlapping inside the long paragraph
     last = chunks[-1]
     assert last.text == "A short closing paragraph." or last.text.endswith("A short closing paragraph.")

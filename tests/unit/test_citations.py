@@ -30,7 +30,7 @@ def test_streaming_equals_whole_text_for_any_split():
     rng = random.Random(0)
     for _ in range(300):
         cuts = sorted(rng.sample(range(1, len(text)), rng.randint(1, 20)))
-        pieces = [text[a:b] for a, b in zip([0] + cuts, cuts + [len(text)])]
+        pieces = [text[a:b] for a, b in zip([0] + cuts, cuts + [len(text)], strict=True)]
         f = CitationFilter({1, 2, 3, 4})
         assert "".join(f.run(pieces)) == whole[0]
         assert f.cited == whole[1] and sorted(f.removed) == sorted(whole[2])

@@ -58,8 +58,8 @@ def test_text_paragraphs(settings):
     [
         ("Caf\u00e9 r\u00e9sum\u00e9s go to HR".encode("latin-1"), "Caf\u00e9 r\u00e9sum\u00e9s"),
         ("Parking on level \u22122".encode("utf-16"), "level \u22122"),
-        ("\ufeff# Holidays".encode("utf-8"), "# Holidays"),
-        ("plain ascii".encode(), "plain ascii"),
+        ("\ufeff# Holidays".encode(), "# Holidays"),
+        (b"plain ascii", "plain ascii"),
     ],
 )
 def test_decode_text(raw, expected):

@@ -77,7 +77,7 @@ assignments = st.lists(st.sets(st.sampled_from(GROUPS), max_size=2), min_size=le
        question=st.sampled_from(QUESTIONS), mode=st.sampled_from(["dense", "sparse", "hybrid"]))
 def test_a_user_reads_only_their_groups_documents(corpus, assign, user_groups, question, mode):
     rag, paths = corpus
-    doc_groups = dict(zip(paths, assign))
+    doc_groups = dict(zip(paths, assign, strict=True))
     for p, g in doc_groups.items():
         rag.store.set_groups(p, sorted(g))
     user = _user(user_groups)

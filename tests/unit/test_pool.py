@@ -133,7 +133,7 @@ def test_round_robin_and_least_busy():
     pool = pool_of(a, b, c, routing="least_busy")
     assert take(pool, 3) == ["a", "b", "c"]  # ties go in turn
     held = [pool.acquire(), pool.acquire()]  # a and b busy
-    assert [h.endpoint is x for h, x in zip(held, (a, b))] == [True, True]
+    assert [h.endpoint is x for h, x in zip(held, (a, b), strict=True)] == [True, True]
     assert take(pool, 3) == ["c", "c", "c"]
     held[0].release()
     assert take(pool, 2) == ["a", "c"]  # a is free again and the least recently chosen

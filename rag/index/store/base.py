@@ -12,7 +12,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Protocol, Self, cast, runtime_checkable
 
 from rag.settings import RetrievalMode as SearchMode
 from rag.index.sparse import SparseVector
@@ -54,6 +54,13 @@ class Hit:
     score: float  # what ranked it: cosine (dense), BM25 (sparse) or the fused score (hybrid)
     payload: dict[str, Any]
     similarity: float | None = None  # cosine to the query's dense vector, whatever the mode
+
+
+def dense_vector(vectors: object, name: str) -> Sequence[float]:
+    """The named dense vector of a point read back with ``with_vector=[name]``. Both Qdrant clients type a point's
+    vectors as every shape a vector may take (a list, a multi-vector, a sparse one, a dict of those); a point of
+    ours holds a dict with one dense list under ``name``."""
+    return cast("dict[str, list[float]]", vectors)[name]
 
 
 def cosine(a: Sequence[float], b: Sequence[float]) -> float:
@@ -181,3 +188,9 @@ class Store(Protocol):
     def flush(self) -> None: ...
 
     def close(self) -> None: ...
+
+    def __enter__(self) -> Self:
+        """``with open_store(settings) as store:`` closes it on the way out."""
+        ...
+
+    def __exit__(self, *exc: object) -> None: ...

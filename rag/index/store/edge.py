@@ -31,6 +31,7 @@ from rag.index.store.base import (
     SearchFilter,
     SearchMode,
     cosine,
+    dense_vector,
     document_id,
 )
 from rag.index.sparse import SparseVector
@@ -51,6 +52,17 @@ def _filter(flt: SearchFilter | None, path: str | None = None) -> qe.Filter | No
     if flt is not None and flt.groups_any is not None:
         must.append(qe.FieldCondition(key="groups", match=qe.MatchAny(list(flt.groups_any))))
     return qe.Filter(must=must) if must else None
+
+
+def _path_filter(path: str) -> qe.Filter:
+    """The points of one file (``_filter(None, path)``, never None)."""
+    return qe.Filter(must=[_match("path", path)])
+
+
+def _payload(point: qe.Record | qe.ScoredPoint) -> dict[str, Any]:
+    """A point's payload: every read here asks for it (with_payload=True), so the client's Optional never is None."""
+    assert point.payload is not None, "read without with_payload=True"
+    return point.payload
 
 
 class EdgeStore:
@@ -143,7 +155,7 @@ class EdgeStore:
         if self._docs is None:
             return None
         recs = self._docs.retrieve([META_ID], with_payload=True, with_vector=False)
-        return dict(recs[0].payload) if recs else None
+        return dict(_payload(recs[0])) if recs else None
 
     def documents(self) -> dict[str, DocumentRecord]:
         if self._docs is None:
@@ -156,7 +168,7 @@ class EdgeStore:
                                  with_payload=True, with_vector=False)
             )
             for r in recs:
-                rec = DocumentRecord.from_payload(r.payload)
+                rec = DocumentRecord.from_payload(_payload(r))
                 out[rec.path] = rec
             if offset is None:
                 return out
@@ -165,7 +177,7 @@ class EdgeStore:
         if self._docs is None:
             return None
         recs = self._docs.retrieve([document_id(path)], with_payload=True, with_vector=False)
-        return DocumentRecord.from_payload(recs[0].payload) if recs else None
+        return DocumentRecord.from_payload(_payload(recs[0])) if recs else None
 
     def put_document(self, record: DocumentRecord) -> None:
         self._put_registry(document_id(record.path), record.to_payload())
@@ -186,7 +198,7 @@ class EdgeStore:
 
     def delete_chunks(self, path: str) -> None:
         if self._chunks is not None:
-            self._chunks.update(qe.UpdateOperation.delete_points_by_filter(_filter(None, path)))
+            self._chunks.update(qe.UpdateOperation.delete_points_by_filter(_path_filter(path)))
 
     def count_chunks(self, path: str | None = None) -> int:
         if self._chunks is None:
@@ -209,7 +221,7 @@ class EdgeStore:
             recs, offset = self._chunks.scroll(
                 qe.ScrollRequest(offset=offset, limit=_SCROLL_PAGE, filter=flt, with_payload=True, with_vector=False)
             )
-            hits += [Hit(str(r.id), 0.0, dict(r.payload)) for r in recs]
+            hits += [Hit(str(r.id), 0.0, dict(_payload(r))) for r in recs]
             if offset is None:
                 return sorted(hits, key=lambda h: h.payload.get("chunk_index", 0))
 
@@ -231,7 +243,7 @@ class EdgeStore:
         if mode == "dense" or not self.has_sparse:
             res = self._chunks.query(qe.QueryRequest(limit=limit, query=dense_q, filter=_filter(flt),
                                                      with_payload=True, with_vector=False))
-            return [Hit(str(p.id), float(p.score), dict(p.payload), float(p.score)) for p in res]
+            return [Hit(str(p.id), float(p.score), dict(_payload(p)), float(p.score)) for p in res]
         sparse_q = qe.Query.Nearest(qe.SparseVector(indices=list(sparse.indices) if sparse else [],
                                                     values=list(sparse.values) if sparse else []), using=SPARSE)
         if mode == "sparse":
@@ -242,15 +254,17 @@ class EdgeStore:
             # The filter on the outer request is pushed into both prefetches (applied while searching).
             req = qe.QueryRequest(limit=limit, prefetches=[qe.Prefetch(limit=n, query=dense_q),
                                                            qe.Prefetch(limit=n, query=sparse_q)],
-                                  query=qe.Fusion.Rrf(k=rrf_k), filter=_filter(flt), with_payload=True,
-                                  with_vector=[DENSE])
-        return [Hit(str(p.id), float(p.score), dict(p.payload), cosine(vector, p.vector[DENSE]))
+                                  # The stub's ScoringQueryType names the Fusion class, not its nested Rrf/Dbsf,
+                                  # which are what the engine takes (and the stub's own examples show).
+                                  query=qe.Fusion.Rrf(k=rrf_k),  # type: ignore[arg-type]
+                                  filter=_filter(flt), with_payload=True, with_vector=[DENSE])
+        return [Hit(str(p.id), float(p.score), dict(_payload(p)), cosine(vector, dense_vector(p.vector, DENSE)))
                 for p in self._chunks.query(req)]
 
     def set_groups(self, path: str, groups: Sequence[str], access: dict[str, Any] | None = None) -> None:
         if self._chunks is None:
             return
-        self._chunks.update(qe.UpdateOperation.set_payload_by_filter(_filter(None, path), {"groups": list(groups)}))
+        self._chunks.update(qe.UpdateOperation.set_payload_by_filter(_path_filter(path), {"groups": list(groups)}))
         rec = self.get_document(path)
         if rec is not None:
             rec.groups = list(groups)

@@ -26,6 +26,7 @@ from rag.index.store.base import (
     SearchFilter,
     SearchMode,
     cosine,
+    dense_vector,
     document_id,
 )
 from rag.index.sparse import SparseVector
@@ -46,6 +47,11 @@ def _filter(flt: SearchFilter | None, path: str | None = None) -> models.Filter 
     if flt is not None and flt.groups_any is not None:
         must.append(models.FieldCondition(key="groups", match=models.MatchAny(any=list(flt.groups_any))))
     return models.Filter(must=must) if must else None
+
+
+def _path_filter(path: str) -> models.Filter:
+    """The points of one file (``_filter(None, path)``, never None)."""
+    return models.Filter(must=[_match("path", path)])
 
 
 class QdrantServerStore:
@@ -174,7 +180,7 @@ class QdrantServerStore:
 
     def delete_chunks(self, path: str) -> None:
         if self._ready:
-            self._client.delete(self.collection, models.FilterSelector(filter=_filter(None, path)), wait=True)
+            self._client.delete(self.collection, models.FilterSelector(filter=_path_filter(path)), wait=True)
 
     def count_chunks(self, path: str | None = None) -> int:
         if not self._ready:
@@ -235,14 +241,14 @@ class QdrantServerStore:
                           models.Prefetch(query=sparse_q, using=SPARSE, limit=n)],
                 query=models.RrfQuery(rrf=models.Rrf(k=rrf_k)),
             )
-        return [Hit(str(p.id), float(p.score), dict(p.payload or {}), cosine(vector, p.vector[DENSE]))
+        return [Hit(str(p.id), float(p.score), dict(p.payload or {}), cosine(vector, dense_vector(p.vector, DENSE)))
                 for p in res.points]
 
     def set_groups(self, path: str, groups: Sequence[str], access: dict[str, Any] | None = None) -> None:
         if not self._ready:
             return
         self._client.set_payload(self.collection, {"groups": list(groups)},
-                                 points=models.FilterSelector(filter=_filter(None, path)), wait=True)
+                                 points=models.FilterSelector(filter=_path_filter(path)), wait=True)
         rec = self.get_document(path)
         if rec is not None:
             rec.groups = list(groups)

@@ -18,7 +18,8 @@ from pathlib import Path
 
 def convert(gguf: Path, out: Path, dtype: str = "bfloat16") -> None:
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig
+    # GgufConfig is transformers 5's: this runs in the vLLM venv (transformers 5), checked against ours (<5).
+    from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig  # type: ignore[attr-defined]
 
     tmp = Path(tempfile.mkdtemp(prefix=".convert-", dir=out.parent))
     try:
