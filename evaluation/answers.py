@@ -219,7 +219,7 @@ def summarize(results: Sequence[ItemResult]) -> dict[str, Any]:
         "citation_validity": round(valid / (valid + invalid), 4) if valid + invalid else None,
         "answers_with_citation": round(sum(1 for r in answered if r.citations_valid) / len(answered), 4)
         if answered else None,
-        "source_retrieved": mean([float(r.source_retrieved) for r in with_source]),
+        "source_retrieved": mean([float(bool(r.source_retrieved)) for r in with_source]),
         "source_cited": mean([float(bool(r.source_cited)) for r in with_source]),
         "refusal_rate": mean([float(r.refused) for r in ok]),
         # Refusing an answerable question is a miss; answering an unanswerable one is a hallucination risk.

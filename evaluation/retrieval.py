@@ -43,9 +43,9 @@ class BeirDataset:
 def load_beir(path: Path, split: str = "test") -> BeirDataset:
     path = Path(path)
     qrels_file = path / "qrels" / f"{split}.tsv"
-    for f in (path / "corpus.jsonl", path / "queries.jsonl", qrels_file):
-        if not f.exists():
-            raise FileNotFoundError(f"{f} is missing: a BEIR dataset has corpus.jsonl, queries.jsonl and "
+    for required in (path / "corpus.jsonl", path / "queries.jsonl", qrels_file):
+        if not required.exists():
+            raise FileNotFoundError(f"{required} is missing: a BEIR dataset has corpus.jsonl, queries.jsonl and "
                                     f"qrels/<split>.tsv (--split {split})")
     qrels: dict[str, dict[str, int]] = {}
     for i, line in enumerate(qrels_file.read_text().splitlines()):

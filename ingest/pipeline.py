@@ -170,7 +170,7 @@ def _sweep(store: Store, registry: dict[str, DocumentRecord], files: list[Path],
     current = {str(f) for f in files}
     # Files that disappeared from an ingested folder (or a folder or file that is gone as a whole).
     removed_under: dict[Path, int] = {r: 0 for r in roots}
-    for path, rec in list(registry.items()):
+    for path in list(registry):
         if path in current or Path(path).exists():
             continue
         root = next((r for r in roots if path == str(r) or path.startswith(str(r) + os.sep)), None)
@@ -321,7 +321,7 @@ class _Batch:
         texts = [c.text for _, c in self.buffer]
         vectors = self.embedder.embed_documents(texts)
         sparse_vectors = self.sparse.embed_documents(texts) if self.sparse is not None else [None] * len(texts)
-        points = [_point(w, c, vec, sv) for (w, c), vec, sv in zip(self.buffer, vectors, sparse_vectors)]
+        points = [_point(w, c, vec, sv) for (w, c), vec, sv in zip(self.buffer, vectors, sparse_vectors, strict=True)]
         self.store.upsert_chunks(points)
         self.report.chunks += len(points)
         self.prog.chunks_done += len(points)

@@ -260,14 +260,15 @@ class RAG:
             for x in inputs:
                 yield from self._answer_step(x, generator, config)
 
+        # RunnableGenerator passes ``config`` to a function that takes one; its annotations do not say so.
         steps = (RunnableLambda(condense, name="condense") | RunnableLambda(retrieve, name="retrieve")
-                 | RunnableGenerator(answer, name="answer"))
+                 | RunnableGenerator(answer, name="answer"))  # type: ignore[arg-type]
 
         def observed(inputs: Iterator[dict], config: RunnableConfig) -> Iterator[AddableDict]:
             for x in inputs:
                 yield from self._observed(steps, x, config)
 
-        return RunnableGenerator(observed, name="rag")
+        return RunnableGenerator(observed, name="rag")  # type: ignore[arg-type]
 
     def as_runnable(self) -> Runnable:
         """:meth:`chain` streaming only the answer's text: ``.invoke`` returns the whole text."""
@@ -306,7 +307,7 @@ class RAG:
     def _observed(self, steps: Runnable, x: dict, config: RunnableConfig) -> Iterator[AddableDict]:
         """Run the steps, counted in the metrics and audited, for every caller of the graph alike."""
         user = x.get("user")
-        state = {"question": str(x["question"]).strip(), "history": as_messages(x.get("history")), "user": user,
+        state: dict[str, Any] = {"question": str(x["question"]).strip(), "history": as_messages(x.get("history")), "user": user,
                  "groups": _groups(user, x.get("groups")), "started": time.perf_counter(), "timings": {}}
         metrics.IN_FLIGHT.inc()
         chunks = steps.stream(state, config)
@@ -319,8 +320,10 @@ class RAG:
             # Which endpoint failed is in the message; several may have (failover), so label the primary.
             metrics.observe_error(self.endpoint.base_url, exc)
             raise
-        finally:  # also when the reader abandons the stream (GeneratorExit)
-            chunks.close()
+        finally:  # also when the reader abandons the stream (GeneratorExit): ends the LLM request too
+            close = getattr(chunks, "close", None)
+            if close is not None:
+                close()
             metrics.IN_FLIGHT.dec()
 
     def _record(self, answer: Answer, user: Identity | None, audit_extra: dict[str, Any] | None) -> None:

@@ -169,13 +169,10 @@ def _quiet_export() -> Iterator[None]:
     loggers = [logging.getLogger(n) for n in ("sentence_transformers.backend.utils", "sentence_transformers",
                                               "transformers", "optimum")]
     levels = [lg.level for lg in loggers]
-    try:
-        from transformers.utils import logging as hf_logging
+    from transformers.utils import logging as hf_logging
 
-        hf_verbosity = hf_logging.get_verbosity()
-        hf_logging.set_verbosity_error()  # transformers' own handler ignores the stdlib level we set
-    except ImportError:  # pragma: no cover - transformers always comes with sentence-transformers
-        hf_logging, hf_verbosity = None, None
+    hf_verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # transformers' own handler ignores the stdlib level we set
     for lg in loggers:
         lg.setLevel(logging.ERROR)
     try:
@@ -183,10 +180,9 @@ def _quiet_export() -> Iterator[None]:
             warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
             yield
     finally:
-        for lg, level in zip(loggers, levels):
+        for lg, level in zip(loggers, levels, strict=True):
             lg.setLevel(level)
-        if hf_logging is not None and hf_verbosity is not None:
-            hf_logging.set_verbosity(hf_verbosity)
+        hf_logging.set_verbosity(hf_verbosity)
 
 
 def _load_onnx_int8(path: str, model_name: str, models_dir: Path):

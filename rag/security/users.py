@@ -278,6 +278,7 @@ class UserDirectory:
         a password and disabled users cost the same argon2 verification, so timing does not reveal who exists."""
         user = self._load().get(name)
         target = user.password_hash if user is not None and user.password_hash else None
+        ok: bool
         try:
             ok = self.hasher.verify(target or self._dummy(), password)  # argon2's comparison is constant-time
         except (VerifyMismatchError, VerificationError, InvalidHashError):
@@ -352,38 +353,46 @@ def parse_users(text: str, path: Path | str = "users file") -> dict[str, User]:
     users: dict[str, User] = {}
     for name, d in table.items():
         try:
-            check_user_name(name)
-        except UsersFileError as exc:
+            users[name] = _parse_user(name, d)
+        except (UsersFileError, ValueError) as exc:
             raise fail(str(exc)) from None
-        if not isinstance(d, dict):
-            raise fail(f"user {name!r} must be a table")
-        extra = sorted(set(d) - _USER_KEYS)
-        if extra:
-            raise fail(f"user {name!r}: unknown key(s) {extra} (known: {', '.join(sorted(_USER_KEYS))})")
-        try:
-            if not isinstance(d.get("groups", []), list):
-                raise ValueError('groups must be a list, e.g. groups = ["finance"]')
-            groups = normalize_groups(d.get("groups", []))
-        except ValueError as exc:
-            raise fail(f"user {name!r}: {exc}") from None
-        pw = d.get("password_hash")
-        if pw is not None and not (isinstance(pw, str) and pw.startswith("$argon2")):
-            raise fail(f"user {name!r}: password_hash must be an argon2 hash; set a password with "
-                       f"`rag users passwd {name}` instead of writing one")
-        disabled = d.get("disabled", False)
-        if not isinstance(disabled, bool):
-            raise fail(f"user {name!r}: disabled must be true or false")
-        created = d.get("created")
-        if created is not None and not isinstance(created, str):
-            raise fail(f"user {name!r}: created must be a string")
-        keys = []
-        raw_keys = d.get("api_keys", [])
-        for k in raw_keys if isinstance(raw_keys, list) else [None]:
-            if not (isinstance(k, dict) and set(k) == {"id", "sha256", "created"}
-                    and all(isinstance(v, str) for v in k.values())
-                    and re.fullmatch(r"[0-9a-f]{64}", k["sha256"])):
-                raise fail(f"user {name!r}: api_keys entries are {{ id, sha256 (64 hex digits), created }}; "
-                           f"issue keys with `rag users key {name}`")
-            keys.append(ApiKey(k["id"], k["sha256"], k["created"]))
-        users[name] = User(name, groups, pw, tuple(keys), disabled, created)
     return users
+
+
+def _parse_user(name: str, d: object) -> User:
+    """One [users."NAME"] section; raises ValueError saying what is wrong with it."""
+    check_user_name(name)
+    if not isinstance(d, dict):
+        raise ValueError(f"user {name!r} must be a table")
+    extra = sorted(set(d) - _USER_KEYS)
+    if extra:
+        raise ValueError(f"user {name!r}: unknown key(s) {extra} (known: {', '.join(sorted(_USER_KEYS))})")
+    try:
+        if not isinstance(d.get("groups", []), list):
+            raise ValueError('groups must be a list, e.g. groups = ["finance"]')
+        groups = normalize_groups(d.get("groups", []))
+    except ValueError as exc:
+        raise ValueError(f"user {name!r}: {exc}") from None
+    pw = d.get("password_hash")
+    if pw is not None and not (isinstance(pw, str) and pw.startswith("$argon2")):
+        raise ValueError(f"user {name!r}: password_hash must be an argon2 hash; set a password with "
+                         f"`rag users passwd {name}` instead of writing one")
+    disabled = d.get("disabled", False)
+    if not isinstance(disabled, bool):
+        raise ValueError(f"user {name!r}: disabled must be true or false")
+    created = d.get("created")
+    if created is not None and not isinstance(created, str):
+        raise ValueError(f"user {name!r}: created must be a string")
+    return User(name, groups, pw, _parse_keys(name, d.get("api_keys", [])), disabled, created)
+
+
+def _parse_keys(name: str, raw_keys: object) -> tuple[ApiKey, ...]:
+    keys = []
+    for k in raw_keys if isinstance(raw_keys, list) else [None]:
+        if not (isinstance(k, dict) and set(k) == {"id", "sha256", "created"}
+                and all(isinstance(v, str) for v in k.values())
+                and re.fullmatch(r"[0-9a-f]{64}", k["sha256"])):
+            raise ValueError(f"user {name!r}: api_keys entries are {{ id, sha256 (64 hex digits), created }}; "
+                             f"issue keys with `rag users key {name}`")
+        keys.append(ApiKey(k["id"], k["sha256"], k["created"]))
+    return tuple(keys)

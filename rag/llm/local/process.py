@@ -123,7 +123,8 @@ class ServerProcess:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                where = f"; its output is in {self.log.name}" if getattr(self.log, "name", None) else ""
+                log_name = getattr(self.log, "name", None)
+                where = f"; its output is in {log_name}" if log_name else ""
                 raise LocalLLMError(f"{self.label} exited with {describe_exit(self.proc.returncode)} while "
                                     f"starting{where} (is port {self.port} free?)")
             if answers(self.base_url):
