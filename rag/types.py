@@ -8,6 +8,7 @@ retrieval and the MCP server read it (rag/retrieval/retriever.py, rag/api/mcp.py
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field, fields
 from typing import TYPE_CHECKING, Any
 
@@ -74,6 +75,29 @@ class Passage:
 class Message:
     role: str  # "user" | "assistant"
     content: str
+
+
+HistoryLike = Iterable[Message | tuple[str, str] | dict]
+
+
+def as_messages(history: HistoryLike | None) -> list[Message]:
+    """Accept our Messages, (role, content) pairs, {"role", "content"} dicts or LangChain messages (by their
+    ``type`` and ``content``; this module imports no LangChain)."""
+    out: list[Message] = []
+    for m in history or ():
+        if isinstance(m, Message):
+            role, content = m.role, m.content
+        elif isinstance(m, dict):
+            role, content = m["role"], m["content"]
+        elif isinstance(m, tuple):
+            role, content = m
+        else:
+            role, content = getattr(m, "type", "user"), m.content
+        role = {"human": "user", "ai": "assistant"}.get(role, role)
+        if role not in ("user", "assistant") or not str(content).strip():
+            continue
+        out.append(Message(role, str(content).strip()))
+    return out
 
 
 def check_group(name: object, where: str = "") -> str:

@@ -22,32 +22,30 @@ already shown.
 from __future__ import annotations
 
 import logging
-import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 from langchain_core.prompts import BasePromptTemplate
 from langchain_core.retrievers import BaseRetriever
-from langchain_core.runnables import Runnable, RunnableConfig, RunnableGenerator, RunnableLambda
-from langchain_core.runnables.utils import AddableDict
+from langchain_core.runnables import Runnable, RunnableConfig, RunnableGenerator
 
 from rag.errors import AccessDenied, RagError
 from rag.generation import condense as condensing
-from rag.generation.generate import FailOver, Generator, answer_of, failure
+from rag.generation.generate import FailOver, failure
 from rag.generation.packing import Packing
-from rag.generation.prompts import CONDENSE, NO_ANSWER, SYSTEM_PROMPT, answer_prompt
+from rag.generation.prompts import CONDENSE, SYSTEM_PROMPT, answer_prompt
 from rag.generation.window import WindowPacker, as_pairs
 from rag.index.embeddings import Embedder
 from rag.index.store import Store
 from rag.llm.endpoints import OpenAICompatibleEndpoint
 from rag.llm.pool import EndpointPool
-from rag.ops import metrics
-from rag.retrieval.retriever import Retrieved, Retriever, StoreRetriever, passage_of
+from rag.retrieval.retriever import Retrieved, Retriever, StoreRetriever
 from rag.security.audit import AuditLog
 from rag.security.auth import Identity
 from rag.settings import Settings
-from rag.types import Answer, Citation, Message, Passage
+from rag.generation.graph import Graph, store_groups
+from rag.types import Answer, Citation, HistoryLike, Passage, as_messages
 
 __all__ = ["RAG", "Answer", "AnswerStream", "Citation", "as_messages"]
 
@@ -74,28 +72,6 @@ class AnswerStream:
             pass
         assert self.answer is not None
         return self.answer
-
-
-HistoryLike = Iterable[Message | tuple[str, str] | dict]
-
-
-def as_messages(history: HistoryLike | None) -> list[Message]:
-    """Accept our Messages, (role, content) pairs, {"role", "content"} dicts or LangChain messages."""
-    out: list[Message] = []
-    for m in history or ():
-        if isinstance(m, Message):
-            role, content = m.role, m.content
-        elif isinstance(m, dict):
-            role, content = m["role"], m["content"]
-        elif isinstance(m, tuple):
-            role, content = m
-        else:  # LangChain BaseMessage
-            role, content = getattr(m, "type", "user"), m.content
-        role = {"human": "user", "ai": "assistant"}.get(role, role)
-        if role not in ("user", "assistant") or not str(content).strip():
-            continue
-        out.append(Message(role, str(content).strip()))
-    return out
 
 
 class RAG:
@@ -179,12 +155,12 @@ class RAG:
 
     def retrieve(self, query: str, *, groups: Sequence[str] | None = None, user: Identity | None = None) -> Retrieved:
         """``user`` (or ``groups``) restricts retrieval, inside the store query, to what they may read."""
-        return self.retriever_core.retrieve(query, groups=_groups(user, groups))
+        return self.retriever_core.retrieve(query, groups=store_groups(user, groups))
 
     def readable(self, path: str, *, user: Identity | None = None, groups: Sequence[str] | None = None) -> bool:
         """Whether ``path`` is an indexed document that ``user`` may read (source viewers, downloads)."""
         record = self.store.get_document(path)
-        allowed = _groups(user, groups)
+        allowed = store_groups(user, groups)
         return record is not None and (allowed is None or bool(set(record.groups) & set(allowed)))
 
     def read_source(self, path: str, *, user: Identity | None = None, groups: Sequence[str] | None = None) -> bytes:
@@ -192,7 +168,7 @@ class RAG:
         document the user may read, in the same words whether it exists or not (no probing for names)."""
         if not self.readable(path, user=user, groups=groups):
             raise AccessDenied(f"{Path(path).name}: no such document, or you may not read it")
-        self._audit("download", user, cited=[path])
+        self.audit_event("download", user, cited=[path])
         try:
             return Path(path).read_bytes()
         except OSError as exc:
@@ -247,28 +223,7 @@ class RAG:
         ``retriever`` the store retriever (its documents need a ``path`` or ``source`` in their metadata). A
         replaced retriever does not know the caller's groups, so a chain with one refuses requests that carry
         a user or groups."""
-        packer = WindowPacker(self.settings, prompt or self.prompt)
-        generator = Generator(self.pool, packer, model or self._model_for, self.settings.llm_max_tokens)
-
-        def condense(x: dict, config: RunnableConfig) -> dict:
-            return self._condense_step(x, model, config)
-
-        def retrieve(x: dict, config: RunnableConfig) -> dict:
-            return self._retrieve_step(x, retriever, config)
-
-        def answer(inputs: Iterator[dict], config: RunnableConfig) -> Iterator[AddableDict]:
-            for x in inputs:
-                yield from self._answer_step(x, generator, config)
-
-        # RunnableGenerator passes ``config`` to a function that takes one; its annotations do not say so.
-        steps = (RunnableLambda(condense, name="condense") | RunnableLambda(retrieve, name="retrieve")
-                 | RunnableGenerator(answer, name="answer"))  # type: ignore[arg-type]
-
-        def observed(inputs: Iterator[dict], config: RunnableConfig) -> Iterator[AddableDict]:
-            for x in inputs:
-                yield from self._observed(steps, x, config)
-
-        return RunnableGenerator(observed, name="rag")  # type: ignore[arg-type]
+        return Graph(self, prompt=prompt or self.prompt, model=model, retriever=retriever).runnable()
 
     def as_runnable(self) -> Runnable:
         """:meth:`chain` streaming only the answer's text: ``.invoke`` returns the whole text."""
@@ -288,7 +243,7 @@ class RAG:
         filter, for a developer's own scripts over their own store. ``audit_extra`` goes into the audit
         record's ``extra`` (which shell asked: ``{"via": "mcp"}``). ``config``: LangChain's run config
         (callbacks, tags, metadata), passed to every step."""
-        _groups(user, groups)  # a wrong call fails here, not at the first piece
+        store_groups(user, groups)  # a wrong call fails here, not at the first piece
         if self._chain is None:
             self._chain = self.chain()
         return AnswerStream(self._chain.stream({"question": question, "history": history, "user": user,
@@ -301,92 +256,7 @@ class RAG:
                            config=config).text()
 
     # --- the steps ------------------------------------------------------------------------------
-    def _model_for(self, *, endpoint: OpenAICompatibleEndpoint, context_window: int | None) -> Runnable:
-        return self.llm(context_window=context_window, endpoint=endpoint)
-
-    def _observed(self, steps: Runnable, x: dict, config: RunnableConfig) -> Iterator[AddableDict]:
-        """Run the steps, counted in the metrics and audited, for every caller of the graph alike."""
-        user = x.get("user")
-        state: dict[str, Any] = {"question": str(x["question"]).strip(), "history": as_messages(x.get("history")), "user": user,
-                 "groups": _groups(user, x.get("groups")), "started": time.perf_counter(), "timings": {}}
-        metrics.IN_FLIGHT.inc()
-        chunks = steps.stream(state, config)
-        try:
-            for chunk in chunks:
-                if "answer" in chunk:  # recorded before it is handed on: the reader may stop at it
-                    self._record(chunk["answer"], user, x.get("audit_extra"))
-                yield chunk
-        except Exception as exc:
-            # Which endpoint failed is in the message; several may have (failover), so label the primary.
-            metrics.observe_error(self.endpoint.base_url, exc)
-            raise
-        finally:  # also when the reader abandons the stream (GeneratorExit): ends the LLM request too
-            close = getattr(chunks, "close", None)
-            if close is not None:
-                close()
-            metrics.IN_FLIGHT.dec()
-
-    def _record(self, answer: Answer, user: Identity | None, audit_extra: dict[str, Any] | None) -> None:
-        endpoint = answer.endpoint or self.endpoint.base_url
-        metrics.observe_answer(answer, endpoint)
-        self._audit("ask", user, question=answer.question, cited=list(dict.fromkeys(c.path for c in answer.cited)),
-                    latency_ms=(answer.timings.get("total") or 0) * 1000, model=answer.model, endpoint=endpoint,
-                    extra={"refused": answer.refused, "sources": len(answer.sources), **(audit_extra or {})})
-
-    def _condense_step(self, x: dict, model: Runnable | None, config: RunnableConfig) -> dict:
-        if not x["question"]:
-            raise RagError("the question is empty")
-        self.pool.check_usable()
-        t = time.perf_counter()
-        standalone = self.condense(x["question"], x["history"], model=model, config=config)
-        return {**x, "standalone": standalone, "timings": {**x["timings"], "condense": time.perf_counter() - t}}
-
-    def _retrieve_step(self, x: dict, retriever: BaseRetriever | None, config: RunnableConfig) -> dict:
-        if retriever is not None and x["groups"] is not None:
-            raise AccessDenied("this chain's retriever was replaced and cannot restrict what a user may read; "
-                               "filter by group inside that retriever and call it without a user or groups")
-        t = time.perf_counter()
-        retriever = retriever or StoreRetriever(retriever=self.retriever_core,
-                                                groups=None if x["groups"] is None else list(x["groups"]))
-        docs = retriever.invoke(x["standalone"], config)
-        rerank = docs[0].metadata.get("rerank_seconds", 0.0) if docs else 0.0
-        timings = {**x["timings"], "retrieve": time.perf_counter() - t, "rerank": rerank}
-        return {**x, "passages": [passage_of(d) for d in docs], "timings": timings}
-
-    def _answer_step(self, x: dict, generator: Generator, config: RunnableConfig) -> Iterator[AddableDict]:
-        if not x["passages"]:
-            yield AddableDict(text=NO_ANSWER)
-            yield AddableDict(answer=self._no_answer(x))
-            return
-        failovers: list[str] = []
-        for lease in self.pool.attempts():
-            failovers += lease.skipped
-            try:
-                attempt, stream = generator.start(lease, x, config)
-            except FailOver as exc:
-                failovers.append(str(exc))
-                lease.release()
-                continue
-            except BaseException:
-                lease.release()
-                raise
-            break
-        shown: list[str] = []
-        for piece in generator.rest(attempt, stream):
-            if piece:
-                shown.append(piece)
-                yield AddableDict(text=piece)
-        yield AddableDict(answer=answer_of(attempt, "".join(shown).strip(), x, failovers))
-
-    def _no_answer(self, x: dict) -> Answer:
-        timings = {**x["timings"], "pack": 0.0, "ttft": None, "generate": 0.0,
-                   "total": time.perf_counter() - x["started"], "tokens_per_s": None}
-        known = self.endpoint.cached_info
-        usage = {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0, "source": "no LLM call"}
-        return Answer(x["question"], x["standalone"], NO_ANSWER, [], True, usage, timings, None,
-                      known.model if known else None)
-
-    def _audit(self, event: str, user: Identity | None, **fields: Any) -> None:
+    def audit_event(self, event: str, user: Identity | None, **fields: Any) -> None:
         if self.audit is None:
             return
         try:
@@ -394,12 +264,3 @@ class RAG:
             self.audit.record(event, user=user.name if user else None, **fields)
         except RagError as exc:  # the answer is already out; a full disk must not turn it into an error
             log.error("audit log: %s", exc)
-
-
-def _groups(user: Identity | None, groups: Sequence[str] | None) -> Sequence[str] | None:
-    """The store filter: a user's groups (None only for the unrestricted local user), else explicit groups."""
-    if user is not None:
-        if groups is not None:
-            raise ValueError("pass either user or groups, not both")
-        return user.groups_any
-    return groups
