@@ -3,7 +3,7 @@ what an answer and its citations are, and what a group name may be. Only the sta
 another stage.
 
 The chunk payload is the one schema both sides of the index share: ingestion writes it (ingest/pipeline.py),
-retrieval and the MCP server read it (rag/retrieval/retriever.py, rag/api/mcp.py); Qdrant stores it as a dict.
+retrieval and the MCP server read it (rag/retrieval/retriever.py, rag/api/mcp/schemas.py); Qdrant stores it as a dict.
 """
 
 from __future__ import annotations

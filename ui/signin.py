@@ -1,5 +1,5 @@
 """Who is using this browser session, as plain functions over ``st.session_state`` (any mutable mapping), so they
-can be tested without a browser. ui/app.py calls them at the top of every run.
+can be tested without a browser. ui/login.py calls them at the top of every run.
 
 - ``RAG_AUTH=none``: the local user, unrestricted; nothing to sign in to.
 - ``password``: the session holds the signed-in *name* only. Every run looks the user up again in the users file

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -46,10 +48,30 @@ def ingest(
     """Ingest files and folders: new files are added, changed ones replaced, deleted ones removed."""
     from ingest import ingest as run_ingest
 
+    settings = load_settings()
+    group_list = _checked_groups(groups)
+    try:
+        with _ingest_progress(show=not quiet and not as_json and err.is_terminal) as on_progress:
+            report = run_ingest(paths, settings, groups=group_list, progress=on_progress)
+    except KeyboardInterrupt:
+        err.print("interrupted: documents finished so far are stored; run the same command again to continue")
+        raise typer.Exit(130) from None
+    except RagError as exc:
+        raise fail(exc) from None
+    if as_json:
+        d = report.to_dict()
+        for key in ("failed", "skipped", "warnings"):
+            d[key] = [{"path": f["path"], "reason": f["reason"]} for f in d[key]]
+        out.print_json(json.dumps(d))
+    else:
+        _print_ingest_report(report, quiet)
+    raise typer.Exit(0 if report.ok else 1)
+
+
+def _checked_groups(groups: str | None) -> list[str] | None:
     from rag.security.access import split_groups
     from rag.types import check_group
 
-    settings = load_settings()
     group_list = split_groups(groups) or None
     try:
         for g in group_list or ():
@@ -57,11 +79,16 @@ def ingest(
     except ValueError as exc:
         err.print(Text(f"error: {exc}", style="bold red"))
         raise typer.Exit(2) from None
-    show_bar = not quiet and not as_json and err.is_terminal
+    return group_list
+
+
+@contextlib.contextmanager
+def _ingest_progress(*, show: bool) -> Iterator[Callable[[Any], None]]:
+    """The progress bar on stderr while ingesting (drawn only when ``show``); yields the progress callback."""
     bar = Progress(
         TextColumn("[bold]ingest"), BarColumn(), TaskProgressColumn(), TextColumn("{task.fields[files]}"),
         _ChunkRate(), TimeElapsedColumn(), TimeRemainingColumn(), TextColumn("{task.fields[current]}"),
-        console=err, transient=True, disable=not show_bar,
+        console=err, transient=True, disable=not show,
     )
     task = bar.add_task("ingest", total=None, files="", chunks=0, current="")
 
@@ -70,40 +97,30 @@ def ingest(
                    files=f"{p.files_done}/{p.files_total} files",
                    current=Path(p.current).name[:40] if p.current else "")
 
-    try:
-        with bar:
-            report = run_ingest(paths, settings, groups=group_list, progress=on_progress)
-    except KeyboardInterrupt:
-        err.print("interrupted: documents finished so far are stored; run the same command again to continue")
-        raise typer.Exit(130) from None
-    except RagError as exc:
-        raise fail(exc) from None
+    with bar:
+        yield on_progress
 
-    if as_json:
-        d = report.to_dict()
-        for key in ("failed", "skipped", "warnings"):
-            d[key] = [{"path": f["path"], "reason": f["reason"]} for f in d[key]]
-        out.print_json(json.dumps(d))
-    else:
-        for f in report.failed:
-            err.print(Text.assemble(("failed ", "bold red"), (rel(f.path), "bold"), f": {f.reason}"))
-        if not quiet:
-            for f in report.warnings:
-                err.print(Text.assemble(("warning ", "yellow"), (rel(f.path), "bold"), f": {f.reason}"))
-            if report.skipped:
-                err.print(f"skipped {len(report.skipped)} unsupported file(s)"
-                          + (": " + ", ".join(rel(f.path) for f in report.skipped[:5]) if report.skipped else "")
-                          + (" …" if len(report.skipped) > 5 else ""))
-            rate = report.chunks / report.seconds if report.seconds else 0
-            out.print(
-                f"[bold]{report.added}[/] added, [bold]{report.updated}[/] updated, "
-                f"[bold]{report.unchanged}[/] unchanged, [bold]{report.removed}[/] removed, "
-                f"[bold]{report.access_updated}[/] access updated, "
-                f"[bold {'red' if report.failed else ''}]{len(report.failed)}[/] failed · "
-                f"{report.chunks} chunks written, {report.chunks_removed} removed · "
-                f"{report.seconds:.1f}s ({rate:.1f} chunks/s)"
-            )
-    raise typer.Exit(0 if report.ok else 1)
+
+def _print_ingest_report(report, quiet: bool) -> None:
+    for f in report.failed:
+        err.print(Text.assemble(("failed ", "bold red"), (rel(f.path), "bold"), f": {f.reason}"))
+    if quiet:
+        return
+    for f in report.warnings:
+        err.print(Text.assemble(("warning ", "yellow"), (rel(f.path), "bold"), f": {f.reason}"))
+    if report.skipped:
+        err.print(f"skipped {len(report.skipped)} unsupported file(s)"
+                  + (": " + ", ".join(rel(f.path) for f in report.skipped[:5]) if report.skipped else "")
+                  + (" …" if len(report.skipped) > 5 else ""))
+    rate = report.chunks / report.seconds if report.seconds else 0
+    out.print(
+        f"[bold]{report.added}[/] added, [bold]{report.updated}[/] updated, "
+        f"[bold]{report.unchanged}[/] unchanged, [bold]{report.removed}[/] removed, "
+        f"[bold]{report.access_updated}[/] access updated, "
+        f"[bold {'red' if report.failed else ''}]{len(report.failed)}[/] failed · "
+        f"{report.chunks} chunks written, {report.chunks_removed} removed · "
+        f"{report.seconds:.1f}s ({rate:.1f} chunks/s)"
+    )
 
 
 def access(
@@ -112,9 +129,6 @@ def access(
 ) -> None:
     """Who may read indexed documents, what decided it (policy file and rule, --groups or RAG_DEFAULT_GROUPS),
     and whether the policy changed since the last ingest (then run `rag ingest` again to apply it)."""
-    import os
-
-    from rag.security.access import AccessPolicy
     from rag.index.store import open_store
 
     settings = load_settings()
@@ -123,6 +137,21 @@ def access(
             registry = store.documents()
     except RagError as exc:
         raise fail(exc) from None
+    rows, missing = _access_rows(registry, paths)
+    if as_json:
+        out.print_json(json.dumps({"documents": rows, "not_indexed": missing}))
+    else:
+        for r in rows:
+            _print_access_row(r)
+        for m in missing:
+            err.print(Text.assemble(("not indexed ", "yellow"), rel(m)))
+    raise typer.Exit(1 if missing else 0)
+
+
+def _access_rows(registry: dict[str, Any], paths: list[Path]) -> tuple[list[dict[str, Any]], list[str]]:
+    """One row per indexed document at or below each of ``paths``, and the paths under which nothing is indexed."""
+    import os
+
     rows: list[dict[str, Any]] = []
     missing: list[str] = []
     for raw in paths:
@@ -130,43 +159,44 @@ def access(
         found = sorted(k for k in registry if k == p or k.startswith(p.rstrip(os.sep) + os.sep))
         if not found:
             missing.append(p)
-        for k in found:
-            rec = registry[k]
-            row: dict[str, Any] = {"path": k, "groups": sorted(rec.groups), "access": rec.access or None}
-            if not rec.access:  # ingested before access decisions were recorded
-                row["current"] = row["stale"] = None
-                rows.append(row)
-                continue
-            try:
-                now = AccessPolicy.from_record(rec.access).record(k, rec.access["root"])
-            except (RagError, ValueError, KeyError) as exc:  # a policy file broken since: say so, do not guess
-                row["current"], row["stale"], row["error"] = None, True, str(exc)
-            else:
-                row["current"] = now
-                row["stale"] = now["signature"] != rec.access.get("signature") or now["groups"] != row["groups"]
-            rows.append(row)
-    if as_json:
-        out.print_json(json.dumps({"documents": rows, "not_indexed": missing}))
+        rows += [_access_row(k, registry[k]) for k in found]
+    return rows, missing
+
+
+def _access_row(path: str, rec) -> dict[str, Any]:
+    """The groups stored for a document, the access decision recorded at ingest, and what the policy decides now."""
+    from rag.security.access import AccessPolicy
+
+    row: dict[str, Any] = {"path": path, "groups": sorted(rec.groups), "access": rec.access or None}
+    if not rec.access:  # ingested before access decisions were recorded
+        row["current"] = row["stale"] = None
+        return row
+    try:
+        now = AccessPolicy.from_record(rec.access).record(path, rec.access["root"])
+    except (RagError, ValueError, KeyError) as exc:  # a policy file broken since: say so, do not guess
+        row["current"], row["stale"], row["error"] = None, True, str(exc)
     else:
-        for r in rows:
-            out.print(Text.assemble((rel(r["path"]), "bold"), ": ",
-                                    (", ".join(r["groups"]) or "nobody (empty group list)", "cyan")))
-            a = r["access"]
-            if not a:
-                out.print(Text("    ingested before access decisions were recorded: run rag ingest again to record "
-                               "and apply the policy", style="yellow"))
-                continue
-            out.print(Text("    " + a["reason"], style="dim"))
-            if r.get("error"):
-                out.print(Text(f"    policy now broken: {r['error']}", style="red"))
-            elif r["stale"]:
-                cur = r["current"]
-                now = f" (it would now be {', '.join(cur['groups']) or 'nobody'}: {cur['reason']})" if cur else ""
-                out.print(Text(f"    the policy changed since the last ingest{now}; run rag ingest {rel(a['root'])}",
-                               style="yellow"))
-        for m in missing:
-            err.print(Text.assemble(("not indexed ", "yellow"), rel(m)))
-    raise typer.Exit(1 if missing else 0)
+        row["current"] = now
+        row["stale"] = now["signature"] != rec.access.get("signature") or now["groups"] != row["groups"]
+    return row
+
+
+def _print_access_row(r: dict[str, Any]) -> None:
+    out.print(Text.assemble((rel(r["path"]), "bold"), ": ",
+                            (", ".join(r["groups"]) or "nobody (empty group list)", "cyan")))
+    a = r["access"]
+    if not a:
+        out.print(Text("    ingested before access decisions were recorded: run rag ingest again to record "
+                       "and apply the policy", style="yellow"))
+        return
+    out.print(Text("    " + a["reason"], style="dim"))
+    if r.get("error"):
+        out.print(Text(f"    policy now broken: {r['error']}", style="red"))
+    elif r["stale"]:
+        cur = r["current"]
+        now = f" (it would now be {', '.join(cur['groups']) or 'nobody'}: {cur['reason']})" if cur else ""
+        out.print(Text(f"    the policy changed since the last ingest{now}; run rag ingest {rel(a['root'])}",
+                       style="yellow"))
 
 
 def forget(

@@ -1,0 +1,152 @@
+"""The MCP server itself: who the caller is, which collection a call reads, the audit trail, and the transports
+(stdio is the SDK's; streamable HTTP behind an API-key guard)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from typing import Any, Protocol
+
+import anyio
+from mcp.server.mcpserver import Context, MCPServer
+from mcp.server.mcpserver.exceptions import ToolError
+from starlette.responses import JSONResponse
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from rag.api.collections import Collections
+from rag.api.mcp.calls import tool_error
+from rag.api.mcp.resources import DocumentResources
+from rag.api.mcp.tools import add_tools
+from rag.errors import RagError
+from rag.generation.chain import RAG
+from rag.security.audit import AuditLog
+from rag.security.auth import Identity, authenticate_api_key, identity_from_headers, local_identity
+from rag.security.users import UserDirectory
+from rag.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+class Pool(Protocol):
+    """The collections served: ``rag.api.app.Collections`` (one RAG per collection, opened on first use)."""
+
+    names: list[str]
+
+    def get(self, name: str) -> RAG: ...
+
+
+class RagMCP(DocumentResources, MCPServer):
+    """The MCP server over a pool of collections. ``user`` fixes the caller (stdio); without it each request's
+    ``Authorization`` header decides (streamable HTTP)."""
+
+    def __init__(self, settings: Settings, pool: Pool, *, user: Identity | None = None,
+                 audit: AuditLog | None = None) -> None:
+        super().__init__(
+            name="onprem-rag", title="Company documents", version="0.1.0",
+            instructions=("Search and question the company's own documents. Use `search` to find passages "
+                          "(fast, no LLM), `ask` for a written answer with numbered citations, `get_source` to "
+                          "read a passage in context before quoting it, `list_collections` to see what can be "
+                          "searched. Results only ever contain documents the caller may read; cite the path "
+                          "and page of what you use."),
+        )
+        self.rag_settings = settings
+        self.pool = pool
+        self.fixed_user = user
+        self.audit = audit
+        self.directory = UserDirectory.from_settings(settings) if settings.auth != "none" else None
+        add_tools(self)
+
+    def identify(self, headers: Mapping[str, str] | None) -> Identity:
+        if self.fixed_user is not None:
+            return self.fixed_user
+        if self.rag_settings.auth == "none":
+            return local_identity()
+        who = identify_headers(self.rag_settings, self.directory, headers or {})
+        if who is None:  # the HTTP guard lets no such request through; this is the second lock
+            raise ToolError("not authenticated: send Authorization: Bearer <key> (rag users key NAME makes one)")
+        return who
+
+    def caller(self, ctx: Context) -> Identity:
+        return self.identify(ctx.headers)
+
+    def target(self, ctx: Context, collection: str | None) -> tuple[Identity, str, RAG]:
+        """Who calls a tool, and the collection it reads (its name and RAG)."""
+        user = self.caller(ctx)
+        return (user, *self.collection(collection))
+
+    def collection(self, collection: str | None) -> tuple[str, RAG]:
+        name = collection or self.pool.names[0]
+        if name not in self.pool.names:
+            raise ToolError(f"there is no collection {name!r}: use one of {', '.join(self.pool.names)} "
+                            "(list_collections), or leave collection out for the default")
+        try:
+            return name, self.pool.get(name)
+        except RagError as exc:
+            raise tool_error(exc) from None
+
+    def record(self, event: str, user: Identity, tool: str, **fields: Any) -> None:
+        if self.audit is None:
+            return
+        extra = {"via": "mcp", "tool": tool, **fields.pop("extra", {})}
+        try:
+            self.audit.record(event, user=user.name, extra=extra, **fields)
+        except RagError as exc:  # the result is already computed; a full disk must not turn it into an error
+            log.error("audit log: %s", exc)
+
+    def http_app(self, *, path: str = "/mcp", host: str = "127.0.0.1"):
+        """The streamable HTTP app, behind the API-key guard. Run its ``session_manager.run()`` in the lifespan
+        of whatever serves it (``rag mcp --http`` does; ``rag serve`` mounts it)."""
+        app = self.streamable_http_app(streamable_http_path=path, host=host)
+        return ApiKeyGuard(app, self) if self.fixed_user is None and self.rag_settings.auth != "none" else app
+
+
+class ApiKeyGuard:
+    """Refuses a request without a valid key with 401 before it reaches the MCP session, so a client with a
+    wrong key fails at connect time with a clear message instead of at its first tool call."""
+
+    def __init__(self, app: ASGIApp, server: RagMCP) -> None:
+        self.app, self.server = app, server
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
+            who = await anyio.to_thread.run_sync(
+                lambda: identify_headers(self.server.rag_settings, self.server.directory, headers))
+            if who is None:
+                resp = JSONResponse({"error": "invalid or missing API key: send Authorization: Bearer <key> "
+                                              "(an administrator makes one with rag users key NAME)"},
+                                    status_code=401, headers={"WWW-Authenticate": "Bearer"})
+                await resp(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
+def identify_headers(settings: Settings, directory: UserDirectory | None,
+                     headers: Mapping[str, str]) -> Identity | None:
+    """As ``rag serve`` identifies a request: a bearer key of the users file, or in proxy mode the proxy's
+    headers; None = refuse."""
+    h = {k.lower(): v for k, v in headers.items()}
+    if settings.auth == "none":
+        return local_identity()
+    assert directory is not None
+    auth = h.get("authorization", "")
+    if auth.lower().startswith("bearer ") and auth[7:].strip():
+        return authenticate_api_key(directory, auth[7:].strip())
+    if settings.auth == "proxy":
+        return identity_from_headers(settings, headers, directory)
+    return None
+
+
+def create_server(settings: Settings, *, user: Identity | None = None, collections: Sequence[str] | None = None,
+                  pool: Pool | None = None) -> RagMCP:
+    """The MCP server for ``settings``' collections (``RAG_API_COLLECTIONS``, else ``RAG_COLLECTION``)."""
+    if pool is None:
+        pool = Collections(settings, list(collections or settings.api_collections or [settings.collection]))
+    return RagMCP(settings, pool, user=user, audit=AuditLog.from_settings(settings))
+
+
+def serve_http(server: RagMCP, *, host: str, port: int) -> None:
+    """``rag mcp --http``: streamable HTTP at http://HOST:PORT/mcp until Ctrl-C."""
+    import uvicorn
+
+    uvicorn.run(server.http_app(host=host), host=host, port=port, log_level="warning", access_log=False)

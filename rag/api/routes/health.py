@@ -1,0 +1,34 @@
+"""``/healthz`` (the store and the LLM of the first collection) and ``/metrics`` (Prometheus): no key needed, for
+load balancers and scrapers."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import FastAPI
+from fastapi.responses import JSONResponse, PlainTextResponse
+
+from rag.api.collections import ApiError, Collections
+from rag.errors import RagError
+from rag.ops import metrics
+
+
+def add_routes(app: FastAPI, pool: Collections) -> None:
+    @app.get("/healthz")
+    def healthz() -> JSONResponse:
+        checks: dict[str, Any] = {}
+        ok = True
+        try:
+            rag = pool.get(pool.names[0])
+            checks["store"] = {"ok": True, "documents": len(rag.store.documents())}
+            info = rag.endpoint.info
+            checks["llm"] = {"ok": info.healthy, "model": info.model, "error": info.error}
+            ok = info.healthy
+        except (RagError, ApiError) as exc:
+            checks["store"] = {"ok": False, "error": str(exc)}
+            ok = False
+        return JSONResponse({"status": "ok" if ok else "unavailable", **checks}, status_code=200 if ok else 503)
+
+    @app.get("/metrics")
+    def metrics_route() -> PlainTextResponse:
+        return PlainTextResponse(metrics.exposition(), media_type="text/plain; version=0.0.4; charset=utf-8")

@@ -1,0 +1,114 @@
+"""The conversation: the turns so far, the question box, and the answer streamed into the page as it comes."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from typing import Any
+
+import streamlit as st
+
+from rag.errors import RagError
+from rag.generation.chain import RAG
+from rag.llm.local.supervisor import notice_for
+from rag.security.auth import Identity
+from ui.evidence import answer_footer, render_sources
+from ui.state import Shared, Turn
+
+log = logging.getLogger("rag.ui")
+
+
+def md(text: str) -> str:
+    """Model output is rendered as Markdown, but a "$" would start LaTeX ("$200 ... $300" as a formula)."""
+    return text.replace("$", r"\$")
+
+
+def llm_notice(rag: RAG) -> str | None:
+    """Why the demo model is not answering, when its supervisor (``rag llm serve``) says so."""
+    return notice_for(rag.settings.data_dir, [e.base_url for e in rag.settings.llm_endpoint_list()])
+
+
+def page(rag: RAG, shared: Shared, identity: Identity, turns: list[Turn]) -> None:
+    st.header("Ask the documents")
+    if not turns:
+        _welcome(shared, identity)
+    for i, turn in enumerate(turns):
+        render_turn(rag, turn, i)
+
+    if question := st.chat_input("Ask a question about the documents"):
+        question = question.strip()
+        turns.append(Turn("user", question))
+        with st.chat_message("user"):
+            st.markdown(md(question))
+        with st.chat_message("assistant"):
+            turns.append(ask(rag, question, turns[:-1], identity))
+
+
+def _welcome(shared: Shared, identity: Identity) -> None:
+    documents, _ = shared.readable_counts(identity)
+    if documents:
+        st.caption(f"{documents} documents are searchable. Answers cite their sources as [1], [2]…; "
+                   "open a source to read the passage and download the file.")
+    elif identity.unrestricted or not shared.index()["documents"]:
+        st.info("The index is empty: add documents in the sidebar, or run `rag ingest PATH`.")
+    else:
+        st.info("No document is shared with your groups yet: add your own in the sidebar, or ask an "
+                "administrator to give you access.")
+
+
+def render_turn(rag: RAG, turn: Turn, i: int) -> None:
+    with st.chat_message(turn.role):
+        if turn.error:
+            st.error(turn.error, icon=":material/error:")
+            return
+        st.markdown(md(turn.content))
+        if turn.answer is not None:
+            answer_footer(turn.answer, turn.threshold)
+            render_sources(rag, turn.answer, key=str(i))
+
+
+def _history(turns: list[Turn]) -> list[tuple[str, str]]:
+    """Completed question/answer pairs; failed turns are not part of the conversation."""
+    out: list[tuple[str, str]] = []
+    for q, a in zip(turns, turns[1:]):
+        if q.role == "user" and a.role == "assistant" and a.answer is not None:
+            out += [("user", q.content), ("assistant", a.answer.text)]
+    return out
+
+
+def _streamed(pieces: Iterator[str], waiting: Any) -> Iterator[str]:
+    first = True
+    for piece in pieces:
+        if first:
+            waiting.empty()
+            first = False
+        yield md(piece)
+
+
+def ask(rag: RAG, question: str, turns: list[Turn], identity: Identity) -> Turn:
+    """Stream one answer into the open assistant message; failures become a message, never a traceback."""
+    history = _history(turns)
+    waiting = st.empty()
+    waiting.caption("Searching the documents, then waiting for the model's first words…")
+    try:
+        stream = rag.stream(question, history, user=identity)
+        st.write_stream(_streamed(iter(stream), waiting))
+        answer = stream.answer
+        assert answer is not None
+    except RagError as exc:
+        waiting.empty()
+        # A crashed demo model being restarted is a wait, not a failure: say that rather than "connection refused".
+        msg = llm_notice(rag) or str(exc)
+        st.error(msg, icon=":material/error:")
+        return Turn("assistant", "", error=msg)
+    except Exception as exc:  # a bug, not a user error: full details go to the server log only
+        log.exception("answering %r failed", question)
+        waiting.empty()
+        msg = f"Something went wrong ({type(exc).__name__}: {exc}). The details are in the UI's log."
+        st.error(msg, icon=":material/error:")
+        return Turn("assistant", "", error=msg)
+    waiting.empty()
+    turn = Turn("assistant", answer.text, answer=answer, threshold=rag.settings.min_score)
+    answer_footer(answer, turn.threshold)
+    render_sources(rag, answer, key=str(len(turns) + 1))
+    return turn

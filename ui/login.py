@@ -1,0 +1,73 @@
+"""Who is asking, settled at the top of every run before anything about the index or the model is shown: the
+sign-in form (RAG_AUTH=password), the proxy's headers (proxy), or the local user (none). The decisions themselves
+are in ui/signin.py, testable without a browser; this renders them."""
+
+from __future__ import annotations
+
+import math
+import secrets
+
+import streamlit as st
+
+from rag.errors import RagError
+from rag.security.auth import Identity, authenticate_password
+from rag.settings import Settings
+from ui import signin
+from ui.state import Auth
+
+
+def settle_identity(settings: Settings, auth: Auth) -> Identity:
+    """The identity of this run; without one the page stops here, showing the form or the proxy's refusal."""
+    try:
+        headers = st.context.headers if settings.auth == "proxy" else None  # never read in other modes
+        identity = signin.current_identity(settings, st.session_state, headers, auth.directory)
+    except RagError as exc:  # an unreadable or broken users file
+        st.error(f"Sign-in is unavailable: {exc}", icon=":material/lock:")
+        st.stop()
+    if signin.bind_session(st.session_state, identity) and identity is not None and identity.via == "proxy":
+        auth.record("login_ok", identity.name, extra={"via": "proxy", "groups": list(identity.groups)})
+    if identity is None:
+        if settings.auth == "proxy":
+            if not st.session_state.get("_proxy_refused"):  # once per session, not on every rerun
+                st.session_state["_proxy_refused"] = True
+                auth.record("login_failed", None, extra={"via": "proxy"})
+            st.error(signin.PROXY_REQUIRED, icon=":material/lock:")
+        else:
+            login_page(settings, auth)
+        st.stop()
+    return identity
+
+
+def login_page(settings: Settings, auth: Auth) -> None:
+    """RAG_AUTH=password and nobody signed in: only the form, nothing about the index or the model."""
+    st.header("Sign in")
+    st.caption("Ask your administrator for an account (`rag users add`).")
+    session = st.session_state.setdefault(signin.SESSION_ID, secrets.token_hex(16))
+    with st.form("login", clear_on_submit=True):  # the password leaves the widget state after every attempt
+        name = st.text_input("Name", key="login_name", autocomplete="username")
+        password = st.text_input("Password", type="password", key="login_password",
+                                 autocomplete="current-password")
+        submitted = st.form_submit_button("Sign in", type="primary")
+    if not submitted:
+        return
+    # The browser clears the form (clear_on_submit); the server's copy of the password goes now, too.
+    st.session_state.pop("login_password", None)
+    name = name.strip()
+    keys = auth.throttle.keys(name, session)
+    wait = auth.throttle.wait(keys)
+    if wait > 0:
+        auth.record("login_failed", name, extra={"via": "password", "throttled": True})
+        st.error(f"Too many failed sign-ins. Try again in {math.ceil(wait)} s.", icon=":material/timer:")
+        return
+    with auth.throttle.verifying:
+        user = authenticate_password(auth.directory, name, password) if name and password else None
+    if user is None:
+        auth.throttle.failed(keys)
+        auth.record("login_failed", name, extra={"via": "password"})
+        st.error(signin.WRONG_CREDENTIALS, icon=":material/lock:")
+        return
+    auth.throttle.succeeded(keys)
+    # Re-read: a successful login may have upgraded the stored hash (argon2 parameters), which changes it.
+    signin.sign_in(st.session_state, auth.directory.get(user.name) or user)
+    auth.record("login_ok", user.name, extra={"via": "password"})
+    st.rerun()
