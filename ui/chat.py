@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import logging
 from collections.abc import Iterator
 from typing import Any
@@ -70,7 +72,7 @@ def render_turn(rag: RAG, turn: Turn, i: int) -> None:
 def _history(turns: list[Turn]) -> list[tuple[str, str]]:
     """Completed question/answer pairs; failed turns are not part of the conversation."""
     out: list[tuple[str, str]] = []
-    for q, a in zip(turns, turns[1:]):
+    for q, a in itertools.pairwise(turns):
         if q.role == "user" and a.role == "assistant" and a.answer is not None:
             out += [("user", q.content), ("assistant", a.answer.text)]
     return out

@@ -43,7 +43,7 @@ def create_app(settings: Settings, *, collections: list[str] | None = None, mcp:
         app.router.routes.append(Route("/mcp", endpoint=mcp_server.http_app(path="/mcp", host=host)))
     app.state.collections = pool
     app.add_middleware(_CountRequests)
-    app.add_exception_handler(ApiError, _api_error)
+    app.add_exception_handler(ApiError, _api_error)  # type: ignore[arg-type]  # Starlette types handlers for Exception; ours takes its subclass
     # Straight onto the app, not through include_router: FastAPI wraps included routers in objects without a
     # path, and both the request metrics and the deploy checks read each route's path.
     health.add_routes(app, pool)

@@ -28,7 +28,7 @@ from rag.cli.common import err, fail, load_settings, out, rel
 
 
 class _ChunkRate(ProgressColumn):
-    def render(self, task) -> Text:  # type: ignore[override]
+    def render(self, task) -> Text:
         chunks = task.fields.get("chunks", 0)
         elapsed = task.elapsed or 0
         rate = chunks / elapsed if elapsed > 0 else 0.0

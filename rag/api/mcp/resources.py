@@ -6,7 +6,7 @@ are, so both of its handlers are replaced here (they receive the request, hence 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from mcp.server.mcpserver.exceptions import ToolError
 from mcp.shared.exceptions import MCPError
@@ -27,6 +27,12 @@ class DocumentResources:
     server's ``pool``, ``identify`` and ``record``."""
 
     pool: Pool
+
+    if TYPE_CHECKING:  # provided by the server class this is mixed into
+
+        def identify(self, headers: Mapping[str, str] | None) -> Identity: ...
+
+        def record(self, event: str, user: Identity, tool: str, **fields: Any) -> None: ...
 
     def _resource_caller(self, ctx) -> Identity:
         try:
