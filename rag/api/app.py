@@ -36,7 +36,7 @@ from rag.api.collections import ApiError, Collections
 from rag.ops import metrics
 from rag.security.auth import Identity, authenticate_api_key, identity_from_headers, local_identity
 from rag.generation.chain import RAG, Answer
-from rag.llm.endpoints import EndpointError
+from rag.llm.failures import EndpointError
 from rag.errors import RagError, StoreLockedError
 from rag.settings import Settings
 from rag.security.users import UserDirectory

@@ -39,7 +39,7 @@ from rag.security.audit import AuditLog
 from rag.security.auth import Identity, authenticate_api_key, identity_from_headers, local_identity
 from rag.generation.chain import RAG, Answer
 from rag.generation.citations import snippet
-from rag.llm.endpoints import EndpointError
+from rag.llm.failures import EndpointError
 from rag.errors import RagError, StoreLockedError
 from rag.types import ChunkPayload, Passage
 from rag.settings import Settings

@@ -31,11 +31,12 @@ from rag.security.audit import AuditLog
 from rag.security.auth import Identity
 from rag.generation.citations import CitationFilter, snippet
 from rag.index.embeddings import Embedder
-from rag.llm.endpoints import EndpointError, OpenAICompatibleEndpoint, api_message, parse_overflow
+from rag.llm.endpoints import OpenAICompatibleEndpoint
+from rag.llm.failures import EndpointError, api_message, is_failover_error, is_timeout, parse_overflow
 from rag.errors import AccessDenied, RagError
 from rag.generation.packing import Packing, format_source, join_sources, pack
 from rag.types import Message, Passage
-from rag.llm.pool import EndpointPool, Lease, is_failover_error, is_timeout
+from rag.llm.pool import EndpointPool, Lease
 from rag.generation.prompts import CONDENSE_PROMPT, CONDENSE_SYSTEM, NO_ANSWER, SYSTEM_PROMPT, user_message
 from rag.retrieval.retriever import Retrieved, Retriever, StoreRetriever
 from rag.settings import Settings

@@ -32,29 +32,19 @@ from typing import Any
 import cachetools
 import httpx
 
-from rag.errors import RagError
+from rag.llm.failures import EndpointError, describe_failure, parse_overflow
+from rag.llm.failures import short as _short
 from rag.settings import Settings
 
+__all__ = ["EndpointError", "describe_failure", "parse_overflow"]  # for the tests that import them from here
+
 log = logging.getLogger(__name__)
-
-
-class EndpointError(RagError):
-    """The LLM endpoint failed in a way the user can fix; the message says how."""
 
 
 #: Ollama's context when nothing else is known; it truncates silently beyond what it was given.
 OLLAMA_DEFAULT_NUM_CTX = 4096
 #: Used when no server or setting says anything: small enough to be safe on any model served today.
 FALLBACK_CONTEXT_WINDOW = 2048
-
-_OVERFLOW_RE = re.compile(r"maximum context length is (\d+)", re.IGNORECASE)
-
-
-def parse_overflow(message: str) -> int | None:
-    """The context size named by a vLLM/llama.cpp/OpenAI-style overflow error, if any."""
-    m = _OVERFLOW_RE.search(message or "")
-    return int(m.group(1)) if m else None
-
 
 @dataclass(frozen=True)
 class ChatOverhead:
@@ -508,50 +498,3 @@ def estimate_tokens(text: str) -> int:
 
 
 _EST_RE = re.compile(r"[A-Za-z]+|[ \t]+|[\x00-\x7f]|[^\x00-\x7f]+")
-
-
-def describe_failure(exc: BaseException, base_url: str, model: str | None, timeout: float) -> str:
-    """Turn what the OpenAI/Ollama clients raise into one line saying what failed and what to do."""
-    import openai
-
-    name = type(exc).__name__
-    msg = api_message(exc)
-    if isinstance(exc, (openai.APITimeoutError, httpx.TimeoutException)) or name in ("ReadTimeout", "Timeout"):
-        return (f"the LLM at {base_url} did not answer within {timeout:g} s; it may be overloaded or the model "
-                "too slow: raise RAG_LLM_TIMEOUT or lower RAG_LLM_MAX_TOKENS")
-    if isinstance(exc, (openai.APIConnectionError, httpx.ConnectError, ConnectionError)):
-        return f"cannot reach the LLM at {base_url}: is the server running? (check RAG_LLM_BASE_URL)"
-    status = getattr(exc, "status_code", None) or getattr(getattr(exc, "response", None), "status_code", None)
-    if status in (401, 403):
-        return f"the LLM at {base_url} rejected the request (HTTP {status}): set RAG_LLM_API_KEY"
-    if status == 404:
-        return (f"model {model!r} was not found at {base_url} (HTTP 404: {msg}); set RAG_LLM_MODEL to a served "
-                "model (`rag status` lists them)")
-    n = parse_overflow(msg)
-    if n is not None:
-        return (f"the prompt does not fit the model's context of {n} tokens even after shrinking it; lower "
-                "RAG_LLM_MAX_TOKENS or set RAG_LLM_CONTEXT_WINDOW to the server's real limit")
-    if status is not None and status >= 500:
-        return f"the LLM server at {base_url} failed (HTTP {status}: {msg}); check the server's log"
-    if status is not None:
-        return f"the LLM at {base_url} refused the request (HTTP {status}: {msg})"
-    if "No generation chunks" in str(exc):
-        return f"the LLM server at {base_url} ended the stream without an answer; check the server's log"
-    return f"the LLM request to {base_url} failed: {name}: {msg}"
-
-
-def api_message(exc: BaseException) -> str:
-    """The server's own error message inside an API exception (first line), else the exception's text."""
-    body = getattr(exc, "body", None)
-    if isinstance(body, dict):
-        inner = body.get("error", body)
-        if isinstance(inner, dict) and inner.get("message"):
-            return str(inner["message"]).splitlines()[0][:200]
-        if isinstance(inner, str):
-            return inner[:200]
-    return _short(exc)
-
-
-def _short(exc: BaseException) -> str:
-    s = str(exc) or exc.__class__.__name__
-    return s.splitlines()[0][:160]

@@ -30,9 +30,8 @@ from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
-import httpx
-
-from rag.llm.endpoints import EndpointError, OpenAICompatibleEndpoint
+from rag.llm.endpoints import OpenAICompatibleEndpoint
+from rag.llm.failures import EndpointError
 from rag.settings import Routing, Settings
 
 log = logging.getLogger(__name__)
@@ -402,20 +401,3 @@ class EndpointPool:
     def close(self) -> None:
         for m in self._members:
             m.endpoint.close()
-
-
-def is_timeout(exc: BaseException) -> bool:
-    import openai
-
-    return isinstance(exc, (openai.APITimeoutError, httpx.TimeoutException, TimeoutError))
-
-
-def is_failover_error(exc: BaseException) -> bool:
-    """A reason to send the request to another endpoint: the server is unreachable, timed out, broke the
-    connection or failed (HTTP 5xx). Not 4xx (bad request, overflow, auth): another replica would answer alike."""
-    import openai
-
-    if isinstance(exc, (openai.APIConnectionError, httpx.TransportError, ConnectionError, TimeoutError)):
-        return True
-    status = getattr(exc, "status_code", None) or getattr(getattr(exc, "response", None), "status_code", None)
-    return isinstance(status, int) and status >= 500

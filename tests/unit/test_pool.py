@@ -8,7 +8,8 @@ from __future__ import annotations
 import pytest
 
 from rag.llm.endpoints import EndpointError, EndpointInfo
-from rag.llm.pool import CircuitBreaker, EndpointPool, is_failover_error
+from rag.llm.failures import is_failover_error
+from rag.llm.pool import CircuitBreaker, EndpointPool
 
 
 class Clock:
