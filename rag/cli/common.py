@@ -19,7 +19,7 @@ state: dict[str, Any] = {"verbose": False}
 
 
 def fail(exc: BaseException) -> typer.Exit:
-    from rag.llm.endpoints import EndpointError
+    from rag.llm.failures import EndpointError
 
     if state["verbose"]:
         err.print_exception()

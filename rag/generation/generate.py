@@ -27,8 +27,9 @@ from rag.errors import RagError
 from rag.generation.citations import CitationFilter, snippet
 from rag.generation.packing import Packing, Source
 from rag.generation.window import WindowPacker, as_pairs
-from rag.llm.endpoints import EndpointError, OpenAICompatibleEndpoint, api_message, parse_overflow
-from rag.llm.pool import EndpointPool, Lease, is_failover_error, is_timeout
+from rag.llm.endpoints import OpenAICompatibleEndpoint
+from rag.llm.failures import EndpointError, api_message, is_failover_error, is_timeout, parse_overflow
+from rag.llm.pool import EndpointPool, Lease
 from rag.types import Answer, Citation
 
 log = logging.getLogger(__name__)

@@ -1,105 +1,42 @@
 """Self-hosted LLM endpoints behind an OpenAI-compatible API: discovery, token counting, chat models.
 
-What each server tells us (probed, in this order, with short timeouts):
-- vLLM: ``/v1/models`` lists ``max_model_len``; ``POST /tokenize`` counts with the served tokenizer and, given
-  ``messages``, renders the chat template exactly as the chat endpoint does.
-- llama.cpp's own server (llama-server): ``GET /props`` has ``default_generation_settings.n_ctx``;
-  ``POST /tokenize`` (``content``).
-- llama-cpp-python's server: ``POST /extras/tokenize/count``; it reports no context size anywhere, so the
-  configured ``RAG_LLM_CONTEXT_WINDOW`` is used, and the first "maximum context length is N tokens" error
-  teaches us N.
-- Ollama: ``/api/show`` gives the model's trained context and any ``num_ctx`` parameter. Ollama silently
-  cuts a prompt longer than its ``num_ctx`` (default 2048-4096), so without a ``num_ctx`` parameter we pack
-  to Ollama's default. (Sending ``num_ctx`` per request, through its native API, is not built yet: its
-  OpenAI route does not accept it.)
-- Anything else (LM Studio, TGI, a LiteLLM proxy): the configured window, and a local token estimate with a
-  safety margin.
-A configured ``RAG_LLM_CONTEXT_WINDOW`` always wins over what a server reports.
+Which kinds of server are recognised, and what each tells us, is in :mod:`rag.llm.servers` (one module per
+kind); how the window is chosen from what they say is in :mod:`rag.llm.discovery`. Where a server cannot count
+tokens, a local estimate with a safety margin stands in (:func:`rag.llm.tokens.estimate_tokens`).
 """
 
 from __future__ import annotations
 
 import functools
 import logging
-import math
-import re
 import threading
 import time
-import uuid
-from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import cachetools
 import httpx
 
-from rag.errors import RagError
+from rag.llm import servers
+from rag.llm.discovery import FALLBACK_CONTEXT_WINDOW, EndpointInfo, discover
+from rag.llm.failures import EndpointError, describe_failure, parse_overflow, short
+from rag.llm.servers import ollama
+from rag.llm.servers.base import ServerHttp, root_of
+from rag.llm.tokens import ChatOverhead, Turns, estimate_tokens, measure_overhead
 from rag.settings import Settings
+
+# Also the endpoint's vocabulary for its callers, wherever it is defined.
+__all__ = ["FALLBACK_CONTEXT_WINDOW", "ChatOverhead", "EndpointError", "EndpointInfo", "OpenAICompatibleEndpoint",
+           "describe_failure", "estimate_tokens", "max_tokens_chat_openai", "parse_overflow"]
 
 log = logging.getLogger(__name__)
 
-
-class EndpointError(RagError):
-    """The LLM endpoint failed in a way the user can fix; the message says how."""
-
-
-#: Ollama's context when nothing else is known; it truncates silently beyond what it was given.
-OLLAMA_DEFAULT_NUM_CTX = 4096
-#: Used when no server or setting says anything: small enough to be safe on any model served today.
-FALLBACK_CONTEXT_WINDOW = 2048
-
-_OVERFLOW_RE = re.compile(r"maximum context length is (\d+)", re.IGNORECASE)
-
-
-def parse_overflow(message: str) -> int | None:
-    """The context size named by a vLLM/llama.cpp/OpenAI-style overflow error, if any."""
-    m = _OVERFLOW_RE.search(message or "")
-    return int(m.group(1)) if m else None
-
-
-@dataclass(frozen=True)
-class ChatOverhead:
-    """Tokens a chat template adds around the contents of a prompt shaped system, (user, assistant)*, user.
-
-    ``base``: for the system and final user message plus the generation prompt (and BOS); ``per_turn``: for
-    each earlier user/assistant pair. Pairs, not messages, because role markers differ in length
-    (SmolLM2: "user" is one token, "assistant" two) and only whole pairs can be measured apart."""
-
-    base: int
-    per_turn: int
-    source: str
-
-    def total(self, n_messages: int) -> int:
-        return self.base + self.per_turn * ((max(n_messages - 2, 0) + 1) // 2)
-
-
-#: When nothing could be measured: more than any common template needs (ChatML, Llama 3, Gemma: 10-16).
-DEFAULT_OVERHEAD = ChatOverhead(24, 20, "default (not measured)")
 _COUNT_CACHE_SIZE = 8192
 #: After the server tokenizer could not be reached, seconds of local estimates before it is asked again.
 _TOKENIZER_BACKOFF_S = 10.0
 
 
-@dataclass
-class EndpointInfo:
-    base_url: str
-    kind: str = "openai-compatible"  # vllm | llama.cpp | llama-cpp-python | ollama | openai-compatible
-    model: str | None = None
-    models: list[str] = field(default_factory=list)
-    context_window: int | None = None
-    context_source: str = "unknown"
-    tokenizer: str = "local estimate"
-    healthy: bool = False
-    error: str | None = None
-    template_overhead: int | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-def _root(base_url: str) -> str:
-    """Server root for the non-OpenAI routes (/tokenize, /props, /api/show): base URL without /v1."""
-    u = base_url.rstrip("/")
-    return u[: -len("/v1")] if u.endswith("/v1") else u
+class _TokenizerDown(Exception):
+    """Raised through the count cache so that an estimate made while the server is away is not kept."""
 
 
 class OpenAICompatibleEndpoint:
@@ -116,7 +53,7 @@ class OpenAICompatibleEndpoint:
         connect_timeout: float = 5.0,
     ) -> None:
         self.base_url = base_url.rstrip("/")
-        self.root = _root(self.base_url)
+        self.root = root_of(self.base_url)
         self.api_key = api_key
         self.configured_model = model
         self.configured_window = context_window
@@ -125,14 +62,14 @@ class OpenAICompatibleEndpoint:
             timeout=httpx.Timeout(timeout, connect=connect_timeout),
             headers={"Authorization": f"Bearer {api_key}"} if api_key else {},
         )
+        self._server = ServerHttp(self._http, self.base_url)
         self._info: EndpointInfo | None = None
         self._lock = threading.Lock()
         self._learned_window: int | None = None
         self._overhead: ChatOverhead | None = None
-        # LRU: the chunks of popular documents stay. cachetools' caches are not thread-safe, and the API counts
-        # for several requests at once, hence the lock.
-        self._counts: cachetools.LRUCache[str, int] = cachetools.LRUCache(maxsize=_COUNT_CACHE_SIZE)
-        self._counts_lock = threading.Lock()
+        # LRU: the chunks of popular documents stay. Locked: the API counts for several requests at once.
+        self._cached_count = cachetools.cached(cachetools.LRUCache(maxsize=_COUNT_CACHE_SIZE),
+                                               lock=threading.Lock())(self._server_count)
         self._tokenizer_down_until = 0.0
         self._at = 0.0
 
@@ -167,7 +104,7 @@ class OpenAICompatibleEndpoint:
         except httpx.TimeoutException:
             return f"{self.base_url}/models did not answer within {timeout:g} s"
         except httpx.HTTPError as exc:
-            return f"cannot reach {self.base_url} ({_short(exc)})"
+            return f"cannot reach {self.base_url} ({short(exc)})"
         if r.status_code != 200:
             return f"{self.base_url}/models answered HTTP {r.status_code}"
         return None
@@ -178,106 +115,9 @@ class OpenAICompatibleEndpoint:
             self._at = time.monotonic()
             return self._info
 
-    def _get(self, url: str) -> Any:
-        r = self._http.get(url, timeout=httpx.Timeout(10.0, connect=3.0))
-        r.raise_for_status()
-        return r.json()
-
-    def _post(self, url: str, body: dict) -> Any:
-        r = self._http.post(url, json=body, timeout=httpx.Timeout(15.0, connect=3.0))
-        r.raise_for_status()
-        return r.json()
-
     def _discover(self) -> EndpointInfo:
-        info = EndpointInfo(base_url=self.base_url)
-        try:
-            listing = self._get(f"{self.base_url}/models")
-        except httpx.HTTPStatusError as exc:
-            info.error = (f"{self.base_url}/models answered HTTP {exc.response.status_code}"
-                          + (": check RAG_LLM_API_KEY" if exc.response.status_code in (401, 403) else ""))
-            return info
-        except (httpx.HTTPError, ValueError) as exc:
-            info.error = (f"cannot reach the LLM endpoint at {self.base_url} ({_short(exc)}): is the server "
-                          "running? (check RAG_LLM_BASE_URL)")
-            return info
-        entries = listing.get("data") or [] if isinstance(listing, dict) else []
-        info.models = [str(e.get("id")) for e in entries if isinstance(e, dict) and e.get("id")]
-        if self.configured_model:
-            if info.models and self.configured_model not in info.models:
-                info.error = (f"model {self.configured_model!r} is not served at {self.base_url}; it serves: "
-                              + ", ".join(info.models[:10]) + ". Fix RAG_LLM_MODEL.")
-                return info
-            info.model = self.configured_model
-        elif info.models:
-            info.model = info.models[0]
-        else:
-            info.error = f"{self.base_url}/models lists no model; set RAG_LLM_MODEL"
-            return info
-        info.healthy = True
-        entry = next((e for e in entries if isinstance(e, dict) and e.get("id") == info.model), {})
-
-        # Which server is it, and what does it say about the window and tokenizer?
-        if "max_model_len" in entry:
-            info.kind = "vllm"
-            info.context_window, info.context_source = int(entry["max_model_len"]), "vLLM /v1/models max_model_len"
-            info.tokenizer = "server /tokenize"
-        elif self._probe_ollama(info):
-            pass
-        elif self._probe_llama_server(info):
-            pass
-        elif self._probe_llama_cpp_python(info):
-            pass
-        if self.configured_window:
-            info.context_window, info.context_source = self.configured_window, "configured (RAG_LLM_CONTEXT_WINDOW)"
-        if self._learned_window and (info.context_window is None or self._learned_window < info.context_window):
-            # The server's own overflow error is a fact; a larger configured value is a mistake.
-            info.context_window, info.context_source = self._learned_window, "server overflow error"
-        if info.context_window is None:
-            info.context_window, info.context_source = FALLBACK_CONTEXT_WINDOW, (
-                f"fallback {FALLBACK_CONTEXT_WINDOW}: the server does not report it; set RAG_LLM_CONTEXT_WINDOW")
-        return info
-
-    def _probe_ollama(self, info: EndpointInfo) -> bool:
-        try:
-            self._get(f"{self.root}/api/version")
-            show = self._post(f"{self.root}/api/show", {"model": info.model})
-        except (httpx.HTTPError, ValueError):
-            return False
-        info.kind = "ollama"
-        trained = next((int(v) for k, v in (show.get("model_info") or {}).items()
-                        if k.endswith(".context_length") and isinstance(v, (int, float))), None)
-        m = re.search(r"^num_ctx\s+(\d+)", show.get("parameters") or "", re.MULTILINE)
-        if m:
-            info.context_window, info.context_source = int(m.group(1)), "Ollama /api/show num_ctx parameter"
-        else:
-            window = min(trained, OLLAMA_DEFAULT_NUM_CTX) if trained else OLLAMA_DEFAULT_NUM_CTX
-            info.context_window = window
-            info.context_source = (f"Ollama default num_ctx {OLLAMA_DEFAULT_NUM_CTX} (model trained for {trained}); "
-                                   "to use more, give the Ollama model a num_ctx parameter")
-        info.tokenizer = "local estimate"
-        return True
-
-    def _probe_llama_server(self, info: EndpointInfo) -> bool:
-        try:
-            props = self._get(f"{self.root}/props")
-        except (httpx.HTTPError, ValueError):
-            return False
-        n_ctx = (props.get("default_generation_settings") or {}).get("n_ctx") if isinstance(props, dict) else None
-        if not n_ctx:
-            return False
-        info.kind = "llama.cpp"
-        info.context_window, info.context_source = int(n_ctx), "llama.cpp /props n_ctx"
-        info.tokenizer = "server /tokenize"
-        return True
-
-    def _probe_llama_cpp_python(self, info: EndpointInfo) -> bool:
-        try:
-            self._post(f"{self.root}/extras/tokenize/count", {"input": "ping"})
-        except (httpx.HTTPError, ValueError):
-            return False
-        info.kind = "llama-cpp-python"
-        info.tokenizer = "server /extras/tokenize"
-        return True
+        return discover(self._server, configured_model=self.configured_model,
+                        configured_window=self.configured_window, learned_window=self._learned_window)
 
     def learn_window(self, n: int) -> None:
         """Called when the server said "maximum context length is n": trust it from now on, over a larger
@@ -296,39 +136,28 @@ class OpenAICompatibleEndpoint:
         Counts are cached: the same chunks come back question after question."""
         if not text:
             return 0
-        with self._counts_lock:
-            cached = self._counts.get(text)
-        if cached is not None:
-            return cached
-        n = self._count_uncached(text)
-        if n is None:  # the server could not be asked: an estimate, not kept
+        try:
+            return self._cached_count(text)
+        except _TokenizerDown:
             return estimate_tokens(text)
-        with self._counts_lock:
-            self._counts[text] = n
-        return n
 
-    def _count_uncached(self, text: str) -> int | None:
+    def _server_count(self, text: str) -> int:
         info = self.info
         if time.monotonic() < self._tokenizer_down_until:
-            return None
+            raise _TokenizerDown
         try:
-            if info.kind == "vllm":
-                return int(self._post(f"{self.root}/tokenize", {"model": info.model, "prompt": text,
-                                                                "add_special_tokens": False})["count"])
-            if info.kind == "llama.cpp":
-                return len(self._post(f"{self.root}/tokenize", {"content": text})["tokens"])
-            if info.kind == "llama-cpp-python":
-                return int(self._post(f"{self.root}/extras/tokenize/count", {"input": text})["count"])
+            n = servers.by_kind(info.kind).count(self._server, info.model, text)
         except httpx.TransportError as exc:
             # Unreachable or hung: estimate without asking for a while (a hung server would cost a timeout per
             # text), and keep none of these estimates: exact counts come back with the server.
             log.warning("server tokenizer at %s unreachable (%s); local estimates for %g s", self.root,
-                        _short(exc), _TOKENIZER_BACKOFF_S)
+                        short(exc), _TOKENIZER_BACKOFF_S)
             self._tokenizer_down_until = time.monotonic() + _TOKENIZER_BACKOFF_S
-            return None
+            raise _TokenizerDown from exc
         except (httpx.HTTPError, KeyError, ValueError, TypeError) as exc:
-            log.warning("server tokenizer failed (%s); using a local estimate", _short(exc))
-        return estimate_tokens(text)
+            log.warning("server tokenizer failed (%s); using a local estimate", short(exc))
+            n = None
+        return estimate_tokens(text) if n is None else n
 
     def count(self, text: str) -> int:
         """``TokenCounter`` protocol (what the packer calls)."""
@@ -337,66 +166,39 @@ class OpenAICompatibleEndpoint:
     def chat_overhead(self) -> ChatOverhead:
         """What the chat template adds around message contents, measured once per endpoint.
 
-        Linear model: ``base + per_turn * turns + sum(content tokens)`` (see :class:`ChatOverhead`). Measured by rendering the template on
-        the server where it can (vLLM ``/tokenize`` with messages, llama-server ``/apply-template``), otherwise
-        from ``usage.prompt_tokens`` of two one-token completions. The model holds because every template
-        we know puts special tokens around each content, so contents tokenize on their own."""
+        Linear model: ``base + per_turn * turns + sum(content tokens)`` (see :class:`ChatOverhead`). Measured by
+        rendering the template on the server where it can (vLLM ``/tokenize`` with messages, llama-server
+        ``/apply-template``), otherwise from ``usage.prompt_tokens`` of two one-token completions. The model holds
+        because every template we know puts special tokens around each content, so contents tokenize on their
+        own."""
         with self._lock:
             if self._overhead is not None:
                 return self._overhead
-        overhead = self._measure_overhead()
+        overhead = measure_overhead(self._rendered_tokens, self._usage_prompt_tokens, self.count_tokens,
+                                    self.exact_tokenizer)
         with self._lock:
             self._overhead = overhead
             if self._info is not None:
                 self._info.template_overhead = overhead.base
         return overhead
 
-    def _measure_overhead(self) -> ChatOverhead:
-        nonce = uuid.uuid4().hex[:8]  # defeats prompt caches that would shrink usage.prompt_tokens
-        two = [("system", f"Calibration {nonce}."), ("user", "Say OK.")]
-        four = two + [("assistant", "OK."), ("user", "Again.")]
-        try:
-            a, b = self._rendered_tokens(two), self._rendered_tokens(four)
-            source = "server chat template"
-            if a is None or b is None:
-                a, b = self._usage_prompt_tokens(two), self._usage_prompt_tokens(four)
-                source = "measured from usage.prompt_tokens"
-        except (httpx.HTTPError, KeyError, ValueError, TypeError) as exc:
-            log.warning("could not measure the chat template overhead (%s); assuming %s", _short(exc),
-                        DEFAULT_OVERHEAD)
-            return DEFAULT_OVERHEAD
-        ca = sum(self.count_tokens(c) for _, c in two)
-        cb = sum(self.count_tokens(c) for _, c in four)
-        base, per_turn = max(0, a - ca), max(0, (b - cb) - (a - ca))
-        if not self.exact_tokenizer:
-            return ChatOverhead(base + 8, per_turn + 4, source + " (local token estimate, padded)")
-        return ChatOverhead(base, per_turn, source)
-
-    def _rendered_tokens(self, messages: list[tuple[str, str]]) -> int | None:
+    def _rendered_tokens(self, messages: Turns) -> int | None:
         """Exact prompt tokens where the server renders its own chat template for us; None elsewhere."""
         info = self.info
-        msgs = [{"role": r, "content": c} for r, c in messages]
-        if info.kind == "vllm":
-            return int(self._post(f"{self.root}/tokenize", {"model": info.model, "messages": msgs,
-                                                            "add_generation_prompt": True})["count"])
-        if info.kind == "llama.cpp":
-            prompt = self._post(f"{self.root}/apply-template", {"messages": msgs})["prompt"]
-            return len(self._post(f"{self.root}/tokenize", {"content": prompt, "add_special": True,
-                                                            "parse_special": True})["tokens"])
-        return None
+        return servers.by_kind(info.kind).render(self._server, info.model, messages)
 
-    def _one_token_completion(self, messages: list[tuple[str, str]]) -> httpx.Response:
+    def _one_token_completion(self, messages: Turns) -> httpx.Response:
         body = {"model": self.info.model, "messages": [{"role": r, "content": c} for r, c in messages],
                 "max_tokens": 1, "temperature": 0}
         return self._http.post(f"{self.base_url}/chat/completions", json=body,
                                timeout=httpx.Timeout(self.timeout, connect=3.0))
 
-    def _usage_prompt_tokens(self, messages: list[tuple[str, str]]) -> int:
+    def _usage_prompt_tokens(self, messages: Turns) -> int:
         r = self._one_token_completion(messages)
         r.raise_for_status()
         return int(r.json()["usage"]["prompt_tokens"])
 
-    def overflow_of(self, messages: list[tuple[str, str]]) -> int | None:
+    def overflow_of(self, messages: Turns) -> int | None:
         """The server's context size if these messages overflow it, else None (one 1-token completion).
 
         Needed because llama-cpp-python answers an overflowing *streamed* request with HTTP 200 and an empty
@@ -406,14 +208,14 @@ class OpenAICompatibleEndpoint:
             return parse_overflow(r.text)
         return None
 
-    def prompt_tokens(self, messages: list[tuple[str, str]]) -> int:
+    def prompt_tokens(self, messages: Turns) -> int:
         """Tokens the server will see for these (role, content) messages, generation prompt included."""
         try:
             exact = self._rendered_tokens(messages)
             if exact is not None:
                 return exact
         except (httpx.HTTPError, KeyError, ValueError, TypeError) as exc:
-            log.warning("server could not render the chat template (%s); using the measured overhead", _short(exc))
+            log.warning("server could not render the chat template (%s); using the measured overhead", short(exc))
         return self.chat_overhead().total(len(messages)) + sum(self.count_tokens(c) for _, c in messages)
 
     @property
@@ -423,6 +225,10 @@ class OpenAICompatibleEndpoint:
         if self.exact_tokenizer:
             return 0
         return max(32, (self.info.context_window or FALLBACK_CONTEXT_WINDOW) // 20)
+
+    @property
+    def exact_tokenizer(self) -> bool:
+        return self.info.tokenizer != "local estimate"
 
     # --- chat ----------------------------------------------------------------------------------
     def chat_model(self, *, max_tokens: int, temperature: float = 0.1, streaming: bool = True,
@@ -434,15 +240,10 @@ class OpenAICompatibleEndpoint:
         info = self.info
         if not info.healthy:
             raise EndpointError(info.error or f"LLM endpoint {self.base_url} is not usable")
-        if info.kind == "ollama":
-            from langchain_ollama import ChatOllama
-
-            return ChatOllama(
-                base_url=self.root, model=info.model, num_ctx=context_window or info.context_window,
-                num_predict=max_tokens, temperature=temperature,
-                client_kwargs={"timeout": self.timeout,
-                               **({"headers": {"Authorization": f"Bearer {self.api_key}"}} if self.api_key else {})},
-            )
+        if info.kind == ollama.kind:
+            return ollama.chat_model(root=self.root, model=info.model, num_ctx=context_window or info.context_window,
+                                     max_tokens=max_tokens, temperature=temperature, timeout=self.timeout,
+                                     api_key=self.api_key)
         return max_tokens_chat_openai()(
             base_url=self.base_url,
             api_key=self.api_key or "not-needed",
@@ -459,10 +260,6 @@ class OpenAICompatibleEndpoint:
         """One line a user can act on, for any failure of a chat request to this endpoint."""
         return EndpointError(describe_failure(exc, self.base_url, self.info.model, self.timeout))
 
-    @property
-    def exact_tokenizer(self) -> bool:
-        return self.info.tokenizer != "local estimate"
-
     def close(self) -> None:
         self._http.close()
 
@@ -476,82 +273,10 @@ def max_tokens_chat_openai() -> type:
         """ChatOpenAI that sends ``max_tokens``: langchain-openai renames it to ``max_completion_tokens``,
         which llama.cpp ignores (and older vLLM/TGI versions too), so answers would run to the context end."""
 
-        def _get_request_payload(self, input_, *, stop=None, **kwargs):  # type: ignore[override]
+        def _get_request_payload(self, input_, *, stop=None, **kwargs):
             payload = super()._get_request_payload(input_, stop=stop, **kwargs)
             if "max_completion_tokens" in payload:
                 payload["max_tokens"] = payload.pop("max_completion_tokens")
             return payload
 
     return MaxTokensChatOpenAI
-
-
-def estimate_tokens(text: str) -> int:
-    """Conservative estimate when the server cannot count (calibrated on SmolLM2's 49k vocabulary, so
-    larger vocabularies come out more conservative still): a word is 1 token plus 1 per 6 letters; digits,
-    punctuation and line breaks 1 each (tokenizers often split digits one by one); a space merges into a
-    following word, otherwise costs 1; non-ASCII text 1 per 1.5 UTF-8 bytes (an English-centric byte-level
-    vocabulary spends 2 tokens on a CJK character). Measured: prose 1.2-1.4x the real count, code 1.7x,
-    number tables 1.0x, CJK 1.07x."""
-    n = 0.0
-    for run in _EST_RE.finditer(text):
-        piece = run.group(0)
-        if piece[0].isascii() and piece[0].isalpha():
-            n += 1 + len(piece) // 6
-        elif piece[0] in " \t":
-            nxt = text[run.end():run.end() + 1]
-            n += len(piece) - (1 if nxt.isascii() and nxt.isalpha() else 0)
-        elif piece[0].isascii():
-            n += 1
-        else:
-            n += len(piece.encode("utf-8")) / 1.5
-    return math.ceil(n)
-
-
-_EST_RE = re.compile(r"[A-Za-z]+|[ \t]+|[\x00-\x7f]|[^\x00-\x7f]+")
-
-
-def describe_failure(exc: BaseException, base_url: str, model: str | None, timeout: float) -> str:
-    """Turn what the OpenAI/Ollama clients raise into one line saying what failed and what to do."""
-    import openai
-
-    name = type(exc).__name__
-    msg = api_message(exc)
-    if isinstance(exc, (openai.APITimeoutError, httpx.TimeoutException)) or name in ("ReadTimeout", "Timeout"):
-        return (f"the LLM at {base_url} did not answer within {timeout:g} s; it may be overloaded or the model "
-                "too slow: raise RAG_LLM_TIMEOUT or lower RAG_LLM_MAX_TOKENS")
-    if isinstance(exc, (openai.APIConnectionError, httpx.ConnectError, ConnectionError)):
-        return f"cannot reach the LLM at {base_url}: is the server running? (check RAG_LLM_BASE_URL)"
-    status = getattr(exc, "status_code", None) or getattr(getattr(exc, "response", None), "status_code", None)
-    if status in (401, 403):
-        return f"the LLM at {base_url} rejected the request (HTTP {status}): set RAG_LLM_API_KEY"
-    if status == 404:
-        return (f"model {model!r} was not found at {base_url} (HTTP 404: {msg}); set RAG_LLM_MODEL to a served "
-                "model (`rag status` lists them)")
-    n = parse_overflow(msg)
-    if n is not None:
-        return (f"the prompt does not fit the model's context of {n} tokens even after shrinking it; lower "
-                "RAG_LLM_MAX_TOKENS or set RAG_LLM_CONTEXT_WINDOW to the server's real limit")
-    if status is not None and status >= 500:
-        return f"the LLM server at {base_url} failed (HTTP {status}: {msg}); check the server's log"
-    if status is not None:
-        return f"the LLM at {base_url} refused the request (HTTP {status}: {msg})"
-    if "No generation chunks" in str(exc):
-        return f"the LLM server at {base_url} ended the stream without an answer; check the server's log"
-    return f"the LLM request to {base_url} failed: {name}: {msg}"
-
-
-def api_message(exc: BaseException) -> str:
-    """The server's own error message inside an API exception (first line), else the exception's text."""
-    body = getattr(exc, "body", None)
-    if isinstance(body, dict):
-        inner = body.get("error", body)
-        if isinstance(inner, dict) and inner.get("message"):
-            return str(inner["message"]).splitlines()[0][:200]
-        if isinstance(inner, str):
-            return inner[:200]
-    return _short(exc)
-
-
-def _short(exc: BaseException) -> str:
-    s = str(exc) or exc.__class__.__name__
-    return s.splitlines()[0][:160]

@@ -28,81 +28,17 @@ import threading
 import time
 from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
-import httpx
-
-from rag.llm.endpoints import EndpointError, OpenAICompatibleEndpoint
+from rag.llm.breaker import CircuitBreaker
+from rag.llm.endpoints import OpenAICompatibleEndpoint
+from rag.llm.failures import EndpointError
 from rag.settings import Routing, Settings
 
 log = logging.getLogger(__name__)
 
-BreakerState = Literal["closed", "open", "half-open"]
-
 #: Seconds a health check (``GET /v1/models``) may take before the endpoint counts as down.
 PING_TIMEOUT = 5.0
-
-
-class CircuitBreaker:
-    """closed -(``threshold`` consecutive failures)-> open -(``cooldown_s``)-> half-open -(one trial)-> closed
-    or open again. Any success closes it. Not locked itself: the pool calls it under its lock. ``clock``:
-    monotonic seconds (a fake one in tests)."""
-
-    def __init__(self, threshold: int = 3, cooldown_s: float = 30.0,
-                 clock: Callable[[], float] = time.monotonic) -> None:
-        self.threshold = threshold
-        self.cooldown_s = cooldown_s
-        self.clock = clock
-        self.consecutive_failures = 0
-        self.opened_at: float | None = None
-        self.trial = False  # the half-open trial request is under way
-        self.times_opened = 0
-
-    @property
-    def state(self) -> BreakerState:
-        if self.opened_at is None:
-            return "closed"
-        return "open" if self.clock() - self.opened_at < self.cooldown_s else "half-open"
-
-    @property
-    def retry_in(self) -> float:
-        """Seconds until an open circuit lets a trial through (0 unless open)."""
-        if self.opened_at is None:
-            return 0.0
-        return max(0.0, self.opened_at + self.cooldown_s - self.clock())
-
-    def allows(self) -> bool:
-        """May a request go now? (Asking takes nothing; :meth:`start` does.)"""
-        state = self.state
-        return state == "closed" or (state == "half-open" and not self.trial)
-
-    def start(self) -> bool:
-        """A request goes now; True if it is the half-open trial (the only one until it ends)."""
-        if self.state == "half-open":
-            self.trial = True
-            return True
-        return False
-
-    def success(self) -> None:
-        self.consecutive_failures = 0
-        self.opened_at = None
-        self.trial = False
-
-    def failure(self, *, trip: bool = False) -> bool:
-        """Count a failure; True if the circuit opened (or opened again) because of it. ``trip``: open it now,
-        whatever the count (a timeout: each further request would wait as long)."""
-        self.consecutive_failures += 1
-        self.trial = False
-        state = self.state
-        if state == "half-open" or (state == "closed" and (trip or self.consecutive_failures >= self.threshold)):
-            self.opened_at = self.clock()
-            self.times_opened += 1
-            return True
-        return False  # still closed, or already open (a request that started earlier failed late)
-
-    def abandon(self) -> None:
-        """The trial ended without a verdict (the caller went away): the next request may try."""
-        self.trial = False
 
 
 @dataclass(eq=False)
@@ -175,7 +111,7 @@ class EndpointPool:
         prios = list(priorities) if priorities is not None else [0] * len(endpoints)
         if len(prios) != len(endpoints):
             raise ValueError("one priority per endpoint")
-        members = [Member(ep, p, CircuitBreaker(failure_threshold, cooldown_s, clock)) for ep, p in zip(endpoints, prios)]
+        members = [Member(ep, p, CircuitBreaker(failure_threshold, cooldown_s, clock)) for ep, p in zip(endpoints, prios, strict=True)]
         self._members = sorted(members, key=lambda m: m.priority)
         self._tiers = [[m for m in self._members if m.priority == p] for p in sorted(set(prios))]
         self.routing = routing
@@ -396,26 +332,9 @@ class EndpointPool:
         ``rag status`` and the UI. Never includes API keys."""
         with self._lock:
             closed = [m.breaker.state != "open" for m in self._members]
-        infos = [m.endpoint.info if ask else m.endpoint.cached_info for m, ask in zip(self._members, closed)]
-        return [{**(info.to_dict() if info else {}), **s} for info, s in zip(infos, self.stats())]
+        infos = [m.endpoint.info if ask else m.endpoint.cached_info for m, ask in zip(self._members, closed, strict=True)]
+        return [{**(info.to_dict() if info else {}), **s} for info, s in zip(infos, self.stats(), strict=True)]
 
     def close(self) -> None:
         for m in self._members:
             m.endpoint.close()
-
-
-def is_timeout(exc: BaseException) -> bool:
-    import openai
-
-    return isinstance(exc, (openai.APITimeoutError, httpx.TimeoutException, TimeoutError))
-
-
-def is_failover_error(exc: BaseException) -> bool:
-    """A reason to send the request to another endpoint: the server is unreachable, timed out, broke the
-    connection or failed (HTTP 5xx). Not 4xx (bad request, overflow, auth): another replica would answer alike."""
-    import openai
-
-    if isinstance(exc, (openai.APIConnectionError, httpx.TransportError, ConnectionError, TimeoutError)):
-        return True
-    status = getattr(exc, "status_code", None) or getattr(getattr(exc, "response", None), "status_code", None)
-    return isinstance(status, int) and status >= 500

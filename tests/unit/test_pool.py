@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import pytest
 
+from rag.llm.breaker import CircuitBreaker
 from rag.llm.endpoints import EndpointError, EndpointInfo
-from rag.llm.pool import CircuitBreaker, EndpointPool, is_failover_error
+from rag.llm.failures import is_failover_error
+from rag.llm.pool import EndpointPool
 
 
 class Clock:

@@ -13,7 +13,7 @@ from mcp.shared.exceptions import MCPError
 from mcp.types import INTERNAL_ERROR
 
 from rag.errors import RagError, StoreLockedError
-from rag.llm.endpoints import EndpointError
+from rag.llm.failures import EndpointError
 
 T = TypeVar("T")
 

@@ -22,7 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from rag.api.collections import ApiError, Collections
 from rag.errors import RagError, StoreLockedError
 from rag.generation.chain import RAG, Answer
-from rag.llm.endpoints import EndpointError
+from rag.llm.failures import EndpointError
 from rag.security.auth import Identity
 
 log = logging.getLogger(__name__)
