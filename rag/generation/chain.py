@@ -60,11 +60,16 @@ class AnswerStream:
         self.answer: Answer | None = None
 
     def __iter__(self) -> Iterator[str]:
-        for chunk in self._chunks:
-            if chunk.get("text"):
-                yield chunk["text"]
-            if "answer" in chunk:
-                self.answer = chunk["answer"]
+        try:
+            for chunk in self._chunks:
+                if chunk.get("text"):
+                    yield chunk["text"]
+                if "answer" in chunk:
+                    self.answer = chunk["answer"]
+        finally:  # a reader that stops early ends the request now, not when this object is collected
+            close = getattr(self._chunks, "close", None)
+            if close is not None:
+                close()
 
     def text(self) -> Answer:
         """Consume the stream; return the answer."""
