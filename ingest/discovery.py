@@ -53,10 +53,16 @@ def walk(paths: Iterable[str | Path]) -> Discovered:
     Hidden files and folders (.git, .rag, ...) are not walked. An unsupported file inside a folder is
     skipped (reported, not an error); one named explicitly is a failure. Access policy files are never
     documents: inside folders they are collected silently, named explicitly they are skipped with a reason.
+
+    Symbolic links inside folders are never followed, only reported as skipped (``_link_issue`` says why); a
+    file named explicitly that is a link stands for its target, whose own folder's policy then applies.
     """
     d = Discovered()
     for raw in paths:
         p = Path(raw).expanduser().absolute()
+        if p.is_symlink() and p.is_file():
+            # The link's folder must not lend its groups to what it points at: the target is what is ingested.
+            p = Path(os.path.realpath(p))
         if p.is_dir():
             d.roots.append(p)
             _walk_folder(p, d)
@@ -75,8 +81,17 @@ def walk(paths: Iterable[str | Path]) -> Discovered:
 
 
 def _walk_folder(root: Path, d: Discovered) -> None:
-    for dirpath, dirnames, filenames in os.walk(root):
-        dirnames[:] = sorted(dn for dn in dirnames if not dn.startswith("."))
+    real_root = Path(os.path.realpath(root))  # the root itself may be a link (the user named it): compare targets
+    for dirpath, dirnames, filenames in os.walk(root):  # followlinks=False: linked folders are listed, not entered
+        kept = []
+        for dn in sorted(dirnames):
+            if dn.startswith("."):
+                continue
+            if (Path(dirpath) / dn).is_symlink():
+                d.skipped.append(_link_issue(Path(dirpath) / dn, root, real_root))
+            else:
+                kept.append(dn)
+        dirnames[:] = kept
         for name in sorted(filenames):
             f = Path(dirpath) / name
             if name == POLICY_FILE:
@@ -84,12 +99,30 @@ def _walk_folder(root: Path, d: Discovered) -> None:
                 continue
             if name.startswith("."):
                 continue
+            if f.is_symlink():
+                d.skipped.append(_link_issue(f, root, real_root))
+                continue
             if not f.is_file():
                 continue
             if is_supported(f):
                 d.add(f, root)
             else:
                 d.skipped.append(FileIssue(str(f), f"unsupported file type {f.suffix.lower() or '(none)'}"))
+
+
+def _link_issue(link: Path, root: Path, real_root: Path) -> FileIssue:
+    """Why a link found in a walk is not followed. Groups come from where a document sits, so following a link
+    would give its target the groups of the link's folder (``public/notes.txt -> ../finance/salaries.txt``
+    published to everyone); and a target outside the root is not something the user asked to ingest at all
+    (``-> ~/.ssh/id_rsa``, ``-> users.toml``). Not following also means no loops."""
+    target = Path(os.path.realpath(link))
+    try:
+        inside = root / target.relative_to(real_root)
+    except ValueError:
+        return FileIssue(str(link), f"symbolic link to {target}, which is outside the ingested folder {root}: "
+                                    "not followed; ingest the target's own folder if it should be searchable")
+    return FileIssue(str(link), f"symbolic link to {inside}, inside the ingested folder {root}: not followed; the "
+                                "target is ingested (or not) under its own path, with its own access rules")
 
 
 def resolve_access(found: Discovered, policy: AccessPolicy) -> tuple[dict[str, dict], list[FileIssue]]:

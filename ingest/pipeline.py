@@ -15,7 +15,8 @@ Access: every document's groups are resolved (rag/security/access.py) before any
 A file reached through several given paths uses the outermost. A broken policy file anywhere in the walked
 trees stops the run (AccessPolicyError) rather than guessing. The groups go into every chunk's payload, and
 the decision (``AccessPolicy.record``) into the document's registry record. An unchanged document whose groups
-changed gets them with ``Store.set_groups``: a payload update, nothing is re-embedded.
+changed gets them with ``Store.set_groups``: a payload update, nothing is re-embedded. Symbolic links are never
+followed inside a walk (ingest/discovery.py), and a document whose file became one is removed.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import hashlib
 import logging
 import os
 import queue
+import stat
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -77,8 +79,10 @@ def config_signature(settings: Settings, embedder: Embedder, sparse: SparseEncod
 
 
 def file_sha256(path: Path) -> str:
+    """The hash of the file's own bytes: a path that became a symbolic link fails (OSError) instead of hashing
+    the link's target under this path's name."""
     h = hashlib.sha256()
-    with open(path, "rb") as f:
+    with os.fdopen(os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0)), "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
@@ -171,7 +175,7 @@ def _sweep(store: Store, registry: dict[str, DocumentRecord], files: list[Path],
     # Files that disappeared from an ingested folder (or a folder or file that is gone as a whole).
     removed_under: dict[Path, int] = {r: 0 for r in roots}
     for path in list(registry):
-        if path in current or Path(path).exists():
+        if path in current or _regular_file(path):
             continue
         root = next((r for r in roots if path == str(r) or path.startswith(str(r) + os.sep)), None)
         if root is None:
@@ -233,6 +237,14 @@ def _accept(w: _Work, batch: _Batch, store: Store, report: IngestReport) -> None
         report.bytes_parsed += w.size
 
 
+def _regular_file(path: str) -> bool:
+    # Not exists(): a document whose file was swapped for a symbolic link is gone, whatever the link points at.
+    try:
+        return stat.S_ISREG(os.lstat(path).st_mode)
+    except OSError:
+        return False
+
+
 def _size(p: Path) -> int:
     try:
         return p.stat().st_size
@@ -244,7 +256,10 @@ def _prepare(f: Path, previous: DocumentRecord | None, sig: str, access: dict, s
              embedder: Embedder) -> _Work:
     """Runs in the parse thread: hash, and parse + chunk only if the file changed."""
     try:
-        st = f.stat()
+        st = f.lstat()
+        if stat.S_ISLNK(st.st_mode):
+            return _Work(str(f), 0, 0.0, "", previous, access, error="became a symbolic link after the folder was "
+                         "walked: not followed; ingest again")
         sha = file_sha256(f)
     except OSError as exc:
         return _Work(str(f), 0, 0.0, "", previous, access, error=f"cannot read file: {exc.strerror or exc}")
