@@ -43,6 +43,7 @@ from rag.llm.pool import EndpointPool
 from rag.retrieval.retriever import Retrieved, Retriever, StoreRetriever
 from rag.security.audit import AuditLog
 from rag.security.auth import Identity
+from rag.security.downloads import read_indexed
 from rag.settings import Settings
 from rag.generation.graph import Graph, store_groups
 from rag.types import Answer, Citation, HistoryLike, Passage, as_messages
@@ -170,15 +171,13 @@ class RAG:
 
     def read_source(self, path: str, *, user: Identity | None = None, groups: Sequence[str] | None = None) -> bytes:
         """The original file of an indexed document, for downloads. Refuses anything that is not an indexed
-        document the user may read, in the same words whether it exists or not (no probing for names)."""
-        if not self.readable(path, user=user, groups=groups):
+        document the user may read, in the same words whether it exists or not (no probing for names), and a
+        file that is no longer the bytes that were indexed (rag/security/downloads.py)."""
+        record = self.store.get_document(path)
+        if record is None or not self.readable(path, user=user, groups=groups):
             raise AccessDenied(f"{Path(path).name}: no such document, or you may not read it")
         self.audit_event("download", user, cited=[path])
-        try:
-            return Path(path).read_bytes()
-        except OSError as exc:
-            raise RagError(f"{path} is in the index but cannot be read any more ({exc.strerror}); "
-                           "ingest its folder again to update the index") from None
+        return read_indexed(path, record.sha256)
 
     def condense(self, question: str, history: HistoryLike | None, *, model: Runnable | None = None,
                  config: RunnableConfig | None = None) -> str:

@@ -7,12 +7,16 @@ The tree: ``docs/.rag-access.toml`` gives ``public/**`` to ``everyone`` and ``fi
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 
 from ingest import ingest
+from rag.errors import AccessDenied, RagError
+from rag.generation.chain import RAG
 from rag.index.store import SearchFilter, open_store
+from rag.llm.endpoints import OpenAICompatibleEndpoint
 from rag.security.access import POLICY_FILE
 
 SALARY = "Salary table, confidential: Dana earns 187 thousand a year and Lee earns 142 thousand a year."
@@ -131,3 +135,47 @@ def test_a_file_given_by_name_that_is_a_link_is_ingested_as_its_target(tree, set
         assert list(s.documents()) == [str(tree / "finance" / "salaries.txt")]
         assert s.get_document(str(tree / "finance" / "salaries.txt")).groups == ["finance"]
     assert "Dana" not in " ".join(_everyone_texts(settings).values())
+
+
+@pytest.fixture
+def rag(tree, settings, embedder):
+    """The public notes ingested; a RAG over the store for downloads (no question, so no LLM is called)."""
+    (tree / "public" / "notes.txt").write_text("Team notes: the offsite is in May.\n")
+    assert ingest([tree], settings, embedder=embedder).ok
+    settings = settings.model_copy(update={"llm_base_url": "http://127.0.0.1:9/v1"})
+    store = open_store(settings)
+    r = RAG(settings, store=store, embedder=embedder, endpoint=OpenAICompatibleEndpoint.from_settings(settings))
+    yield r
+    r.close()
+    store.close()
+
+
+def test_download_of_a_file_swapped_for_a_link_after_ingest_is_refused(rag, tree):
+    """Attack: after ingest, ``public/notes.txt`` is replaced by a link to the salaries, then to the users file;
+    the download button of an ``everyone`` user must not serve either."""
+    notes = tree / "public" / "notes.txt"
+    assert rag.read_source(str(notes), groups=["everyone"]) == notes.read_bytes()
+    for target in (tree / "finance" / "salaries.txt", tree.parent / "users.toml"):
+        notes.unlink()
+        notes.symlink_to(target)
+        with pytest.raises(RagError, match="changed since it was indexed; ingest it again") as ei:
+            rag.read_source(str(notes), groups=["everyone"])
+        assert "Dana" not in str(ei.value) and "argon2" not in str(ei.value)
+
+
+def test_download_of_a_file_whose_bytes_changed_after_ingest_is_refused(rag, tree):
+    """Attack: the same file rewritten in place (or hard-linked over) with other bytes after its groups were
+    decided: only the bytes that were indexed, and so reviewed under the policy, are served."""
+    notes = tree / "public" / "notes.txt"
+    notes.write_text(SALARY + "\n")
+    with pytest.raises(RagError, match="changed since it was indexed; ingest it again"):
+        rag.read_source(str(notes), groups=["everyone"])
+    notes.unlink()
+    os.link(tree / "finance" / "salaries.txt", notes)
+    with pytest.raises(RagError, match="changed since it was indexed; ingest it again"):
+        rag.read_source(str(notes), groups=["everyone"])
+    # Unindexed and unreadable paths keep the words that do not tell which of the two it is.
+    with pytest.raises(AccessDenied, match="no such document, or you may not read it"):
+        rag.read_source(str(tree / "finance" / "salaries.txt"), groups=["everyone"])
+    with pytest.raises(AccessDenied, match="no such document, or you may not read it"):
+        rag.read_source(str(tree.parent / "users.toml"), groups=["everyone"])
