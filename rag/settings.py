@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Literal, get_args
+from typing import Annotated, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
+    NoDecode,
     SettingsConfigDict,
     TomlConfigSettingsSource,
 )
@@ -209,6 +210,17 @@ class Settings(BaseSettings):
         "proxy adds it): a request that bypassed the proxy cannot forge an identity.",
     )
     auth_proxy_secret_header: str = Field("X-Rag-Proxy-Secret", pattern=r"^[A-Za-z0-9-]+$")
+    allow_insecure: bool = Field(
+        False,
+        description="Start `rag serve`, `rag mcp --http` and `rag ui` even where anyone who reaches the port reads "
+        "every document (RAG_AUTH=none off loopback, RAG_AUTH=proxy without a secret); the same as --insecure.",
+    )
+    allowed_hosts: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Host header values the API and the UI answer besides localhost, 127.0.0.1 and ::1 "
+        "(comma-separated; *.example.com for subdomains). Bound to loopback, any other Host is refused (DNS "
+        "rebinding); bound elsewhere, set it to refuse the rest.",
+    )
 
     # --- API and metrics -----------------------------------------------------------------------
     api_collections: list[str] | None = Field(
@@ -237,6 +249,11 @@ class Settings(BaseSettings):
         if isinstance(v, list):
             return [{"base_url": e} if isinstance(e, str) else e for e in v]
         return v
+
+    @field_validator("allowed_hosts", mode="before")
+    @classmethod
+    def _host_list(cls, v: object) -> object:
+        return [h.strip() for h in v.split(",") if h.strip()] if isinstance(v, str) else v
 
     @field_validator("default_groups", mode="after")
     @classmethod

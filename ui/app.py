@@ -24,7 +24,7 @@ offline.apply()
 from rag.errors import RagError  # noqa: E402
 from rag.settings import Settings  # noqa: E402
 from ui import chat  # noqa: E402
-from ui.login import settle_identity  # noqa: E402
+from ui.login import refuse_foreign_host, settle_identity  # noqa: E402
 from ui.sidebar import sidebar  # noqa: E402
 from ui.state import Shared, Turn, auth_for, settings_key, shared_for  # noqa: E402
 
@@ -73,6 +73,7 @@ def _shared(key: str, settings: Settings) -> Shared:
 def main() -> None:
     st.set_page_config(page_title="Ask the documents · onprem-rag", page_icon=":material/description:")
     settings = _settings()
+    refuse_foreign_host(settings)
     _serve_metrics(settings)
     key = settings_key(settings)
     auth = auth_for(key, settings)

@@ -11,9 +11,23 @@ import streamlit as st
 
 from rag.errors import RagError
 from rag.security.auth import Identity, authenticate_password
+from rag.security.exposure import allowed_hosts, host_allowed
 from rag.settings import Settings
 from ui import signin
 from ui.state import Auth
+
+
+def refuse_foreign_host(settings: Settings) -> None:
+    """Stop the page before it shows anything when the browser reached it under a name it does not answer.
+    Streamlit checks no Host header, and its origin check compares Origin with Host, which a DNS-rebinding page
+    passes; the Host of the page's websocket (st.context.headers) is what tells."""
+    bound = st.get_option("server.address")
+    # Unset (Streamlit's own default, or AppTest): no interface we know of, nothing to compare with.
+    allowed = allowed_hosts(settings, bound) if bound else None
+    hosts = st.context.headers.get_all("Host")
+    if not host_allowed(hosts[0] if len(hosts) == 1 else None, allowed):
+        st.error(signin.FOREIGN_HOST, icon=":material/lock:")
+        st.stop()
 
 
 def settle_identity(settings: Settings, auth: Auth) -> Identity:

@@ -33,6 +33,9 @@ NONE_MODE_NOTE = ("Single-user local mode: no sign-in, every indexed document is
 PROXY_REQUIRED = ("This app expects to be reached through the sign-in proxy, and this request carries no signed-in "
                   "user the app accepts. Open the address your administrator gave you (the proxy's, not this "
                   "server's port), or ask them to check the proxy's headers.")
+FOREIGN_HOST = ("This chat answers only at this machine's own address (http://localhost:PORT). It was opened under "
+                "another name, which is how a web page that rebinds its name to 127.0.0.1 would reach it. An "
+                "administrator who put it behind such a name adds the name to RAG_ALLOWED_HOSTS.")
 WRONG_CREDENTIALS = "Wrong name or password"
 
 #: session_state keys. SIGNED_IN and SESSION_ID survive a change of identity; everything else in the session

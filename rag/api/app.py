@@ -19,18 +19,21 @@ import contextlib
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from starlette.middleware.base import BaseHTTPMiddleware
+from starlette.middleware.trustedhost import TrustedHostMiddleware
 
 from rag.api.collections import ApiError, Collections
 from rag.api.identity import request_identifier
 from rag.api.routes import chat, health, models
 from rag.ops import metrics
+from rag.security.exposure import allowed_hosts
 from rag.settings import Settings
 
 
 def create_app(settings: Settings, *, collections: list[str] | None = None, mcp: bool = False,
                host: str = "127.0.0.1") -> FastAPI:
     """``mcp``: also serve the MCP server (rag.api.mcp) at /mcp, over the same collections and keys. ``host``:
-    the interface served; on loopback the MCP endpoint only accepts loopback Host headers (DNS rebinding)."""
+    the interface served; on loopback only this machine's names (and RAG_ALLOWED_HOSTS) are accepted in the Host
+    header, so a web page whose name was rebound to 127.0.0.1 cannot use a local RAG_AUTH=none API."""
     pool = Collections(settings, collections or settings.api_collections or [settings.collection])
     identify = request_identifier(settings)
     mcp_server = _mcp_server(settings, pool) if mcp else None
@@ -43,6 +46,10 @@ def create_app(settings: Settings, *, collections: list[str] | None = None, mcp:
         app.router.routes.append(Route("/mcp", endpoint=mcp_server.http_app(path="/mcp", host=host)))
     app.state.collections = pool
     app.add_middleware(_CountRequests)
+    hosts = allowed_hosts(settings, host)
+    if hosts is not None:
+        # Added last, so it runs first: a rebinding page is refused before any route or count sees it.
+        app.add_middleware(TrustedHostMiddleware, allowed_hosts=hosts)
     app.add_exception_handler(ApiError, _api_error)  # type: ignore[arg-type]  # Starlette types handlers for Exception; ours takes its subclass
     # Straight onto the app, not through include_router: FastAPI wraps included routers in objects without a
     # path, and both the request metrics and the deploy checks read each route's path.

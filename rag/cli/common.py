@@ -35,6 +35,26 @@ def load_settings() -> Settings:
         raise typer.Exit(2) from None
 
 
+Insecure = Annotated[bool, typer.Option(
+    "--insecure", help="Start even where anyone who reaches the port reads every document (RAG_AUTH=none off "
+                       "loopback, RAG_AUTH=proxy without RAG_AUTH_PROXY_SECRET); also RAG_ALLOW_INSECURE=true.")]
+
+
+def refuse_exposure(settings: Settings, host: str, insecure: bool) -> None:
+    """Exit 2 with the reason when serving on ``host`` would hand documents to anyone, unless the operator said
+    it is meant (--insecure or RAG_ALLOW_INSECURE); then the reason is still printed, as a warning."""
+    from rag.security.exposure import exposure_problem
+
+    problem = exposure_problem(settings, host)
+    if problem is None:
+        return
+    if insecure or settings.allow_insecure:
+        err.print(Text(f"warning (--insecure): {problem}", style="yellow"))
+        return
+    err.print(Text(f"error: {problem}", style="bold red"))
+    raise typer.Exit(2)
+
+
 AsUser = Annotated[str | None, typer.Option(
     "--as", metavar="USER", help="Run as this user of RAG_USERS_FILE: only documents their groups may read. "
                                  "Without it the local operator sees everything.")]

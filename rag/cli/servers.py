@@ -10,7 +10,7 @@ from typing import Annotated
 import typer
 from rich.text import Text
 
-from rag.cli.common import AsUser, err, fail, identity_for, load_settings, out
+from rag.cli.common import AsUser, Insecure, err, fail, identity_for, load_settings, out, refuse_exposure
 from rag.errors import RagError
 
 
@@ -19,6 +19,7 @@ def serve(
     host: Annotated[str, typer.Option(help="Interface; 0.0.0.0 serves the network.")] = "127.0.0.1",
     mcp: Annotated[bool, typer.Option("--mcp", help="Also serve the MCP server (rag mcp) at /mcp, with the same "
                                                     "keys.")] = False,
+    insecure: Insecure = False,
 ) -> None:
     """The RAG as an OpenAI-compatible API: /v1/chat/completions (streaming or not; the model names the
     collection), /v1/models, /healthz, /metrics (Prometheus). Keys: rag users key NAME."""
@@ -27,10 +28,7 @@ def serve(
     from rag.api.app import create_app
 
     settings = load_settings()
-    if settings.auth == "none" and host not in ("127.0.0.1", "localhost", "::1"):
-        err.print(Text(f"warning: RAG_AUTH=none on {host}: anyone who reaches port {port} reads every document "
-                       "without a key. Set RAG_AUTH=password and give users keys (rag users key NAME).",
-                       style="yellow"))
+    refuse_exposure(settings, host, insecure)
     names = settings.api_collections or [settings.collection]
     err.print(Text(f"OpenAI-compatible API on http://{host}:{port}/v1 · models: {', '.join(names)} · "
                    f"auth: {settings.auth}" + (f" · MCP on http://{host}:{port}/mcp" if mcp else ""), style="bold"))
@@ -43,6 +41,7 @@ def mcp(
     port: Annotated[int, typer.Option(help="TCP port (with --http).")] = 8765,
     host: Annotated[str, typer.Option(help="Interface (with --http); 0.0.0.0 serves the network.")] = "127.0.0.1",
     as_user: AsUser = None,
+    insecure: Insecure = False,
 ) -> None:
     """The documents as tools for agents (Model Context Protocol): search, ask, get_source, list_collections,
     and the readable documents as resources. stdio by default (a desktop client or IDE starts `rag mcp`);
@@ -55,10 +54,8 @@ def mcp(
         err.print(Text("error: --as is for stdio; over --http each request is the user of its API key",
                        style="bold red"))
         raise typer.Exit(2)
-    if http and settings.auth == "none" and host not in ("127.0.0.1", "localhost", "::1"):
-        err.print(Text(f"warning: RAG_AUTH=none on {host}: anyone who reaches port {port} reads every document "
-                       "without a key. Set RAG_AUTH=password and give users keys (rag users key NAME).",
-                       style="yellow"))
+    if http:
+        refuse_exposure(settings, host, insecure)
     # stdio: whoever starts the process owns the store files anyway; --as narrows what the agent sees.
     user = None if http else (identity_for(settings, as_user) or local_identity())
     try:
@@ -78,6 +75,7 @@ def mcp(
 def ui(
     port: Annotated[int, typer.Option(help="Port of the web UI.")] = 8501,
     host: Annotated[str, typer.Option(help="Interface to listen on; 0.0.0.0 lets colleagues connect.")] = "127.0.0.1",
+    insecure: Insecure = False,
 ) -> None:
     """Start the chat UI in the browser (Streamlit) over the configured index and LLM; Ctrl-C stops it."""
     import os
@@ -85,6 +83,7 @@ def ui(
     import ui as ui_pkg
 
     settings = load_settings()
+    refuse_exposure(settings, host, insecure)
     app_path = Path(ui_pkg.__file__).parent / "app.py"
     shown = "localhost" if host in ("127.0.0.1", "0.0.0.0", "::") else host
     llms = ", ".join(e.base_url for e in settings.llm_endpoint_list())
