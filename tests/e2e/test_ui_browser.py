@@ -139,7 +139,10 @@ def test_proxy_mode_identity_from_headers_and_group_filtered_download(group_inde
     asks; alice (hr) gets sources and downloads from her groups' documents only, and the audit log names her."""
     from playwright.sync_api import expect, sync_playwright
 
-    with serve_ui(group_index.data_dir, llm_server, tmp_path, RAG_AUTH="proxy", RAG_LLM_MAX_TOKENS="30") as (url, data), \
+    # With the secret a proxy adds: `rag ui` refuses proxy mode without one (anyone could send the user header).
+    secret = "s3cret-between-proxy-and-app"
+    with serve_ui(group_index.data_dir, llm_server, tmp_path, RAG_AUTH="proxy", RAG_AUTH_PROXY_SECRET=secret,
+                  RAG_LLM_MAX_TOKENS="30") as (url, data), \
             sync_playwright() as pw:
         browser = _chromium(pw)
         stranger = browser.new_page()  # reached the app without going through the proxy
@@ -148,7 +151,8 @@ def test_proxy_mode_identity_from_headers_and_group_filtered_download(group_inde
         expect(stranger.get_by_test_id("stChatInput")).to_have_count(0)
         expect(stranger.get_by_test_id("stTextInput")).to_have_count(0)  # never a login form in proxy mode
 
-        ctx = browser.new_context(extra_http_headers={"X-Forwarded-User": "alice"}, accept_downloads=True)
+        ctx = browser.new_context(extra_http_headers={"X-Forwarded-User": "alice", "X-Rag-Proxy-Secret": secret},
+                                  accept_downloads=True)
         page = ctx.new_page()
         page.goto(url)
         box = page.get_by_test_id("stChatInput").locator("textarea")

@@ -21,6 +21,7 @@ from urllib.parse import urlsplit
 import pytest
 import yaml
 
+from rag.security.exposure import exposure_problem
 from rag.settings import PACKAGED_EMBEDDING_MODEL, Settings
 
 from conftest import ROOT
@@ -353,6 +354,17 @@ def test_env_values_are_valid_settings(where, monkeypatch, tmp_path):
         env.update({k: "secret" for k in env if env[k].startswith("<from")})
     s = _settings_from(env, monkeypatch, tmp_path)
     assert s.auth == "password" and s.qdrant_url and s.llm_base_url.endswith("/v1")
+    # The containers listen on 0.0.0.0: what they are given must be a combination the commands start with.
+    assert exposure_problem(s, "0.0.0.0") is None
+
+
+def test_the_image_alone_starts(monkeypatch, tmp_path):
+    # `docker run onprem-rag:VERSION` with no environment: its command binds 0.0.0.0, where RAG_AUTH=none (the
+    # code's default) would make `rag serve` refuse to start; the image's own default must be password.
+    d = dockerfile()
+    s = _settings_from({k: v for k, v in d["ENV"].items() if k.startswith("RAG_")}, monkeypatch, tmp_path)
+    assert s.auth == "password"
+    assert exposure_problem(s, arg(d["CMD"], "--host")) is None
 
 
 def test_ports_agree_with_the_cli_defaults():
