@@ -9,7 +9,8 @@
 # With RAG_LLM_BASE_URL already set (vLLM, Ollama, llama.cpp...), that server is used and no demo LLM starts.
 # RAG_DEMO_ENGINE: vllm or llamacpp; unset, vLLM, or llama.cpp where vLLM does not install or run (its check
 # failed, said above). Ports: RAG_DEMO_LLM_PORT (8080) and RAG_DEMO_UI_PORT (8501); RAG_DEMO_HOST=0.0.0.0 lets
-# colleagues connect.
+# colleagues connect, with RAG_AUTH=password and users: `rag ui` refuses to serve the network without sign-in
+# (it says so and the demo ends) unless RAG_ALLOW_INSECURE=true.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RAG_INSTALL_ENGINES=${RAG_DEMO_ENGINE:-} bash scripts/install.sh

@@ -10,7 +10,8 @@ Modes (``RAG_AUTH``):
   passes the name in ``RAG_AUTH_PROXY_USER_HEADER`` and optionally groups in ``RAG_AUTH_PROXY_GROUPS_HEADER``.
   Headers are ignored in every other mode. Anyone who can reach the app *without* the proxy can send these
   headers, and Streamlit does not reliably tell us the client's address, so enable proxy mode only when the app
-  listens on 127.0.0.1 (or a socket only the proxy reaches), and preferably set ``RAG_AUTH_PROXY_SECRET`` too.
+  listens on 127.0.0.1 (or a socket only the proxy reaches), and set ``RAG_AUTH_PROXY_SECRET``: the servers
+  refuse to start in proxy mode without it unless told --insecure (rag.security.exposure).
 
 Every signed-in identity also has the groups ``everyone`` and ``user:NAME`` (rag.security.access), so the store filter
 is always "chunk groups ∩ identity groups ≠ ∅" and never needs a wildcard.
