@@ -131,7 +131,8 @@ def test_llm_down_is_a_502_with_the_reason(sample_index, tmp_path):
     data = tmp_path / "data"
     shutil.copytree(sample_index.data_dir, data)
     settings = Settings(data_dir=data, llm_base_url=f"http://127.0.0.1:{_free_port()}/v1", RAG_AUDIT_LOG="")
-    with TestClient(create_app(settings)) as client:
+    # TestClient's default Host (testserver) is not a name of this machine: the API on loopback refuses it.
+    with TestClient(create_app(settings), base_url="http://127.0.0.1:8000") as client:
         r = client.post("/v1/chat/completions", json={"model": "documents",
                                                       "messages": [{"role": "user", "content": QUESTION}]})
         assert r.status_code == 502 and "cannot reach the LLM" in r.json()["error"]["message"]
