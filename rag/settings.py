@@ -229,6 +229,12 @@ class Settings(BaseSettings):
     ui_metrics_port: int | None = Field(
         None, ge=1, le=65535, description="Port on which `rag ui` serves Prometheus metrics (unset = none)."
     )
+    ui_link_hosts: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Hosts the chat UI shows answers' links to as links (comma-separated); a link elsewhere is "
+        "shown as its URL in code, and images never load, so that a planted document cannot make the reader's "
+        "browser send passages to another host.",
+    )
 
     # --- audit log -----------------------------------------------------------------------------
     audit_log_override: str | None = Field(
@@ -250,7 +256,7 @@ class Settings(BaseSettings):
             return [{"base_url": e} if isinstance(e, str) else e for e in v]
         return v
 
-    @field_validator("allowed_hosts", mode="before")
+    @field_validator("allowed_hosts", "ui_link_hosts", mode="before")
     @classmethod
     def _host_list(cls, v: object) -> object:
         return [h.strip() for h in v.split(",") if h.strip()] if isinstance(v, str) else v

