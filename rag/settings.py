@@ -267,6 +267,10 @@ class Settings(BaseSettings):
         "(leave it to logrotate: the file is reopened for every line, so renaming it is safe).",
     )
     audit_backups: int = Field(10, ge=1, le=1000, description="Rotated audit logs kept (audit.jsonl.1 ... .N).")
+    audit_required: bool = Field(
+        False, description="No answer, search result or download that could not be written to the audit log (full "
+        "disk, lost permissions): the request fails instead. Answers then arrive whole, once logged, not streamed.",
+    )
 
     @field_validator("llm_endpoints", mode="before")
     @classmethod
