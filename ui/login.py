@@ -67,7 +67,7 @@ def login_page(settings: Settings, auth: Auth) -> None:
     # The browser clears the form (clear_on_submit); the server's copy of the password goes now, too.
     st.session_state.pop("login_password", None)
     name = name.strip()
-    keys = auth.throttle.keys(name, session)
+    keys = auth.throttle.keys(name, session, st.context.ip_address)
     wait = auth.throttle.wait(keys)
     if wait > 0:
         auth.record("login_failed", name, extra={"via": "password", "throttled": True})

@@ -248,12 +248,12 @@ def test_session_binding_and_upload_groups(tmp_path):
 def test_login_throttle():
     now = [1000.0]
     t = signin.LoginThrottle(free=3, base=2, max_wait=10, window=60, clock=lambda: now[0])
-    keys = t.keys("Alice", "s1")
+    keys = t.keys("Alice", "s1", "10.0.0.7")
     for _ in range(3):
         assert t.wait(keys) == 0
         t.failed(keys)
-    assert t.wait(keys) == 2 and t.wait(t.keys("alice", "other")) == 2  # per name, whatever the session
-    assert t.wait(t.keys("bob", "s1")) == 2  # and per session, whatever the name
+    assert t.wait(keys) == 2 and t.wait(t.keys("alice", "other", "10.0.0.7")) == 2  # per name and address
+    assert t.wait(t.keys("bob", "s1", "10.0.0.7")) == 2  # and per session, whatever the name
     now[0] += 2
     assert t.wait(keys) == 0
     for _ in range(5):
@@ -264,3 +264,23 @@ def test_login_throttle():
     t.failed(keys)
     t.succeeded(keys)
     assert t.wait(keys) == 0
+
+
+def test_failing_on_purpose_for_a_name_does_not_lock_its_owner_out():
+    """The attack: from one address, a fresh session per attempt, fail alice's password again and again."""
+    now = [1000.0]
+    t = signin.LoginThrottle(free=5, ceiling=50, base=2, max_wait=300, window=900, clock=lambda: now[0])
+    attempts = 0
+    for i in range(200):  # every attempt the throttle lets through, for a simulated half hour
+        keys = t.keys("alice", f"attacker-{i}", "203.0.113.9")
+        if t.wait(keys) == 0:
+            t.failed(keys)
+            attempts += 1
+        now[0] += 10
+    assert t.wait(t.keys("alice", "attacker-new", "203.0.113.9")) > 0  # the attacker is slowed down...
+    assert attempts < 50  # ... below the name's ceiling
+    assert t.wait(t.keys("alice", "alice-laptop", "198.51.100.4")) == 0  # alice signs in from her own machine
+    # Many addresses guessing one name hit its ceiling: then the name itself is slowed, wherever it is tried.
+    for i in range(50):
+        t.failed(t.keys("alice", f"bot-{i}", f"192.0.2.{i}"))
+    assert t.wait(t.keys("alice", "alice-laptop", "198.51.100.4")) > 0
