@@ -255,6 +255,10 @@ class Settings(BaseSettings):
     ui_metrics_port: int | None = Field(
         None, ge=1, le=65535, description="Port on which `rag ui` serves Prometheus metrics (unset = none)."
     )
+    ui_session_idle_minutes: float = Field(
+        60.0, ge=0, description="A UI session signed in with a password (RAG_AUTH=password) is signed out after this "
+        "long without a click, its download links too; 0 = never.",
+    )
 
     # --- audit log -----------------------------------------------------------------------------
     audit_log_override: str | None = Field(

@@ -44,7 +44,8 @@ SIGNED_IN = "_signed_in"
 OWNER = "_owner"
 GRANT = "_grant"
 SESSION_ID = "_session_id"
-_KEEP_ON_UNBIND = (SIGNED_IN, SESSION_ID)
+IDLE_OUT = "_idle_out"  # the login form then says why the user has to sign in again
+_KEEP_ON_UNBIND = (SIGNED_IN, SESSION_ID, IDLE_OUT)
 
 
 def password_fingerprint(user: User) -> str:
@@ -61,16 +62,24 @@ class Grant:
     def __init__(self, identity: Identity) -> None:
         self.identity = identity
         self.revoked = False
+        # Set by current_identity at every run: a download link clicked after the idle timeout, before any run
+        # has noticed it, must not serve the file either.
+        self.seen = time.time()
+        self.idle_s = 0.0
 
     def read(self, rag: Any, path: str) -> bytes:
+        if self.idle_s and time.time() - self.seen > self.idle_s:
+            self.revoked = True
         if self.revoked:
             raise AccessDenied(f"{Path(path).name}: this session has signed out")
         return rag.read_source(path, user=self.identity)
 
 
 def current_identity(settings: Settings, state: MutableMapping[str, Any], headers: Mapping[str, Any] | None,
-                     directory: UserDirectory) -> Identity | None:
-    """The identity this run acts for, or None: show the login form (password) or the proxy message (proxy)."""
+                     directory: UserDirectory, *, now: float | None = None) -> Identity | None:
+    """The identity this run acts for, or None: show the login form (password) or the proxy message (proxy).
+    Every run counts as activity; a password session idle for longer than RAG_UI_SESSION_IDLE_MINUTES is signed
+    out (a proxy's sessions are the proxy's to expire)."""
     if settings.auth == "none":
         return local_identity()
     if settings.auth == "proxy":
@@ -78,16 +87,28 @@ def current_identity(settings: Settings, state: MutableMapping[str, Any], header
     signed = state.get(SIGNED_IN)
     if signed is None:
         return None
+    now = time.time() if now is None else now
+    idle_s = settings.ui_session_idle_minutes * 60
+    if idle_s and now - signed.get("seen", now) > idle_s:  # a browser tab left open on a shared machine
+        sign_out(state)
+        state[IDLE_OUT] = True
+        return None
     user = directory.get(signed["name"])
     if (user is None or user.disabled or user.password_hash is None
             or password_fingerprint(user) != signed["password"]):
         state.pop(SIGNED_IN, None)
         return None
+    signed["seen"] = now
+    grant = state.get(GRANT)
+    if isinstance(grant, Grant):
+        grant.seen, grant.idle_s = now, idle_s
     return identity_of(user, "password")
 
 
-def sign_in(state: MutableMapping[str, Any], user: User) -> None:
-    state[SIGNED_IN] = {"name": user.name, "password": password_fingerprint(user)}
+def sign_in(state: MutableMapping[str, Any], user: User, *, now: float | None = None) -> None:
+    state[SIGNED_IN] = {"name": user.name, "password": password_fingerprint(user),
+                        "seen": time.time() if now is None else now}
+    state.pop(IDLE_OUT, None)
 
 
 def bind_session(state: MutableMapping[str, Any], identity: Identity | None) -> bool:

@@ -284,3 +284,46 @@ def test_failing_on_purpose_for_a_name_does_not_lock_its_owner_out():
     for i in range(50):
         t.failed(t.keys("alice", f"bot-{i}", f"192.0.2.{i}"))
     assert t.wait(t.keys("alice", "alice-laptop", "198.51.100.4")) > 0
+
+
+def test_an_idle_session_is_signed_out_with_its_download_links(tmp_path):
+    """The attack: a chat tab left signed in on a shared machine, used hours later by whoever sits down."""
+    from argon2 import PasswordHasher
+
+    from rag.errors import AccessDenied
+    from rag.settings import Settings
+    from rag.security.users import UserDirectory
+
+    users = UserDirectory(tmp_path / "users.toml", hasher=PasswordHasher(time_cost=1, memory_cost=1024,
+                                                                          parallelism=1))
+    users.add("alice", ["hr"], "alice-secret-1")
+    pw = Settings(data_dir=tmp_path, auth="password", ui_session_idle_minutes=60)
+    state: dict = {}
+    t0 = 1_000_000.0
+    signin.sign_in(state, users.get("alice"), now=t0)
+    me = signin.current_identity(pw, state, {}, users, now=t0 + 1)
+    assert me is not None and signin.bind_session(state, me)
+    state["turns"] = ["alice's chat"]
+    grant = state[signin.GRANT]
+    # Active: each run moves the deadline.
+    for minutes in (50, 100, 150):
+        assert signin.current_identity(pw, state, {}, users, now=t0 + minutes * 60) is not None
+    # Then 61 minutes without a click: signed out, the chat and the download links gone.
+    assert signin.current_identity(pw, state, {}, users, now=t0 + 211 * 60) is None
+    assert signin.SIGNED_IN not in state and "turns" not in state and grant.revoked and state[signin.IDLE_OUT]
+    signin.sign_in(state, users.get("alice"))
+    assert signin.IDLE_OUT not in state
+
+    # A download link clicked after the timeout, before any run noticed it, serves nothing.
+    me = signin.current_identity(pw, state, {}, users)
+    signin.bind_session(state, me)
+    signin.current_identity(pw, state, {}, users)
+    late = state[signin.GRANT]
+    late.seen -= 61 * 60
+    with pytest.raises(AccessDenied, match="signed out"):
+        late.read(object(), "/docs/handbook.pdf")
+
+    # 0 = never.
+    never = pw.model_copy(update={"ui_session_idle_minutes": 0.0})
+    signin.sign_in(state, users.get("alice"), now=t0)
+    assert signin.current_identity(never, state, {}, users, now=t0 + 10 * 24 * 3600) is not None
