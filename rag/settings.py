@@ -45,6 +45,32 @@ class LLMEndpoint(BaseModel):
     priority: int = Field(0, ge=0)
 
 
+class UntrustedConfigError(ValueError):
+    """The config file could have been written by someone else than the user running `rag`."""
+
+
+def check_config_file(path: Path) -> None:
+    """Refuse a config file another user could have planted or edited: ``rag.toml`` is read from the working
+    directory, and whoever writes it chooses the LLM URL that receives RAG_LLM_API_KEY and every question."""
+    if not hasattr(os, "geteuid"):  # no POSIX owners (Windows): nothing to compare with
+        return
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        return
+    me = os.geteuid()
+    if st.st_uid not in (me, 0):
+        raise UntrustedConfigError(
+            f"refusing to read {path}: it belongs to uid {st.st_uid}, not to you (uid {me}) or root, and whoever "
+            f"writes it chooses where questions and RAG_LLM_API_KEY are sent. If it is yours, `chown {me} {path}`; "
+            "otherwise remove it, run `rag` from another directory, or set RAG_CONFIG to a file you trust.")
+    if st.st_mode & 0o022:
+        raise UntrustedConfigError(
+            f"refusing to read {path}: it is writable by {'group and others' if st.st_mode & 0o002 else 'its group'}"
+            f", so they choose where questions and RAG_LLM_API_KEY are sent. Run `chmod go-w {path}` (and check "
+            "its contents), or set RAG_CONFIG to a file you trust.")
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="RAG_", extra="ignore", validate_default=True)
 
@@ -235,6 +261,10 @@ class Settings(BaseSettings):
         "shown as its URL in code, and images never load, so that a planted document cannot make the reader's "
         "browser send passages to another host.",
     )
+    ui_session_idle_minutes: float = Field(
+        60.0, ge=0, description="A UI session signed in with a password (RAG_AUTH=password) is signed out after this "
+        "long without a click, its download links too; 0 = never.",
+    )
 
     # --- audit log -----------------------------------------------------------------------------
     audit_log_override: str | None = Field(
@@ -247,6 +277,10 @@ class Settings(BaseSettings):
         "(leave it to logrotate: the file is reopened for every line, so renaming it is safe).",
     )
     audit_backups: int = Field(10, ge=1, le=1000, description="Rotated audit logs kept (audit.jsonl.1 ... .N).")
+    audit_required: bool = Field(
+        False, description="No answer, search result or download that could not be written to the audit log (full "
+        "disk, lost permissions): the request fails instead. Answers then arrive whole, once logged, not streamed.",
+    )
 
     @field_validator("llm_endpoints", mode="before")
     @classmethod
@@ -322,6 +356,7 @@ class Settings(BaseSettings):
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         # The one place that reads a file location from the environment: which config file to use.
         toml_path = Path(os.environ.get("RAG_CONFIG", "rag.toml"))
+        check_config_file(toml_path)
         return (
             init_settings,
             env_settings,

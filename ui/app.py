@@ -22,7 +22,7 @@ from rag import offline
 offline.apply()
 
 from rag.errors import RagError  # noqa: E402
-from rag.settings import Settings  # noqa: E402
+from rag.settings import Settings, UntrustedConfigError  # noqa: E402
 from ui import chat  # noqa: E402
 from ui.login import refuse_foreign_host, settle_identity  # noqa: E402
 from ui.sidebar import sidebar  # noqa: E402
@@ -33,6 +33,8 @@ log = logging.getLogger("rag.ui")
 
 def _settings_error(exc: Exception) -> str:
     """A settings error without the offending values: one of them may be an API key or the proxy secret."""
+    if isinstance(exc, UntrustedConfigError):  # names a file and the fix, no value from it
+        return str(exc)
     errors = getattr(exc, "errors", None)
     if callable(errors):
         try:

@@ -55,6 +55,9 @@ def settle_identity(settings: Settings, auth: Auth) -> Identity:
 def login_page(settings: Settings, auth: Auth) -> None:
     """RAG_AUTH=password and nobody signed in: only the form, nothing about the index or the model."""
     st.header("Sign in")
+    if st.session_state.get(signin.IDLE_OUT):
+        st.info(f"Signed out after {settings.ui_session_idle_minutes:g} minutes without activity.",
+                icon=":material/timer:")
     st.caption("Ask your administrator for an account (`rag users add`).")
     session = st.session_state.setdefault(signin.SESSION_ID, secrets.token_hex(16))
     with st.form("login", clear_on_submit=True):  # the password leaves the widget state after every attempt
@@ -67,7 +70,7 @@ def login_page(settings: Settings, auth: Auth) -> None:
     # The browser clears the form (clear_on_submit); the server's copy of the password goes now, too.
     st.session_state.pop("login_password", None)
     name = name.strip()
-    keys = auth.throttle.keys(name, session)
+    keys = auth.throttle.keys(name, session, st.context.ip_address)
     wait = auth.throttle.wait(keys)
     if wait > 0:
         auth.record("login_failed", name, extra={"via": "password", "throttled": True})

@@ -44,7 +44,8 @@ SIGNED_IN = "_signed_in"
 OWNER = "_owner"
 GRANT = "_grant"
 SESSION_ID = "_session_id"
-_KEEP_ON_UNBIND = (SIGNED_IN, SESSION_ID)
+IDLE_OUT = "_idle_out"  # the login form then says why the user has to sign in again
+_KEEP_ON_UNBIND = (SIGNED_IN, SESSION_ID, IDLE_OUT)
 
 
 def password_fingerprint(user: User) -> str:
@@ -61,16 +62,24 @@ class Grant:
     def __init__(self, identity: Identity) -> None:
         self.identity = identity
         self.revoked = False
+        # Set by current_identity at every run: a download link clicked after the idle timeout, before any run
+        # has noticed it, must not serve the file either.
+        self.seen = time.time()
+        self.idle_s = 0.0
 
     def read(self, rag: Any, path: str) -> bytes:
+        if self.idle_s and time.time() - self.seen > self.idle_s:
+            self.revoked = True
         if self.revoked:
             raise AccessDenied(f"{Path(path).name}: this session has signed out")
         return rag.read_source(path, user=self.identity)
 
 
 def current_identity(settings: Settings, state: MutableMapping[str, Any], headers: Mapping[str, Any] | None,
-                     directory: UserDirectory) -> Identity | None:
-    """The identity this run acts for, or None: show the login form (password) or the proxy message (proxy)."""
+                     directory: UserDirectory, *, now: float | None = None) -> Identity | None:
+    """The identity this run acts for, or None: show the login form (password) or the proxy message (proxy).
+    Every run counts as activity; a password session idle for longer than RAG_UI_SESSION_IDLE_MINUTES is signed
+    out (a proxy's sessions are the proxy's to expire)."""
     if settings.auth == "none":
         return local_identity()
     if settings.auth == "proxy":
@@ -78,16 +87,28 @@ def current_identity(settings: Settings, state: MutableMapping[str, Any], header
     signed = state.get(SIGNED_IN)
     if signed is None:
         return None
+    now = time.time() if now is None else now
+    idle_s = settings.ui_session_idle_minutes * 60
+    if idle_s and now - signed.get("seen", now) > idle_s:  # a browser tab left open on a shared machine
+        sign_out(state)
+        state[IDLE_OUT] = True
+        return None
     user = directory.get(signed["name"])
     if (user is None or user.disabled or user.password_hash is None
             or password_fingerprint(user) != signed["password"]):
         state.pop(SIGNED_IN, None)
         return None
+    signed["seen"] = now
+    grant = state.get(GRANT)
+    if isinstance(grant, Grant):
+        grant.seen, grant.idle_s = now, idle_s
     return identity_of(user, "password")
 
 
-def sign_in(state: MutableMapping[str, Any], user: User) -> None:
-    state[SIGNED_IN] = {"name": user.name, "password": password_fingerprint(user)}
+def sign_in(state: MutableMapping[str, Any], user: User, *, now: float | None = None) -> None:
+    state[SIGNED_IN] = {"name": user.name, "password": password_fingerprint(user),
+                        "seen": time.time() if now is None else now}
+    state.pop(IDLE_OUT, None)
 
 
 def bind_session(state: MutableMapping[str, Any], identity: Identity | None) -> bool:
@@ -147,25 +168,34 @@ def upload_settings(settings: Settings, identity: Identity) -> Settings:
 
 
 class LoginThrottle:
-    """Slows down password guessing without locking anyone out for long.
+    """Slows down password guessing without letting one source lock a user out.
 
-    Failures are counted per attempted name and per browser session over ``window`` seconds. The first ``free``
-    failures cost nothing extra (argon2 already takes ~0.2 s); after that each further attempt for that name or
-    session must wait ``base * 2**(n - free)`` seconds (at most ``max_wait``) after the last failure, and is
-    refused unverified until then. Names that do not exist are counted like real ones, so the throttle does not
-    reveal who exists. At most ``concurrent`` verifications run at once: each takes 64 MiB and a core."""
+    Failures are counted over ``window`` seconds per browser session and per (name, client address), where the
+    first ``free`` failures cost nothing extra (argon2 already takes ~0.2 s); and per name and per client address
+    alone, where ``ceiling`` failures are free: a ceiling against guessing one name from many addresses or many
+    names from one, high enough that a single source stays throttled long before it reaches it (its own
+    (name, client) count makes it wait). A counter past its free failures makes each further attempt wait
+    ``base * 2**(n - free)`` seconds (at most ``max_wait``) after the last failure, refused unverified until
+    then. So someone failing on purpose for alice slows down themselves, not alice signing in from elsewhere.
+    Behind a reverse proxy every client has the proxy's address and that separation is lost. Names that do not
+    exist are counted like real ones, so the throttle does not reveal who exists. At most ``concurrent``
+    verifications run at once: each takes 64 MiB and a core."""
 
-    def __init__(self, *, free: int = 5, base: float = 2.0, max_wait: float = 300.0, window: float = 900.0,
-                 concurrent: int = 2, max_keys: int = 10_000, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, *, free: int = 5, ceiling: int = 50, base: float = 2.0, max_wait: float = 300.0,
+                 window: float = 900.0, concurrent: int = 2, max_keys: int = 10_000,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.free, self.base, self.max_wait, self.window, self.max_keys = free, base, max_wait, window, max_keys
+        self.ceiling = ceiling
         self.clock = clock
         self._failures: dict[str, tuple[int, float]] = {}  # key -> (failures, time of the last one)
         self._lock = threading.Lock()
         self.verifying = threading.BoundedSemaphore(concurrent)
 
     @staticmethod
-    def keys(name: str, session: str) -> tuple[str, str]:
-        return "name:" + name.strip().lower()[:256], "session:" + session
+    def keys(name: str, session: str, client: str | None) -> tuple[str, ...]:
+        name = name.strip().lower()[:256]
+        client = client or "unknown"
+        return "session:" + session, f"name@client:{name}\0{client}", "name:" + name, "client:" + client
 
     def wait(self, keys: Sequence[str]) -> float:
         """Seconds until an attempt for these keys is verified again (0: go ahead)."""
@@ -175,9 +205,10 @@ class LoginThrottle:
 
     def _wait(self, key: str, now: float) -> float:
         n, last = self._failures.get(key, (0, 0.0))
-        if n < self.free or now - last > self.window:
+        free = self.ceiling if key.startswith(("name:", "client:")) else self.free
+        if n < free or now - last > self.window:
             return 0.0
-        return max(0.0, last + min(self.base * 2 ** (n - self.free), self.max_wait) - now)
+        return max(0.0, last + min(self.base * 2 ** (n - free), self.max_wait) - now)
 
     def failed(self, keys: Sequence[str]) -> None:
         now = self.clock()
@@ -192,4 +223,6 @@ class LoginThrottle:
     def succeeded(self, keys: Sequence[str]) -> None:
         with self._lock:
             for k in keys:
-                self._failures.pop(k, None)
+                # The ceilings count other sources too: one right password must not wipe their failures.
+                if not k.startswith(("name:", "client:")):
+                    self._failures.pop(k, None)

@@ -83,6 +83,8 @@ def _audit_search(settings: Settings, user, query: str, found) -> None:
                        cited=list(dict.fromkeys(p.path for p in found.passages)),
                        latency_ms=found.seconds * 1000)
         except RagError as exc:
+            if log.required:  # RAG_AUDIT_REQUIRED: no results that are not on record
+                raise fail(exc) from None
             err.print(Text(f"warning: audit log: {exc}", style="yellow"))
 
 

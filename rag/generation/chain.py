@@ -266,5 +266,8 @@ class RAG:
         try:
             fields.setdefault("endpoint", self.endpoint.base_url)
             self.audit.record(event, user=user.name if user else None, **fields)
-        except RagError as exc:  # the answer is already out; a full disk must not turn it into an error
+        except RagError as exc:
+            if self.audit.required:  # RAG_AUDIT_REQUIRED: what cannot be recorded is not delivered
+                raise
+            # Otherwise availability wins: a full disk must not turn an answer or a download into an error.
             log.error("audit log: %s", exc)

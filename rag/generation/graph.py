@@ -78,10 +78,17 @@ class Graph:
         primary = self.rag.endpoint.base_url
         metrics.IN_FLIGHT.inc()
         chunks = steps.stream(state, config)
+        # RAG_AUDIT_REQUIRED: not one piece of text goes out before its audit line is written.
+        withhold = self.rag.audit is not None and self.rag.audit.required
+        held: list[AddableDict] = []
         try:
             for chunk in chunks:
                 if "answer" in chunk:  # recorded before it is handed on: the reader may stop at it
                     self._record(chunk["answer"], user, x.get("audit_extra"))
+                    yield from held
+                elif withhold:
+                    held.append(chunk)
+                    continue
                 yield chunk
         except Exception as exc:
             # Which endpoint failed is in the message; several may have (failover), so label the primary.

@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 import tomllib
 from collections.abc import Sequence
@@ -90,6 +91,21 @@ class Rule:
         return any(glob_match(c, rel) for c in self.compiled)
 
 
+def _check_writers(path: Path, st: os.stat_result) -> None:
+    """Whoever can write a policy file can give themselves every document under it: only the user running the
+    ingest (or root) may."""
+    if not hasattr(os, "geteuid"):  # no POSIX owners (Windows)
+        return
+    me = os.geteuid()
+    if st.st_uid not in (me, 0):
+        raise AccessPolicyError(f"{path}: owned by uid {st.st_uid}, who can rewrite who may read the documents "
+                                f"under it; if its rules are right, `chown {me} {path}` (or root), then ingest again")
+    if st.st_mode & 0o022:
+        raise AccessPolicyError(f"{path}: writable by {'others' if st.st_mode & 0o002 else 'its group'}, who can "
+                                f"rewrite who may read the documents under it; check its rules, `chmod go-w {path}`,"
+                                " then ingest again")
+
+
 @dataclass(frozen=True)
 class PolicyFile:
     path: Path
@@ -100,7 +116,9 @@ class PolicyFile:
     @classmethod
     def load(cls, path: Path) -> PolicyFile:
         try:
-            raw = path.read_bytes()
+            with path.open("rb") as f:
+                _check_writers(path, os.fstat(f.fileno()))  # the stat of what is read, not of a swapped-in file
+                raw = f.read()
         except OSError as exc:
             raise AccessPolicyError(f"cannot read the access policy {path}: {exc.strerror or exc}; fix its "
                                     "permissions or remove it, then ingest again") from None

@@ -77,9 +77,11 @@ def _utc_now() -> str:
 
 class AuditLog:
     def __init__(self, path: str | Path, max_bytes: int = 50 * 1024 * 1024, backups: int = 10,
-                 lock_timeout: float = 10.0) -> None:
+                 lock_timeout: float = 10.0, *, required: bool = False) -> None:
         if backups < 1:
             raise ValueError("backups must be at least 1")
+        #: Callers must not deliver what could not be recorded (RAG_AUDIT_REQUIRED); else they log and go on.
+        self.required = required
         self.path = Path(path).expanduser()
         self.max_bytes = max_bytes  # 0 = never rotate
         self.backups = backups
@@ -90,8 +92,12 @@ class AuditLog:
         """None when auditing is off (RAG_AUDIT_LOG set to an empty value)."""
         path = settings.audit_log
         if path is None:
+            if settings.audit_required:
+                raise AuditLogError("RAG_AUDIT_REQUIRED=true but RAG_AUDIT_LOG is empty (auditing off): name a log "
+                                    "file, or unset RAG_AUDIT_REQUIRED")
             return None
-        return cls(path, int(settings.audit_max_mb * 1024 * 1024), settings.audit_backups)
+        return cls(path, int(settings.audit_max_mb * 1024 * 1024), settings.audit_backups,
+                   required=settings.audit_required)
 
     def record(self, event: str, *, user: str | None, question: str | None = None, cited: Sequence[str] = (),
                endpoint: str | None = None, model: str | None = None, latency_ms: float | None = None,
@@ -123,9 +129,10 @@ class AuditLog:
         try:
             self._append(data)
         except OSError as exc:
+            off = ("unset RAG_AUDIT_REQUIRED to answer unaudited" if self.required
+                   else "set RAG_AUDIT_LOG= (empty) to turn auditing off")
             raise AuditLogError(f"cannot write the audit log {self.path}: {exc.strerror or exc}; fix the folder's "
-                                "permissions or free space, or set RAG_AUDIT_LOG= (empty) to turn auditing "
-                                "off") from None
+                                f"permissions or free space, or {off}") from None
         except Timeout:
             raise AuditLogError(f"the audit log lock {self._lock.lock_file} is held for too long; is another "
                                 "process stuck? Remove the lock file only if no rag process runs") from None

@@ -136,3 +136,52 @@ def test_two_processes_append_without_torn_lines(tmp_path):
             assert e["question"] == f"{tag}-{i}-" + tag * (15_000 if i % 10 == 0 else 3_000)
             seen[tag].append(i)
     assert sorted(seen["A"]) == list(range(500)) and sorted(seen["B"]) == list(range(500))
+
+
+def test_required_audit_withholds_answers_and_downloads_it_cannot_log(group_index, llm_server, tmp_path):
+    """RAG_AUDIT_REQUIRED=true on a full disk (/dev/full: every write is ENOSPC): no answer text, no file."""
+    import shutil
+    from pathlib import Path
+
+    from rag.generation.chain import RAG
+    from rag.security.auth import identity_of
+    from rag.security.users import UserDirectory
+
+    data = tmp_path / "data"
+    shutil.copytree(group_index.data_dir, data)
+    question = "How do I contact the IT Service Desk?"
+
+    def rag_with(required: bool) -> RAG:
+        s = Settings(data_dir=data, llm_base_url=llm_server, llm_context_window=1024, llm_max_tokens=16,
+                     llm_temperature=0, condense_questions=False, RAG_AUDIT_LOG="/dev/full", audit_required=required)
+        return RAG.from_settings(s)
+
+    alice = identity_of(UserDirectory.from_settings(Settings(data_dir=data)).get("alice"), "password")
+    with rag_with(True) as rag:
+        handbook = next(p for p in rag.store.documents() if p.endswith("employee-handbook.pdf"))
+        stream = rag.stream(question, user=alice)
+        pieces: list[str] = []
+        with pytest.raises(AuditLogError, match="No space left"):
+            pieces.extend(stream)
+        assert pieces == [] and stream.answer is None  # not a word of what could not be logged
+        with pytest.raises(AuditLogError):
+            rag.ask(question, user=alice)
+        with pytest.raises(AuditLogError):
+            rag.read_source(handbook, user=alice)
+    with rag_with(False) as rag:  # not required: the failure is logged, the user still gets the answer
+        assert rag.ask(question, user=alice).text
+        assert rag.read_source(handbook, user=alice) == Path(handbook).read_bytes()
+
+
+def test_required_audit_prints_no_search_results_it_cannot_log(group_index, tmp_path):
+    import shutil
+
+    from conftest import rag_cmd
+
+    data = tmp_path / "data"
+    shutil.copytree(group_index.data_dir, data)
+    env = {"RAG_DATA_DIR": str(data), "RAG_AUDIT_LOG": "/dev/full", "RAG_CONFIG": str(tmp_path / "none.toml")}
+    r = rag_cmd("search", "IT Service Desk", "--json", env={**env, "RAG_AUDIT_REQUIRED": "true"})
+    assert r.returncode == 2 and "No space left" in r.stderr and not r.stdout.strip()
+    r = rag_cmd("search", "IT Service Desk", "--json", env=env)
+    assert r.returncode == 0 and "it-security.md" in r.stdout and "audit log" in r.stderr

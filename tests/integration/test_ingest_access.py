@@ -249,3 +249,28 @@ def test_cli_reports_access_updates_explains_and_refuses_broken_policy(tree, tmp
     res = rag_cmd("ingest", str(tree), "--json", env=env)
     assert res.returncode == 2 and f"{tree / 'legal' / POLICY_FILE}:1" in res.stderr and not res.stdout.strip()
     assert "Traceback" not in res.stderr
+
+
+@pytest.mark.parametrize("how", ["world-writable", "group-writable", "another user's"])
+def test_policy_file_others_could_write_refuses_the_run(tree, settings, embedder, how):
+    import os
+
+    ingest([tree], settings, embedder=embedder)
+    with open_store(settings) as s:
+        before = _groups_in_store(s, tree)
+    # The attack: anyone who can write a policy file grants themselves every document under it.
+    board = tree / "finance/board" / POLICY_FILE
+    board.write_text('[[rule]]\nmatch = "*"\ngroups = ["everyone"]\n')
+    if how == "another user's":
+        if os.geteuid() != 0:
+            pytest.skip("giving a file to another user needs root")
+        os.chown(board, 65534, 65534)
+    else:
+        os.chmod(board, 0o666 if how == "world-writable" else 0o664)
+    with pytest.raises(AccessPolicyError) as ei:
+        ingest([tree], settings, embedder=embedder)
+    assert str(board) in str(ei.value)
+    assert ("chown" if how == "another user's" else "chmod go-w") in str(ei.value)
+    with open_store(settings) as s:
+        assert _groups_in_store(s, tree) == before
+        assert all(g != ["everyone"] for gs in before.values() for g in gs)

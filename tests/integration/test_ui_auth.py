@@ -248,12 +248,12 @@ def test_session_binding_and_upload_groups(tmp_path):
 def test_login_throttle():
     now = [1000.0]
     t = signin.LoginThrottle(free=3, base=2, max_wait=10, window=60, clock=lambda: now[0])
-    keys = t.keys("Alice", "s1")
+    keys = t.keys("Alice", "s1", "10.0.0.7")
     for _ in range(3):
         assert t.wait(keys) == 0
         t.failed(keys)
-    assert t.wait(keys) == 2 and t.wait(t.keys("alice", "other")) == 2  # per name, whatever the session
-    assert t.wait(t.keys("bob", "s1")) == 2  # and per session, whatever the name
+    assert t.wait(keys) == 2 and t.wait(t.keys("alice", "other", "10.0.0.7")) == 2  # per name and address
+    assert t.wait(t.keys("bob", "s1", "10.0.0.7")) == 2  # and per session, whatever the name
     now[0] += 2
     assert t.wait(keys) == 0
     for _ in range(5):
@@ -264,3 +264,66 @@ def test_login_throttle():
     t.failed(keys)
     t.succeeded(keys)
     assert t.wait(keys) == 0
+
+
+def test_failing_on_purpose_for_a_name_does_not_lock_its_owner_out():
+    """The attack: from one address, a fresh session per attempt, fail alice's password again and again."""
+    now = [1000.0]
+    t = signin.LoginThrottle(free=5, ceiling=50, base=2, max_wait=300, window=900, clock=lambda: now[0])
+    attempts = 0
+    for i in range(200):  # every attempt the throttle lets through, for a simulated half hour
+        keys = t.keys("alice", f"attacker-{i}", "203.0.113.9")
+        if t.wait(keys) == 0:
+            t.failed(keys)
+            attempts += 1
+        now[0] += 10
+    assert t.wait(t.keys("alice", "attacker-new", "203.0.113.9")) > 0  # the attacker is slowed down...
+    assert attempts < 50  # ... below the name's ceiling
+    assert t.wait(t.keys("alice", "alice-laptop", "198.51.100.4")) == 0  # alice signs in from her own machine
+    # Many addresses guessing one name hit its ceiling: then the name itself is slowed, wherever it is tried.
+    for i in range(50):
+        t.failed(t.keys("alice", f"bot-{i}", f"192.0.2.{i}"))
+    assert t.wait(t.keys("alice", "alice-laptop", "198.51.100.4")) > 0
+
+
+def test_an_idle_session_is_signed_out_with_its_download_links(tmp_path):
+    """The attack: a chat tab left signed in on a shared machine, used hours later by whoever sits down."""
+    from argon2 import PasswordHasher
+
+    from rag.errors import AccessDenied
+    from rag.settings import Settings
+    from rag.security.users import UserDirectory
+
+    users = UserDirectory(tmp_path / "users.toml", hasher=PasswordHasher(time_cost=1, memory_cost=1024,
+                                                                          parallelism=1))
+    users.add("alice", ["hr"], "alice-secret-1")
+    pw = Settings(data_dir=tmp_path, auth="password", ui_session_idle_minutes=60)
+    state: dict = {}
+    t0 = 1_000_000.0
+    signin.sign_in(state, users.get("alice"), now=t0)
+    me = signin.current_identity(pw, state, {}, users, now=t0 + 1)
+    assert me is not None and signin.bind_session(state, me)
+    state["turns"] = ["alice's chat"]
+    grant = state[signin.GRANT]
+    # Active: each run moves the deadline.
+    for minutes in (50, 100, 150):
+        assert signin.current_identity(pw, state, {}, users, now=t0 + minutes * 60) is not None
+    # Then 61 minutes without a click: signed out, the chat and the download links gone.
+    assert signin.current_identity(pw, state, {}, users, now=t0 + 211 * 60) is None
+    assert signin.SIGNED_IN not in state and "turns" not in state and grant.revoked and state[signin.IDLE_OUT]
+    signin.sign_in(state, users.get("alice"))
+    assert signin.IDLE_OUT not in state
+
+    # A download link clicked after the timeout, before any run noticed it, serves nothing.
+    me = signin.current_identity(pw, state, {}, users)
+    signin.bind_session(state, me)
+    signin.current_identity(pw, state, {}, users)
+    late = state[signin.GRANT]
+    late.seen -= 61 * 60
+    with pytest.raises(AccessDenied, match="signed out"):
+        late.read(object(), "/docs/handbook.pdf")
+
+    # 0 = never.
+    never = pw.model_copy(update={"ui_session_idle_minutes": 0.0})
+    signin.sign_in(state, users.get("alice"), now=t0)
+    assert signin.current_identity(never, state, {}, users, now=t0 + 10 * 24 * 3600) is not None

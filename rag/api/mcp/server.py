@@ -90,7 +90,10 @@ class RagMCP(DocumentResources, MCPServer):
         extra = {"via": "mcp", "tool": tool, **fields.pop("extra", {})}
         try:
             self.audit.record(event, user=user.name, extra=extra, **fields)
-        except RagError as exc:  # the result is already computed; a full disk must not turn it into an error
+        except RagError as exc:
+            if self.audit.required:  # RAG_AUDIT_REQUIRED: the computed result is not handed out unrecorded
+                raise
+            # Otherwise availability wins: a full disk must not turn the result into an error.
             log.error("audit log: %s", exc)
 
     def http_app(self, *, path: str = "/mcp", host: str = "127.0.0.1"):
