@@ -5,6 +5,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -79,6 +80,40 @@ def _free_port() -> int:
     from rag.llm.local.process import free_port
 
     return free_port()
+
+
+def wait_http(url: str, proc: subprocess.Popen, log: Path, timeout: float, what: str) -> None:
+    """Until ``url`` answers 200; fails with the process's log if it exits first or ``timeout`` passes."""
+    import time
+
+    import httpx
+
+    deadline = time.time() + timeout
+    while True:
+        assert proc.poll() is None, f"{what} exited:\n{log.read_text()}"
+        try:
+            if httpx.get(url, timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        assert time.time() < deadline, f"{what} did not come up within {timeout:.0f} s"
+        time.sleep(0.3)
+
+
+@contextmanager
+def running(cmd: list[str], log_path: Path, ready_url: str, timeout: float, what: str,
+            env: dict | None = None):
+    """A server process for the duration of a ``with``: started with its output in ``log_path``, ready once
+    ``ready_url`` answers, terminated afterwards."""
+    log = open(log_path, "w")
+    proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        wait_http(ready_url, proc, log_path, timeout, what)
+        yield proc
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+        log.close()
 
 
 LLM_CTX = 2048

@@ -8,17 +8,14 @@ from __future__ import annotations
 
 import re
 import shutil
-import subprocess
 import sys
 import threading
-import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
-import httpx
 import pytest
 
-from conftest import SAMPLE_DOCS, _free_port
+from conftest import SAMPLE_DOCS, _free_port, running
 from test_ui_browser import _chromium, serve_ui
 
 DATA = Path(__file__).resolve().parent.parent / "data"
@@ -77,26 +74,10 @@ def scripted_llm(attacker, tmp_path):
     port = _free_port()
     answer = tmp_path / "answer.md"
     answer.write_text(_answer(attacker[0]))
-    log = open(tmp_path / "scripted_llm.log", "w")
-    proc = subprocess.Popen([sys.executable, str(DATA / "scripted_llm.py"), str(port), str(answer)],
-                            stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}/v1"
-    try:
-        deadline = time.time() + 30
-        while True:
-            assert proc.poll() is None, (tmp_path / "scripted_llm.log").read_text()
-            try:
-                if httpx.get(f"{url}/models", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert time.time() < deadline, "the scripted model server did not come up"
-            time.sleep(0.2)
+    with running([sys.executable, str(DATA / "scripted_llm.py"), str(port), str(answer)],
+                 tmp_path / "scripted_llm.log", f"{url}/models", 30, "the scripted model server"):
         yield url
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
-        log.close()
 
 
 @pytest.fixture

@@ -6,9 +6,7 @@ import json
 import os
 import re
 import shutil
-import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -16,7 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from conftest import SAMPLE_DOCS, _free_port, readable_by
+from conftest import SAMPLE_DOCS, _free_port, readable_by, running
 
 CHROMIUM = "/usr/bin/chromium"
 # Without the background-networking flags Chromium keeps dialling Google on this closed network.
@@ -35,26 +33,10 @@ def serve_ui(src: Path, llm: str, tmp_path: Path, **extra: str) -> Iterator[tupl
            # Greedy decoding: at the default 0.1 the tiny model sometimes answers in four tokens, too few to see
            # a stream grow.
            "RAG_LLM_TEMPERATURE": "0", **extra}
-    log = open(tmp_path / "ui.log", "w")
-    proc = subprocess.Popen([str(Path(sys.executable).parent / "rag"), "ui", "--port", str(port)], env=env,
-                            stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.time() + 90
-        while True:
-            assert proc.poll() is None, (tmp_path / "ui.log").read_text()
-            try:
-                if httpx.get(f"{url}/_stcore/health", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert time.time() < deadline, "rag ui did not come up within 90 s"
-            time.sleep(0.3)
+    with running([str(Path(sys.executable).parent / "rag"), "ui", "--port", str(port)], tmp_path / "ui.log",
+                 f"{url}/_stcore/health", 90, "rag ui", env=env):
         yield url, data
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
-        log.close()
 
 
 @pytest.fixture
