@@ -165,16 +165,22 @@ class RAG:
 
     def readable(self, path: str, *, user: Identity | None = None, groups: Sequence[str] | None = None) -> bool:
         """Whether ``path`` is an indexed document that ``user`` may read (source viewers, downloads)."""
+        return self._readable_record(path, user, groups) is not None
+
+    def _readable_record(self, path: str, user: Identity | None, groups: Sequence[str] | None):
+        """The index's record of ``path`` if ``user`` may read it, else None (one store lookup)."""
         record = self.store.get_document(path)
         allowed = store_groups(user, groups)
-        return record is not None and (allowed is None or bool(set(record.groups) & set(allowed)))
+        if record is None or (allowed is not None and not set(record.groups) & set(allowed)):
+            return None
+        return record
 
     def read_source(self, path: str, *, user: Identity | None = None, groups: Sequence[str] | None = None) -> bytes:
         """The original file of an indexed document, for downloads. Refuses anything that is not an indexed
         document the user may read, in the same words whether it exists or not (no probing for names), and a
         file that is no longer the bytes that were indexed (rag/security/downloads.py)."""
-        record = self.store.get_document(path)
-        if record is None or not self.readable(path, user=user, groups=groups):
+        record = self._readable_record(path, user, groups)
+        if record is None:
             raise AccessDenied(f"{Path(path).name}: no such document, or you may not read it")
         self.audit_event("download", user, cited=[path])
         return read_indexed(path, record.sha256)
