@@ -217,3 +217,52 @@ def group_index(tmp_path_factory, embedder):
     for name, (groups, password) in USERS.items():
         users.add(name, groups, password)
     return settings
+
+
+# --- The attack list -------------------------------------------------------------------------------------------
+# Every test that performs an attack on the product carries `@pytest.mark.attack(hole, "what the attacker does")`.
+# `python -m pytest --attacks` runs those alone and prints each attack with its outcome (the README's security
+# section is that table).
+
+def pytest_addoption(parser):
+    parser.addoption("--attacks", action="store_true",
+                     help="run only the tests marked attack and print the attack list with each outcome")
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "attack(hole, what): a test that performs an attack and must be defended")
+    config._attack_rows = []
+
+
+def pytest_collection_modifyitems(config, items):
+    if not config.getoption("--attacks"):
+        return
+    keep = [i for i in items if i.get_closest_marker("attack")]
+    config.hook.pytest_deselected(items=[i for i in items if i not in keep])
+    items[:] = keep
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    report = outcome.get_result()
+    mark = item.get_closest_marker("attack")
+    if mark and (report.when == "call" or report.failed or report.skipped):
+        hole, what = (list(mark.args) + ["", ""])[:2]
+        rows = item.config._attack_rows
+        rows[:] = [r for r in rows if r[2] != item.nodeid]
+        verdict = "defended" if report.passed and report.when == "call" else report.outcome.upper()
+        rows.append((str(hole), what or item.name, item.nodeid, verdict))
+
+
+def pytest_terminal_summary(terminalreporter, config):
+    rows = config._attack_rows
+    if not config.getoption("--attacks") or not rows:
+        return
+    tr = terminalreporter
+    tr.section("attacks and their outcome")
+    for hole, what, nodeid, verdict in sorted(rows, key=lambda r: (r[0], r[2])):
+        tr.write_line(f"[{verdict:^9}] hole {hole}: {what}")
+        tr.write_line(f"{'':12}{nodeid}")
+    bad = sum(r[3] != "defended" for r in rows)
+    tr.write_line(f"{len(rows)} attacks, {len(rows) - bad} defended, {bad} not")

@@ -96,6 +96,7 @@ def planted_index(attacker, tmp_path, embedder):
     return settings.data_dir
 
 
+@pytest.mark.attack(6, "a planted document makes the answer load the attacker's URL with other users' passages")
 def test_a_planted_image_in_an_answer_loads_nothing(attacker, scripted_llm, planted_index, tmp_path):
     from playwright.sync_api import expect, sync_playwright
 

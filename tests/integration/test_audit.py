@@ -138,6 +138,7 @@ def test_two_processes_append_without_torn_lines(tmp_path):
     assert sorted(seen["A"]) == list(range(500)) and sorted(seen["B"]) == list(range(500))
 
 
+@pytest.mark.attack(7, "a full disk makes answers and downloads go out unaudited")
 def test_required_audit_withholds_answers_and_downloads_it_cannot_log(group_index, llm_server, tmp_path):
     """RAG_AUDIT_REQUIRED=true on a full disk (/dev/full: every write is ENOSPC): no answer text, no file."""
     import shutil
@@ -173,6 +174,7 @@ def test_required_audit_withholds_answers_and_downloads_it_cannot_log(group_inde
         assert rag.read_source(handbook, user=alice) == Path(handbook).read_bytes()
 
 
+@pytest.mark.attack(7, "a full disk makes search results go out unaudited")
 def test_required_audit_prints_no_search_results_it_cannot_log(group_index, tmp_path):
     import shutil
 

@@ -251,6 +251,7 @@ def test_cli_reports_access_updates_explains_and_refuses_broken_policy(tree, tmp
     assert "Traceback" not in res.stderr
 
 
+@pytest.mark.attack(7, "a .rag-access.toml others can write republishes a folder")
 @pytest.mark.parametrize("how", ["world-writable", "group-writable", "another user's"])
 def test_policy_file_others_could_write_refuses_the_run(tree, settings, embedder, how):
     import os

@@ -79,6 +79,7 @@ REFUSED = [
 ]
 
 
+@pytest.mark.attack(2, "a server bound to the network with RAG_AUTH=none, or proxy mode without a secret")
 @pytest.mark.parametrize(("args", "extra", "names"), REFUSED)
 def test_an_open_server_refuses_to_start(args, extra, names, tmp_path):
     port = _free_port()
@@ -115,6 +116,7 @@ def _api(tmp_path: Path, host: str, **settings):
     return create_app(Settings(data_dir=tmp_path, **settings), host=host)
 
 
+@pytest.mark.attack(2, "DNS rebinding: a web page's own host name pointed at the loopback API")
 def test_a_rebound_name_cannot_use_a_loopback_api(tmp_path):
     # The browser sends the attacker's name: evil.example now resolves to 127.0.0.1, the page is same-origin.
     with TestClient(_api(tmp_path, "127.0.0.1", auth="none"), base_url="http://evil.example:8000") as client:
@@ -163,6 +165,7 @@ def ui_page(tmp_path, monkeypatch):
     st.cache_resource.clear()
 
 
+@pytest.mark.attack(2, "DNS rebinding: a web page's own host name pointed at the loopback UI")
 def test_a_rebound_name_cannot_use_a_loopback_ui(ui_page):
     at = ui_page("evil.example:8501")
     assert not at.chat_input and not at.sidebar.markdown  # nothing about the index, the model or the documents

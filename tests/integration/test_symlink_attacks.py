@@ -50,6 +50,7 @@ def _skipped(report) -> dict[str, str]:
     return {issue.path: issue.reason for issue in report.skipped}
 
 
+@pytest.mark.attack(1, "a link in a public folder to a private file publishes it with the public folder's groups")
 def test_link_inside_the_root_does_not_publish_its_target_with_the_links_groups(tree, settings, embedder):
     """Attack: ``public/notes.txt -> ../finance/salaries.txt``, so the salaries get public/'s ``everyone``."""
     link = tree / "public" / "notes.txt"
@@ -67,6 +68,7 @@ def test_link_inside_the_root_does_not_publish_its_target_with_the_links_groups(
     assert "symbolic link" in _skipped(r)[str(link)]
 
 
+@pytest.mark.attack(1, "a link out of the ingested folder (to the salaries, to users.toml) gets indexed")
 def test_link_out_of_the_ingested_folder_is_skipped_and_reported(tree, settings, embedder):
     """Attack: ingest only ``public/``, where ``notes.txt -> ../finance/salaries.txt`` and ``users.txt -> the
     users file``: both targets are outside the folder given and would be published to ``everyone``."""
@@ -86,6 +88,7 @@ def test_link_out_of_the_ingested_folder_is_skipped_and_reported(tree, settings,
         assert "symbolic link" in reason and "outside" in reason and str(public) in reason, reason
 
 
+@pytest.mark.attack(1, "link loops, and links that expose hidden files or the access policy")
 def test_link_loops_and_links_to_hidden_or_policy_files_are_not_followed(tree, settings, embedder):
     """Attack: a link back up the tree (an endless walk), and links that make a hidden file or the access policy
     itself a public document."""
@@ -103,6 +106,7 @@ def test_link_loops_and_links_to_hidden_or_policy_files_are_not_followed(tree, s
     assert {str(public / n) for n in ("loop", "self.txt", "config.txt", "policy.txt")} <= set(_skipped(r))
 
 
+@pytest.mark.attack(1, "an indexed file swapped for a link keeps its old groups at the next ingest")
 def test_file_swapped_for_a_link_after_ingest_is_dropped_at_the_next_ingest(tree, settings, embedder):
     """Attack: a public document is ingested, then replaced by a link to the salaries (inside the tree) and to the
     users file (outside it); the next ingest must not index what the link points at under the public name."""
@@ -123,6 +127,7 @@ def test_file_swapped_for_a_link_after_ingest_is_dropped_at_the_next_ingest(tree
     assert "Dana" not in texts and "argon2" not in texts
 
 
+@pytest.mark.attack(1, "a file named on the command line is a link to a private file")
 def test_a_file_given_by_name_that_is_a_link_is_ingested_as_its_target(tree, settings, embedder):
     """Attack: ``rag ingest public/notes.txt`` where notes.txt is a link; the operator's policy for the target's
     folder decides, not public/'s."""
@@ -150,6 +155,7 @@ def rag(tree, settings, embedder):
     store.close()
 
 
+@pytest.mark.attack(1, "download of a file swapped for a link after ingest serves the link's target")
 def test_download_of_a_file_swapped_for_a_link_after_ingest_is_refused(rag, tree):
     """Attack: after ingest, ``public/notes.txt`` is replaced by a link to the salaries, then to the users file;
     the download button of an ``everyone`` user must not serve either."""
@@ -163,6 +169,7 @@ def test_download_of_a_file_swapped_for_a_link_after_ingest_is_refused(rag, tree
         assert "Dana" not in str(ei.value) and "argon2" not in str(ei.value)
 
 
+@pytest.mark.attack(1, "download of a file rewritten after ingest serves bytes nobody checked")
 def test_download_of_a_file_whose_bytes_changed_after_ingest_is_refused(rag, tree):
     """Attack: the same file rewritten in place (or hard-linked over) with other bytes after its groups were
     decided: only the bytes that were indexed, and so reviewed under the policy, are served."""

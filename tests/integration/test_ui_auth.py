@@ -266,6 +266,7 @@ def test_login_throttle():
     assert t.wait(keys) == 0
 
 
+@pytest.mark.attack(7, "failing logins on purpose lock a named user out")
 def test_failing_on_purpose_for_a_name_does_not_lock_its_owner_out():
     """The attack: from one address, a fresh session per attempt, fail alice's password again and again."""
     now = [1000.0]
@@ -286,6 +287,7 @@ def test_failing_on_purpose_for_a_name_does_not_lock_its_owner_out():
     assert t.wait(t.keys("alice", "alice-laptop", "198.51.100.4")) > 0
 
 
+@pytest.mark.attack(7, "a session left open on an unattended machine stays signed in")
 def test_an_idle_session_is_signed_out_with_its_download_links(tmp_path):
     """The attack: a chat tab left signed in on a shared machine, used hours later by whoever sits down."""
     from argon2 import PasswordHasher

@@ -30,6 +30,7 @@ def test_own_config_file_is_read(cwd):
     assert Settings().llm_base_url == "http://gpu1:8000/v1"
 
 
+@pytest.mark.attack(7, "a rag.toml planted by another user redirects the LLM URL and the API key")
 @needs_root
 def test_config_file_of_another_user_is_refused(cwd):
     # The attack: another local user drops rag.toml in a shared directory where the victim runs `rag`.
@@ -41,6 +42,7 @@ def test_config_file_of_another_user_is_refused(cwd):
     assert "attacker" not in str(info.value)
 
 
+@pytest.mark.attack(7, "a rag.toml others can write redirects the LLM URL and the API key")
 @pytest.mark.parametrize("mode", [0o666, 0o664])
 def test_config_file_writable_by_others_is_refused(cwd, mode):
     planted = cwd / "rag.toml"
