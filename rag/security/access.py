@@ -39,6 +39,7 @@ group that documents without a rule get by default.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -116,10 +117,17 @@ class PolicyFile:
     @classmethod
     def load(cls, path: Path) -> PolicyFile:
         try:
-            with path.open("rb") as f:
+            # Never through a link: whoever can write the folder could point one at any TOML file the ingest user
+            # owns (another folder's policy granting everyone), and the owner check would pass on the target.
+            fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0))
+            with os.fdopen(fd, "rb") as f:
                 _check_writers(path, os.fstat(f.fileno()))  # the stat of what is read, not of a swapped-in file
                 raw = f.read()
         except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                raise AccessPolicyError(f"{path}: a symbolic link; an access policy must be the file itself (a link "
+                                        "lets whoever can write its folder borrow another policy); replace the link "
+                                        "with a copy of the file, then ingest again") from None
             raise AccessPolicyError(f"cannot read the access policy {path}: {exc.strerror or exc}; fix its "
                                     "permissions or remove it, then ingest again") from None
         try:
@@ -303,7 +311,7 @@ class AccessPolicy:
             return None
         if folder not in self._files:
             p = folder / self.filename
-            self._files[folder] = PolicyFile.load(p) if p.is_file() else None
+            self._files[folder] = PolicyFile.load(p) if p.is_file() or p.is_symlink() else None
         return self._files[folder]
 
     def _chain(self, path: Path, root: Path) -> list[tuple[PolicyFile, tuple[str, ...]]]:

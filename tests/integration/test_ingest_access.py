@@ -275,3 +275,27 @@ def test_policy_file_others_could_write_refuses_the_run(tree, settings, embedder
     with open_store(settings) as s:
         assert _groups_in_store(s, tree) == before
         assert all(g != ["everyone"] for gs in before.values() for g in gs)
+
+
+@pytest.mark.attack(7, "a .rag-access.toml that is a link borrows another policy the ingest user owns")
+def test_policy_file_that_is_a_link_refuses_the_run(tree, settings, embedder, tmp_path):
+    ingest([tree], settings, embedder=embedder)
+    with open_store(settings) as s:
+        before = _groups_in_store(s, tree)
+    # The attack: someone who may write finance/board/ (not its policy file) cannot plant a policy of their own
+    # (they would own it) but can link to any TOML file the ingest user owns, such as a policy granting everyone.
+    granting = tmp_path / "elsewhere" / POLICY_FILE
+    write(tmp_path / "elsewhere", POLICY_FILE, '[[rule]]\nmatch = "*"\ngroups = ["everyone"]\n')
+    board = tree / "finance/board" / POLICY_FILE
+    board.unlink()
+    board.symlink_to(granting)
+    with pytest.raises(AccessPolicyError) as ei:
+        ingest([tree], settings, embedder=embedder)
+    assert str(board) in str(ei.value) and "symbolic link" in str(ei.value)
+    with open_store(settings) as s:
+        assert _groups_in_store(s, tree) == before
+    # A link that points nowhere is no way around it either.
+    board.unlink()
+    board.symlink_to(tmp_path / "missing.toml")
+    with pytest.raises(AccessPolicyError, match="symbolic link"):
+        ingest([tree], settings, embedder=embedder)
