@@ -172,3 +172,36 @@ def test_a_rebound_name_cannot_use_a_loopback_ui(ui_page):
     assert [e.value for e in at.error] == [signin.FOREIGN_HOST]
     at = ui_page("localhost:8501")
     assert signin.FOREIGN_HOST not in [e.value for e in at.error] and at.chat_input
+
+
+def _mcp_status(tmp_path: Path, host_header: str, **settings) -> int:
+    """The status of an MCP `initialize` sent with ``host_header`` to `rag mcp --http`'s app bound to loopback."""
+    from contextlib import asynccontextmanager
+
+    from starlette.applications import Starlette
+    from starlette.routing import Mount
+
+    from rag.api.mcp.server import create_server
+
+    server = create_server(Settings(data_dir=tmp_path, auth="none", **settings))
+    inner = server.http_app(host="127.0.0.1")
+
+    @asynccontextmanager
+    async def lifespan(_app):
+        async with server.session_manager.run():
+            yield
+
+    app = Starlette(routes=[Mount("/", app=inner)], lifespan=lifespan)
+    hello = {"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+        "protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}}}
+    with TestClient(app, base_url=f"http://{host_header}") as client:
+        return client.post("/mcp", json=hello, headers={"Accept": "application/json, text/event-stream"}).status_code
+
+
+@pytest.mark.attack(2, "DNS rebinding: a web page's own host name pointed at the loopback MCP server")
+def test_a_rebound_name_cannot_use_a_loopback_mcp_and_listed_names_can(tmp_path):
+    assert _mcp_status(tmp_path, "evil.example:8765") in (400, 421)
+    assert _mcp_status(tmp_path, "127.0.0.1:8765") == 200
+    # RAG_ALLOWED_HOSTS means the same for MCP as for the API (the SDK's own list refused such names).
+    assert _mcp_status(tmp_path, "rag.internal", allowed_hosts=["rag.internal"]) == 200
+    assert _mcp_status(tmp_path, "evil.example", allowed_hosts=["rag.internal"]) in (400, 421)

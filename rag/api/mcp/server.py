@@ -10,6 +10,8 @@ from typing import Any, Protocol
 import anyio
 from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
+from mcp.server.transport_security import TransportSecuritySettings
+from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
@@ -20,6 +22,7 @@ from rag.api.mcp.tools import add_tools
 from rag.errors import RagError
 from rag.generation.chain import RAG
 from rag.security.audit import AuditLog
+from rag.security.exposure import allowed_hosts
 from rag.security.auth import Identity, authenticate_api_key, identity_from_headers, local_identity
 from rag.security.users import UserDirectory
 from rag.settings import Settings
@@ -99,8 +102,15 @@ class RagMCP(DocumentResources, MCPServer):
     def http_app(self, *, path: str = "/mcp", host: str = "127.0.0.1"):
         """The streamable HTTP app, behind the API-key guard. Run its ``session_manager.run()`` in the lifespan
         of whatever serves it (``rag mcp --http`` does; ``rag serve`` mounts it)."""
-        app = self.streamable_http_app(streamable_http_path=path, host=host)
-        return ApiKeyGuard(app, self) if self.fixed_user is None and self.rag_settings.auth != "none" else app
+        hosts = allowed_hosts(self.rag_settings, host)
+        # The Host decision is the API's (this machine's names plus RAG_ALLOWED_HOSTS, "*.corp" patterns), not the
+        # SDK's own list, which knows neither; the SDK keeps its Content-Type check.
+        app = self.streamable_http_app(streamable_http_path=path, host=host,
+                                       transport_security=TransportSecuritySettings(
+                                           enable_dns_rebinding_protection=False))
+        if self.fixed_user is None and self.rag_settings.auth != "none":
+            app = ApiKeyGuard(app, self)
+        return TrustedHostMiddleware(app, allowed_hosts=hosts) if hosts is not None else app
 
 
 class ApiKeyGuard:
