@@ -105,7 +105,7 @@ class RagMCP(DocumentResources, MCPServer):
         hosts = allowed_hosts(self.rag_settings, host)
         # The Host decision is the API's (this machine's names plus RAG_ALLOWED_HOSTS, "*.corp" patterns), not the
         # SDK's own list, which knows neither; the SDK keeps its Content-Type check.
-        app = self.streamable_http_app(streamable_http_path=path, host=host,
+        app: ASGIApp = self.streamable_http_app(streamable_http_path=path, host=host,
                                        transport_security=TransportSecuritySettings(
                                            enable_dns_rebinding_protection=False))
         if self.fixed_user is None and self.rag_settings.auth != "none":
