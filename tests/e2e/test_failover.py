@@ -368,7 +368,11 @@ def test_failover_between_llama_cpp_and_vllm(base, servers, vllm_process):
             os.killpg(vllm_process.pid, signal.SIGCONT)
         assert x.text and x.endpoint == a and len(x.failovers) == 1 and v in x.failovers[0]
         assert "did not answer within 10 s" in x.failovers[0]
-        assert time.perf_counter() - t < 60
+        # The hung server costs its two probes (8 s each, rag/llm/servers/base.py) and the 10 s chat timeout,
+        # then llama.cpp answers from its prompt cache.
+        elapsed = time.perf_counter() - t
+        print(f"hung vLLM -> llama.cpp answered in {elapsed:.1f} s")
+        assert elapsed < 60
 
 
 def test_all_servers_down_is_one_clear_error(base, servers):

@@ -9,6 +9,11 @@ import httpx
 
 from rag.llm.tokens import Turns
 
+#: Read timeout of probes and tokenizer calls. A healthy server answers them in milliseconds (none queues them
+#: behind generation), and a hung one is waited out once per probe before a request fails over: two probes at
+#: 15 s made a hung endpoint cost 55 s; at 8 s it costs about 26 s (8 + 8 + the chat timeout of the test's 10 s).
+PROBE_TIMEOUT_S = 8.0
+
 
 def root_of(base_url: str) -> str:
     """Server root for the non-OpenAI routes (/tokenize, /props, /api/show): base URL without /v1."""
@@ -26,12 +31,12 @@ class ServerHttp:
         self.root = root_of(base_url)
 
     def get(self, url: str) -> Any:
-        r = self.client.get(url, timeout=httpx.Timeout(10.0, connect=3.0))
+        r = self.client.get(url, timeout=httpx.Timeout(PROBE_TIMEOUT_S, connect=3.0))
         r.raise_for_status()
         return r.json()
 
     def post(self, url: str, body: dict) -> Any:
-        r = self.client.post(url, json=body, timeout=httpx.Timeout(15.0, connect=3.0))
+        r = self.client.post(url, json=body, timeout=httpx.Timeout(PROBE_TIMEOUT_S, connect=3.0))
         r.raise_for_status()
         return r.json()
 
