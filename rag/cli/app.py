@@ -13,7 +13,7 @@ from typing import Annotated
 import typer
 
 from rag import offline
-from rag.cli import answers, documents, evaluate, llm, servers, sizing
+from rag.cli import answers, documents, evaluate, evidence, llm, servers, sizing
 from rag.cli.common import state
 from rag.cli.users import users_app
 
@@ -39,7 +39,7 @@ def _main(
 
 # In the order `rag --help` lists them.
 for command in (documents.ingest, documents.access, documents.forget, answers.search, documents.status,
-                answers.ask, answers.chat):
+                answers.ask, answers.chat, evidence.preview):
     app.command()(command)
 app.add_typer(evaluate.eval_app, name="eval")
 app.command()(sizing.sizing)
