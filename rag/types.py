@@ -128,11 +128,15 @@ class Citation:
     cited: bool  # the answer actually cites [n]
     trimmed: bool = False
     text: str = ""  # everything of this source the model was given
+    # Its span in the document's extracted text: where RAG.source_text finds it again.
+    char_start: int = 0
+    char_end: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         return {"n": self.n, "path": self.path, "source": self.source, "page": self.page, "page_end": self.page_end,
                 "section": self.section, "snippet": self.snippet, "score": round(self.score, 4),
-                "cited": self.cited, "trimmed": self.trimmed, "text": self.text}
+                "cited": self.cited, "trimmed": self.trimmed, "text": self.text, "char_start": self.char_start,
+                "char_end": self.char_end}
 
 
 @dataclass

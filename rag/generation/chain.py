@@ -31,6 +31,8 @@ from langchain_core.retrievers import BaseRetriever
 from langchain_core.runnables import Runnable, RunnableConfig, RunnableGenerator
 
 from rag.errors import AccessDenied, RagError
+from rag.evidence.pages import RenderedPage, render_page
+from rag.evidence.text import CONTEXT_CHARS, TextWindow, text_window
 from rag.generation import condense as condensing
 from rag.generation.generate import FailOver, failure
 from rag.generation.packing import Packing
@@ -46,7 +48,7 @@ from rag.security.auth import Identity
 from rag.security.downloads import read_indexed
 from rag.settings import Settings
 from rag.generation.graph import Graph, store_groups
-from rag.types import Answer, Citation, HistoryLike, Passage, as_messages
+from rag.types import Answer, ChunkPayload, Citation, HistoryLike, Passage, as_messages
 
 __all__ = ["RAG", "Answer", "AnswerStream", "Citation", "as_messages"]
 
@@ -179,11 +181,32 @@ class RAG:
         """The original file of an indexed document, for downloads. Refuses anything that is not an indexed
         document the user may read, in the same words whether it exists or not (no probing for names), and a
         file that is no longer the bytes that were indexed (rag/security/downloads.py)."""
+        return self._indexed_bytes(path, user, groups, "download")
+
+    def _indexed_bytes(self, path: str, user: Identity | None, groups: Sequence[str] | None, event: str) -> bytes:
         record = self._readable_record(path, user, groups)
         if record is None:
             raise AccessDenied(f"{Path(path).name}: no such document, or you may not read it")
-        self.audit_event("download", user, cited=[path])
+        self.audit_event(event, user, cited=[path])
         return read_indexed(path, record.sha256)
+
+    def source_page(self, path: str, page: int, *, highlight: str | None = None, user: Identity | None = None,
+                    groups: Sequence[str] | None = None) -> RenderedPage:
+        """Page ``page`` (1-based) of an indexed PDF, as PNG with ``highlight`` (a citation's text) marked: the
+        download's checks (the user may read it; the file is still the bytes that were indexed), audited as a
+        view."""
+        return render_page(self._indexed_bytes(path, user, groups, "view"), page, highlight)
+
+    def source_text(self, path: str, char_start: int, char_end: int, *, user: Identity | None = None,
+                    groups: Sequence[str] | None = None, context: int = CONTEXT_CHARS) -> TextWindow:
+        """The indexed text around [char_start, char_end) of a document the user may read (a citation's span),
+        from the document's chunks in the index (rag/evidence/text.py), audited as a view."""
+        if self._readable_record(path, user, groups) is None:
+            raise AccessDenied(f"{Path(path).name}: no such document, or you may not read it")
+        chunks = [ChunkPayload.from_dict(h.payload)
+                  for h in self.store.chunks_of(path, groups_any=store_groups(user, groups))]
+        self.audit_event("view", user, cited=[path])
+        return text_window(chunks, char_start, char_end, context)
 
     def condense(self, question: str, history: HistoryLike | None, *, model: Runnable | None = None,
                  config: RunnableConfig | None = None) -> str:

@@ -215,7 +215,8 @@ def citation(src: Source, cited: bool) -> Citation:
                     page_end=best.page_end if best.page_start is not None else src.page_end,
                     section=best.section or src.section,
                     snippet=snippet(best.text, 300), score=src.score, cited=cited,
-                    trimmed=any(p.trimmed for p in src.passages), text=src.text)
+                    trimmed=any(p.trimmed for p in src.passages), text=src.text,
+                    char_start=src.char_start, char_end=max(p.char_end for p in src.passages))
 
 
 def answer_of(attempt: Attempt, text: str, x: dict, failovers: list[str]) -> Answer:
