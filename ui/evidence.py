@@ -1,8 +1,10 @@
 """Under each answer, what it rests on: a line on how it was made (speed, sources packed, a repack), and its
-sources, each with the passage and a download of the file."""
+sources, each with the passage, the passage shown in its document (a PDF page with the passage highlighted, or
+the text around it), and a download of the file."""
 
 from __future__ import annotations
 
+import html
 import logging
 import mimetypes
 from collections.abc import Collection
@@ -10,6 +12,10 @@ from pathlib import Path
 
 import streamlit as st
 
+from cachetools import LRUCache
+
+from rag.errors import RagError
+from rag.evidence.pages import RenderedPage
 from rag.generation.chain import RAG, Answer, Citation
 from rag.security.markdown import inert_markdown
 from ui import signin
@@ -54,6 +60,8 @@ def render_sources(rag: RAG, answer: Answer, key: str) -> None:
             path = Path(c.path)
             st.caption(f"{c.path} · relevance {c.score:.2f}" + (" · shortened to fit the context" if c.trimmed
                                                                  else ""))
+            if st.toggle("Show in the document", key=f"inplace-{key}-{c.n}"):
+                show_in_place(rag, c, grant, f"{key}-{c.n}")
             if path.is_file():
                 st.download_button(f"Download {path.name}", data=lambda p=c.path: grant.read(rag, p),
                                    file_name=path.name,
@@ -84,3 +92,51 @@ def answer_footer(answer: Answer, threshold: float | None) -> None:
         parts.append("repacked after the server reported an overflow")
     if parts:
         st.caption(" · ".join(parts))
+
+
+#: Pages rendered for this session, so that reruns (every click) do not render them again.
+_PAGES = "rendered_pages"
+
+
+def show_in_place(rag: RAG, c: Citation, grant: signin.Grant, key: str) -> None:
+    """The passage where it is: its PDF page with the passage highlighted and page navigation, or the indexed text
+    around it. Read with the session's grant, so sign-out and the download's checks apply."""
+    try:
+        if c.page is not None and c.path.lower().endswith(".pdf"):
+            _page_view(rag, c, grant, key)
+        else:
+            _text_view(rag, c, grant)
+    except RagError as exc:
+        st.caption(str(exc))
+
+
+def _page_view(rag: RAG, c: Citation, grant: signin.Grant, key: str) -> None:
+    assert c.page is not None
+    nav = f"page-{key}"
+    page = st.session_state.setdefault(nav, c.page)
+    # The highlight where the citation is: its own page(s); other pages are shown plain.
+    on_cited = c.page <= page <= (c.page_end or c.page)
+    cache = st.session_state.setdefault(_PAGES, LRUCache(maxsize=24))
+    ck = (c.path, page, c.text if on_cited else None)
+    rendered: RenderedPage | None = cache.get(ck)
+    if rendered is None or not grant.may_view(rag, c.path):
+        rendered = cache[ck] = grant.page(rag, c.path, page, c.text if on_cited else None)
+    st.image(rendered.png, width="stretch", output_format="PNG")  # PNG: a JPEG would blur text and highlight
+    st.caption(f"Page {rendered.page} of {rendered.pages}" + (" · the passage is highlighted" if rendered.boxes
+                                                               else ""))
+    prev, _, nxt = st.columns([1, 3, 1])
+    if prev.button("Previous page", key=f"prev-{key}", disabled=page <= 1, icon=":material/chevron_left:"):
+        st.session_state[nav] = page - 1
+        st.rerun()
+    if nxt.button("Next page", key=f"next-{key}", disabled=page >= rendered.pages, icon=":material/chevron_right:"):
+        st.session_state[nav] = page + 1
+        st.rerun()
+
+
+def _text_view(rag: RAG, c: Citation, grant: signin.Grant) -> None:
+    w = grant.text(rag, c.path, c.char_start, c.char_end)
+    # Escaped, so document text is shown as text (no markup of its own, nothing to load); only <mark> is ours.
+    body = "".join(html.escape(t).replace("\n", "<br>") if i != 1 else f"<mark>{html.escape(t)}</mark>".replace(
+        "\n", "<br>") for i, t in enumerate((w.before, w.passage, w.after)))
+    st.html(f'<div data-testid="rag-text-window" style="max-height: 24rem; overflow-y: auto; font-size: 0.9rem">'
+            f'{"" if w.at_start else "… "}{body}{"" if w.at_end else " …"}</div>')

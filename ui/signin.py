@@ -68,11 +68,32 @@ class Grant:
         self.idle_s = 0.0
 
     def read(self, rag: Any, path: str) -> bytes:
+        self._check(path)
+        return rag.read_source(path, user=self.identity)
+
+    def page(self, rag: Any, path: str, page: int, highlight: str | None) -> Any:
+        """A page of a PDF with the passage highlighted (RAG.source_page), under this grant."""
+        self._check(path)
+        return rag.source_page(path, page, highlight=highlight, user=self.identity)
+
+    def text(self, rag: Any, path: str, char_start: int, char_end: int) -> Any:
+        """The text around a passage (RAG.source_text), under this grant."""
+        self._check(path)
+        return rag.source_text(path, char_start, char_end, user=self.identity)
+
+    def may_view(self, rag: Any, path: str) -> bool:
+        """Whether a page rendered earlier in this session may be shown again without rendering it anew."""
+        try:
+            self._check(path)
+        except AccessDenied:
+            return False
+        return bool(rag.readable(path, user=self.identity))
+
+    def _check(self, path: str) -> None:
         if self.idle_s and time.time() - self.seen > self.idle_s:
             self.revoked = True
         if self.revoked:
             raise AccessDenied(f"{Path(path).name}: this session has signed out")
-        return rag.read_source(path, user=self.identity)
 
 
 def current_identity(settings: Settings, state: MutableMapping[str, Any], headers: Mapping[str, Any] | None,

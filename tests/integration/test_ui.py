@@ -144,3 +144,33 @@ def test_upload_goes_through_the_pipeline(app_env, tmp_path):
     at.run()
     next(b for b in at.sidebar.button if b.label == "Add to the index").click().run()
     assert at.sidebar.success[0].value.startswith("0 added, 1 updated")
+
+
+def _in_place(at: AppTest):
+    return [t for t in at.main.toggle if t.label == "Show in the document"]
+
+
+def test_a_source_is_shown_in_its_document(app_env, sample_index, llm_server):
+    at = app_env(sample_index.data_dir, llm_server)
+    at.chat_input[0].set_value("How many vacation days do employees get per year?").run()
+    assert not at.exception and not at.error
+    answer = at.session_state.turns[1].answer
+    shown = answer.cited or answer.sources
+    pdf = next(i for i, c in enumerate(shown) if c.path.endswith(".pdf"))
+    _in_place(at)[pdf].set_value(True).run()
+    assert not at.exception and not at.error
+    images = at.get("image")
+    assert len(images) == 1
+    cap = next(c.value for c in at.caption if c.value.startswith("Page "))
+    assert f"Page {shown[pdf].page} of 7" in cap and "highlighted" in cap
+    nxt = next(b for b in at.button if b.label == "Next page")
+    nxt.click().run()
+    assert not at.exception
+    assert any(c.value.startswith(f"Page {shown[pdf].page + 1} of 7") for c in at.caption)
+    # Any other kind of document: the indexed text around the passage, the passage marked.
+    others = [i for i, c in enumerate(shown) if not c.path.endswith(".pdf")]
+    if others:
+        _in_place(at)[others[0]].set_value(True).run()
+        assert not at.exception
+        body = " ".join(h.proto.body for h in at.get("html"))
+        assert "<mark>" in body and 'data-testid="rag-text-window"' in body
