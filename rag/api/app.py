@@ -23,7 +23,7 @@ from starlette.middleware.trustedhost import TrustedHostMiddleware
 
 from rag.api.collections import ApiError, Collections
 from rag.api.identity import request_identifier
-from rag.api.routes import chat, health, models
+from rag.api.routes import chat, health, models, sources
 from rag.ops import metrics
 from rag.security.exposure import allowed_hosts
 from rag.settings import Settings
@@ -56,6 +56,7 @@ def create_app(settings: Settings, *, collections: list[str] | None = None, mcp:
     health.add_routes(app, pool)
     models.add_routes(app, pool.names, identify)
     chat.add_routes(app, pool, identify)
+    sources.add_routes(app, pool, identify)
     return app
 
 

@@ -190,22 +190,30 @@ class RAG:
         self.audit_event(event, user, cited=[path])
         return read_indexed(path, record.sha256)
 
-    def source_page(self, path: str, page: int, *, highlight: str | None = None, user: Identity | None = None,
+    def source_page(self, path: str, page: int, *, highlight: str | None = None,
+                    span: tuple[int, int] | None = None, user: Identity | None = None,
                     groups: Sequence[str] | None = None) -> RenderedPage:
-        """Page ``page`` (1-based) of an indexed PDF, as PNG with ``highlight`` (a citation's text) marked: the
-        download's checks (the user may read it; the file is still the bytes that were indexed), audited as a
-        view."""
+        """Page ``page`` (1-based) of an indexed PDF, as PNG with a passage marked: ``highlight`` (a citation's
+        text), or the indexed text of ``span`` (a citation's char span, what API clients send). The download's
+        checks apply (the user may read it; the file is still the bytes that were indexed); audited as a view."""
+        if highlight is None and span is not None:
+            highlight = self._window(path, span[0], span[1], user, groups, 0).passage
         return render_page(self._indexed_bytes(path, user, groups, "view"), page, highlight)
 
     def source_text(self, path: str, char_start: int, char_end: int, *, user: Identity | None = None,
                     groups: Sequence[str] | None = None, context: int = CONTEXT_CHARS) -> TextWindow:
         """The indexed text around [char_start, char_end) of a document the user may read (a citation's span),
         from the document's chunks in the index (rag/evidence/text.py), audited as a view."""
+        window = self._window(path, char_start, char_end, user, groups, context)
+        self.audit_event("view", user, cited=[path])
+        return window
+
+    def _window(self, path: str, char_start: int, char_end: int, user: Identity | None,
+                groups: Sequence[str] | None, context: int) -> TextWindow:
         if self._readable_record(path, user, groups) is None:
             raise AccessDenied(f"{Path(path).name}: no such document, or you may not read it")
         chunks = [ChunkPayload.from_dict(h.payload)
                   for h in self.store.chunks_of(path, groups_any=store_groups(user, groups))]
-        self.audit_event("view", user, cited=[path])
         return text_window(chunks, char_start, char_end, context)
 
     def condense(self, question: str, history: HistoryLike | None, *, model: Runnable | None = None,

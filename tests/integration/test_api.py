@@ -12,7 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from conftest import _free_port, rag_cmd
+from conftest import SAMPLE_DOCS, _free_port, rag_cmd
 
 QUESTION = "What is the hotel cap for business travel?"
 
@@ -74,6 +74,13 @@ def test_openai_sdk_chat_streaming_and_not(api):
     assert r.usage.prompt_tokens > 100 and r.usage.completion_tokens > 0
     sources = r.model_extra["sources"]
     assert sources and any(s["path"].endswith("employee-handbook.pdf") for s in sources)
+    # Each source names the route that shows it in place: the PDF page with the passage highlighted.
+    pdf = next(s for s in sources if s["path"].endswith("employee-handbook.pdf"))
+    assert pdf["view"]["kind"] == "page" and pdf["char_end"] > pdf["char_start"]
+    page = httpx.get(url + pdf["view"]["url"], headers={"Authorization": f"Bearer {keys['bob']}"})
+    assert page.status_code == 200 and page.headers["content-type"] == "image/png"
+    assert page.content.startswith(b"\x89PNG") and int(page.headers["x-rag-highlight-boxes"]) > 0
+    assert page.headers["x-rag-page"] == str(pdf["page"])
 
     chunks = list(client.chat.completions.create(
         model="documents", stream=True, stream_options={"include_usage": True},
@@ -93,6 +100,19 @@ def test_permissions_and_errors(api):
     r = alice.chat.completions.create(model="documents", messages=[{"role": "user", "content": QUESTION}])
     # The hotel cap lives in the handbook, which only hr may read: alice never gets it as a source.
     assert not any(s["path"].endswith("employee-handbook.pdf") for s in r.model_extra["sources"])
+    # Her own sources are shown in place (the text around the passage); the handbook's page is not, by any route.
+    mine = r.model_extra["sources"][0]
+    assert mine["view"]["kind"] == "text"
+    as_alice = {"Authorization": f"Bearer {keys['alice']}"}
+    window = httpx.get(url + mine["view"]["url"], headers=as_alice).json()
+    assert window["passage"] and set(window) >= {"before", "after", "at_start", "at_end"}
+    assert httpx.get(url + mine["view"]["url"]).status_code == 401
+    handbook = str(Path(SAMPLE_DOCS / "employee-handbook.pdf").absolute())
+    for route in (f"/v1/sources/page?model=documents&page=1&path={handbook}",
+                  f"/v1/sources/text?model=documents&start=0&end=400&path={handbook}",
+                  f"/v1/sources/text?model=documents&start=0&end=400&path={handbook}.missing"):
+        denied = httpx.get(url + route, headers=as_alice)
+        assert denied.status_code == 404 and "no such document, or you may not read it" in denied.text
 
     with pytest.raises(openai.AuthenticationError, match="invalid API key"):
         openai.OpenAI(base_url=url + "/v1", api_key="rag_wrong", max_retries=0).models.list()

@@ -20,6 +20,7 @@ from openai.types.chat.chat_completion_chunk import ChoiceDelta
 from pydantic import BaseModel, ConfigDict, Field
 
 from rag.api.collections import ApiError, Collections
+from rag.api.routes.sources import view_of
 from rag.errors import RagError, StoreLockedError
 from rag.generation.chain import RAG, Answer
 from rag.llm.failures import EndpointError
@@ -81,9 +82,10 @@ def _question_and_history(messages: list[ChatMessage]) -> tuple[str, list[tuple[
     return turns[-1][1], turns[:-1]
 
 
-def _sources(answer: Answer) -> list[dict[str, Any]]:
+def _sources(answer: Answer, model: str) -> list[dict[str, Any]]:
     return [{"n": c.n, "path": c.path, "source": c.source, "page": c.page, "page_end": c.page_end,
-             "section": c.section, "snippet": c.snippet, "score": round(c.score, 4), "cited": c.cited}
+             "section": c.section, "snippet": c.snippet, "score": round(c.score, 4), "cited": c.cited,
+             "char_start": c.char_start, "char_end": c.char_end, "view": view_of(model, c)}
             for c in answer.sources]
 
 
@@ -117,7 +119,7 @@ def _completion(stream, cid: str, created: int, model: str) -> dict[str, Any]:
         id=cid, object="chat.completion", created=created, model=model,
         choices=[Choice(index=0, message=ChatCompletionMessage(role="assistant", content=answer.text),
                         finish_reason="stop", logprobs=None)],
-        usage=CompletionUsage(**_usage(answer)), sources=_sources(answer), refused=answer.refused,
+        usage=CompletionUsage(**_usage(answer)), sources=_sources(answer, model), refused=answer.refused,
     ).model_dump(exclude_unset=True)
 
 
@@ -144,7 +146,7 @@ def _sse(stream, pieces: Iterator[str], first: str | None, cid: str, created: in
         yield "data: [DONE]\n\n"
         return
     answer: Answer = stream.answer
-    yield event(delta("stop"), sources=_sources(answer), refused=answer.refused)
+    yield event(delta("stop"), sources=_sources(answer, model), refused=answer.refused)
     if include_usage:
         yield event([], usage=CompletionUsage(**_usage(answer)))
     yield "data: [DONE]\n\n"
