@@ -161,6 +161,7 @@ CHILD = """
 import sys, time
 from ingest import ingest
 from rag.index.store.server import QdrantServerStore
+from rag.settings import Settings
 
 class Held:
     def __init__(self, store):
