@@ -4,9 +4,8 @@ Crash safety rests on one rule: a document's registry record is written only aft
 is stored, and it is deleted before any of its old chunks are touched. So after a crash or kill -9 a
 half-written document has no record, the next run treats it as new (deleting whatever chunks it left), and
 point ids are deterministic (path, content hash, chunk index), so the result equals an uninterrupted run.
-Runs may be concurrent (several processes on one Qdrant server): chunks carry the id of the run that wrote them,
-and only a dead run's are swept (ingest/writers.py). A recorded document whose chunks in the store are not the
-number its record says (lost to a race, or deleted behind the registry's back) is ingested again.
+Runs may overlap on a Qdrant server: only a dead run's unrecorded chunks are swept (ingest/writers.py), and a
+document whose chunk count in the store differs from its record's (a race, a deletion) is ingested again.
 
 Parsing and chunking run in a background thread while the main thread embeds: embedding dominates, and
 this keeps the model busy. Chunks from several documents are embedded together (sentence-transformers sorts
