@@ -4,6 +4,8 @@ Crash safety rests on one rule: a document's registry record is written only aft
 is stored, and it is deleted before any of its old chunks are touched. So after a crash or kill -9 a
 half-written document has no record, the next run treats it as new (deleting whatever chunks it left), and
 point ids are deterministic (path, content hash, chunk index), so the result equals an uninterrupted run.
+Runs may overlap on a Qdrant server: only a dead run's unrecorded chunks are swept (ingest/writers.py), and a
+document whose chunk count in the store differs from its record's (a race, a deletion) is ingested again.
 
 Parsing and chunking run in a background thread while the main thread embeds: embedding dominates, and
 this keeps the model busy. Chunks from several documents are embedded together (sentence-transformers sorts
@@ -36,6 +38,7 @@ from ingest.chunking import Chunk, chunk_document
 from ingest.discovery import Discovered, discover, resolve_access, walk
 from ingest.parsers import PARSER_VERSION, ParsedDocument, parse
 from ingest.report import FileIssue, IngestReport, Progress, ProgressCallback
+from ingest.writers import WriterLease, sweep_orphans
 from rag.security.access import AccessPolicy
 from rag.index.embeddings import Embedder, get_embedder
 from rag.errors import AccessPolicyError, ParseError
@@ -119,7 +122,8 @@ def ingest(
     store = store or open_store(settings)
     try:
         store.ensure_ready(embedder.dimension, embedder.model_name)
-        _run(files, roots, settings, access, store, embedder, report, progress)
+        with WriterLease(store, settings.ingest_writer_ttl_s) as lease:
+            _run(files, roots, settings, access, store, lease, embedder, report, progress)
     except KeyboardInterrupt:
         report.interrupted = True
         raise
@@ -132,19 +136,19 @@ def ingest(
 
 
 def _run(files: list[Path], roots: list[Path], settings: Settings, access: dict[str, dict], store: Store,
-         embedder: Embedder, report: IngestReport, progress: ProgressCallback | None) -> None:
+         lease: WriterLease, embedder: Embedder, report: IngestReport, progress: ProgressCallback | None) -> None:
     registry = store.documents()
-    _sweep(store, registry, files, roots, report)
+    damaged = _sweep(store, registry, files, roots, report)
     # Every chunk gets its BM25 vector whatever the retrieval mode, so switching modes needs no re-index.
     sparse = get_sparse_encoder(settings) if store.has_sparse else None
     sig = config_signature(settings, embedder, sparse)
     prog = Progress(files_total=len(files), bytes_total=sum(_size(f) for f in files))
-    batch = _Batch(store, embedder, sparse, sig, report, prog)
+    batch = _Batch(store, lease, embedder, sparse, sig, report, prog)
     work_q: queue.Queue[_Work | None] = queue.Queue(maxsize=8)
     stop = threading.Event()
 
     def prepare(f: Path) -> _Work:
-        return _prepare(f, registry.get(str(f)), sig, access[str(f)], settings, embedder)
+        return _prepare(f, registry.get(str(f)), sig, access[str(f)], settings, embedder, redo=str(f) in damaged)
 
     producer = threading.Thread(target=_produce, args=(files, prepare, work_q, stop), name="rag-ingest-parse",
                                 daemon=True)
@@ -169,8 +173,9 @@ def _run(files: list[Path], roots: list[Path], settings: Settings, access: dict[
 
 
 def _sweep(store: Store, registry: dict[str, DocumentRecord], files: list[Path], roots: list[Path],
-           report: IngestReport) -> None:
-    """Before anything is parsed: remove what is gone, and what an interrupted run left half-written."""
+           report: IngestReport) -> set[str]:
+    """Before anything is parsed: remove what is gone, and what an interrupted run left half-written; returns
+    the documents of this run that lack chunks or have extra ones, to be redone."""
     current = {str(f) for f in files}
     # Files that disappeared from an ingested folder (or a folder or file that is gone as a whole).
     removed_under: dict[Path, int] = {r: 0 for r in roots}
@@ -187,10 +192,13 @@ def _sweep(store: Store, registry: dict[str, DocumentRecord], files: list[Path],
     report.failed += [FileIssue(str(r), "no such file or directory")
                       for r, n in removed_under.items() if n == 0 and not r.exists()]
 
-    # Chunks without a registry record were left by an interrupted run; the file, if still here, is redone.
-    for path in store.chunk_paths():
-        if path not in registry:
-            store.delete_chunks(path)
+    # Chunks without a registry record were left by an interrupted run (the file, if still here, is redone), or
+    # are being written by a concurrent one (spared).
+    counts = sweep_orphans(store, registry)
+    damaged = {p for p in current if p in registry and counts.get(p, 0) != registry[p].chunks}
+    report.warnings += [FileIssue(p, f"{counts.get(p, 0)} chunks in the index instead of {registry[p].chunks}: "
+                                  "ingested again") for p in sorted(damaged)]
+    return damaged
 
 
 def _produce(files: list[Path], prepare: Callable[[Path], _Work], work_q: queue.Queue[_Work | None],
@@ -253,8 +261,8 @@ def _size(p: Path) -> int:
 
 
 def _prepare(f: Path, previous: DocumentRecord | None, sig: str, access: dict, settings: Settings,
-             embedder: Embedder) -> _Work:
-    """Runs in the parse thread: hash, and parse + chunk only if the file changed."""
+             embedder: Embedder, *, redo: bool = False) -> _Work:
+    """Runs in the parse thread: hash, and parse + chunk only if the file changed (or ``redo``)."""
     try:
         st = f.lstat()
         if stat.S_ISLNK(st.st_mode):
@@ -264,7 +272,7 @@ def _prepare(f: Path, previous: DocumentRecord | None, sig: str, access: dict, s
     except OSError as exc:
         return _Work(str(f), 0, 0.0, "", previous, access, error=f"cannot read file: {exc.strerror or exc}")
     w = _Work(str(f), st.st_size, st.st_mtime, sha, previous, access)
-    if previous is not None and previous.sha256 == sha and previous.config_sig == sig:
+    if previous is not None and previous.sha256 == sha and previous.config_sig == sig and not redo:
         return w
     try:
         w.doc = parse(f, settings)
@@ -316,9 +324,9 @@ class _Batch:
     """Chunks of several documents gathered for one embedding call; a document's record is written once its
     last chunk is stored (the crash-safety rule of the module docstring)."""
 
-    def __init__(self, store: Store, embedder: Embedder, sparse: SparseEncoder | None, sig: str,
+    def __init__(self, store: Store, lease: WriterLease, embedder: Embedder, sparse: SparseEncoder | None, sig: str,
                  report: IngestReport, prog: Progress) -> None:
-        self.store, self.embedder, self.sparse, self.sig = store, embedder, sparse, sig
+        self.store, self.lease, self.embedder, self.sparse, self.sig = store, lease, embedder, sparse, sig
         self.report, self.prog = report, prog
         self.buffer: list[tuple[_Work, Chunk]] = []
         self.pending: dict[str, int] = {}  # chunks of each document not stored yet
@@ -336,7 +344,9 @@ class _Batch:
         texts = [c.text for _, c in self.buffer]
         vectors = self.embedder.embed_documents(texts)
         sparse_vectors = self.sparse.embed_documents(texts) if self.sparse is not None else [None] * len(texts)
-        points = [_point(w, c, vec, sv) for (w, c), vec, sv in zip(self.buffer, vectors, sparse_vectors, strict=True)]
+        points = [_point(w, c, vec, sv, self.lease.id)
+                  for (w, c), vec, sv in zip(self.buffer, vectors, sparse_vectors, strict=True)]
+        self.lease.refresh()  # embedding took a while: the chunks must not land under a lapsed heartbeat
         self.store.upsert_chunks(points)
         self.report.chunks += len(points)
         self.prog.chunks_done += len(points)
@@ -361,13 +371,13 @@ class _Batch:
         w.chunks = []
 
 
-def _point(w: _Work, c: Chunk, vec, sv) -> ChunkPoint:
+def _point(w: _Work, c: Chunk, vec, sv, writer: str) -> ChunkPoint:
     assert w.doc is not None
     payload = ChunkPayload(
         text=c.text, path=w.path, source=Path(w.path).name, title=w.doc.title, doc_sha256=w.sha256,
         chunk_index=c.index, chunk_count=len(w.chunks), page_start=c.page_start, page_end=c.page_end,
         section=c.section, char_start=c.char_start, char_end=c.char_end, token_count=c.token_count,
-        groups=list(w.access["groups"]))
+        groups=list(w.access["groups"]), writer=writer)
     return ChunkPoint(chunk_id(w.path, w.sha256, c.index), vec.tolist(), payload.to_dict(), sv)
 
 

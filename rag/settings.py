@@ -105,6 +105,13 @@ class Settings(BaseSettings):
     ocr: bool = Field(True, description="OCR scanned PDF pages with tesseract when it is installed.")
     ocr_language: str = "eng"
     max_file_mb: float = Field(200.0, description="Larger files are reported and skipped.")
+    # 10 min: a running ingest refreshes its heartbeat every TTL/5 (2 min), so only a process frozen (suspended VM,
+    # SIGSTOP) or cut off from Qdrant for ~8 min looks dead; a killed run's leftovers on another machine wait that
+    # long for a sweep (on the same machine the dead pid is seen at once), which no scheduled ingest notices.
+    ingest_writer_ttl_s: float = Field(
+        600.0, ge=30, description="Seconds without a heartbeat after which another ingest run counts as dead and "
+        "its unrecorded chunks are swept (concurrent ingests into one Qdrant server)."
+    )
     uploads_dir_override: Path | None = Field(
         None, alias="RAG_UPLOADS_DIR", description="Where the UI keeps uploaded files; default <data_dir>/uploads."
     )

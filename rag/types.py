@@ -37,6 +37,7 @@ class ChunkPayload:
     char_end: int = 0
     token_count: int = 0
     groups: list[str] = field(default_factory=list)  # who may read it: any of these (the store filter)
+    writer: str = ""  # the ingest run that stored it (ingest/writers.py): a running one's chunks are never swept
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from rag.errors import StoreConfigError, StoreLockedError
-from rag.index.store import ChunkPoint, DocumentRecord, SearchFilter, chunk_id
+from rag.index.store import ChunkPoint, DocumentRecord, SearchFilter, WriterRecord, chunk_id
 from rag.index.store.base import META_ID
 from rag.index.store.edge import EdgeStore
 from rag.index.store.server import QdrantServerStore
@@ -78,6 +78,32 @@ def test_delete_by_path(store):
     store.upsert_chunks(_points("/b.txt", 4))
     store.delete_chunks("/a.txt")
     assert store.count_chunks() == 4 and store.count_chunks("/a.txt") == 0
+
+
+def test_delete_chunks_of_writers_spares_the_others(store):
+    def by(writer: str | None, idx: range) -> list[ChunkPoint]:
+        pts = _points("/a.txt", 9)
+        return [ChunkPoint(p.id, p.vector, {**p.payload, **({"writer": writer} if writer else {})})
+                for p in pts if p.payload["chunk_index"] in idx]
+
+    store.upsert_chunks(by("dead", range(0, 3)) + by("alive", range(3, 6)) + by(None, range(6, 9)))
+    store.upsert_chunks(_points("/b.txt", 2))  # no writer either, but another path
+    store.delete_chunks_of_writers("/a.txt", ["dead", "gone"])
+    assert sorted(h.payload["chunk_index"] for h in store.chunks_of("/a.txt")) == [3, 4, 5]
+    store.delete_chunks_of_writers("/a.txt", [])  # only chunks without a writer: none left here
+    assert store.count_chunks("/a.txt") == 3 and store.count_chunks("/b.txt") == 2
+
+
+def test_writer_records(store):
+    w = WriterRecord(id="w1", host="h", pid=7, scope="s", started=1.0, expires=2.0)
+    store.put_writer(w)
+    store.put_writer(WriterRecord(id="w2", host="h", pid=8, scope="s", started=1.0, expires=3.0))
+    w.expires = 0.0
+    store.put_writer(w)  # a refresh replaces, never adds
+    assert sorted(store.writers(), key=lambda r: r.id) == [w, WriterRecord("w2", "h", 8, "s", 1.0, 3.0)]
+    assert store.documents() == {}  # writers are not documents
+    store.delete_writer("w1")
+    assert [r.id for r in store.writers()] == ["w2"]
 
 
 def test_chunks_of_in_order_and_filtered(store):

@@ -3,7 +3,16 @@
 from __future__ import annotations
 
 from rag.settings import Settings
-from rag.index.store.base import ChunkPoint, DocumentRecord, Hit, SearchFilter, Store, chunk_id, document_id
+from rag.index.store.base import (
+    ChunkPoint,
+    DocumentRecord,
+    Hit,
+    SearchFilter,
+    Store,
+    WriterRecord,
+    chunk_id,
+    document_id,
+)
 
 __all__ = [
     "ChunkPoint",
@@ -11,6 +20,7 @@ __all__ = [
     "Hit",
     "SearchFilter",
     "Store",
+    "WriterRecord",
     "chunk_id",
     "document_id",
     "open_store",

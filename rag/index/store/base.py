@@ -4,7 +4,9 @@ Two kinds of data live in a store:
 - chunks: one point per chunk, a dense vector and a payload (text + provenance + access groups);
 - the document registry: one record per ingested file, written only after all its chunks are stored, so a
   record is the "this document is complete" marker that makes ingestion crash-safe; plus one meta record
-  (embedding model and dimension) that stops a store built with one model being queried with another.
+  (embedding model and dimension) that stops a store built with one model being queried with another; plus one
+  record per ingest run that is or was writing (``WriterRecord``, see ingest/writers.py), so that concurrent runs
+  spare each other's not yet recorded chunks.
 """
 
 from __future__ import annotations
@@ -33,6 +35,10 @@ def chunk_id(path: str, sha256: str, index: int) -> str:
 
 
 META_ID = str(uuid.uuid5(_NS, "meta"))
+
+
+def writer_point_id(writer: str) -> str:
+    return str(uuid.uuid5(_NS, "writer\n" + writer))
 
 
 #: Names of the two vectors every chunk carries.
@@ -105,6 +111,28 @@ class DocumentRecord:
         return cls(**known)
 
 
+@dataclass
+class WriterRecord:
+    """An ingest run that writes chunks (ingest/writers.py): its chunks carry ``id`` in their ``writer`` field."""
+
+    id: str
+    host: str
+    pid: int
+    #: The pid namespace (boot id + namespace inode, Linux): pids are comparable only within one.
+    scope: str
+    started: float
+    #: Heartbeat: the run counts as dead after this time (0 once it ended).
+    expires: float
+    kind: str = "writer"
+
+    def to_payload(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_payload(cls, payload: dict[str, Any]) -> WriterRecord:
+        return cls(**{k: payload[k] for k in cls.__dataclass_fields__ if k in payload})
+
+
 def check_meta(meta: dict[str, Any], embedding_model: str, dimension: int, where: str) -> None:
     """Refuse to mix embedding models in one index: their vectors are not comparable."""
     from rag.errors import StoreConfigError
@@ -144,6 +172,11 @@ class Store(Protocol):
         """Remove every chunk of one document (all versions)."""
         ...
 
+    def delete_chunks_of_writers(self, path: str, writers: Sequence[str]) -> None:
+        """Remove the chunks of one document that the ingest runs ``writers`` wrote, or that carry no writer
+        (written before writers were recorded); other runs' chunks stay."""
+        ...
+
     def count_chunks(self, path: str | None = None) -> int: ...
 
     def chunk_paths(self) -> dict[str, int]:
@@ -179,6 +212,14 @@ class Store(Protocol):
     def delete_document(self, path: str) -> None:
         """Remove the registry record only (call before touching chunks: no record = not done)."""
         ...
+
+    def writers(self) -> list[WriterRecord]:
+        """Every ingest run with a record: running, ended or dead (the sweep removes the dead ones)."""
+        ...
+
+    def put_writer(self, record: WriterRecord) -> None: ...
+
+    def delete_writer(self, writer: str) -> None: ...
 
     def set_groups(self, path: str, groups: Sequence[str], access: dict[str, Any] | None = None) -> None:
         """Change the access groups of a document's chunks and record without re-embedding (chunks first, so

@@ -10,7 +10,7 @@ records without vectors. Both shards write a WAL, so an update that returned sur
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -30,9 +30,11 @@ from rag.index.store.base import (
     Hit,
     SearchFilter,
     SearchMode,
+    WriterRecord,
     cosine,
     dense_vector,
     document_id,
+    writer_point_id,
 )
 from rag.index.sparse import SparseVector
 
@@ -157,21 +159,33 @@ class EdgeStore:
         recs = self._docs.retrieve([META_ID], with_payload=True, with_vector=False)
         return dict(_payload(recs[0])) if recs else None
 
-    def documents(self) -> dict[str, DocumentRecord]:
+    def _registry(self, kind: str) -> Iterator[dict[str, Any]]:
+        """The payloads of every registry record of one kind (document, writer)."""
         if self._docs is None:
-            return {}
-        out: dict[str, DocumentRecord] = {}
+            return
         offset = None
         while True:
             recs, offset = self._docs.scroll(
-                qe.ScrollRequest(offset=offset, limit=_SCROLL_PAGE, filter=qe.Filter(must=[_match("kind", "document")]),
+                qe.ScrollRequest(offset=offset, limit=_SCROLL_PAGE, filter=qe.Filter(must=[_match("kind", kind)]),
                                  with_payload=True, with_vector=False)
             )
-            for r in recs:
-                rec = DocumentRecord.from_payload(_payload(r))
-                out[rec.path] = rec
+            yield from (_payload(r) for r in recs)
             if offset is None:
-                return out
+                return
+
+    def documents(self) -> dict[str, DocumentRecord]:
+        records = (DocumentRecord.from_payload(p) for p in self._registry("document"))
+        return {rec.path: rec for rec in records}
+
+    def writers(self) -> list[WriterRecord]:
+        return [WriterRecord.from_payload(p) for p in self._registry("writer")]
+
+    def put_writer(self, record: WriterRecord) -> None:
+        self._put_registry(writer_point_id(record.id), record.to_payload())
+
+    def delete_writer(self, writer: str) -> None:
+        if self._docs is not None:
+            self._docs.update(qe.UpdateOperation.delete_points([writer_point_id(writer)]))
 
     def get_document(self, path: str) -> DocumentRecord | None:
         if self._docs is None:
@@ -199,6 +213,15 @@ class EdgeStore:
     def delete_chunks(self, path: str) -> None:
         if self._chunks is not None:
             self._chunks.update(qe.UpdateOperation.delete_points_by_filter(_path_filter(path)))
+
+    def delete_chunks_of_writers(self, path: str, writers: Sequence[str]) -> None:
+        if self._chunks is None:
+            return
+        should: list[Any] = [qe.IsEmptyCondition("writer")]
+        if writers:
+            should.append(qe.FieldCondition(key="writer", match=qe.MatchAny(list(writers))))
+        self._chunks.update(qe.UpdateOperation.delete_points_by_filter(
+            qe.Filter(must=[_match("path", path)], should=should)))
 
     def count_chunks(self, path: str | None = None) -> int:
         if self._chunks is None:

@@ -7,7 +7,7 @@ Collections: ``<collection>`` for chunks, ``<collection>__documents`` for the re
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 from qdrant_client import QdrantClient, models
@@ -25,9 +25,11 @@ from rag.index.store.base import (
     Hit,
     SearchFilter,
     SearchMode,
+    WriterRecord,
     cosine,
     dense_vector,
     document_id,
+    writer_point_id,
 )
 from rag.index.sparse import SparseVector
 
@@ -138,21 +140,33 @@ class QdrantServerStore:
         recs = self._client.retrieve(self.docs_collection, [META_ID], with_payload=True)
         return dict(recs[0].payload or {}) if recs else None
 
-    def documents(self) -> dict[str, DocumentRecord]:
+    def _registry(self, kind: str) -> Iterator[dict[str, Any]]:
+        """The payloads of every registry record of one kind (document, writer)."""
         if not self._ready:
-            return {}
-        out: dict[str, DocumentRecord] = {}
+            return
         offset = None
         while True:
             recs, offset = self._client.scroll(
-                self.docs_collection, scroll_filter=models.Filter(must=[_match("kind", "document")]),
+                self.docs_collection, scroll_filter=models.Filter(must=[_match("kind", kind)]),
                 limit=_SCROLL_PAGE, offset=offset, with_payload=True, with_vectors=False,
             )
-            for r in recs:
-                rec = DocumentRecord.from_payload(r.payload or {})
-                out[rec.path] = rec
+            yield from (r.payload or {} for r in recs)
             if offset is None:
-                return out
+                return
+
+    def documents(self) -> dict[str, DocumentRecord]:
+        records = (DocumentRecord.from_payload(p) for p in self._registry("document"))
+        return {rec.path: rec for rec in records}
+
+    def writers(self) -> list[WriterRecord]:
+        return [WriterRecord.from_payload(p) for p in self._registry("writer")]
+
+    def put_writer(self, record: WriterRecord) -> None:
+        self._put_registry(writer_point_id(record.id), record.to_payload())
+
+    def delete_writer(self, writer: str) -> None:
+        if self._ready:
+            self._client.delete(self.docs_collection, models.PointIdsList(points=[writer_point_id(writer)]), wait=True)
 
     def get_document(self, path: str) -> DocumentRecord | None:
         if not self._ready:
@@ -181,6 +195,15 @@ class QdrantServerStore:
     def delete_chunks(self, path: str) -> None:
         if self._ready:
             self._client.delete(self.collection, models.FilterSelector(filter=_path_filter(path)), wait=True)
+
+    def delete_chunks_of_writers(self, path: str, writers: Sequence[str]) -> None:
+        if not self._ready:
+            return
+        should: list[Any] = [models.IsEmptyCondition(is_empty=models.PayloadField(key="writer"))]
+        if writers:
+            should.append(models.FieldCondition(key="writer", match=models.MatchAny(any=list(writers))))
+        self._client.delete(self.collection, models.FilterSelector(
+            filter=models.Filter(must=[_match("path", path)], should=should)), wait=True)
 
     def count_chunks(self, path: str | None = None) -> int:
         if not self._ready:
