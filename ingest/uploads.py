@@ -152,10 +152,10 @@ def ingest_uploads(
     return report
 
 
-def delete_upload(name: str, settings: Settings, *, store: Store) -> bool:
+def delete_upload(name: str, settings: Settings, *, store: Store, embedder: Embedder | None = None) -> bool:
     """Take an uploaded file out of the index, then off the disk. False if there is no such upload."""
     folder = uploads_folder(settings)
-    _settle(folder, settings, store, None)
+    _settle(folder, settings, store, embedder)
     if safe_name(name) != name or not (folder / name).is_file():
         return False
     forget([folder / name], settings, store=store)  # the record first: a crash leaves a file, not a ghost
@@ -196,7 +196,9 @@ def _save_all(files: list[tuple[str, Data]], sizes: list[int], folder: Path, set
     for (name, data), size in zip(files, sizes, strict=True):
         clean = safe_name(name)
         reason = _refusal(name, clean, size, settings)
-        if reason is None and clean is not None:
+        if reason is None and clean in saved:  # a second journal entry would drop the first one's backup
+            reason = f"another file in this upload is also saved as {clean}; upload it on its own"
+        elif reason is None and clean is not None:
             after = sum(stored.values()) - stored.get(clean, 0) + size
             if quota and after > quota:
                 reason = (f"your uploads would take {size_text(after)}, over your {size_text(quota)} "

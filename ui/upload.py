@@ -125,7 +125,7 @@ def _own_uploads(shared: Shared, target: Settings, identity: Identity, auth: Aut
 def _delete(name: str, shared: Shared, target: Settings, identity: Identity, auth: Auth) -> None:
     with shared.ingest_lock:
         try:
-            gone = delete_upload(name, target, store=shared.rag.store)
+            gone = delete_upload(name, target, store=shared.rag.store, embedder=shared.rag.embedder)
         except RagError as exc:
             st.session_state.upload_deleted = f"{code(name)} was not deleted: {exc}"
             return

@@ -65,9 +65,12 @@ def test_failed_upload_leaves_nothing_and_keeps_the_earlier_version(settings, em
     assert report.added == 1 and not report.failed
     saved = settings.uploads_dir / "parking.md"
 
-    report = ingest_uploads([("parking.md", NO_TEXT), ("broken.pdf", NOT_A_PDF)], settings, embedder=embedder)
+    # The same name twice in one upload, both broken: the second must not take the first one's backup away.
+    report = ingest_uploads([("parking.md", NO_TEXT), ("broken.pdf", NOT_A_PDF), ("../parking.md", b" ")],
+                            settings, embedder=embedder)
     reasons = {Path(f.path).name: f.reason for f in report.failed}
     assert set(reasons) == {"parking.md", "broken.pdf"}, reasons
+    assert len(report.failed) == 3
     assert saved.read_bytes() == GOOD, "the failed re-upload replaced the good file"
     assert not (settings.uploads_dir / "broken.pdf").exists(), "a failed upload was left on disk"
     assert {p.name for p in settings.uploads_dir.iterdir() if not p.name.startswith(".")} == {"parking.md"}
