@@ -115,6 +115,14 @@ class Settings(BaseSettings):
     uploads_dir_override: Path | None = Field(
         None, alias="RAG_UPLOADS_DIR", description="Where the UI keeps uploaded files; default <data_dir>/uploads."
     )
+    upload_quota_mb: float = Field(
+        1024.0, ge=0, description="What each UI user may keep in uploaded files (their uploads folder); an upload "
+        "that would exceed it is refused. 0 = no limit.",
+    )
+    upload_max_files: int = Field(20, ge=1, description="Files in one UI upload.")
+    upload_max_batch_mb: float = Field(
+        500.0, gt=0, description="Total size of the files in one UI upload (each file also RAG_MAX_FILE_MB).",
+    )
 
     # --- retrieval -----------------------------------------------------------------------------
     top_k: int = Field(20, ge=1, le=500, description="Candidates retrieved per question, before packing.")

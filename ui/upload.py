@@ -1,8 +1,11 @@
 """The sidebar's "Add documents": files from the browser into the index, shared with the groups the uploader
-chooses among their own, one upload at a time per process."""
+chooses among their own, one upload at a time per process; and the uploader's own files, with what they take of
+their quota and a button to delete each (a quota without a way to free space would be a trap)."""
 
 from __future__ import annotations
 
+import logging
+import math
 import time
 from pathlib import Path
 from typing import Any
@@ -10,18 +13,27 @@ from typing import Any
 import streamlit as st
 
 from ingest.parsers import SUPPORTED_EXTENSIONS
-from ingest.uploads import ingest_uploads, safe_name
+from ingest.uploads import MB, delete_upload, ingest_uploads, list_uploads, safe_name, size_text, uploads_folder
 from rag.errors import RagError
 from rag.security.auth import Identity
+from rag.security.markdown import code
 from rag.settings import Settings
 from ui import signin
 from ui.state import Auth, Shared
 
+log = logging.getLogger("rag.ui")
+
+UNEXPECTED = ("The upload failed unexpectedly ({kind}); nothing of it was kept. Try again; if it keeps failing, "
+              "tell an administrator (the server's log has the details).")
+
 
 def upload_box(shared: Shared, settings: Settings, identity: Identity, auth: Auth) -> None:
     round_ = st.session_state.setdefault("upload_round", 0)
+    target = signin.upload_settings(settings, identity)
+    # The browser refuses larger files itself, before they are sent and held in this process's memory.
     files = st.file_uploader("PDF, Word, HTML, Markdown or text", accept_multiple_files=True,
-                             type=sorted(e.lstrip(".") for e in SUPPORTED_EXTENSIONS), key=f"upload-{round_}")
+                             type=sorted(e.lstrip(".") for e in SUPPORTED_EXTENSIONS), key=f"upload-{round_}",
+                             max_upload_size=max(1, math.ceil(settings.max_file_mb)))
     chosen: list[str] = []
     if not identity.unrestricted:
         # Only the uploader's own groups are offered, and upload_groups drops anything else the browser sends.
@@ -30,16 +42,16 @@ def upload_box(shared: Shared, settings: Settings, identity: Identity, auth: Aut
                                 help=f"Your uploads are always readable by you (user:{identity.name}); add any "
                                      "of your groups to share them.")
     if files and st.button("Add to the index", type="primary", icon=":material/upload:"):
-        _add(files, chosen, shared, settings, identity, auth)
+        _add(files, chosen, shared, target, identity, auth)
         st.session_state.upload_round = round_ + 1  # a fresh, empty uploader
         st.rerun()
     _show_result(st.session_state.get("upload_result"))
+    _own_uploads(shared, target, identity, auth)
 
 
-def _add(files: list[Any], chosen: list[str], shared: Shared, settings: Settings, identity: Identity,
+def _add(files: list[Any], chosen: list[str], shared: Shared, target: Settings, identity: Identity,
          auth: Auth) -> None:
     groups = signin.upload_groups(identity, chosen)
-    target = signin.upload_settings(settings, identity)
     bar = st.progress(0.0, text="Waiting for another upload to finish…")
     with shared.ingest_lock:
         def on_progress(p) -> None:
@@ -49,12 +61,16 @@ def _add(files: list[Any], chosen: list[str], shared: Shared, settings: Settings
 
         bar.progress(0.0, text="Reading the files…")
         t0 = time.perf_counter()
+        report = None
         try:
-            report = ingest_uploads([(f.name, f.getvalue()) for f in files], target, groups=groups,
+            # The uploaded files themselves, not copies of their bytes: they are streamed to disk.
+            report = ingest_uploads([(f.name, f) for f in files], target, groups=groups,
                                     store=shared.rag.store, embedder=shared.rag.embedder, progress=on_progress)
         except RagError as exc:
             st.session_state.upload_result = {"error": str(exc)}
-            report = None
+        except Exception as exc:  # whatever one upload does, the page stays up for everyone
+            log.exception("upload by %s failed", identity.name)
+            st.session_state.upload_result = {"error": UNEXPECTED.format(kind=exc.__class__.__name__)}
         else:
             st.session_state.upload_result = {
                 "summary": f"{report.added} added, {report.updated} updated, {report.unchanged} unchanged "
@@ -64,11 +80,12 @@ def _add(files: list[Any], chosen: list[str], shared: Shared, settings: Settings
             }
         shared.index(fresh=True)
     failed = {f.path for f in report.failed} if report is not None else set()
+    folder = uploads_folder(target)
     indexed = [] if report is None else [
         path for f in files if f.name not in failed and (n := safe_name(f.name))
-        and (path := str(target.uploads_dir / n)) not in failed]
+        and (path := str(folder / n)) not in failed]
     auth.record("upload", identity.name, cited=indexed, latency_ms=(time.perf_counter() - t0) * 1000,
-                extra={"groups": groups if groups is not None else list(settings.default_groups),
+                extra={"groups": groups if groups is not None else list(target.default_groups),
                        "files": len(files), "indexed": len(indexed), "error": report is None})
 
 
@@ -79,7 +96,40 @@ def _show_result(result: dict[str, Any] | None) -> None:
         st.error(result["error"])
         return
     (st.warning if result["failed"] else st.success)(result["summary"])
+    # File names are the uploader's to choose: shown as code, never as Markdown.
     for name, reason in result["failed"]:
-        st.caption(f":red[failed] **{name}**: {reason}")
+        st.caption(f":red[failed] {code(name)}: {reason}")
     for name, reason in result["warnings"]:
-        st.caption(f":orange[warning] **{name}**: {reason}")
+        st.caption(f":orange[warning] {code(name)}: {reason}")
+
+
+def _own_uploads(shared: Shared, target: Settings, identity: Identity, auth: Auth) -> None:
+    mine = list_uploads(target)
+    used = sum(size for _, size in mine)
+    quota = target.upload_quota_mb
+    st.caption(f"Your uploads: {len(mine)} files, {size_text(used)}"
+               + (f" of {size_text(quota * MB)}" if quota else ""))
+    if not mine:
+        return
+    with st.expander("Your uploaded files"):
+        for name, size in mine:
+            left, right = st.columns([3, 2], vertical_alignment="center")
+            left.caption(f"{code(name)} · {size_text(size)}")
+            right.button("Delete", key=f"delete-upload-{name}", icon=":material/delete:",
+                         help="Take it out of the index and delete the file",
+                         on_click=_delete, args=(name, shared, target, identity, auth))
+    if st.session_state.get("upload_deleted"):
+        st.caption(st.session_state.upload_deleted)
+
+
+def _delete(name: str, shared: Shared, target: Settings, identity: Identity, auth: Auth) -> None:
+    with shared.ingest_lock:
+        try:
+            gone = delete_upload(name, target, store=shared.rag.store, embedder=shared.rag.embedder)
+        except RagError as exc:
+            st.session_state.upload_deleted = f"{code(name)} was not deleted: {exc}"
+            return
+        shared.index(fresh=True)
+    st.session_state.upload_deleted = f"{code(name)} deleted." if gone else f"{code(name)} was already gone."
+    auth.record("upload_delete", identity.name, cited=[str(uploads_folder(target) / name)] if gone else [],
+                extra={"deleted": gone})

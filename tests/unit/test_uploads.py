@@ -15,6 +15,10 @@ from ingest.uploads import ingest_uploads, safe_name
     ("..", None),
     ("   ", None),
     ("dir/", None),
+    (".rag-access.toml", "rag-access.toml"),  # no hidden or bookkeeping names
+    ("bad-\udcff.md", "bad-_.md"),  # bytes that were not UTF-8
+    ("\u202egpj.exe", "_gpj.exe"),  # a bidi override that would show it as "exe.jpg"
+    ("é" * 190 + ".md", "é" * 98 + ".md"),  # cut to 200 bytes, the type kept
 ])
 def test_safe_name(name, expected):
     assert safe_name(name) == expected
