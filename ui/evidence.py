@@ -55,7 +55,10 @@ def render_sources(rag: RAG, answer: Answer, key: str) -> None:
         return
     st.caption("Sources" if answer.cited else "Sources given to the model (the answer cites none)")
     for c in shown:
-        with st.expander(f"[{c.n}] {_where(c)}" + (f" — {c.section}" if c.section else "")):
+        # Open while shown in place: the rerun the toggle causes draws the answer anew, and a fresh expander
+        # would start closed over what the reader just asked to see.
+        with st.expander(f"[{c.n}] {_where(c)}" + (f" — {c.section}" if c.section else ""),
+                         expanded=bool(st.session_state.get(f"inplace-{key}-{c.n}"))):
             st.markdown(_quote(c.text or c.snippet, rag.settings.ui_link_hosts))
             path = Path(c.path)
             st.caption(f"{c.path} · relevance {c.score:.2f}" + (" · shortened to fit the context" if c.trimmed

@@ -101,6 +101,7 @@ def test_ask_in_the_browser_streams_an_answer_with_sources(ui_server, tmp_path):
             download.click()
         name = dl.value.suggested_filename
         assert (SAMPLE_DOCS / name).read_bytes() == Path(dl.value.path()).read_bytes()
+        _shown_on_its_page(page, sources, tmp_path)
         # Upload from the browser: through Streamlit's upload route into the ingestion pipeline.
         note = tmp_path / "parking.md"
         note.write_text("# Parking\n\nThe code of the parking garage gate is 4711.\n")
@@ -166,3 +167,26 @@ def test_proxy_mode_identity_from_headers_and_group_filtered_download(group_inde
     assert ("login_failed", None) in events and ("login_ok", "alice") in events, events
     assert ("ask", "alice") in events and ("download", "alice") in events, events
     assert {Path(e["cited"][0]).name for e in log if e["event"] == "download"} == {name}
+
+
+def _shown_on_its_page(page, sources, tmp_path: Path) -> None:
+    """A PDF source shown in place: its page as an image, the cited passage in the highlight's marker yellow."""
+    import io
+
+    from PIL import Image
+    from playwright.sync_api import expect
+
+    pdf = sources.filter(has_text=re.compile(r"\.pdf")).first
+    expect(pdf).to_be_visible()
+    if not pdf.get_by_text("Show in the document").is_visible():
+        pdf.locator("summary").click()
+    pdf.get_by_text("Show in the document").click()
+    image = pdf.get_by_test_id("stImage").locator("img")
+    expect(image).to_be_visible(timeout=60_000)
+    expect(pdf.get_by_text(re.compile(r"^Page \d+ of 7 · the passage is highlighted"))).to_be_visible()
+    page.wait_for_function("el => el.complete && el.naturalWidth > 0", arg=image.element_handle())
+    shot = Image.open(io.BytesIO(image.screenshot(path=str(tmp_path / "page.png")))).convert("RGB")
+    yellow = sum(1 for r, g, b in shot.getdata() if r > 200 and g > 180 and b < 190 and r - b > 60)
+    share = yellow / (shot.width * shot.height)
+    # A passage of a few lines on a page: a few percent of its pixels; an unhighlighted page has none.
+    assert 0.005 < share < 0.5, f"highlight covers {share:.2%} of the page image ({tmp_path / 'page.png'})"
