@@ -49,7 +49,7 @@ DEFAULT_THRESHOLD = 0.56
 _ABBREV = frozenset(["e.g", "i.e", "etc", "vs", "approx", "ca", "cf", "dr", "mr", "mrs", "ms", "prof", "no", "nr", "fig", "p", "pp", "vol", "sec", "art", "min", "max", "incl", "excl", "dept", "corp", "inc", "ltd", "co", "st", "jr", "sr", "jan", "feb", "mar", "apr", "jun", "jul", "aug", "sep", "sept", "oct", "nov", "dec", "mon", "tue", "wed", "thu", "fri", "sat", "sun"])
 _BOUNDARY = re.compile(r"[.!?…]+[\"'”’)\]]*(?=\s)|\n")
 _LEADING_CITES = re.compile(r"^(?:\s*\[\d{1,3}(?:\s*[,–-]\s*\d{1,3})*\])+")
-_MIN_TERMS = 2  # fewer content words than this ("See [1].") is not a claim that can be checked
+_MIN_TERMS = 2  # fewer content words than this ("See [1].") is not a claim of its own
 
 
 def split_sentences(text: str) -> list[str]:
@@ -108,6 +108,7 @@ def _bm25():  # the index's own tokenizer: stopwords and Snowball stemming for E
     return qe.Bm25(qe.Bm25Config(language="english"))
 
 
+@lru_cache(maxsize=1024)  # a source's text is scored against every sentence citing it
 def terms(text: str) -> frozenset[int]:
     """The content words of ``text`` (hashed BM25 terms)."""
     return frozenset(_bm25().embed_query(text).indices)
@@ -162,7 +163,7 @@ class SupportScorer:
 
     def check(self, answer: str, sources: dict[int, SourceText]) -> CheckResult:
         """Support and verdict of every source the answer cites (sources it does not cite are left out)."""
-        cl = [c for c in claims(answer) if len(terms(c.text)) >= _MIN_TERMS]
+        cl = claims(answer)  # a marker with no words to check ("[1]" alone) scores low: nothing is backed
         pairs = [(c.text, sources[n]) for c in cl for n in c.cites if n in sources]
         scores = iter(self.score_pairs(pairs))
         per_source: dict[int, list[float]] = {}
