@@ -139,6 +139,7 @@ class ItemResult:
     contains: float | None
     citations_valid: int  # cited numbers that name a source the model was given
     citations_invalid: int  # invented numbers (removed from what the user saw)
+    citations_unsupported: int  # cited sources the citation check found not to back their sentences
     cited_sources: list[str]
     source_retrieved: bool | None  # the expected source was among those given to the model
     source_cited: bool | None
@@ -164,6 +165,7 @@ def score_item(item: QAItem, answer: Answer, seconds: float) -> ItemResult:
         f1=token_f1(text, item.answers) if scored else None,
         contains=contains(text, item.answers) if scored else None,
         citations_valid=sum(1 for c in cited if c.n in valid), citations_invalid=len(answer.removed_citations),
+        citations_unsupported=sum(1 for c in cited if c.verdict == "unsupported"),
         cited_sources=[c.path for c in cited], source_retrieved=retrieved, source_cited=cited_ok,
         latency_s=seconds, ttft_s=answer.timings.get("ttft"),
     )
@@ -181,7 +183,7 @@ def evaluate_answers(rag: RAG, items: Sequence[QAItem], *,
             answer = rag.ask(item.question)
         except RagError as exc:
             last_error = exc
-            r = ItemResult(item.question, "", item.answerable, False, None, None, None, 0, 0, [], None, None,
+            r = ItemResult(item.question, "", item.answerable, False, None, None, None, 0, 0, 0, [], None, None,
                            None, None, error=str(exc))
         else:
             r = score_item(item, answer, time.perf_counter() - t)
@@ -217,6 +219,8 @@ def summarize(results: Sequence[ItemResult]) -> dict[str, Any]:
         "contains": mean([r.contains for r in answerable]),
         # Share of cited numbers that point at a source the model was given (invented ones are removed live).
         "citation_validity": round(valid / (valid + invalid), 4) if valid + invalid else None,
+        # Share of valid citations the citation check found not backed by their source (RAG_CITATION_CHECK).
+        "citations_unsupported": round(sum(r.citations_unsupported for r in ok) / valid, 4) if valid else None,
         "answers_with_citation": round(sum(1 for r in answered if r.citations_valid) / len(answered), 4)
         if answered else None,
         "source_retrieved": mean([float(bool(r.source_retrieved)) for r in with_source]),

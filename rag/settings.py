@@ -212,6 +212,16 @@ class Settings(BaseSettings):
         0.25, ge=0, le=0.9, description="Share of the prompt budget kept for chat history before sources."
     )
 
+    # --- citation check (rag/generation/support.py) ----------------------------------------------
+    citation_check: bool = Field(
+        True, description="After each answer, score every cited source against the sentences citing it (local "
+        "embeddings and word overlap); a source below RAG_CITATION_THRESHOLD is marked \"not found in the source\".",
+    )
+    # Calibrated on sample_docs (evaluation/citation_support.py): "unsupported" precision 0.97, recall 0.95.
+    citation_threshold: float = Field(
+        0.56, ge=0, le=1, description="Support (0..1) below which a citation counts as unsupported.",
+    )
+
     # --- access control (reserved now so permissions never need a re-index) ---------------------
     # Which groups may read a document: .rag-access.toml files in the ingested tree, then `rag ingest --groups`,
     # then this (rag/security/access.py). "Nobody but admins" is the safe default for documents no one thought about.

@@ -132,12 +132,17 @@ class Citation:
     # Its span in the document's extracted text: where RAG.source_text finds it again.
     char_start: int = 0
     char_end: int = 0
+    # How well the sentences citing it are backed by its text (rag/generation/support.py); None: not cited, or
+    # the check is off.
+    support: float | None = None
+    verdict: str | None = None  # "supported" | "unsupported" | None
 
     def to_dict(self) -> dict[str, Any]:
         return {"n": self.n, "path": self.path, "source": self.source, "page": self.page, "page_end": self.page_end,
                 "section": self.section, "snippet": self.snippet, "score": round(self.score, 4),
                 "cited": self.cited, "trimmed": self.trimmed, "text": self.text, "char_start": self.char_start,
-                "char_end": self.char_end}
+                "char_end": self.char_end, "support": None if self.support is None else round(self.support, 4),
+                "verdict": self.verdict}
 
 
 @dataclass

@@ -17,6 +17,7 @@ from cachetools import LRUCache
 from rag.errors import RagError
 from rag.evidence.pages import RenderedPage
 from rag.generation.chain import RAG, Answer, Citation
+from rag.generation.support import UNSUPPORTED
 from rag.security.markdown import inert_markdown
 from ui import signin
 
@@ -42,6 +43,16 @@ def _where(c: Citation) -> str:
     return f"{name}, p. {c.page}"
 
 
+def _verdict_label(c: Citation) -> str:
+    return " — not found in the source" if c.verdict == UNSUPPORTED else ""
+
+
+def _support_caption(c: Citation) -> str:
+    if c.support is None:
+        return ""
+    return f" · support {c.support:.2f}" + (" (not found in the source)" if c.verdict == UNSUPPORTED else "")
+
+
 def render_sources(rag: RAG, answer: Answer, key: str) -> None:
     """The answer's sources, each with its passage and a download. Retrieval already kept out what the user may
     not read; each source is checked again here (its groups may have changed since), and the download reads the
@@ -57,12 +68,15 @@ def render_sources(rag: RAG, answer: Answer, key: str) -> None:
     for c in shown:
         # Open while shown in place: the rerun the toggle causes draws the answer anew, and a fresh expander
         # would start closed over what the reader just asked to see.
-        with st.expander(f"[{c.n}] {_where(c)}" + (f" — {c.section}" if c.section else ""),
+        with st.expander(f"[{c.n}] {_where(c)}" + (f" — {c.section}" if c.section else "") + _verdict_label(c),
                          expanded=bool(st.session_state.get(f"inplace-{key}-{c.n}"))):
+            if c.verdict == UNSUPPORTED:
+                st.warning(f"Not found in the source: the sentences citing [{c.n}] are not backed by this passage "
+                           f"(support {c.support:.2f}). Check the answer against it.", icon=":material/help:")
             st.markdown(_quote(c.text or c.snippet, rag.settings.ui_link_hosts))
             path = Path(c.path)
-            st.caption(f"{c.path} · relevance {c.score:.2f}" + (" · shortened to fit the context" if c.trimmed
-                                                                 else ""))
+            st.caption(f"{c.path} · relevance {c.score:.2f}" + _support_caption(c)
+                       + (" · shortened to fit the context" if c.trimmed else ""))
             if st.toggle("Show in the document", key=f"inplace-{key}-{c.n}"):
                 show_in_place(rag, c, grant, f"{key}-{c.n}")
             if path.is_file():

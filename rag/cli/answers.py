@@ -129,7 +129,9 @@ def _print_sources(answer, all_sources: bool = False) -> None:
     for c in shown:
         out.print(Text.assemble((f"[{c.n}] ", "bold cyan"), (rel(c.path), "bold"),
                                 (f", p. {c.page}" if c.page else "", ""),
-                                (f" — {c.section}" if c.section else "", "italic")))
+                                (f" — {c.section}" if c.section else "", "italic"),
+                                (f"  not found in the source (support {c.support:.2f})"
+                                 if c.verdict == "unsupported" else "", "bold yellow")))
         out.print(Text("    " + snippet(c.snippet, 200), style="dim"))
 
 

@@ -23,6 +23,7 @@ from langchain_core.runnables.utils import AddableDict
 from rag.errors import AccessDenied, RagError
 from rag.generation.generate import FailOver, Generator, answer_of
 from rag.generation.prompts import NO_ANSWER
+from rag.generation.support import SupportScorer, check_answer
 from rag.generation.window import WindowPacker
 from rag.llm.endpoints import OpenAICompatibleEndpoint
 from rag.ops import metrics
@@ -156,7 +157,13 @@ class Graph:
             if piece:
                 shown.append(piece)
                 yield AddableDict(text=piece)
-        yield AddableDict(answer=answer_of(attempt, "".join(shown).strip(), x, failovers))
+        answer = answer_of(attempt, "".join(shown).strip(), x, failovers)
+        settings = self.rag.settings
+        if settings.citation_check and attempt.packing is not None:  # after the text: it delays nothing shown
+            check_answer(answer, attempt.packing.sources,
+                         SupportScorer(self.rag.embedder, threshold=settings.citation_threshold),
+                         getattr(self.rag.store, "vectors", None))
+        yield AddableDict(answer=answer)
 
     def _no_answer(self, x: dict) -> Answer:
         timings = {**x["timings"], "pack": 0.0, "ttft": None, "generate": 0.0,

@@ -37,6 +37,11 @@ COMPLETION_TOKENS = Counter("rag_completion_tokens", "Answer tokens received fro
 FILL = Histogram("rag_packing_fill_ratio", "Share of the source budget the packed sources use.",
                  buckets=(0.25, 0.5, 0.75, 0.85, 0.9, 0.95, 0.98, 1.0), registry=REGISTRY)
 IN_FLIGHT = Gauge("rag_questions_in_flight", "Questions being answered now.", registry=REGISTRY)
+CITATIONS = Counter("rag_citations", "Cited sources of answers, by the citation check's verdict (supported, "
+                    "unsupported, unchecked: the check is off or had no sentence to score).", ["verdict"],
+                    registry=REGISTRY)
+CITATION_CHECK = Histogram("rag_citation_check_seconds", "The citation check after an answer.",
+                           buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1), registry=REGISTRY)
 HTTP_REQUESTS = Counter("rag_http_requests", "API requests by route and status code.", ["route", "status"],
                         registry=REGISTRY)
 
@@ -59,6 +64,10 @@ def observe_answer(answer: Answer, endpoint: str) -> None:
     COMPLETION_TOKENS.labels(endpoint, model).inc(answer.usage.get("completion_tokens") or 0)
     if answer.packing is not None:
         FILL.observe(answer.packing.fill)
+    for c in answer.cited:
+        CITATIONS.labels(c.verdict or "unchecked").inc()
+    if (check := t.get("citation_check")) is not None:
+        CITATION_CHECK.observe(check)
 
 
 def observe_error(endpoint: str, exc: BaseException) -> None:

@@ -74,6 +74,9 @@ def test_openai_sdk_chat_streaming_and_not(api):
     assert r.usage.prompt_tokens > 100 and r.usage.completion_tokens > 0
     sources = r.model_extra["sources"]
     assert sources and any(s["path"].endswith("employee-handbook.pdf") for s in sources)
+    # The citation check's result on every source: null where the answer does not cite it.
+    assert all(s["verdict"] in ("supported", "unsupported") and 0 <= s["support"] <= 1 if s["cited"]
+               else s["verdict"] is None and s["support"] is None for s in sources)
     # Each source names the route that shows it in place: the PDF page with the passage highlighted.
     pdf = next(s for s in sources if s["path"].endswith("employee-handbook.pdf"))
     assert pdf["view"]["kind"] == "page" and pdf["char_end"] > pdf["char_start"]
@@ -129,6 +132,7 @@ def test_permissions_and_errors(api):
     assert 'rag_http_requests_total{route="/v1/chat/completions",status="200"}' in m
     assert 'status="401"' in m and "rag_time_to_first_token_seconds_bucket" in m
     assert "rag_packing_fill_ratio_count" in m and keys["alice"] not in m
+    assert "# TYPE rag_citations_total counter" in m or "# TYPE rag_citations counter" in m
 
 
 def test_langchain_chat_openai_against_the_api(api):

@@ -85,7 +85,8 @@ def _question_and_history(messages: list[ChatMessage]) -> tuple[str, list[tuple[
 def _sources(answer: Answer, model: str) -> list[dict[str, Any]]:
     return [{"n": c.n, "path": c.path, "source": c.source, "page": c.page, "page_end": c.page_end,
              "section": c.section, "snippet": c.snippet, "score": round(c.score, 4), "cited": c.cited,
-             "char_start": c.char_start, "char_end": c.char_end, "view": view_of(model, c)}
+             "char_start": c.char_start, "char_end": c.char_end, "view": view_of(model, c),
+             "support": None if c.support is None else round(c.support, 4), "verdict": c.verdict}
             for c in answer.sources]
 
 

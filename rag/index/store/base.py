@@ -187,6 +187,11 @@ class Store(Protocol):
         """All chunks of one document in chunk order (score 0), for source viewers and tests."""
         ...
 
+    def vectors(self, ids: Sequence[str]) -> dict[str, list[float]]:
+        """The dense vectors of these chunks by id (ids not found are left out): what the citation check compares
+        an answer's sentences with, without embedding the chunks again."""
+        ...
+
     def search(self, vector: Sequence[float], limit: int, flt: SearchFilter | None = None) -> list[Hit]:
         """Dense nearest neighbours (``query`` in dense mode)."""
         ...

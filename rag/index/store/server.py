@@ -237,6 +237,12 @@ class QdrantServerStore:
             self._has_sparse = (self.meta() or {}).get("sparse") == SPARSE
         return self._has_sparse
 
+    def vectors(self, ids: Sequence[str]) -> dict[str, list[float]]:
+        if not self._ready or not ids:
+            return {}
+        recs = self._client.retrieve(self.collection, list(ids), with_payload=False, with_vectors=[DENSE])
+        return {str(r.id): list(dense_vector(r.vector, DENSE)) for r in recs if r.vector}
+
     def search(self, vector: Sequence[float], limit: int, flt: SearchFilter | None = None) -> list[Hit]:
         return self.query(vector, limit, flt)
 
