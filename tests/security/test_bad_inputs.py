@@ -76,7 +76,9 @@ def test_cli_ingest_reports_every_bad_file_within_bounds(corpus, tmp_path):
     assert elapsed < RUN_BOUND_S, f"rag ingest still running after {RUN_BOUND_S} s (killed)"
     stderr = (tmp_path / "err").read_text(errors="replace")
     assert code == 1, f"exit {code} (1 = some files failed):\n{stderr[-3000:]}"
-    report = json.loads((tmp_path / "out").read_text())
+    out = (tmp_path / "out").read_text()
+    assert out.strip(), f"rag ingest printed no report (the run stopped):\n{stderr[-3000:]}"
+    report = json.loads(out)
     failed = {Path(f["path"]).name: f["reason"] for f in report["failed"] + report["skipped"]}
     assert report["added"] == len(bad_inputs.GOOD)
     indexed = {n for n, w in expected.items() if w == "indexed" and n not in failed}
