@@ -38,14 +38,12 @@ def _corpus_module():
 
 def _role(p: psutil.Process, main_pid: int) -> str:
     try:
-        cmd = " ".join(p.cmdline())
         if "tesseract" in p.name():
             return "tesseract"
-        if "forkserver" in cmd:
-            return "fork server"
-        if p.ppid() != main_pid:
+        if p.ppid() != main_pid:  # forked by the fork server (whose command line the workers keep)
             return "parse worker"
-        return "resource tracker" if "resource_tracker" in cmd else "other child"
+        cmd = " ".join(p.cmdline())
+        return "fork server" if "forkserver" in cmd else "resource tracker" if "resource_tracker" in cmd else "other"
     except psutil.Error:
         return "gone"
 
