@@ -29,12 +29,32 @@ class Discovered:
     policy_files: list[Path] = field(default_factory=list)
 
     def add(self, f: Path, root: Path) -> None:
+        if not _utf8(f):
+            # Its name goes into chunk ids, payloads and reports, which are UTF-8: one such file used to stop the
+            # whole run (UnicodeEncodeError) after the files before it were half-stored.
+            self.failed.append(FileIssue(printable(f), "file name is not valid UTF-8 (shown with \\x escapes): "
+                                                       "rename it, e.g. with `convmv -f latin1 -t utf8`"))
+            return
         old = self.file_roots.get(f)
         if old is None:
             self.files.append(f)
             self.file_roots[f] = root
         elif len(root_folder(root).parts) < len(root_folder(old).parts):
             self.file_roots[f] = root  # the outermost root reads the most policy files, whatever the order given
+
+
+def _utf8(p: Path) -> bool:
+    try:
+        str(p).encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def printable(p: Path) -> str:
+    """A path whose name holds bytes that are not UTF-8 (Python keeps them as surrogates), with those bytes
+    escaped, so it can be printed and stored."""
+    return os.fsencode(p).decode("utf-8", "backslashreplace")
 
 
 def discover(paths: Iterable[str | Path]) -> tuple[list[Path], list[Path], list[FileIssue], list[FileIssue]]:

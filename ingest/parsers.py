@@ -19,6 +19,7 @@ import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ingest import limits
 from rag import offline
 from rag.errors import ParseError
 from rag.settings import Settings
@@ -78,7 +79,7 @@ def parse(path: Path, settings: Settings) -> ParsedDocument:
     elif ext in TEXT_EXT:
         doc = _parse_text(path)
     else:
-        doc = _parse_unstructured(path, ext)
+        doc = _parse_unstructured(path, ext, settings)
     doc.blocks = [b for b in doc.blocks if b.text.strip()]
     if not doc.blocks:
         raise ParseError("no text could be extracted" + (f" ({'; '.join(doc.warnings)})" if doc.warnings else ""))
@@ -107,6 +108,7 @@ def _parse_pdf(path: Path, settings: Settings) -> ParsedDocument:
         n_pages = len(pdf)
         if n_pages == 0:
             raise ParseError("PDF has no pages")
+        limits.check_pages(n_pages, settings)
         toc = _pdf_toc(pdf)
         title = _pdf_title(pdf)
         blocks: list[Block] = []
@@ -126,7 +128,7 @@ def _parse_pdf(path: Path, settings: Settings) -> ParsedDocument:
             text = text.replace("\r\n", "\n").replace("\r", "\n").replace("\x00", "")
             if len(re.sub(r"\s", "", text)) < _SCANNED_MIN_CHARS:
                 scanned.append(i + 1)
-                ocr = _ocr_page(page, settings) if settings.ocr else None
+                ocr = _ocr_page(page, i + 1, settings, warnings) if settings.ocr else None
                 text = ocr or ""
             page.close()
             texts.append(text)
@@ -242,11 +244,15 @@ def _tesseract() -> str | None:
     return shutil.which("tesseract")
 
 
-def _ocr_page(page, settings: Settings) -> str | None:
+def _ocr_page(page, number: int, settings: Settings, warnings: list[str]) -> str | None:
     exe = _tesseract()
     if exe is None:
         return None
-    image = page.render(scale=300 / 72).to_pil()
+    width, height = page.get_size()
+    scale, warning = limits.ocr_scale(width, height, settings)
+    if warning:
+        warnings.append(f"page {number}: {warning}")
+    image = page.render(scale=scale).to_pil()
     buf = io.BytesIO()
     image.save(buf, format="PNG")
     try:
@@ -305,7 +311,7 @@ def _parse_text(path: Path) -> ParsedDocument:
 _SKIP_CATEGORIES = {"Header", "Footer", "PageBreak", "PageNumber", "Image"}
 
 
-def _parse_unstructured(path: Path, ext: str) -> ParsedDocument:
+def _parse_unstructured(path: Path, ext: str, settings: Settings) -> ParsedDocument:
     offline.patch_unstructured()
     try:
         if ext in HTML_EXT:
@@ -320,6 +326,7 @@ def _parse_unstructured(path: Path, ext: str) -> ParsedDocument:
         else:
             from unstructured.partition.docx import partition_docx
 
+            limits.check_zip(path, settings)
             elements = partition_docx(filename=str(path))
     except ParseError:
         raise

@@ -36,7 +36,8 @@ from pathlib import Path
 
 from ingest.chunking import Chunk, chunk_document
 from ingest.discovery import Discovered, discover, resolve_access, walk
-from ingest.parsers import PARSER_VERSION, ParsedDocument, parse
+from ingest.parsers import PARSER_VERSION, ParsedDocument
+from ingest.sandbox import ParseWorker
 from ingest.report import FileIssue, IngestReport, Progress, ProgressCallback
 from ingest.writers import WriterLease, sweep_orphans
 from rag.security.access import AccessPolicy
@@ -146,9 +147,11 @@ def _run(files: list[Path], roots: list[Path], settings: Settings, access: dict[
     batch = _Batch(store, lease, embedder, sparse, sig, report, prog)
     work_q: queue.Queue[_Work | None] = queue.Queue(maxsize=8)
     stop = threading.Event()
+    parser = ParseWorker(settings)
 
     def prepare(f: Path) -> _Work:
-        return _prepare(f, registry.get(str(f)), sig, access[str(f)], settings, embedder, redo=str(f) in damaged)
+        return _prepare(f, registry.get(str(f)), sig, access[str(f)], settings, embedder, parser,
+                        redo=str(f) in damaged)
 
     producer = threading.Thread(target=_produce, args=(files, prepare, work_q, stop), name="rag-ingest-parse",
                                 daemon=True)
@@ -169,6 +172,7 @@ def _run(files: list[Path], roots: list[Path], settings: Settings, access: dict[
                 progress(prog)
     finally:
         stop.set()
+        parser.close()  # kills a parse still running, so the thread below can finish
         producer.join(timeout=5)
 
 
@@ -261,13 +265,17 @@ def _size(p: Path) -> int:
 
 
 def _prepare(f: Path, previous: DocumentRecord | None, sig: str, access: dict, settings: Settings,
-             embedder: Embedder, *, redo: bool = False) -> _Work:
-    """Runs in the parse thread: hash, and parse + chunk only if the file changed (or ``redo``)."""
+             embedder: Embedder, parser: ParseWorker, *, redo: bool = False) -> _Work:
+    """Runs in the parse thread: hash, and parse (in the worker process) + chunk only if the file changed (or
+    ``redo``)."""
     try:
         st = f.lstat()
         if stat.S_ISLNK(st.st_mode):
             return _Work(str(f), 0, 0.0, "", previous, access, error="became a symbolic link after the folder was "
                          "walked: not followed; ingest again")
+        if st.st_size > settings.max_file_mb * 2**20:  # refused before hashing: a 2 GB file is not read at all
+            return _Work(str(f), st.st_size, st.st_mtime, "", previous, access, error=(
+                f"file is {st.st_size / 2**20:,.0f} MB, over the {settings.max_file_mb:g} MB limit (RAG_MAX_FILE_MB)"))
         sha = file_sha256(f)
     except OSError as exc:
         return _Work(str(f), 0, 0.0, "", previous, access, error=f"cannot read file: {exc.strerror or exc}")
@@ -275,7 +283,7 @@ def _prepare(f: Path, previous: DocumentRecord | None, sig: str, access: dict, s
     if previous is not None and previous.sha256 == sha and previous.config_sig == sig and not redo:
         return w
     try:
-        w.doc = parse(f, settings)
+        w.doc = parser.parse(f)
         w.chunks = chunk_document(w.doc, embedder, settings.chunk_tokens, settings.chunk_overlap_tokens)
         if not w.chunks:
             w.error = "no text could be extracted"

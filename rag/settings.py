@@ -112,6 +112,23 @@ class Settings(BaseSettings):
         600.0, ge=30, description="Seconds without a heartbeat after which another ingest run counts as dead and "
         "its unrecorded chunks are swept (concurrent ingests into one Qdrant server)."
     )
+    # Parsing runs in a worker process (ingest/sandbox.py) with these limits, so a hostile file costs one file.
+    parse_max_memory_mb: int = Field(
+        2048, ge=512, description="Address space of the parse worker (RLIMIT_AS; imports take ~850 MB of it): a "
+                                  "file needing more is reported as out of memory and the worker restarted.")
+    parse_timeout_s: float = Field(
+        300.0, gt=0, description="Wall time one file may take to parse, OCR included; the worker is then killed "
+                                 "and the file reported. Raise it for long scanned PDFs.")
+    max_pages: int = Field(5000, ge=1, description="PDFs with more pages are refused (before any page is read).")
+    ocr_max_megapixels: float = Field(
+        40.0, gt=0, description="A page rendered for OCR (at 300 dpi) larger than this is rendered at a lower "
+                                "resolution that fits; A4 at 300 dpi is 8.7 megapixels.")
+    max_uncompressed_mb: float = Field(
+        500.0, gt=0, description="DOCX (a zip): refused when its parts would inflate beyond this; checked in the "
+                                 "zip directory, before anything is decompressed.")
+    max_compression_ratio: float = Field(
+        200.0, gt=1, description="DOCX: refused when its parts inflate more than this many times (a zip bomb); "
+                                 "real documents stay under ~30.")
     uploads_dir_override: Path | None = Field(
         None, alias="RAG_UPLOADS_DIR", description="Where the UI keeps uploaded files; default <data_dir>/uploads."
     )

@@ -1,0 +1,150 @@
+"""Parsing in a worker process with limits, so a hostile or broken file costs that file and nothing else.
+
+Every file ``rag ingest`` and the UI's uploads parse (OCR included) goes through ``ParseWorker``: one process
+from a ProcessPoolExecutor (forkserver start method: the caller has torch and threads loaded, which fork must
+not copy), kept alive across files, with
+- an address-space limit (RLIMIT_AS = RAG_PARSE_MAX_MEMORY_MB) set in the worker: an allocation beyond it fails
+  there (MemoryError, or a C library's crash), never in the UI or the CLI;
+- a wall-time limit per file (RAG_PARSE_TIMEOUT_S): the worker is killed and the next file gets a fresh one;
+- the parsers' own checks before expensive work (ingest/limits.py: pages, OCR bitmap size, zip inflation).
+A worker that dies (out of memory, a signal, the timeout) turns into a ParseError whose reason says which, and
+the run goes on. Chunking stays in the caller: it needs the embedding model's tokenizer, which lives there.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import resource
+import signal
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
+from concurrent.futures.process import BrokenProcessPool
+from pathlib import Path
+from types import TracebackType
+
+from ingest.parsers import ParsedDocument, parse
+from rag.errors import ParseError
+from rag.settings import Settings
+
+log = logging.getLogger(__name__)
+
+# Imported once by the fork server, so a worker restarted after a crash starts in milliseconds, not seconds.
+_PRELOAD = ["ingest.parsers", "pypdfium2", "docx", "lxml.html"]
+
+
+class _OutOfMemory(ParseError):
+    """The worker's memory limit was hit: the worker is replaced, its heap may be in any state."""
+
+
+def _init_worker(max_memory_mb: int) -> None:
+    limit = max_memory_mb * 2**20
+    resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))  # a crashing parser must not write GBs of core dump
+    # Ctrl-C reaches the whole process group; the parent decides what stops, and kills the worker itself.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def _parse_in_worker(path: str, settings: Settings) -> ParsedDocument:
+    try:
+        return parse(Path(path), settings)
+    except ParseError as exc:
+        if isinstance(exc.__cause__, MemoryError):  # a parser that wraps every failure (unstructured's DOCX)
+            raise _OutOfMemory(out_of_memory(settings)) from None
+        raise
+    except MemoryError:
+        raise _OutOfMemory(out_of_memory(settings)) from None
+    except RecursionError:
+        raise ParseError("too deeply nested for the parser (Python's recursion limit)") from None
+    except Exception as exc:  # re-raised as a ParseError: the original may not survive pickling back
+        log.debug("unexpected parser failure on %s", path, exc_info=True)
+        raise ParseError(f"unexpected {exc.__class__.__name__} while parsing: {str(exc)[:200]}") from None
+
+
+def out_of_memory(settings: Settings) -> str:
+    return (f"parser ran out of memory (RAG_PARSE_MAX_MEMORY_MB={settings.parse_max_memory_mb}); raise it if "
+            "the file is genuine")
+
+
+def death_reason(exitcode: int | None, settings: Settings) -> str:
+    """Why the worker died, from its exit code (negative: the signal that killed it)."""
+    if exitcode is None or exitcode >= 0:
+        return f"parser process exited unexpectedly (exit code {exitcode})"
+    limit = f"RAG_PARSE_MAX_MEMORY_MB={settings.parse_max_memory_mb}"
+    hints = {signal.SIGKILL: "killed from outside, e.g. by the kernel's out-of-memory killer",
+             signal.SIGSEGV: f"often a parser out of memory under {limit}, or a parser bug",
+             signal.SIGABRT: f"often a parser out of memory under {limit}"}
+    try:
+        sig = signal.Signals(-exitcode)
+    except ValueError:
+        return f"parser crashed: signal {-exitcode}"
+    hint = hints.get(sig)
+    return f"parser crashed: signal {-exitcode} ({sig.name}" + (f"; {hint})" if hint else ")")
+
+
+class ParseWorker:
+    """``parse(path)`` in a child process with limits; raises ParseError with the reason, never anything else."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._pool: ProcessPoolExecutor | None = None
+        self._procs: list[multiprocessing.process.BaseProcess] = []
+        self.restarts = 0
+
+    def __enter__(self) -> ParseWorker:
+        return self
+
+    def __exit__(self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None) -> None:
+        self.close()
+
+    def _executor(self) -> ProcessPoolExecutor:
+        if self._pool is None:
+            ctx = multiprocessing.get_context("forkserver")
+            ctx.set_forkserver_preload(_PRELOAD)
+            self._pool = ProcessPoolExecutor(max_workers=1, mp_context=ctx, initializer=_init_worker,
+                                             initargs=(self.settings.parse_max_memory_mb,))
+        return self._pool
+
+    def parse(self, path: Path) -> ParsedDocument:
+        pool = self._executor()
+        try:
+            future = pool.submit(_parse_in_worker, str(path), self.settings)
+        except BrokenProcessPool:  # died between two files
+            self._discard(kill=True)
+            pool = self._executor()
+            future = pool.submit(_parse_in_worker, str(path), self.settings)
+        # The executor spawns its worker on submit; keep our own handle to read its exit code after a crash.
+        self._procs = list(pool._processes.values()) or self._procs
+        try:
+            return future.result(timeout=self.settings.parse_timeout_s)
+        except _OutOfMemory:
+            self._discard(kill=True)
+            raise
+        except FutureTimeout:
+            self._discard(kill=True)
+            raise ParseError(f"timed out after {self.settings.parse_timeout_s:g} s (RAG_PARSE_TIMEOUT_S): the "
+                             "parser was stopped; raise the limit if the file is genuine (long scans)") from None
+        except BrokenProcessPool:
+            codes = self._discard(kill=False)
+            raise ParseError(death_reason(next((c for c in codes if c), None), self.settings)) from None
+
+    def _discard(self, *, kill: bool) -> list[int | None]:
+        """Drop the executor (a fresh one starts on the next file); returns its workers' exit codes."""
+        pool, procs = self._pool, self._procs
+        self._pool, self._procs = None, []
+        if pool is None:
+            return []
+        if kill:
+            for p in procs:
+                p.kill()
+        pool.shutdown(wait=True, cancel_futures=True)
+        for p in procs:
+            p.join(timeout=5)
+        self.restarts += 1
+        return [p.exitcode for p in procs]
+
+    def close(self) -> None:
+        """Stop the worker, killing it if a parse is still running (the run was interrupted)."""
+        if self._pool is not None:
+            self._discard(kill=True)
+            self.restarts -= 1
