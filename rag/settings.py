@@ -19,6 +19,8 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from rag.urls import SecretUrl
+
 #: How chunks are found: embeddings, BM25 keywords, or both fused by reciprocal rank.
 RetrievalMode = Literal["dense", "sparse", "hybrid"]
 RETRIEVAL_MODES: tuple[str, ...] = get_args(RetrievalMode)
@@ -38,7 +40,7 @@ class LLMEndpoint(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    base_url: str
+    base_url: SecretUrl
     api_key: SecretStr | None = None
     model: str | None = None
     context_window: int | None = Field(None, ge=256)
@@ -77,7 +79,9 @@ class Settings(BaseSettings):
     # --- storage -------------------------------------------------------------------------------
     data_dir: Path = Field(Path(".rag"), description="Embedded store, ONNX exports and any other state.")
     collection: str = Field("documents", pattern=r"^[A-Za-z0-9_-]{1,64}$")
-    qdrant_url: str | None = Field(None, description="Qdrant server/cluster; unset = embedded qdrant-edge.")
+    qdrant_url: SecretUrl | None = Field(
+        None, description="Qdrant server/cluster; unset = embedded qdrant-edge. An ?api-key=... in it stands in for "
+                          "RAG_QDRANT_API_KEY; user:password@ is sent as HTTP Basic auth.")
     qdrant_api_key: SecretStr | None = None
     qdrant_timeout: float = 30.0
 
@@ -136,7 +140,7 @@ class Settings(BaseSettings):
         description="Cross-encoder that reorders the retrieved chunks: a local folder (or a model already in the "
                     "Hugging Face cache). With RAG_RERANK_URL set: the model name sent to that endpoint.",
     )
-    rerank_url: str | None = Field(
+    rerank_url: SecretUrl | None = Field(
         None,
         description="Reranking endpoint (vLLM, Hugging Face TEI, llama.cpp server...): its base URL, or the full "
                     "URL ending in /rerank. Takes precedence over a local RAG_RERANK_MODEL.",
@@ -160,7 +164,10 @@ class Settings(BaseSettings):
     rerank_timeout: float = Field(30.0, gt=0, description="Seconds before a request to RAG_RERANK_URL is abandoned.")
 
     # --- LLM endpoint --------------------------------------------------------------------------
-    llm_base_url: str = Field("http://127.0.0.1:8080/v1", description="OpenAI-compatible base URL (…/v1).")
+    llm_base_url: SecretUrl = Field(
+        SecretUrl("http://127.0.0.1:8080/v1"),
+        description="OpenAI-compatible base URL (…/v1). Credentials in it (user:password@, ?api_key=...) are sent "
+                    "but shown as *** everywhere (rag/urls.py).")
     llm_api_key: SecretStr | None = None
     llm_model: str | None = Field(None, description="Default: the first model the endpoint lists.")
     llm_context_window: int | None = Field(None, ge=256, description="Overrides what the server reports.")

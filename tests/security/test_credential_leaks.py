@@ -1,0 +1,231 @@
+"""Hole 3: credentials written into URL settings (``http://user:password@host``, ``?api_key=…``) never reach an
+output — error messages, ``/healthz`` and ``/metrics`` (no key needed), API error bodies, the UI, the CLI, logs.
+
+Every URL setting gets its own password and query token, and points at a port where nothing listens, so every
+call fails and the error paths (the ones that quote URLs) run; then every channel is searched for the tokens.
+A second test checks that the credentials still reach the server: scrubbing must not break the connection."""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import shutil
+
+import httpx
+import pytest
+import streamlit as st
+from fastapi.testclient import TestClient
+from streamlit.testing.v1 import AppTest
+
+from conftest import ROOT, _free_port, rag_cmd
+
+QUESTION = "How many vacation days do employees get?"
+
+
+def _plant(which: str) -> tuple[dict[str, str], list[str]]:
+    """The environment with credentials planted in one kind of URL setting, and the secrets to look for."""
+    users: list[tuple[str, str]] = []
+    tokens: list[str] = []
+
+    def dead(path: str, user: str, password: str, param: str, token: str) -> str:
+        users.append((user, password))
+        tokens.append(token)
+        return f"http://{user}:{password}@127.0.0.1:{_free_port()}{path}?{param}={token}"
+
+    if which == "llm_base_url":
+        env = {"RAG_LLM_BASE_URL": dead("/v1", "alice", "pw-llm-base-51c2", "token", "tok-llm-base-9e07")}
+    elif which == "llm_endpoints":
+        env = {"RAG_LLM_ENDPOINTS": json.dumps([
+            {"base_url": dead("/v1", "bob", "pw-endpoint-1-a81f", "api_key", "tok-endpoint-1-3d5b")},
+            {"base_url": dead("/v1", "carol", "pw-endpoint-2-77e0", "token", "tok-endpoint-2-c4a9"), "priority": 1}])}
+    elif which == "rerank_url":
+        env = {"RAG_RERANK_URL": dead("/rerank", "rr", "pw-rerank-0b6d", "api_key", "tok-rerank-f21e")}
+    else:
+        env = {"RAG_QDRANT_URL": dead("/", "qd", "pw-qdrant-6e3c", "api-key", "tok-qdrant-18aa")}
+    env.setdefault("RAG_LLM_BASE_URL", f"http://127.0.0.1:{_free_port()}/v1")
+    # Also as an HTTP Basic header would carry them, should a header ever be printed.
+    basics = [base64.b64encode(f"{u}:{p}".encode()).decode() for u, p in users]
+    return env, [p for _, p in users] + tokens + basics
+
+
+def _library(outputs: dict[str, str]) -> None:
+    from rag.generation.chain import RAG
+    from rag.settings import Settings
+
+    settings = Settings()
+    outputs["repr(settings)"] = f"{settings!r} {settings} {settings.model_dump()} {settings.model_dump_json()}"
+    try:
+        rag = RAG.from_settings(settings)
+    except Exception as exc:
+        outputs["library exception (open)"] = f"{exc!r} {exc} {exc.__cause__!r}"
+        return
+    try:
+        outputs["endpoint info"] = repr([m.endpoint.info for m in rag.pool.members])
+        rag.ask(QUESTION)
+        raise AssertionError("the question was answered without an LLM")
+    except AssertionError:
+        raise
+    except Exception as exc:
+        outputs["library exception (ask)"] = f"{exc!r} {exc}"
+    finally:
+        rag.close()
+
+
+def _api(outputs: dict[str, str]) -> None:
+    from rag.api.app import create_app
+    from rag.settings import Settings
+
+    chat = {"model": "documents", "messages": [{"role": "user", "content": QUESTION}]}
+    try:
+        with TestClient(create_app(Settings()), base_url="http://127.0.0.1:8000") as client:
+            outputs["/healthz"] = client.get("/healthz").text
+            outputs["API error"] = client.post("/v1/chat/completions", json=chat).text
+            outputs["API stream error"] = client.post("/v1/chat/completions", json={**chat, "stream": True}).text
+            outputs["/metrics"] = client.get("/metrics").text
+    except Exception as exc:
+        outputs["API exception"] = f"{exc!r} {exc}"
+
+
+def _cli(outputs: dict[str, str], env: dict[str, str]) -> None:
+    for args in (("status",), ("status", "--json"), ("ask", QUESTION), ("ask", "--json", QUESTION)):
+        r = rag_cmd(*args, env=env, timeout=300)
+        outputs["rag " + " ".join(args[:-1] if args[0] == "ask" else args)] = r.stdout + r.stderr
+
+
+def _ui(outputs: dict[str, str]) -> None:
+    at = AppTest.from_file(str(ROOT / "ui" / "app.py"), default_timeout=300)
+    try:
+        at.run()
+        if at.chat_input:
+            at.chat_input[0].set_value(QUESTION).run()
+        shown = []
+        for kind in ("markdown", "caption", "error", "warning", "info", "success", "exception", "text", "code",
+                     "json", "expander", "title", "header", "subheader"):
+            shown += [f"{getattr(e, 'value', '')} {getattr(e, 'label', '')} {getattr(e, 'body', '')}"
+                      for e in getattr(at, kind, [])]
+        outputs["UI"] = "\n".join(shown)
+    finally:
+        st.cache_resource.clear()  # closes the RAG the app shares, freeing the store for the next channel
+
+
+@pytest.mark.attack(3, "an admin puts user:password@ and ?api_key= tokens in the LLM, Qdrant and rerank URLs; an "
+                       "unauthenticated client (or a log reader) reads them back from /healthz, /metrics, errors, "
+                       "the UI or the CLI")
+@pytest.mark.parametrize("which", ["llm_base_url", "llm_endpoints", "rerank_url", "qdrant_url"])
+def test_no_url_credential_reaches_any_output(which, sample_index, tmp_path, monkeypatch, caplog):
+    data = tmp_path / "data"
+    shutil.copytree(sample_index.data_dir, data)
+    env, secrets = _plant(which)
+    env |= {"RAG_DATA_DIR": str(data), "RAG_LLM_CONTEXT_WINDOW": "1024", "RAG_LLM_TIMEOUT": "10"}
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    caplog.set_level(logging.DEBUG)
+
+    outputs: dict[str, str] = {}
+    _library(outputs)
+    _api(outputs)
+    _cli(outputs, env)
+    _ui(outputs)
+    outputs["logs"] = "\n".join(f"{r.name}: {r.getMessage()} {r.exc_text or ''}" for r in caplog.records)
+    audit = data / "audit.jsonl"
+    outputs["audit log"] = audit.read_text() if audit.exists() else ""
+
+    # The error paths did run, so the channels had something to leak.
+    assert "cannot reach" in outputs["rag ask"] and "cannot reach" in outputs["UI"], outputs
+    leaks = {channel: [s for s in secrets if s in text] for channel, text in outputs.items()}
+    assert not {c: s for c, s in leaks.items() if s}, {c: outputs[c][:3000] for c, s in leaks.items() if s}
+
+
+def test_credentials_in_the_url_still_authenticate(caplog):
+    """The LLM, reranker and Qdrant clients still send a URL's user:password (HTTP Basic) and its query token."""
+    from rag.errors import StoreUnavailableError
+    from rag.index.store.server import QdrantServerStore
+    from rag.llm.endpoints import OpenAICompatibleEndpoint
+    from rag.retrieval.rerank import EndpointReranker
+
+    seen: list[httpx.Request] = []
+
+    def server(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        good = request.headers.get("authorization") == "Basic " + base64.b64encode(b"alice:s3cret").decode()
+        if not good or request.url.params.get("api_key") != "XYZ":
+            return httpx.Response(401, json={"error": {"message": "who are you?"}})
+        if request.url.path.endswith("/models"):
+            return httpx.Response(200, json={"data": [{"id": "m"}]})
+        if request.url.path.endswith("/rerank"):
+            return httpx.Response(200, json={"results": [{"index": 0, "relevance_score": 0.9}]})
+        return httpx.Response(404)  # no server-specific route: a plain OpenAI-compatible server
+
+    caplog.set_level(logging.INFO)
+    ep = OpenAICompatibleEndpoint("http://alice:s3cret@llm.test:8000/v1?api_key=XYZ", context_window=4096)
+    ep._http._transport = httpx.MockTransport(server)
+    assert ep.ping() is None and ep.info.healthy and ep.info.model == "m"
+    assert ep.base_url == "http://***@llm.test:8000/v1?api_key=***" and ep.info.base_url == ep.base_url
+    assert httpx.URL("http://llm.test:8000/v1/models?api_key=XYZ") in [r.url for r in seen]
+
+    rr = EndpointReranker("http://alice:s3cret@rerank.test/v1?api_key=XYZ", api="cohere")
+    rr._http._transport = httpx.MockTransport(server)
+    assert rr.rerank("q", ["t"]) == [0.9] and seen[-1].url.path == "/v1/rerank"
+
+    # A wrong password fails as the server says, without quoting it.
+    bad = OpenAICompatibleEndpoint("http://alice:wrong-pw-4f1@llm.test:8000/v1?api_key=XYZ")
+    bad._http._transport = httpx.MockTransport(server)
+    assert not bad.info.healthy and "401" in (bad.info.error or "") and "wrong-pw-4f1" not in bad.info.error
+    assert not any("s3cret" in r.getMessage() or "XYZ" in r.getMessage() for r in caplog.records)
+
+    # Qdrant: user:password as Basic auth, ?api-key= as its api-key header (the server answers 401 here).
+    qdrant_seen: list[httpx.Request] = []
+    port = _free_port()
+    with _basic_auth_server(port, qdrant_seen), pytest.raises(StoreUnavailableError) as info:
+        QdrantServerStore("c", url=f"http://alice:s3cret@127.0.0.1:{port}/?api-key=QKEY", timeout=5)
+    assert "s3cret" not in str(info.value) and "QKEY" not in str(info.value)
+    (req,) = qdrant_seen[:1]
+    assert req.headers["authorization"] == "Basic " + base64.b64encode(b"alice:s3cret").decode()
+    assert req.headers["api-key"] == "QKEY"
+
+
+def _basic_auth_server(port: int, seen: list):
+    """A real HTTP server on ``port`` that records each request's headers and answers 401."""
+    import http.server
+    import threading
+    from contextlib import contextmanager
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802 (the http.server name)
+            seen.append(httpx.Request("GET", f"http://127.0.0.1:{port}{self.path}", headers=dict(self.headers)))
+            self.send_response(401)
+            self.send_header("Content-Type", "application/json")
+            self.end_headers()
+            self.wfile.write(b'{"status": {"error": "unauthorized"}}')
+
+        def log_message(self, *args):
+            pass
+
+    @contextmanager
+    def serve():
+        httpd = http.server.ThreadingHTTPServer(("127.0.0.1", port), Handler)
+        t = threading.Thread(target=httpd.serve_forever, daemon=True)
+        t.start()
+        try:
+            yield
+        finally:
+            httpd.shutdown()
+            httpd.server_close()
+
+    return serve()
+
+
+def test_display_form_and_scrub():
+    from rag.urls import SecretUrl, scrub
+
+    u = SecretUrl("https://alice:s3cret@gpu1:8000/v1?api-key=XYZ&v=1#frag")
+    assert str(u) == repr(u)[1:-1] == "https://***@gpu1:8000/v1?api-key=***&v=***"
+    assert u.bare == "https://gpu1:8000/v1" and u.auth == ("alice", "s3cret") and u.params == [("api-key", "XYZ"),
+                                                                                               ("v", "1")]
+    assert "s3cret" not in repr(vars(u)) and "XYZ" not in repr(vars(u))
+    assert SecretUrl("http://gpu1/v1") == "http://gpu1/v1" and SecretUrl("http://gpu1/v1").auth is None
+    assert SecretUrl("http://a:1@h/") != SecretUrl("http://a:2@h/")  # two configurations, two cached clients
+    assert SecretUrl(str(u)).auth is None  # the display form read back carries no (fake) credentials
+    msg = "Client error '401' for url 'http://bob:pw@h:1/v1/models?token=abc&n=1'"
+    assert scrub(msg) == "Client error '401' for url 'http://***@h:1/v1/models?token=***&n=1'"
