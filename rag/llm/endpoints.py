@@ -78,6 +78,7 @@ class OpenAICompatibleEndpoint:
                                                lock=threading.Lock())(self._server_count)
         self._tokenizer_down_until = 0.0
         self._at = 0.0
+        self._openai_http: tuple[httpx.Client, httpx.AsyncClient] | None = None
 
     @classmethod
     def from_settings(cls, settings: Settings, **overrides: Any) -> OpenAICompatibleEndpoint:
@@ -269,7 +270,11 @@ class OpenAICompatibleEndpoint:
         extra = self.url.client_kwargs()
         if not extra:
             return {}
-        return {"http_client": httpx.Client(**extra), "http_async_client": httpx.AsyncClient(**extra)}
+        with self._lock:  # one pair per endpoint, not one per chat model (that is, per request)
+            if self._openai_http is None:
+                self._openai_http = (httpx.Client(**extra), httpx.AsyncClient(**extra))
+            sync, async_ = self._openai_http
+        return {"http_client": sync, "http_async_client": async_}
 
     def explain(self, exc: BaseException) -> EndpointError:
         """One line a user can act on, for any failure of a chat request to this endpoint."""
@@ -277,6 +282,8 @@ class OpenAICompatibleEndpoint:
 
     def close(self) -> None:
         self._http.close()
+        if self._openai_http is not None:
+            self._openai_http[0].close()
 
 
 @functools.cache

@@ -137,83 +137,118 @@ def test_no_url_credential_reaches_any_output(which, sample_index, tmp_path, mon
     assert not {c: s for c, s in leaks.items() if s}, {c: outputs[c][:3000] for c, s in leaks.items() if s}
 
 
-def test_credentials_in_the_url_still_authenticate(caplog):
-    """The LLM, reranker and Qdrant clients still send a URL's user:password (HTTP Basic) and its query token."""
-    from rag.errors import StoreUnavailableError
+BASIC = "Basic " + base64.b64encode(b"alice:s3cret").decode()
+
+
+class _AuthServer:
+    """A real HTTP server that answers only requests with HTTP Basic alice:s3cret and the token XYZ (``?api_key=``
+    or Qdrant's ``api-key`` header), like an LLM server, a reranker and Qdrant behind an authenticating proxy."""
+
+    def __init__(self) -> None:
+        import http.server
+        import threading
+
+        self.seen: list[tuple[str, dict[str, str]]] = []
+        server = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self):  # noqa: N802 (the http.server names)
+                self._answer(None)
+
+            def do_POST(self):  # noqa: N802
+                self._answer(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+
+            def _answer(self, body):
+                url = httpx.URL(self.path)
+                server.seen.append((self.path, dict(self.headers)))
+                token = url.params.get("api_key") or self.headers.get("api-key")
+                if self.headers.get("Authorization") != BASIC or token != "XYZ":
+                    return self._send(401, {"error": {"message": "who are you?"}})
+                if body and body.get("stream"):
+                    return self._send(200, None, stream=True)
+                self._send(*server.route(url.path, body))
+
+            def _send(self, status, data, stream=False):
+                self.send_response(status)
+                self.send_header("Content-Type", "text/event-stream" if stream else "application/json")
+                self.end_headers()
+                if stream:
+                    for piece in ("Hello", " there"):
+                        chunk = {"id": "c", "object": "chat.completion.chunk", "created": 0, "model": "m",
+                                 "choices": [{"index": 0, "delta": {"content": piece}, "finish_reason": None}]}
+                        self.wfile.write(f"data: {json.dumps(chunk)}\n\n".encode())
+                    self.wfile.write(b"data: [DONE]\n\n")
+                else:
+                    self.wfile.write(json.dumps(data).encode())
+
+            def log_message(self, *args):
+                pass
+
+        self.port = _free_port()
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    @staticmethod
+    def route(path: str, body) -> tuple[int, dict]:
+        if path == "/v1/models":
+            return 200, {"object": "list", "data": [{"id": "m", "object": "model"}]}
+        if path == "/v1/chat/completions":
+            return 200, {"id": "c", "object": "chat.completion", "created": 0, "model": "m",
+                         "choices": [{"index": 0, "message": {"role": "assistant", "content": "Hello there"},
+                                      "finish_reason": "stop"}],
+                         "usage": {"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5}}
+        if path == "/v1/rerank":
+            return 200, {"results": [{"index": 0, "relevance_score": 0.9}]}
+        if path == "/":  # Qdrant's version
+            return 200, {"title": "qdrant - vector search engine", "version": "1.15.0"}
+        if path == "/collections/c/exists":
+            return 200, {"result": {"exists": False}, "status": "ok", "time": 0.0}
+        return 404, {"error": "no such route"}  # no server-specific route: a plain OpenAI-compatible server
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+@pytest.fixture
+def auth_server():
+    server = _AuthServer()
+    yield server
+    server.close()
+
+
+def test_credentials_in_the_url_still_authenticate(auth_server, caplog):
+    """The LLM (discovery and chat, streamed or not), reranker and Qdrant clients still send a URL's user:password
+    (HTTP Basic) and its query token, though nothing shows them."""
     from rag.index.store.server import QdrantServerStore
     from rag.llm.endpoints import OpenAICompatibleEndpoint
     from rag.retrieval.rerank import EndpointReranker
 
-    seen: list[httpx.Request] = []
+    caplog.set_level(logging.DEBUG)
+    host = f"127.0.0.1:{auth_server.port}"
+    ep = OpenAICompatibleEndpoint(f"http://alice:s3cret@{host}/v1?api_key=XYZ", context_window=4096)
+    assert ep.ping() is None and ep.info.healthy and ep.info.model == "m", ep.info
+    assert ep.base_url == f"http://***@{host}/v1?api_key=***" and ep.info.base_url == ep.base_url
+    model = ep.chat_model(max_tokens=5, streaming=False)
+    assert model.invoke("hi").content == "Hello there"
+    assert "".join(c.content for c in ep.chat_model(max_tokens=5).stream("hi")) == "Hello there"
+    assert "s3cret" not in repr(model) and "XYZ" not in repr(model)
 
-    def server(request: httpx.Request) -> httpx.Response:
-        seen.append(request)
-        good = request.headers.get("authorization") == "Basic " + base64.b64encode(b"alice:s3cret").decode()
-        if not good or request.url.params.get("api_key") != "XYZ":
-            return httpx.Response(401, json={"error": {"message": "who are you?"}})
-        if request.url.path.endswith("/models"):
-            return httpx.Response(200, json={"data": [{"id": "m"}]})
-        if request.url.path.endswith("/rerank"):
-            return httpx.Response(200, json={"results": [{"index": 0, "relevance_score": 0.9}]})
-        return httpx.Response(404)  # no server-specific route: a plain OpenAI-compatible server
+    rr = EndpointReranker(f"http://alice:s3cret@{host}/v1?api_key=XYZ", api="cohere")
+    assert rr.rerank("q", ["t"]) == [0.9]
 
-    caplog.set_level(logging.INFO)
-    ep = OpenAICompatibleEndpoint("http://alice:s3cret@llm.test:8000/v1?api_key=XYZ", context_window=4096)
-    ep._http._transport = httpx.MockTransport(server)
-    assert ep.ping() is None and ep.info.healthy and ep.info.model == "m"
-    assert ep.base_url == "http://***@llm.test:8000/v1?api_key=***" and ep.info.base_url == ep.base_url
-    assert httpx.URL("http://llm.test:8000/v1/models?api_key=XYZ") in [r.url for r in seen]
-
-    rr = EndpointReranker("http://alice:s3cret@rerank.test/v1?api_key=XYZ", api="cohere")
-    rr._http._transport = httpx.MockTransport(server)
-    assert rr.rerank("q", ["t"]) == [0.9] and seen[-1].url.path == "/v1/rerank"
+    store = QdrantServerStore("c", url=f"http://alice:s3cret@{host}/?api-key=XYZ", timeout=5)
+    assert store.location == f"http://{host}/collections/c"
+    store.close()
+    paths = [p for p, _ in auth_server.seen]
+    assert {"/v1/models?api_key=XYZ", "/v1/chat/completions?api_key=XYZ", "/v1/rerank?api_key=XYZ",
+            "/collections/c/exists"} <= set(paths), paths
 
     # A wrong password fails as the server says, without quoting it.
-    bad = OpenAICompatibleEndpoint("http://alice:wrong-pw-4f1@llm.test:8000/v1?api_key=XYZ")
-    bad._http._transport = httpx.MockTransport(server)
+    bad = OpenAICompatibleEndpoint(f"http://alice:wrong-pw-4f1@{host}/v1?api_key=XYZ")
     assert not bad.info.healthy and "401" in (bad.info.error or "") and "wrong-pw-4f1" not in bad.info.error
-    assert not any("s3cret" in r.getMessage() or "XYZ" in r.getMessage() for r in caplog.records)
-
-    # Qdrant: user:password as Basic auth, ?api-key= as its api-key header (the server answers 401 here).
-    qdrant_seen: list[httpx.Request] = []
-    port = _free_port()
-    with _basic_auth_server(port, qdrant_seen), pytest.raises(StoreUnavailableError) as info:
-        QdrantServerStore("c", url=f"http://alice:s3cret@127.0.0.1:{port}/?api-key=QKEY", timeout=5)
-    assert "s3cret" not in str(info.value) and "QKEY" not in str(info.value)
-    (req,) = qdrant_seen[:1]
-    assert req.headers["authorization"] == "Basic " + base64.b64encode(b"alice:s3cret").decode()
-    assert req.headers["api-key"] == "QKEY"
-
-
-def _basic_auth_server(port: int, seen: list):
-    """A real HTTP server on ``port`` that records each request's headers and answers 401."""
-    import http.server
-    import threading
-    from contextlib import contextmanager
-
-    class Handler(http.server.BaseHTTPRequestHandler):
-        def do_GET(self):  # noqa: N802 (the http.server name)
-            seen.append(httpx.Request("GET", f"http://127.0.0.1:{port}{self.path}", headers=dict(self.headers)))
-            self.send_response(401)
-            self.send_header("Content-Type", "application/json")
-            self.end_headers()
-            self.wfile.write(b'{"status": {"error": "unauthorized"}}')
-
-        def log_message(self, *args):
-            pass
-
-    @contextmanager
-    def serve():
-        httpd = http.server.ThreadingHTTPServer(("127.0.0.1", port), Handler)
-        t = threading.Thread(target=httpd.serve_forever, daemon=True)
-        t.start()
-        try:
-            yield
-        finally:
-            httpd.shutdown()
-            httpd.server_close()
-
-    return serve()
+    logged = "\n".join(r.getMessage() for r in caplog.records)
+    assert "s3cret" not in logged and "XYZ" not in logged and "wrong-pw-4f1" not in logged
 
 
 def test_display_form_and_scrub():
