@@ -107,7 +107,7 @@ def secret_url(url: str) -> SecretUrl:
 
 
 # user:password@ in any URL, and the value of a query parameter whose name suggests a credential.
-_USERINFO = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)[^/\s@'\"<>]*@")
+_USERINFO = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)[^/\s'\"<>]*@")  # to the last @: p@ss
 _SECRET_PARAM = re.compile(r"(?i)(?P<name>[?&;][^=&\s'\"<>]*(?:key|token|secret|passw|pwd|auth|sig|credential)"
                            r"[^=&\s'\"<>]*=)[^&\s'\"<>#]*")
 
