@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Annotated, Literal, get_args
+from collections.abc import Mapping
+from typing import Annotated, Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 from pydantic_settings import (
@@ -71,6 +72,25 @@ def check_config_file(path: Path) -> None:
             f"refusing to read {path}: it is writable by {'group and others' if st.st_mode & 0o002 else 'its group'}"
             f", so they choose where questions and RAG_LLM_API_KEY are sent. Run `chmod go-w {path}` (and check "
             "its contents), or set RAG_CONFIG to a file you trust.")
+
+
+def settings_error(exc: Exception) -> str:
+    """Why the settings are invalid, without the offending values: one of them may be an API key, the proxy
+    secret or a URL with its password (pydantic quotes each input otherwise)."""
+    if isinstance(exc, UntrustedConfigError):  # names a file and the fix, no value from it
+        return str(exc)
+    errors = getattr(exc, "errors", None)
+    if callable(errors):
+        try:
+            return "; ".join(f"{'.'.join(map(str, e['loc'])) or 'settings'}: {e['msg']}"
+                             for e in errors(include_input=False, include_url=False))
+        except Exception:  # noqa: BLE001 - not a pydantic error after all
+            pass
+    return type(exc).__name__
+
+
+#: The settings that are URLs, so may carry credentials (rag/urls.py); llm_endpoints[].base_url too.
+_URL_FIELDS = frozenset({"llm_base_url", "qdrant_url", "rerank_url"})
 
 
 class Settings(BaseSettings):
@@ -313,6 +333,12 @@ class Settings(BaseSettings):
     @classmethod
     def _expand(cls, v: Path) -> Path:
         return v.expanduser()
+
+    def model_copy(self, *, update: Mapping[str, Any] | None = None, deep: bool = False) -> Settings:
+        # model_copy does not validate: a URL given here (RAG.with_settings) is scrubbed as the fields would.
+        if update:
+            update = {k: SecretUrl(v) if k in _URL_FIELDS and isinstance(v, str) else v for k, v in update.items()}
+        return super().model_copy(update=update, deep=deep)
 
     def llm_endpoint_list(self) -> list[LLMEndpoint]:
         """The LLM endpoints to use, each with the global defaults filled in: RAG_LLM_ENDPOINTS, or the one

@@ -141,7 +141,7 @@ def test_no_url_credential_reaches_any_output(which, sample_index, tmp_path, mon
     _api(outputs)
     _cli(outputs, env)
     _ui(outputs)
-    outputs["logs"] = "\n".join(f"{r.name}: {r.getMessage()} {r.exc_text or ''}" for r in caplog.records)
+    outputs["logs"] = "\n".join(logging.Formatter("%(name)s: %(message)s").format(r) for r in caplog.records)
     audit = data / "audit.jsonl"
     outputs["audit log"] = audit.read_text() if audit.exists() else ""
 
@@ -151,6 +151,18 @@ def test_no_url_credential_reaches_any_output(which, sample_index, tmp_path, mon
     found = {channel: [s for s in secrets if s in "".join(text.split())] for channel, text in outputs.items()}
     leaks = {c: s for c, s in found.items() if s}
     assert not leaks, f"leaked: {leaks}\n" + "\n".join(f"--- {c}: {outputs[c][:1500]}" for c in leaks)
+
+
+@pytest.mark.attack(3, "a slip in RAG_LLM_ENDPOINTS (one entry, not a list) makes the settings invalid, and the "
+                       "error quotes the entry: its URL password and API key go to the terminal and its logs")
+def test_an_invalid_setting_is_reported_without_its_value(tmp_path):
+    entry = {"base_url": "http://alice:pw-typo-5d1c@gpu1:8000/v1?api_key=tok-typo-0e2f", "api_key": "sk-typo-8a4b"}
+    env = {"RAG_DATA_DIR": str(tmp_path), "RAG_LLM_ENDPOINTS": json.dumps(entry), "COLUMNS": "1000"}
+    for args in (("status",), ("ask", QUESTION)):
+        r = rag_cmd(*args, env=env, timeout=120)
+        assert r.returncode == 2 and "llm_endpoints" in r.stderr, r.stderr
+        leaked = [s for s in ("pw-typo-5d1c", "tok-typo-0e2f", "sk-typo-8a4b") if s in r.stdout + r.stderr]
+        assert not leaked, r.stderr
 
 
 BASIC = "Basic " + base64.b64encode(b"alice:s3cret").decode()

@@ -38,3 +38,6 @@ def test_every_url_setting_is_scrubbed_on_the_way_in(monkeypatch):
     # Copies and pickles keep what the clients need.
     assert s.model_copy().rerank_url.reveal() == "http://d:pw-five@tei/rerank?key=tok-five"  # type: ignore[union-attr]
     assert pickle.loads(pickle.dumps(s.llm_base_url)).auth == ("a", "pw-one")
+    # A URL changed on a copy (RAG.with_settings) is scrubbed as well.
+    changed = s.model_copy(update={"llm_base_url": "http://e:pw-six@gpu4/v1", "top_k": 3})
+    assert "pw-six" not in repr(changed) and changed.llm_base_url.auth == ("e", "pw-six") and changed.top_k == 3
