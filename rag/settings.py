@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Annotated, Literal, get_args
+from collections.abc import Mapping
+from typing import Annotated, Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 from pydantic_settings import (
@@ -18,6 +19,8 @@ from pydantic_settings import (
     SettingsConfigDict,
     TomlConfigSettingsSource,
 )
+
+from rag.urls import SecretUrl
 
 #: How chunks are found: embeddings, BM25 keywords, or both fused by reciprocal rank.
 RetrievalMode = Literal["dense", "sparse", "hybrid"]
@@ -38,7 +41,7 @@ class LLMEndpoint(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    base_url: str
+    base_url: SecretUrl
     api_key: SecretStr | None = None
     model: str | None = None
     context_window: int | None = Field(None, ge=256)
@@ -71,13 +74,34 @@ def check_config_file(path: Path) -> None:
             "its contents), or set RAG_CONFIG to a file you trust.")
 
 
+def settings_error(exc: Exception) -> str:
+    """Why the settings are invalid, without the offending values: one of them may be an API key, the proxy
+    secret or a URL with its password (pydantic quotes each input otherwise)."""
+    if isinstance(exc, UntrustedConfigError):  # names a file and the fix, no value from it
+        return str(exc)
+    errors = getattr(exc, "errors", None)
+    if callable(errors):
+        try:
+            return "; ".join(f"{'.'.join(map(str, e['loc'])) or 'settings'}: {e['msg']}"
+                             for e in errors(include_input=False, include_url=False))
+        except Exception:  # noqa: BLE001 - not a pydantic error after all
+            pass
+    return type(exc).__name__
+
+
+#: The settings that are URLs, so may carry credentials (rag/urls.py); llm_endpoints[].base_url too.
+_URL_FIELDS = frozenset({"llm_base_url", "qdrant_url", "rerank_url"})
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="RAG_", extra="ignore", validate_default=True)
 
     # --- storage -------------------------------------------------------------------------------
     data_dir: Path = Field(Path(".rag"), description="Embedded store, ONNX exports and any other state.")
     collection: str = Field("documents", pattern=r"^[A-Za-z0-9_-]{1,64}$")
-    qdrant_url: str | None = Field(None, description="Qdrant server/cluster; unset = embedded qdrant-edge.")
+    qdrant_url: SecretUrl | None = Field(
+        None, description="Qdrant server/cluster; unset = embedded qdrant-edge. An ?api-key=... in it stands in for "
+                          "RAG_QDRANT_API_KEY; user:password@ is sent as HTTP Basic auth.")
     qdrant_api_key: SecretStr | None = None
     qdrant_timeout: float = 30.0
 
@@ -168,7 +192,7 @@ class Settings(BaseSettings):
         description="Cross-encoder that reorders the retrieved chunks: a local folder (or a model already in the "
                     "Hugging Face cache). With RAG_RERANK_URL set: the model name sent to that endpoint.",
     )
-    rerank_url: str | None = Field(
+    rerank_url: SecretUrl | None = Field(
         None,
         description="Reranking endpoint (vLLM, Hugging Face TEI, llama.cpp server...): its base URL, or the full "
                     "URL ending in /rerank. Takes precedence over a local RAG_RERANK_MODEL.",
@@ -192,7 +216,10 @@ class Settings(BaseSettings):
     rerank_timeout: float = Field(30.0, gt=0, description="Seconds before a request to RAG_RERANK_URL is abandoned.")
 
     # --- LLM endpoint --------------------------------------------------------------------------
-    llm_base_url: str = Field("http://127.0.0.1:8080/v1", description="OpenAI-compatible base URL (…/v1).")
+    llm_base_url: SecretUrl = Field(
+        SecretUrl("http://127.0.0.1:8080/v1"),
+        description="OpenAI-compatible base URL (…/v1). Credentials in it (user:password@, ?api_key=...) are sent "
+                    "but shown as *** everywhere (rag/urls.py).")
     llm_api_key: SecretStr | None = None
     llm_model: str | None = Field(None, description="Default: the first model the endpoint lists.")
     llm_context_window: int | None = Field(None, ge=256, description="Overrides what the server reports.")
@@ -348,6 +375,12 @@ class Settings(BaseSettings):
     @classmethod
     def _expand(cls, v: Path) -> Path:
         return v.expanduser()
+
+    def model_copy(self, *, update: Mapping[str, Any] | None = None, deep: bool = False) -> Settings:
+        # model_copy does not validate: a URL given here (RAG.with_settings) is scrubbed as the fields would.
+        if update:
+            update = {k: SecretUrl(v) if k in _URL_FIELDS and isinstance(v, str) else v for k, v in update.items()}
+        return super().model_copy(update=update, deep=deep)
 
     def llm_endpoint_list(self) -> list[LLMEndpoint]:
         """The LLM endpoints to use, each with the global defaults filled in: RAG_LLM_ENDPOINTS, or the one

@@ -22,7 +22,7 @@ from rag import offline
 offline.apply()
 
 from rag.errors import RagError  # noqa: E402
-from rag.settings import Settings, UntrustedConfigError  # noqa: E402
+from rag.settings import Settings, settings_error  # noqa: E402
 from ui import chat  # noqa: E402
 from ui.login import refuse_foreign_host, settle_identity  # noqa: E402
 from ui.sidebar import sidebar  # noqa: E402
@@ -31,25 +31,11 @@ from ui.state import Shared, Turn, auth_for, settings_key, shared_for  # noqa: E
 log = logging.getLogger("rag.ui")
 
 
-def _settings_error(exc: Exception) -> str:
-    """A settings error without the offending values: one of them may be an API key or the proxy secret."""
-    if isinstance(exc, UntrustedConfigError):  # names a file and the fix, no value from it
-        return str(exc)
-    errors = getattr(exc, "errors", None)
-    if callable(errors):
-        try:
-            return "; ".join(f"{'.'.join(map(str, e['loc'])) or 'settings'}: {e['msg']}"
-                             for e in errors(include_input=False, include_url=False))
-        except Exception:  # noqa: BLE001 - not a pydantic error after all
-            pass
-    return type(exc).__name__
-
-
 def _settings() -> Settings:
     try:
         return Settings()
     except Exception as exc:  # pydantic names the variable that is wrong
-        st.error(f"Invalid settings (RAG_* environment or rag.toml): {_settings_error(exc)}")
+        st.error(f"Invalid settings (RAG_* environment or rag.toml): {settings_error(exc)}")
         st.stop()
 
 

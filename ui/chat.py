@@ -14,6 +14,7 @@ from rag.generation.chain import RAG
 from rag.llm.local.supervisor import notice_for
 from rag.security.auth import Identity
 from rag.security.markdown import inert_markdown, inert_stream
+from rag.urls import scrub
 from ui.evidence import answer_footer, render_sources
 from ui.state import Shared, Turn
 
@@ -109,7 +110,7 @@ def ask(rag: RAG, question: str, turns: list[Turn], identity: Identity) -> Turn:
     except Exception as exc:  # a bug, not a user error: full details go to the server log only
         log.exception("answering %r failed", question)
         waiting.empty()
-        msg = f"Something went wrong ({type(exc).__name__}: {exc}). The details are in the UI's log."
+        msg = f"Something went wrong ({type(exc).__name__}: {scrub(str(exc))}). The details are in the UI's log."
         st.error(msg, icon=":material/error:")
         return Turn("assistant", "", error=msg)
     waiting.empty()

@@ -10,7 +10,7 @@ from rich.console import Console
 from rich.text import Text
 
 from rag.errors import RagError
-from rag.settings import Settings
+from rag.settings import Settings, settings_error
 
 out = Console(soft_wrap=True)
 err = Console(stderr=True, soft_wrap=True)
@@ -31,7 +31,8 @@ def load_settings() -> Settings:
     try:
         return Settings()
     except Exception as exc:  # pydantic ValidationError: name the variable that is wrong
-        err.print(Text(f"error: invalid settings (RAG_* environment or rag.toml): {exc}", style="bold red"))
+        err.print(Text(f"error: invalid settings (RAG_* environment or rag.toml): {settings_error(exc)}",
+                       style="bold red"))
         raise typer.Exit(2) from None
 
 

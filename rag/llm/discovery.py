@@ -38,7 +38,7 @@ class EndpointInfo:
 def discover(http: ServerHttp, *, configured_model: str | None, configured_window: int | None,
              learned_window: int | None) -> EndpointInfo:
     """Ask the server; an unusable one comes back with ``healthy`` False and ``error`` saying what to fix."""
-    info = EndpointInfo(base_url=http.base_url)
+    info = EndpointInfo(base_url=http.shown)
     entry = _choose_model(http, info, configured_model)
     if entry is None:
         return info
@@ -60,9 +60,9 @@ def discover(http: ServerHttp, *, configured_model: str | None, configured_windo
 def _choose_model(http: ServerHttp, info: EndpointInfo, configured: str | None) -> dict | None:
     """Fill ``info.models`` and ``info.model`` from ``/v1/models`` and return the model's entry there; None
     (with ``info.error`` set) when the server cannot be reached or does not serve a usable model."""
-    base_url = http.base_url
+    base_url = http.shown
     try:
-        listing = http.get(f"{base_url}/models")
+        listing = http.get(f"{http.base_url}/models")
     except httpx.HTTPStatusError as exc:
         info.error = (f"{base_url}/models answered HTTP {exc.response.status_code}"
                       + (": check RAG_LLM_API_KEY" if exc.response.status_code in (401, 403) else ""))

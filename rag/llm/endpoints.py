@@ -23,6 +23,7 @@ from rag.llm.servers import ollama
 from rag.llm.servers.base import ServerHttp, root_of
 from rag.llm.tokens import ChatOverhead, Turns, estimate_tokens, measure_overhead
 from rag.settings import Settings
+from rag.urls import secret_url
 
 # Also the endpoint's vocabulary for its callers, wherever it is defined.
 __all__ = ["FALLBACK_CONTEXT_WINDOW", "ChatOverhead", "EndpointError", "EndpointInfo", "OpenAICompatibleEndpoint",
@@ -52,8 +53,12 @@ class OpenAICompatibleEndpoint:
         timeout: float = 60.0,
         connect_timeout: float = 5.0,
     ) -> None:
-        self.base_url = base_url.rstrip("/")
-        self.root = root_of(self.base_url)
+        # Scrubbed here too, for callers that pass a plain string: base_url is what messages show, _url (no
+        # credentials either) is where requests go, with the URL's user info and query added by the clients.
+        self.url = secret_url(base_url)
+        self.base_url = self.url.rstrip("/")
+        self._bare = self.url.bare.rstrip("/")
+        self.root = root_of(self._bare)
         self.api_key = api_key
         self.configured_model = model
         self.configured_window = context_window
@@ -61,8 +66,9 @@ class OpenAICompatibleEndpoint:
         self._http = httpx.Client(
             timeout=httpx.Timeout(timeout, connect=connect_timeout),
             headers={"Authorization": f"Bearer {api_key}"} if api_key else {},
+            **self.url.client_kwargs(),
         )
-        self._server = ServerHttp(self._http, self.base_url)
+        self._server = ServerHttp(self._http, self._bare, shown=self.base_url)
         self._info: EndpointInfo | None = None
         self._lock = threading.Lock()
         self._learned_window: int | None = None
@@ -72,6 +78,7 @@ class OpenAICompatibleEndpoint:
                                                lock=threading.Lock())(self._server_count)
         self._tokenizer_down_until = 0.0
         self._at = 0.0
+        self._openai_http: tuple[httpx.Client, httpx.AsyncClient] | None = None
 
     @classmethod
     def from_settings(cls, settings: Settings, **overrides: Any) -> OpenAICompatibleEndpoint:
@@ -100,7 +107,7 @@ class OpenAICompatibleEndpoint:
     def ping(self, timeout: float = 5.0) -> str | None:
         """Cheap health check (``GET /models``): None if the server answers, else why not, in one line."""
         try:
-            r = self._http.get(f"{self.base_url}/models", timeout=httpx.Timeout(timeout, connect=min(timeout, 3.0)))
+            r = self._http.get(f"{self._bare}/models", timeout=httpx.Timeout(timeout, connect=min(timeout, 3.0)))
         except httpx.TimeoutException:
             return f"{self.base_url}/models did not answer within {timeout:g} s"
         except httpx.HTTPError as exc:
@@ -190,7 +197,7 @@ class OpenAICompatibleEndpoint:
     def _one_token_completion(self, messages: Turns) -> httpx.Response:
         body = {"model": self.info.model, "messages": [{"role": r, "content": c} for r, c in messages],
                 "max_tokens": 1, "temperature": 0}
-        return self._http.post(f"{self.base_url}/chat/completions", json=body,
+        return self._http.post(f"{self._bare}/chat/completions", json=body,
                                timeout=httpx.Timeout(self.timeout, connect=3.0))
 
     def _usage_prompt_tokens(self, messages: Turns) -> int:
@@ -243,9 +250,10 @@ class OpenAICompatibleEndpoint:
         if info.kind == ollama.kind:
             return ollama.chat_model(root=self.root, model=info.model, num_ctx=context_window or info.context_window,
                                      max_tokens=max_tokens, temperature=temperature, timeout=self.timeout,
-                                     api_key=self.api_key)
+                                     api_key=self.api_key, client_kwargs=self.url.client_kwargs())
         return max_tokens_chat_openai()(
-            base_url=self.base_url,
+            base_url=self._bare,
+            **self._openai_clients(),
             api_key=self.api_key or "not-needed",
             model=info.model,
             max_tokens=max_tokens,
@@ -256,12 +264,26 @@ class OpenAICompatibleEndpoint:
             stream_usage=True,
         )
 
+    def _openai_clients(self) -> dict[str, Any]:
+        """Clients that add the URL's user info and query: handed to ChatOpenAI as its base URL, they would
+        show in its repr and in the openai client's errors."""
+        extra = self.url.client_kwargs()
+        if not extra:
+            return {}
+        with self._lock:  # one pair per endpoint, not one per chat model (that is, per request)
+            if self._openai_http is None:
+                self._openai_http = (httpx.Client(**extra), httpx.AsyncClient(**extra))
+            sync, async_ = self._openai_http
+        return {"http_client": sync, "http_async_client": async_}
+
     def explain(self, exc: BaseException) -> EndpointError:
         """One line a user can act on, for any failure of a chat request to this endpoint."""
         return EndpointError(describe_failure(exc, self.base_url, self.info.model, self.timeout))
 
     def close(self) -> None:
         self._http.close()
+        if self._openai_http is not None:
+            self._openai_http[0].close()
 
 
 @functools.cache

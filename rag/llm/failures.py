@@ -7,6 +7,7 @@ import re
 import httpx
 
 from rag.errors import RagError
+from rag.urls import scrub
 
 
 class EndpointError(RagError):
@@ -63,15 +64,16 @@ def api_message(exc: BaseException) -> str:
     if isinstance(body, dict):
         inner = body.get("error", body)
         if isinstance(inner, dict) and inner.get("message"):
-            return str(inner["message"]).splitlines()[0][:200]
+            return scrub(str(inner["message"]).splitlines()[0][:200])
         if isinstance(inner, str):
-            return inner[:200]
+            return scrub(inner[:200])
     return short(exc)
 
 
 def short(exc: BaseException) -> str:
-    """An exception as one short line, for logs and messages."""
-    s = str(exc) or exc.__class__.__name__
+    """An exception as one short line, for logs and messages. Scrubbed: httpx and openai quote the URL they were
+    given, credentials included, when one slips through (rag/urls.py)."""
+    s = scrub(str(exc)) or exc.__class__.__name__
     return s.splitlines()[0][:160]
 
 

@@ -27,6 +27,7 @@ import httpx
 
 from rag import offline
 from rag.security.audit import safe_endpoint
+from rag.urls import secret_url
 from rag.errors import RerankError
 from rag.settings import Settings
 
@@ -120,7 +121,9 @@ class EndpointReranker:
                  batch_size: int = 32, timeout: float = 30.0, connect_timeout: float = 5.0) -> None:
         if api not in ("auto", *FORMATS):
             raise ValueError(f"api must be auto, cohere or tei, not {api!r}")
-        self.url = _rerank_url(url)
+        # Requests go to the bare URL; its user info and query (credentials) are added by the client.
+        conn = secret_url(url)
+        self.url = _rerank_url(conn.bare)
         self.shown_url = safe_endpoint(self.url)
         self.model = model
         self.api = api  # "auto" until a format worked once
@@ -128,7 +131,8 @@ class EndpointReranker:
         self.timeout = timeout
         self.name = f"endpoint {self.shown_url}" + (f" ({model})" if model else "")
         self._http = httpx.Client(timeout=httpx.Timeout(timeout, connect=connect_timeout),
-                                  headers={"Authorization": f"Bearer {api_key}"} if api_key else {})
+                                  headers={"Authorization": f"Bearer {api_key}"} if api_key else {},
+                                  **conn.client_kwargs())
 
     def rerank(self, query: str, texts: Sequence[str]) -> list[float]:
         scores: list[float] = []

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from typing import Any
 
+import httpx
 from qdrant_client import QdrantClient, models
 
 from rag.errors import StoreLockedError, StoreUnavailableError
@@ -32,6 +33,7 @@ from rag.index.store.base import (
     writer_point_id,
 )
 from rag.index.sparse import SparseVector
+from rag.urls import SecretUrl, scrub, secret_url
 
 _SCROLL_PAGE = 1024
 
@@ -56,6 +58,20 @@ def _path_filter(path: str) -> models.Filter:
     return models.Filter(must=[_match("path", path)])
 
 
+def _credentials(url: SecretUrl, api_key: str | None) -> dict[str, Any]:
+    """QdrantClient arguments for the credentials in ``url``: ``?api-key=`` (or ``api_key``) stands in for
+    RAG_QDRANT_API_KEY, user:password@ becomes HTTP Basic auth, any other query goes with every request."""
+    params = url.params
+    keys = [v for k, v in params if k.lower() in ("api-key", "api_key", "apikey")]
+    rest = [(k, v) for k, v in params if k.lower() not in ("api-key", "api_key", "apikey")]
+    kwargs: dict[str, Any] = {"api_key": api_key or (keys[0] if keys else None)}
+    if url.auth:
+        kwargs["auth"] = httpx.BasicAuth(*url.auth)
+    if rest:
+        kwargs["params"] = rest
+    return kwargs
+
+
 class QdrantServerStore:
     backend = "qdrant-server"
 
@@ -71,9 +87,10 @@ class QdrantServerStore:
         self.collection = collection
         self.docs_collection = f"{collection}__documents"
         if url:
-            self.location = f"{url.rstrip('/')}/collections/{collection}"
+            url = secret_url(url)  # shown as such; the credentials in it go to the client only
+            self.location = f"{url.bare.rstrip('/')}/collections/{collection}"
             self.backend = "qdrant-server"
-            self._client = QdrantClient(url=url, api_key=api_key, timeout=int(timeout))
+            self._client = QdrantClient(url=url.bare, timeout=int(timeout), **_credentials(url, api_key))
         else:
             self.location = f"{path or ':memory:'} (qdrant-client local mode) collection {collection}"
             self.backend = "qdrant-client-local"
@@ -91,7 +108,7 @@ class QdrantServerStore:
             self._ready = self._client.collection_exists(self.collection)
         except Exception as exc:  # connection refused, DNS, TLS, auth
             raise StoreUnavailableError(
-                f"cannot reach the Qdrant server at {url}: {exc.__class__.__name__}: {str(exc)[:200]}. "
+                f"cannot reach the Qdrant server at {url}: {exc.__class__.__name__}: {scrub(str(exc))[:200]}. "
                 "Check RAG_QDRANT_URL and RAG_QDRANT_API_KEY, or unset RAG_QDRANT_URL to use the embedded store."
             ) from exc
 

@@ -23,12 +23,15 @@ def root_of(base_url: str) -> str:
 
 class ServerHttp:
     """The endpoint's client with the short timeouts of probes and tokenizer calls: these must not hang for a
-    whole answer's timeout. ``root``: where the servers' own (non-OpenAI) routes live."""
+    whole answer's timeout. ``base_url``: where requests go (the client adds any credentials); ``root``: where
+    the servers' own (non-OpenAI) routes live."""
 
-    def __init__(self, client: httpx.Client, base_url: str) -> None:
+    def __init__(self, client: httpx.Client, base_url: str, *, shown: str | None = None) -> None:
         self.client = client
         self.base_url = base_url
         self.root = root_of(base_url)
+        #: The base URL in messages: ``base_url`` with its credentials as *** (rag/urls.py).
+        self.shown = shown or base_url
 
     def get(self, url: str) -> Any:
         r = self.client.get(url, timeout=httpx.Timeout(PROBE_TIMEOUT_S, connect=3.0))
