@@ -37,6 +37,8 @@ COMPLETION_TOKENS = Counter("rag_completion_tokens", "Answer tokens received fro
 FILL = Histogram("rag_packing_fill_ratio", "Share of the source budget the packed sources use.",
                  buckets=(0.25, 0.5, 0.75, 0.85, 0.9, 0.95, 0.98, 1.0), registry=REGISTRY)
 IN_FLIGHT = Gauge("rag_questions_in_flight", "Questions being answered now.", registry=REGISTRY)
+FEEDBACK = Counter("rag_feedback", "Answers rated by the users who asked, by rating (up, down).", ["rating"],
+                   registry=REGISTRY)
 HTTP_REQUESTS = Counter("rag_http_requests", "API requests by route and status code.", ["route", "status"],
                         registry=REGISTRY)
 
