@@ -115,8 +115,10 @@ def sidebar_list(store: ConversationStore | None, identity: Identity) -> None:
                   help=time.strftime("Last used %Y-%m-%d %H:%M", time.localtime(c.updated_at)))
     shown = next((c for c in mine if c.id == current), None)
     if shown is not None:
-        with st.expander("Rename or delete this conversation"):
-            st.text_input("Title", value=shown.title, key=f"conv-title-{shown.id}", max_chars=80)
+        # A bordered box, not an expander: the page's expanders are the answers' sources.
+        with st.container(border=True):
+            st.text_input("Title of this conversation", value=shown.title, key=f"conv-title-{shown.id}",
+                          max_chars=80)
             left, right = st.columns(2)
             left.button("Rename", key="conv-rename", on_click=_rename, args=(store, identity.name, shown.id))
             right.button("Delete", key="conv-delete", on_click=_delete, args=(store, identity.name, shown.id),
@@ -154,9 +156,9 @@ def feedback_box(store: ConversationStore | None, identity: Identity, turn: Turn
     if turn.rating is None:
         return
     note.caption("Thanks. Your rating, with the question, the answer and its sources, goes to the administrators.")
-    with st.expander("Add a comment" if not turn.comment else "Your comment"):
-        st.text_input("What was wrong or missing?", value=turn.comment, key=f"{key}-comment", max_chars=2000)
-        st.button("Send comment", key=f"{key}-send", on_click=_rate, args=(store, identity, turn, turn.rating))
+    st.text_input("A comment (optional): what was wrong or missing?", value=turn.comment, key=f"{key}-comment",
+                  max_chars=2000)
+    st.button("Send comment", key=f"{key}-send", on_click=_rate, args=(store, identity, turn, turn.rating))
 
 
 def _rate(store: ConversationStore, identity: Identity, turn: Turn, rating: int) -> None:

@@ -29,7 +29,9 @@ def _conversation_buttons(at) -> list:
 def test_a_conversation_is_rated_then_resumed_after_a_restart(app_env, sample_index, llm_server,  # noqa: F811
                                                               tmp_path):
     data_dir = tmp_path / "data"
-    shutil.copytree(sample_index.data_dir, data_dir)  # the conversations database is written into the data dir
+    # A private copy: the conversations database is written into the data dir, and other UI tests' chats over
+    # the shared sample index are left out.
+    shutil.copytree(sample_index.data_dir, data_dir, ignore=shutil.ignore_patterns("conversations.sqlite3*"))
     at = app_env(data_dir, llm_server)
     question = "How many vacation days do employees get per year?"
     at.chat_input[0].set_value(question).run()
