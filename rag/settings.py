@@ -335,6 +335,22 @@ class Settings(BaseSettings):
         "long without a click, its download links too; 0 = never.",
     )
 
+    # --- conversations and feedback (rag/conversations) ---------------------------------------
+    database_url: SecretStr | None = Field(
+        None,
+        description="SQLAlchemy URL of the database that keeps chats and feedback; unset = SQLite at "
+        "<data_dir>/conversations.sqlite3. Set a PostgreSQL URL (postgresql+psycopg://user:password@host/db) "
+        "when several UI or API replicas share it. Its schema is upgraded at start (Alembic).",
+    )
+    chat_retention_days: float = Field(
+        180.0, ge=0, description="Conversations untouched for this long, and feedback this old, are deleted (at "
+        "start and then daily); 0 = keep them forever.",
+    )
+    admin_group: str = Field(
+        "admins", description="Members of this group see the operator's view in the UI (model, context window, "
+        "retrieval controls, the worst-rated answers); in RAG_AUTH=none the local user does.",
+    )
+
     # --- audit log -----------------------------------------------------------------------------
     audit_log_override: str | None = Field(
         None, alias="RAG_AUDIT_LOG",

@@ -10,6 +10,12 @@ if [ ! -x /usr/bin/chromium ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/
   (apt-get update -qq && apt-get install -y -qq --no-install-recommends chromium) >/dev/null 2>&1 \
     || echo "note: could not install chromium; the browser test will fail" >&2
 fi
+# The conversations store's tests start a real PostgreSQL server (tests/conftest.py postgres_server): Debian's.
+if ! command -v initdb >/dev/null 2>&1 && ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 \
+    && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+  (apt-get update -qq && apt-get install -y -qq --no-install-recommends postgresql) >/dev/null 2>&1 \
+    || echo "note: could not install postgresql; the PostgreSQL store tests will fail" >&2
+fi
 .venv/bin/ruff check rag ingest ui evaluation tests bench scripts
 .venv/bin/lint-imports --no-cache
 # Types of the library and ingestion ([tool.mypy] in pyproject.toml names the packages and the strictness).

@@ -116,6 +116,55 @@ def running(cmd: list[str], log_path: Path, ready_url: str, timeout: float, what
         log.close()
 
 
+def _pg_bin(name: str) -> str:
+    found = shutil.which(name) or next(iter(sorted(Path("/usr/lib/postgresql").glob(f"*/bin/{name}"), reverse=True)),
+                                       None)
+    if not found:
+        pytest.fail(f"PostgreSQL's {name} is missing: install Debian's postgresql package (scripts/test.sh does)")
+    return str(found)
+
+
+@pytest.fixture(scope="session")
+def postgres_server():
+    """A real PostgreSQL server for the session, in a temporary cluster on a free loopback port (trust auth, no
+    fsync: throwaway data). Yields a function that creates a fresh database and returns its SQLAlchemy URL.
+    PostgreSQL refuses to run as root: as root, the cluster belongs to (and the server runs as) the postgres user
+    that Debian's package creates."""
+    import pwd
+
+    as_user: list[str] = []
+    root = Path(tempfile.mkdtemp(prefix="rag-pg-"))
+    if os.geteuid() == 0:
+        as_user = ["runuser", "-u", "postgres", "--"]
+        pw = pwd.getpwnam("postgres")
+        os.chown(root, pw.pw_uid, pw.pw_gid)
+    port, data, log = _free_port(), root / "data", root / "server.log"
+    run = {"check": True, "capture_output": True, "text": True, "timeout": 120}
+    subprocess.run([*as_user, _pg_bin("initdb"), "-D", str(data), "-A", "trust", "-U", "postgres", "-E", "UTF8",
+                    "--no-sync"], **run)
+    opts = f"-p {port} -k {root} -c listen_addresses=127.0.0.1 -c fsync=off -c full_page_writes=off"
+    started = subprocess.run([*as_user, _pg_bin("pg_ctl"), "-D", str(data), "-o", opts, "-l", str(log), "-w",
+                              "start"], capture_output=True, text=True, timeout=120)
+    assert started.returncode == 0, f"postgres did not start: {started.stderr}\n{log.read_text()}"
+    base = f"postgresql+psycopg://postgres@127.0.0.1:{port}"
+    made = iter(range(1, 10_000))
+
+    def new_database() -> str:
+        import psycopg
+
+        name = f"rag_test_{next(made)}"
+        with psycopg.connect(f"host=127.0.0.1 port={port} user=postgres dbname=postgres", autocommit=True) as c:
+            c.execute(f"CREATE DATABASE {name}")
+        return f"{base}/{name}"
+
+    try:
+        yield new_database
+    finally:
+        subprocess.run([*as_user, _pg_bin("pg_ctl"), "-D", str(data), "-m", "immediate", "-w", "stop"],
+                       capture_output=True, timeout=60)
+        shutil.rmtree(root, ignore_errors=True)
+
+
 LLM_CTX = 2048
 
 

@@ -8,7 +8,8 @@ that hold nothing of any one user (ui/state.py); the chat itself lives in ``st.s
 Every run first settles who is asking (ui/login.py over ui/signin.py: RAG_AUTH=none|password|proxy); every
 question, source and download then goes through ``rag.generation.chain.RAG`` with that identity, whose groups
 filter retrieval inside the store. The page's parts: ui/sidebar.py (status, controls, ui/upload.py), ui/chat.py
-(the conversation), ui/evidence.py (each answer's sources).
+(the conversation), ui/evidence.py (each answer's sources), ui/conversations.py (the saved conversations,
+feedback, and the administrators' worst-rated answers).
 """
 
 from __future__ import annotations
@@ -23,10 +24,11 @@ offline.apply()
 
 from rag.errors import RagError  # noqa: E402
 from rag.settings import Settings, settings_error  # noqa: E402
-from ui import chat  # noqa: E402
+from rag.conversations import ConversationStore  # noqa: E402
+from ui import chat, conversations  # noqa: E402
 from ui.login import refuse_foreign_host, settle_identity  # noqa: E402
-from ui.sidebar import sidebar  # noqa: E402
-from ui.state import Shared, Turn, auth_for, settings_key, shared_for  # noqa: E402
+from ui.sidebar import fill_list, sidebar  # noqa: E402
+from ui.state import Shared, Turn, auth_for, conversations_for, settings_key, shared_for  # noqa: E402
 
 log = logging.getLogger("rag.ui")
 
@@ -58,6 +60,16 @@ def _shared(key: str, settings: Settings) -> Shared:
         st.stop()
 
 
+def _conversations(key: str, settings: Settings) -> ConversationStore | None:
+    """The conversations database, or None (the chat still answers, unsaved) when it cannot be opened."""
+    try:
+        return conversations_for(key, settings)
+    except RagError as exc:
+        log.error("%s", exc)
+        st.sidebar.warning(str(exc), icon=":material/cloud_off:")
+        return None
+
+
 def main() -> None:
     st.set_page_config(page_title="Ask the documents · onprem-rag", page_icon=":material/description:")
     settings = _settings()
@@ -67,9 +79,14 @@ def main() -> None:
     auth = auth_for(key, settings)
     identity = settle_identity(settings, auth)
     shared = _shared(key, settings)
+    store = _conversations(key, settings)
     turns: list[Turn] = st.session_state.setdefault("turns", [])
-    rag = sidebar(shared, settings, identity, auth)
-    chat.page(rag, shared, identity, turns)
+    side = sidebar(shared, settings, identity, auth)
+    if side.view == "feedback":
+        conversations.worst_rated_page(store, side.rag, identity)
+    else:
+        chat.page(side.rag, shared, identity, turns, store)
+    fill_list(side, store, identity)
 
 
 main()

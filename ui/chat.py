@@ -1,4 +1,5 @@
-"""The conversation: the turns so far, the question box, and the answer streamed into the page as it comes."""
+"""The conversation: the turns so far, the question box, and the answer streamed into the page as it comes; each
+answer is saved to the user's conversation and can be rated (ui/conversations.py)."""
 
 from __future__ import annotations
 
@@ -9,12 +10,14 @@ from typing import Any
 
 import streamlit as st
 
+from rag.conversations import ConversationStore
 from rag.errors import RagError
 from rag.generation.chain import RAG
 from rag.llm.local.supervisor import notice_for
 from rag.security.auth import Identity
 from rag.security.markdown import inert_markdown, inert_stream
 from rag.urls import scrub
+from ui import conversations
 from ui.evidence import answer_footer, render_sources
 from ui.state import Shared, Turn
 
@@ -33,12 +36,12 @@ def llm_notice(rag: RAG) -> str | None:
     return notice_for(rag.settings.data_dir, [e.base_url for e in rag.settings.llm_endpoint_list()])
 
 
-def page(rag: RAG, shared: Shared, identity: Identity, turns: list[Turn]) -> None:
+def page(rag: RAG, shared: Shared, identity: Identity, turns: list[Turn], store: ConversationStore | None) -> None:
     st.header("Ask the documents")
     if not turns:
         _welcome(shared, identity)
     for i, turn in enumerate(turns):
-        render_turn(rag, turn, i)
+        render_turn(rag, turn, i, store, identity)
 
     if question := st.chat_input("Ask a question about the documents"):
         question = question.strip()
@@ -46,7 +49,10 @@ def page(rag: RAG, shared: Shared, identity: Identity, turns: list[Turn]) -> Non
         with st.chat_message("user"):
             st.markdown(md(question, rag.settings.ui_link_hosts))
         with st.chat_message("assistant"):
-            turns.append(ask(rag, question, turns[:-1], identity))
+            turn = ask(rag, question, turns[:-1], identity)
+            turns.append(turn)
+            conversations.save(store, identity, turn)
+            conversations.feedback_box(store, identity, turn)
 
 
 def _welcome(shared: Shared, identity: Identity) -> None:
@@ -61,7 +67,8 @@ def _welcome(shared: Shared, identity: Identity) -> None:
                 "administrator to give you access.")
 
 
-def render_turn(rag: RAG, turn: Turn, i: int) -> None:
+def render_turn(rag: RAG, turn: Turn, i: int, store: ConversationStore | None = None,
+                identity: Identity | None = None) -> None:
     with st.chat_message(turn.role):
         if turn.error:
             st.error(turn.error, icon=":material/error:")
@@ -70,6 +77,8 @@ def render_turn(rag: RAG, turn: Turn, i: int) -> None:
         if turn.answer is not None:
             answer_footer(turn.answer, turn.threshold)
             render_sources(rag, turn.answer, key=str(i))
+            if identity is not None:
+                conversations.feedback_box(store, identity, turn)
 
 
 def _history(turns: list[Turn]) -> list[tuple[str, str]]:

@@ -1,6 +1,9 @@
-"""The sidebar: who is signed in, the language model's and the index's state, the retrieval controls, uploads."""
+"""The sidebar: who is signed in, their conversations, the language model's and the index's state, uploads, and
+for administrators the retrieval controls and the worst-rated answers."""
 
 from __future__ import annotations
+
+from typing import Any, NamedTuple
 
 import streamlit as st
 
@@ -8,42 +11,68 @@ from rag.errors import RagError
 from rag.generation.chain import RAG
 from rag.llm.local import MODEL_ALIAS
 from rag.security.audit import safe_endpoint
-from rag.security.auth import Identity
+from rag.conversations import ConversationStore
+from rag.security.auth import Identity, is_admin
 from rag.settings import Settings
 from ui import signin
 from ui.chat import llm_notice
+from ui.conversations import new_chat, sidebar_list
 from ui.state import Auth, Shared
 from ui.upload import upload_box
 
 
-def sidebar(shared: Shared, settings: Settings, identity: Identity, auth: Auth) -> RAG:
-    """Status and controls; returns the RAG to answer with (the shared one, or a variant with the chosen
-    retrieval settings over the same open store)."""
+class Side(NamedTuple):
+    rag: RAG  # the shared one, or a variant with an admin's retrieval settings over the same open store
+    view: str  # the page to show: "chat", or an admin's "feedback"
+    conversations: Any  # the sidebar's place for the conversation list, filled after the chat (fill_list)
+
+
+def sidebar(shared: Shared, settings: Settings, identity: Identity, auth: Auth) -> Side:
+    """Status and controls, and a place for the user's conversations: filled after the chat has run, so that a
+    conversation saved by this run's answer is already listed.
+
+    An employee sees their conversations, the documents they may read and the upload box; the model, its
+    window and the retrieval controls are the operator's view (RAG_ADMIN_GROUP, or the local user)."""
     rag = shared.rag
+    admin = is_admin(identity, settings.admin_group)
+    top_k, mode, min_score = settings.top_k, settings.retrieval_mode, settings.min_score
+    view = "chat"
     with st.sidebar:
         st.title("onprem-rag")
         who(identity, auth, settings)
-        st.button("New chat", on_click=_new_chat, icon=":material/add_comment:", width="stretch")
+        st.button("New chat", on_click=new_chat, icon=":material/add_comment:", width="stretch")
+        st.subheader("Conversations")
+        slot = st.container()
 
         st.subheader("Language model")
-        _llm_status(rag)
+        if admin:
+            _llm_status(rag)
+        else:
+            _assistant_status(rag)
 
         st.subheader("Documents")
-        _index_status(shared, identity)
+        _index_status(shared, identity, details=admin)
 
-        st.subheader("Retrieval")
-        top_k, mode, min_score = _retrieval_controls(settings)
+        if admin:
+            st.subheader("Retrieval")
+            top_k, mode, min_score = _retrieval_controls(settings)
 
         st.subheader("Add documents")
         upload_box(shared, settings, identity, auth)
 
+        if admin:
+            st.subheader("Administration")
+            view = st.radio("Show", ["chat", "feedback"], key="admin_view", horizontal=True,
+                            format_func={"chat": "the chat", "feedback": "worst-rated answers"}.get) or "chat"
+
     if (top_k, min_score, mode) != (settings.top_k, settings.min_score, settings.retrieval_mode):
         rag = rag.with_settings(top_k=top_k, min_score=min_score, retrieval_mode=mode)
-    return rag
+    return Side(rag, view, slot)
 
 
-def _new_chat() -> None:
-    st.session_state.turns = []
+def fill_list(side: Side, store: ConversationStore | None, identity: Identity) -> None:
+    with side.conversations:
+        sidebar_list(store, identity)
 
 
 def _sign_out(auth: Auth, name: str) -> None:
@@ -90,7 +119,20 @@ def _llm_status(rag: RAG) -> None:
         st.caption(notice or f"{safe_endpoint(info.base_url)}: {info.error}")
 
 
-def _index_status(shared: Shared, identity: Identity) -> None:
+def _assistant_status(rag: RAG) -> None:
+    """Whether questions can be answered now, without the operator's details (model, address, window)."""
+    healthy = (any(e.get("healthy") and e["state"] != "open" for e in rag.pool.describe()) if rag.pool.multi
+               else rag.endpoint.info.healthy)
+    if healthy:
+        st.markdown(":green[●] ready to answer")
+        return
+    notice = llm_notice(rag)
+    st.markdown(":orange[●] **restarting**" if notice and "restarting" in notice else ":red[●] **unavailable**")
+    st.caption(notice or "The language model does not answer right now: try again in a minute, or tell your "
+                         "administrator.")
+
+
+def _index_status(shared: Shared, identity: Identity, *, details: bool) -> None:
     try:
         idx = shared.index()
         documents, chunks = shared.readable_counts(identity)

@@ -1,5 +1,5 @@
 """What outlives one run of the page: per server process, the open RAG and the sign-in machinery (shared by every
-browser session, so they hold nothing of any one user); per browser tab, the conversation's turns."""
+browser session, so they hold nothing of any one user); per browser tab, the conversation's turns (saved per user by ui/conversations.py)."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from typing import Any
 
 import streamlit as st
 
+from rag.conversations import ConversationStore
 from rag.errors import RagError
 from rag.generation.chain import RAG, Answer
 from rag.ops.status import index_info
@@ -79,6 +80,9 @@ class Turn:
     answer: Answer | None = None
     error: str | None = None
     threshold: float | None = None  # the relevance threshold the answer was retrieved with
+    turn_id: int | None = None  # its row in the conversations database, once saved
+    rating: int | None = None  # the user's thumbs up (1) or down (-1)
+    comment: str = ""
 
 
 def settings_key(settings: Settings) -> str:
@@ -96,6 +100,16 @@ def _release(shared: Shared) -> None:
                    on_release=_release)
 def shared_for(key: str, _settings: Settings) -> Shared:
     return Shared(RAG.from_settings(_settings))
+
+
+def _close_conversations(store: ConversationStore) -> None:
+    store.close()
+
+
+@st.cache_resource(max_entries=1, on_release=_close_conversations)
+def conversations_for(key: str, _settings: Settings) -> ConversationStore:
+    """The conversations database (rag.conversations), opened (and migrated, and purged) once per process."""
+    return ConversationStore.open(_settings)
 
 
 @st.cache_resource(max_entries=4)

@@ -15,6 +15,7 @@ import typer
 from rag import offline
 from rag.cli import answers, documents, evaluate, evidence, llm, servers, sizing
 from rag.cli.common import state
+from rag.cli.feedback import feedback_app
 from rag.cli.users import users_app
 
 offline.apply()
@@ -44,6 +45,7 @@ for command in (documents.ingest, documents.access, documents.forget, answers.se
 app.add_typer(evaluate.eval_app, name="eval")
 app.command()(sizing.sizing)
 app.add_typer(users_app, name="users")
+app.add_typer(feedback_app, name="feedback")
 app.command()(servers.serve)
 app.command()(servers.mcp)
 app.add_typer(llm.llm_app, name="llm")

@@ -42,6 +42,8 @@ CITATIONS = Counter("rag_citations", "Cited sources of answers, by the citation 
                     registry=REGISTRY)
 CITATION_CHECK = Histogram("rag_citation_check_seconds", "The citation check after an answer.",
                            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1), registry=REGISTRY)
+FEEDBACK = Counter("rag_feedback", "Answers rated by the users who asked, by rating (up, down).", ["rating"],
+                   registry=REGISTRY)
 HTTP_REQUESTS = Counter("rag_http_requests", "API requests by route and status code.", ["route", "status"],
                         registry=REGISTRY)
 

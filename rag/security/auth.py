@@ -68,6 +68,12 @@ def identity_of(user: User, via: Via) -> Identity:
     return Identity(user.name, normalize_groups([*user.groups, *implicit_groups(user.name)]), via)
 
 
+def is_admin(identity: Identity, admin_group: str) -> bool:
+    """Whether ``identity`` gets the operator's view (model, retrieval controls, the worst-rated answers): the
+    local user of RAG_AUTH=none, or a member of RAG_ADMIN_GROUP."""
+    return identity.unrestricted or admin_group in identity.groups
+
+
 def authenticate_password(directory: UserDirectory, name: str, password: str) -> User | None:
     """The user if name and password are right and the user is enabled; None otherwise, in about the same time
     whether or not the name exists."""
