@@ -5,7 +5,8 @@ the way a real model's tokens split it.
     python scripted_llm.py PORT ANSWER_FILE [DELAY_SECONDS]
 
 DELAY_SECONDS: how long each chat completion waits before its answer, a slow model that keeps requests in
-flight (the API's concurrency caps are tested with it); GET /in_flight says how many are waiting now.
+flight (the API's concurrency caps are tested with it); GET /in_flight says how many are waiting now. The
+one-token probes a client measures the chat template with answer at once.
 """
 
 import json
@@ -45,6 +46,9 @@ class Handler(BaseHTTPRequestHandler):
         request = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))) or b"{}")
         if not self.path.endswith("/chat/completions"):
             self._json(404, {"error": "not found"})
+            return
+        if request.get("max_tokens") == 1:
+            self._answer(request)
             return
         with LOCK:
             IN_FLIGHT[0] += 1

@@ -44,7 +44,8 @@ SLOW_S = 8.0  # how long the scripted model keeps each chat in flight
 
 @pytest.fixture(scope="module")
 def base_env(group_index, tmp_path_factory):
-    """(environment, API keys of alice and bob): a copy of the group index, password auth, no rag.toml."""
+    """(environment, API keys of alice and bob): a copy of the group index, password auth, no rag.toml. Each
+    server gets its own copy (:func:`_own_data`): an embedded store admits one process."""
     from rag.security.users import UserDirectory
 
     root = tmp_path_factory.mktemp("limits")
@@ -53,10 +54,15 @@ def base_env(group_index, tmp_path_factory):
     users = UserDirectory(data / "users.toml")
     keys = {name: users.issue_api_key(name) for name in ("alice", "bob")}
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAG_") or k == "RAG_MODELS_DIR"}
-    env.update(RAG_DATA_DIR=str(data), RAG_AUTH="password", RAG_USERS_FILE=str(data / "users.toml"),
-               RAG_CONFIG=str(root / "no-rag.toml"), RAG_LLM_CONTEXT_WINDOW="2048", RAG_LLM_MAX_TOKENS="32",
-               RAG_AUDIT_LOG="")
+    env.update(RAG_DATA_DIR=str(data), RAG_AUTH="password", RAG_CONFIG=str(root / "no-rag.toml"),
+               RAG_LLM_CONTEXT_WINDOW="2048", RAG_LLM_MAX_TOKENS="32", RAG_AUDIT_LOG="")
     return env, keys
+
+
+def _own_data(env: dict[str, str], root: Path, **settings: str) -> dict[str, str]:
+    data = root / "data"
+    shutil.copytree(env["RAG_DATA_DIR"], data)
+    return {**env, "RAG_DATA_DIR": str(data), "RAG_USERS_FILE": str(data / "users.toml"), **settings}
 
 
 def _chat(messages: list[dict], stream: bool = False) -> dict:
@@ -78,11 +84,12 @@ def _error(r: httpx.Response) -> dict:
 @pytest.fixture(scope="module")
 def api_no_llm(base_env, tmp_path_factory):
     env, keys = base_env
-    env = {**env, "RAG_LLM_BASE_URL": f"http://127.0.0.1:{_free_port()}/v1", "RAG_API_MAX_BODY_KB": "256",
-           "RAG_API_MAX_MESSAGES": "50", "RAG_API_MAX_CHARS": "20000"}
+    root = tmp_path_factory.mktemp("serve")
+    env = _own_data(env, root, RAG_LLM_BASE_URL=f"http://127.0.0.1:{_free_port()}/v1", RAG_API_MAX_BODY_KB="256",
+                    RAG_API_MAX_MESSAGES="50", RAG_API_MAX_CHARS="20000")
     port = _free_port()
     url = f"http://127.0.0.1:{port}"
-    log = tmp_path_factory.mktemp("serve") / "serve.log"
+    log = root / "serve.log"
     # /healthz is 503 without an LLM: /metrics says it listens.
     with running([RAG, "serve", "--port", str(port)], log, f"{url}/metrics", 90, "rag serve", env=env):
         yield url, keys
@@ -232,21 +239,30 @@ def slow_llm(tmp_path_factory):
 @pytest.fixture(scope="module")
 def api_slow(base_env, slow_llm, tmp_path_factory):
     env, keys = base_env
-    env = {**env, "RAG_LLM_BASE_URL": slow_llm, "RAG_API_MAX_CONCURRENT": "3",
-           "RAG_API_MAX_CONCURRENT_PER_USER": "2", "RAG_API_QUEUE_SECONDS": "0", "RAG_CONDENSE_QUESTIONS": "false"}
+    root = tmp_path_factory.mktemp("serve")
+    env = _own_data(env, root, RAG_LLM_BASE_URL=slow_llm, RAG_API_MAX_CONCURRENT="3",
+                    RAG_API_MAX_CONCURRENT_PER_USER="2", RAG_API_QUEUE_SECONDS="0", RAG_CONDENSE_QUESTIONS="false")
     port = _free_port()
     url = f"http://127.0.0.1:{port}"
-    log = tmp_path_factory.mktemp("serve") / "serve.log"
+    log = root / "serve.log"
     with running([RAG, "serve", "--port", str(port)], log, f"{url}/healthz", 90, "rag serve", env=env):
         # Load the embedding model once, outside the timed part (a refused question does not ask the LLM).
         httpx.post(f"{url}/v1/chat/completions", json=_chat([{"role": "user", "content": "zebra quantum"}]),
                    headers=_auth(keys["bob"]), timeout=120)
-        yield url, keys
+        yield url, keys, slow_llm.removesuffix("/v1")
 
 
 def _busy(url: str) -> float:
     m = re.search(r"^rag_http_busy_slots (\S+)$", httpx.get(f"{url}/metrics", timeout=5).text, re.M)
     return float(m.group(1)) if m else 0.0
+
+
+def _llm_busy(llm: str, n: int = 1) -> None:
+    """Until the slow model has ``n`` requests waiting for it."""
+    deadline = time.monotonic() + 60
+    while (now := httpx.get(f"{llm}/in_flight", timeout=5).json()["in_flight"]) < n:
+        assert time.monotonic() < deadline, f"{now} of {n} requests reached the model"
+        time.sleep(0.1)
 
 
 class _InFlight:
@@ -265,11 +281,6 @@ class _InFlight:
         t.start()
         self.threads.append(t)
 
-    def wait_busy(self, n: int) -> None:
-        deadline = time.monotonic() + 30
-        while _busy(self.url) < n:
-            assert time.monotonic() < deadline, f"{n} slots never busy: {_busy(self.url)}"
-            time.sleep(0.1)
 
     def results(self) -> dict[str, int]:
         for t in self.threads:
@@ -286,11 +297,11 @@ def _timed_post(url: str, key: str, question: str) -> tuple[httpx.Response, floa
 
 @pytest.mark.attack(5, "one user opens more chats at once than allowed, to take the LLM from the others")
 def test_one_user_over_the_per_user_cap_gets_429_and_others_are_served(api_slow):
-    url, keys = api_slow
+    url, keys, llm = api_slow
     flight = _InFlight(url)
     for i in range(2):
         flight.send(f"alice-{i}", keys["alice"], HR_QUESTION)
-    flight.wait_busy(2)
+    _llm_busy(llm, 2)
     r, took = _timed_post(url, keys["alice"], HR_QUESTION)
     assert r.status_code == 429, f"{r.status_code} after {took:.1f} s: a third chat of alice was let in"
     assert took < 2 and r.headers["retry-after"].isdigit()
@@ -303,12 +314,12 @@ def test_one_user_over_the_per_user_cap_gets_429_and_others_are_served(api_slow)
 
 @pytest.mark.attack(5, "every chat slot held at once, so that health probes starve and the next user waits")
 def test_over_the_overall_cap_gets_429_and_health_answers_at_once(api_slow):
-    url, keys = api_slow
+    url, keys, llm = api_slow
     flight = _InFlight(url)
     flight.send("alice-0", keys["alice"], HR_QUESTION)
     flight.send("alice-1", keys["alice"], HR_QUESTION)
     flight.send("bob-0", keys["bob"], IT_QUESTION)
-    flight.wait_busy(3)
+    _llm_busy(llm, 3)
     r, took = _timed_post(url, keys["bob"], IT_QUESTION)  # bob has one of his two: the overall cap says no
     assert r.status_code == 429, f"{r.status_code} after {took:.1f} s: a fourth chat was let in"
     assert took < 2 and r.headers["retry-after"].isdigit()
@@ -326,12 +337,13 @@ def test_over_the_overall_cap_gets_429_and_health_answers_at_once(api_slow):
 @pytest.fixture(scope="module")
 def mcp_slow(base_env, slow_llm, tmp_path_factory):
     env, keys = base_env
-    env = {**env, "RAG_LLM_BASE_URL": slow_llm, "RAG_API_MAX_CONCURRENT_PER_USER": "1",
-           "RAG_API_QUEUE_SECONDS": "0", "RAG_CONDENSE_QUESTIONS": "false", "RAG_API_MAX_BODY_KB": "256",
-           "RAG_API_MAX_MESSAGES": "50"}
+    root = tmp_path_factory.mktemp("mcp")
+    env = _own_data(env, root, RAG_LLM_BASE_URL=slow_llm, RAG_API_MAX_CONCURRENT_PER_USER="1",
+                    RAG_API_QUEUE_SECONDS="0", RAG_CONDENSE_QUESTIONS="false", RAG_API_MAX_BODY_KB="256",
+                    RAG_API_MAX_MESSAGES="50")
     port = _free_port()
     url = f"http://127.0.0.1:{port}/mcp"
-    log = tmp_path_factory.mktemp("mcp") / "mcp.log"
+    log = root / "mcp.log"
     # Any answer means it listens: 401 without a key is not 200, so wait on the socket instead.
     proc = subprocess.Popen([RAG, "mcp", "--http", "--port", str(port)], env=env, stdout=log.open("w"),
                             stderr=subprocess.STDOUT)
@@ -349,14 +361,6 @@ def mcp_slow(base_env, slow_llm, tmp_path_factory):
     finally:
         proc.terminate()
         proc.wait(timeout=30)
-
-
-def _llm_busy(llm: str) -> None:
-    """Until the slow model has a request waiting."""
-    deadline = time.monotonic() + 60
-    while httpx.get(f"{llm}/in_flight", timeout=5).json()["in_flight"] < 1:
-        assert time.monotonic() < deadline, "no request reached the model"
-        time.sleep(0.1)
 
 
 def _mcp(url: str, key: str) -> Client:
