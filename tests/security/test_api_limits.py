@@ -334,8 +334,8 @@ def test_over_the_overall_cap_gets_429_and_health_answers_at_once(api_slow):
 
 # --- MCP over HTTP ----------------------------------------------------------------------------------------------
 
-@pytest.fixture(scope="module")
-def mcp_slow(base_env, slow_llm, tmp_path_factory):
+@pytest.fixture(scope="module", params=["rag mcp --http", "rag serve --mcp"])
+def mcp_slow(request, base_env, slow_llm, tmp_path_factory):
     env, keys = base_env
     root = tmp_path_factory.mktemp("mcp")
     env = _own_data(env, root, RAG_LLM_BASE_URL=slow_llm, RAG_API_MAX_CONCURRENT_PER_USER="1",
@@ -345,7 +345,8 @@ def mcp_slow(base_env, slow_llm, tmp_path_factory):
     url = f"http://127.0.0.1:{port}/mcp"
     log = root / "mcp.log"
     # Any answer means it listens: 401 without a key is not 200, so wait on the socket instead.
-    proc = subprocess.Popen([RAG, "mcp", "--http", "--port", str(port)], env=env, stdout=log.open("w"),
+    args = ["mcp", "--http"] if request.param == "rag mcp --http" else ["serve", "--mcp"]
+    proc = subprocess.Popen([RAG, *args, "--port", str(port)], env=env, stdout=log.open("w"),
                             stderr=subprocess.STDOUT)
     try:
         deadline = time.monotonic() + 90
