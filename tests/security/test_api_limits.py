@@ -332,6 +332,35 @@ def test_over_the_overall_cap_gets_429_and_health_answers_at_once(api_slow):
     assert flight.results() == {"alice-0": 200, "alice-1": 200, "bob-0": 200}
 
 
+@pytest.fixture(scope="module")
+def api_wide(base_env, slow_llm, tmp_path_factory):
+    """Caps raised above the 40 worker threads that sync routes share: only the health route's own threads
+    keep it answering."""
+    env, keys = base_env
+    root = tmp_path_factory.mktemp("serve")
+    env = _own_data(env, root, RAG_LLM_BASE_URL=slow_llm, RAG_API_MAX_CONCURRENT="100",
+                    RAG_API_MAX_CONCURRENT_PER_USER="100", RAG_CONDENSE_QUESTIONS="false")
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}"
+    with running([RAG, "serve", "--port", str(port)], root / "serve.log", f"{url}/healthz", 90, "rag serve",
+                 env=env):
+        yield url, keys, slow_llm.removesuffix("/v1")
+
+
+@pytest.mark.attack(5, "chats enough to fill every worker thread of the API, so that health probes starve")
+def test_health_answers_while_chats_fill_every_worker_thread(api_wide):
+    url, keys, llm = api_wide
+    flight = _InFlight(url)
+    for i in range(44):
+        flight.send(f"alice-{i}", keys["alice"], HR_QUESTION)
+    _llm_busy(llm, 40)  # anyio's default pool: 40 threads, each now waiting for the model
+    for path in ("/healthz", "/metrics"):
+        t = time.monotonic()
+        assert httpx.get(url + path, timeout=2 * SLOW_S).status_code == 200
+        assert time.monotonic() - t < 1, f"{path} waited {time.monotonic() - t:.1f} s behind the chats"
+    assert set(flight.results().values()) == {200}
+
+
 # --- MCP over HTTP ----------------------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module", params=["rag mcp --http", "rag serve --mcp"])
