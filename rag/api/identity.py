@@ -1,5 +1,6 @@
-"""Who sends a request to the OpenAI-compatible API: the bearer key of a user of ``RAG_USERS_FILE``, in proxy mode
-the proxy's headers, or with ``RAG_AUTH=none`` the local user, who sees everything."""
+"""Who sends a request to the OpenAI-compatible API or the MCP server over HTTP: the bearer key of a user of
+``RAG_USERS_FILE``, in proxy mode the proxy's headers, or with ``RAG_AUTH=none`` the local user, who sees
+everything. The caps (rag/api/limits.py) count slots per such user."""
 
 from __future__ import annotations
 
