@@ -321,6 +321,32 @@ class Settings(BaseSettings):
     api_collections: list[str] | None = Field(
         None, description="Collections `rag serve` offers as models (default: RAG_COLLECTION alone)."
     )
+    # Caps of `rag serve` and `rag mcp --http` (rag/api/limits.py): one client must not be able to exhaust memory,
+    # the tokenizer or the LLM for everyone else. Over a cap: 413 (too large) or 429 (busy) naming the setting.
+    api_max_body_kb: int = Field(
+        2048, ge=1, description="Largest request body the API and the MCP server read, in KiB (counted as it "
+        "arrives, whatever Content-Length says); larger ones get 413.",
+    )
+    api_max_messages: int = Field(
+        200, ge=1, description="Messages in one chat request (an MCP ask: history turns + the question); more "
+        "get 413 before any token is counted.",
+    )
+    api_max_chars: int = Field(
+        200_000, ge=1, description="Characters of all the messages of one chat request together (an MCP ask: "
+        "question and history); more get 413 before any token is counted.",
+    )
+    api_max_concurrent: int = Field(
+        16, ge=1, description="Chat completions and MCP tool calls in progress at once, all users together; one "
+        "more waits RAG_API_QUEUE_SECONDS, then gets 429. /healthz and /metrics never wait behind them.",
+    )
+    api_max_concurrent_per_user: int = Field(
+        4, ge=1, description="Chat completions and MCP tool calls one user (API key or proxy identity) may have "
+        "in progress at once; one more waits RAG_API_QUEUE_SECONDS, then gets 429.",
+    )
+    api_queue_seconds: float = Field(
+        2.0, ge=0, le=300, description="How long a request over a concurrency cap waits for a slot before its "
+        "429; 0 = refuse at once.",
+    )
     ui_metrics_port: int | None = Field(
         None, ge=1, le=65535, description="Port on which `rag ui` serves Prometheus metrics (unset = none)."
     )

@@ -23,6 +23,7 @@ from starlette.middleware.trustedhost import TrustedHostMiddleware
 
 from rag.api.collections import ApiError, Collections
 from rag.api.identity import request_identifier
+from rag.api.limits import RequestLimits
 from rag.api.routes import chat, health, models, sources
 from rag.ops import metrics
 from rag.security.exposure import allowed_hosts
@@ -46,6 +47,8 @@ def create_app(settings: Settings, *, collections: list[str] | None = None, mcp:
         app.router.routes.append(Route("/mcp", endpoint=mcp_server.http_app(path="/mcp", host=host)))
     app.state.collections = pool
     app.add_middleware(_CountRequests)
+    # Outside the route counts: a refused request never reaches a route (rag_http_rejected_total counts it).
+    app.add_middleware(RequestLimits, settings=settings, mcp_path="/mcp" if mcp else None)
     hosts = allowed_hosts(settings, host)
     if hosts is not None:
         # Added last, so it runs first: a rebinding page is refused before any route or count sees it.

@@ -1,9 +1,10 @@
-"""Who sends a request to the OpenAI-compatible API: the bearer key of a user of ``RAG_USERS_FILE``, in proxy mode
-the proxy's headers, or with ``RAG_AUTH=none`` the local user, who sees everything."""
+"""Who sends a request to the OpenAI-compatible API or the MCP server over HTTP: the bearer key of a user of
+``RAG_USERS_FILE``, in proxy mode the proxy's headers, or with ``RAG_AUTH=none`` the local user, who sees
+everything. The caps (rag/api/limits.py) count slots per such user."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 from fastapi import Request
 
@@ -36,3 +37,19 @@ def request_identifier(settings: Settings) -> Callable[[Request], Identity]:
                        "invalid_request_error", "invalid_api_key")
 
     return identify
+
+
+def identify_headers(settings: Settings, directory: UserDirectory | None,
+                     headers: Mapping[str, str]) -> Identity | None:
+    """As ``rag serve`` identifies a request: a bearer key of the users file, or in proxy mode the proxy's
+    headers; None = refuse."""
+    h = {k.lower(): v for k, v in headers.items()}
+    if settings.auth == "none":
+        return local_identity()
+    assert directory is not None
+    auth = h.get("authorization", "")
+    if auth.lower().startswith("bearer ") and auth[7:].strip():
+        return authenticate_api_key(directory, auth[7:].strip())
+    if settings.auth == "proxy":
+        return identity_from_headers(settings, headers, directory)
+    return None

@@ -46,6 +46,11 @@ FEEDBACK = Counter("rag_feedback", "Answers rated by the users who asked, by rat
                    registry=REGISTRY)
 HTTP_REQUESTS = Counter("rag_http_requests", "API requests by route and status code.", ["route", "status"],
                         registry=REGISTRY)
+HTTP_REJECTED = Counter("rag_http_rejected", "API and MCP requests refused by a cap, by reason: "
+                        "body_too_large, conversation_too_large, busy_user, busy_overall.", ["reason"],
+                        registry=REGISTRY)
+HTTP_BUSY = Gauge("rag_http_busy_slots", "Chat completions and MCP tool calls in progress (holding a slot).",
+                  registry=REGISTRY)
 
 
 def observe_answer(answer: Answer, endpoint: str) -> None:

@@ -2,16 +2,24 @@
 with the same text (read from a file), streamed in small pieces so that Markdown syntax is split across chunks
 the way a real model's tokens split it.
 
-    python scripted_llm.py PORT ANSWER_FILE
+    python scripted_llm.py PORT ANSWER_FILE [DELAY_SECONDS]
+
+DELAY_SECONDS: how long each chat completion waits before its answer, a slow model that keeps requests in
+flight (the API's concurrency caps are tested with it); GET /in_flight says how many are waiting now. The
+one-token probes a client measures the chat template with answer at once.
 """
 
 import json
 import sys
+import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 ANSWER = Path(sys.argv[2]).read_text()
+DELAY = float(sys.argv[3]) if len(sys.argv) > 3 else 0.0
+IN_FLIGHT = [0]
+LOCK = threading.Lock()
 PIECE = 4  # characters per streamed chunk: "![x](http://..." arrives as "![x]", "(htt", ...
 
 
@@ -29,6 +37,8 @@ class Handler(BaseHTTPRequestHandler):
     def do_GET(self):  # noqa: N802 - http.server's naming
         if self.path.rstrip("/").endswith("/models"):
             self._json(200, {"object": "list", "data": [{"id": "scripted", "object": "model"}]})
+        elif self.path == "/in_flight":
+            self._json(200, {"in_flight": IN_FLIGHT[0]})
         else:
             self._json(404, {"error": "not found"})
 
@@ -36,7 +46,21 @@ class Handler(BaseHTTPRequestHandler):
         request = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))) or b"{}")
         if not self.path.endswith("/chat/completions"):
             self._json(404, {"error": "not found"})
-        elif request.get("stream"):
+            return
+        if request.get("max_tokens") == 1:
+            self._answer(request)
+            return
+        with LOCK:
+            IN_FLIGHT[0] += 1
+        try:
+            time.sleep(DELAY)
+            self._answer(request)
+        finally:
+            with LOCK:
+                IN_FLIGHT[0] -= 1
+
+    def _answer(self, request):
+        if request.get("stream"):
             self._stream()
         else:
             self._json(200, {"id": "c", "object": "chat.completion", "created": 0, "model": "scripted",

@@ -16,6 +16,7 @@ from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from rag.api.collections import Collections
+from rag.api.identity import identify_headers
 from rag.api.mcp.calls import tool_error
 from rag.api.mcp.resources import DocumentResources
 from rag.api.mcp.tools import add_tools
@@ -23,7 +24,7 @@ from rag.errors import RagError
 from rag.generation.chain import RAG
 from rag.security.audit import AuditLog
 from rag.security.exposure import allowed_hosts
-from rag.security.auth import Identity, authenticate_api_key, identity_from_headers, local_identity
+from rag.security.auth import Identity, local_identity
 from rag.security.users import UserDirectory
 from rag.settings import Settings
 
@@ -134,22 +135,6 @@ class ApiKeyGuard:
         await self.app(scope, receive, send)
 
 
-def identify_headers(settings: Settings, directory: UserDirectory | None,
-                     headers: Mapping[str, str]) -> Identity | None:
-    """As ``rag serve`` identifies a request: a bearer key of the users file, or in proxy mode the proxy's
-    headers; None = refuse."""
-    h = {k.lower(): v for k, v in headers.items()}
-    if settings.auth == "none":
-        return local_identity()
-    assert directory is not None
-    auth = h.get("authorization", "")
-    if auth.lower().startswith("bearer ") and auth[7:].strip():
-        return authenticate_api_key(directory, auth[7:].strip())
-    if settings.auth == "proxy":
-        return identity_from_headers(settings, headers, directory)
-    return None
-
-
 def create_server(settings: Settings, *, user: Identity | None = None, collections: Sequence[str] | None = None,
                   pool: Pool | None = None) -> RagMCP:
     """The MCP server for ``settings``' collections (``RAG_API_COLLECTIONS``, else ``RAG_COLLECTION``)."""
@@ -162,4 +147,8 @@ def serve_http(server: RagMCP, *, host: str, port: int) -> None:
     """``rag mcp --http``: streamable HTTP at http://HOST:PORT/mcp until Ctrl-C."""
     import uvicorn
 
-    uvicorn.run(server.http_app(host=host), host=host, port=port, log_level="warning", access_log=False)
+    from rag.api.limits import RequestLimits
+
+    # The same caps as `rag serve` (which wraps its mount of this app in its own RequestLimits).
+    app = RequestLimits(server.http_app(host=host), server.rag_settings, mcp_path="/mcp")
+    uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False)

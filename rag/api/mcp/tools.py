@@ -10,6 +10,7 @@ from mcp.server.mcpserver.exceptions import ToolError
 from mcp.types import ToolAnnotations
 from pydantic import Field
 
+from rag.api.limits import conversation_error
 from rag.api.mcp.calls import for_tool
 from rag.api.mcp.schemas import (
     MAX_NEIGHBOURS,
@@ -84,6 +85,9 @@ def add_ask(server: RagMCP) -> None:
     ) -> AskResult:
         user, name, rag = server.target(ctx, collection)
         turns = [(t.role, t.content) for t in history or []]
+        # Before any token is counted: each history turn would cost the tokenizer a call.
+        if (too_large := conversation_error(server.rag_settings, [c for _, c in turns] + [question])) is not None:
+            raise ToolError(too_large)
 
         def run() -> Answer:
             # rag.ask writes the "ask" audit record itself (cited paths, model, latency); this says who shelled.

@@ -20,6 +20,7 @@ from openai.types.chat.chat_completion_chunk import ChoiceDelta
 from pydantic import BaseModel, ConfigDict, Field
 
 from rag.api.collections import ApiError, Collections
+from rag.api.limits import conversation_error
 from rag.api.routes.sources import view_of
 from rag.errors import RagError, StoreLockedError
 from rag.generation.chain import RAG, Answer
@@ -52,6 +53,9 @@ def add_routes(app: FastAPI, pool: Collections, identify: Callable[[Request], Id
     @app.post("/v1/chat/completions")
     def chat(body: ChatRequest, request: Request):
         user = identify(request)
+        # Before any token is counted: each history message would cost the tokenizer a call.
+        if (too_large := conversation_error(pool.settings, [_text(m.content) for m in body.messages])) is not None:
+            raise ApiError(413, too_large, "invalid_request_error", "conversation_too_large")
         question, history = _question_and_history(body.messages)
         rag = _open(pool, body.model)
         cid, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())

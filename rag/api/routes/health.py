@@ -1,10 +1,12 @@
 """``/healthz`` (the store and the LLM of the first collection) and ``/metrics`` (Prometheus): no key needed, for
-load balancers and scrapers."""
+load balancers and scrapers. Neither waits behind the chats: /metrics runs on the event loop, /healthz on
+threads of its own."""
 
 from __future__ import annotations
 
 from typing import Any
 
+import anyio
 from fastapi import FastAPI
 from fastapi.responses import JSONResponse, PlainTextResponse
 
@@ -14,8 +16,14 @@ from rag.ops import metrics
 
 
 def add_routes(app: FastAPI, pool: Collections) -> None:
+    # Threads of their own: sync routes and MCP tools share anyio's default pool of 40, which busy chats can fill.
+    limiter = anyio.CapacityLimiter(2)
+
     @app.get("/healthz")
-    def healthz() -> JSONResponse:
+    async def healthz() -> JSONResponse:
+        return await anyio.to_thread.run_sync(check, limiter=limiter)
+
+    def check() -> JSONResponse:
         checks: dict[str, Any] = {}
         ok = True
         try:
@@ -30,5 +38,5 @@ def add_routes(app: FastAPI, pool: Collections) -> None:
         return JSONResponse({"status": "ok" if ok else "unavailable", **checks}, status_code=200 if ok else 503)
 
     @app.get("/metrics")
-    def metrics_route() -> PlainTextResponse:
+    async def metrics_route() -> PlainTextResponse:
         return PlainTextResponse(metrics.exposition(), media_type="text/plain; version=0.0.4; charset=utf-8")
