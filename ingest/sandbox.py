@@ -15,8 +15,11 @@ from __future__ import annotations
 
 import logging
 import multiprocessing
+import os
 import resource
 import signal
+import threading
+import time
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from concurrent.futures.process import BrokenProcessPool
@@ -37,12 +40,26 @@ class _OutOfMemory(ParseError):
     """The worker's memory limit was hit: the worker is replaced, its heap may be in any state."""
 
 
-def _init_worker(max_memory_mb: int) -> None:
+def _init_worker(max_memory_mb: int, parent: int) -> None:
+    # A worker outlives a parent killed with -9 (or by the OOM killer): it waits on its task queue, whose write end
+    # it holds itself, and keeps the fork server alive. So it watches the parent and leaves with it.
+    threading.Thread(target=_exit_with, args=(parent,), name="rag-parse-parent-watch", daemon=True).start()
     limit = max_memory_mb * 2**20
     resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))  # a crashing parser must not write GBs of core dump
     # Ctrl-C reaches the whole process group; the parent decides what stops, and kills the worker itself.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def _exit_with(parent: int) -> None:
+    while True:
+        time.sleep(1.0)
+        try:
+            os.kill(parent, 0)
+        except ProcessLookupError:
+            os._exit(0)
+        except PermissionError:  # alive, under another user (never the case for our own parent)
+            pass
 
 
 def _parse_in_worker(path: str, settings: Settings) -> ParsedDocument:
@@ -102,7 +119,7 @@ class ParseWorker:
             ctx = multiprocessing.get_context("forkserver")
             ctx.set_forkserver_preload(_PRELOAD)
             self._pool = ProcessPoolExecutor(max_workers=1, mp_context=ctx, initializer=_init_worker,
-                                             initargs=(self.settings.parse_max_memory_mb,))
+                                             initargs=(self.settings.parse_max_memory_mb, os.getpid()))
         return self._pool
 
     def parse(self, path: Path) -> ParsedDocument:

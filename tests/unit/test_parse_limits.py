@@ -59,3 +59,49 @@ def test_a_name_that_is_not_utf8_is_reported_not_walked(tmp_path):
     assert [f.name for f in found.files] == ["ok.txt"]
     assert [Path(i.path).name for i in found.failed] == ["caf\\xe9.txt"]
     assert "not valid UTF-8" in found.failed[0].reason
+
+
+def _running(pid: int) -> bool:
+    """Alive and not a zombie (its state letter in /proc/PID/stat)."""
+    try:
+        return open(f"/proc/{pid}/stat").read().split(")")[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def test_the_parse_worker_leaves_with_a_parent_killed_with_minus_9(tmp_path):
+    """kill -9 (or the OOM killer) gives the parent no time to stop its worker: the worker, and the fork server it
+    keeps alive, must not wait for work forever."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    note = tmp_path / "note.txt"
+    note.write_text("A short note to parse.\n")
+    script = tmp_path / "parent.py"
+    script.write_text(f"""
+import multiprocessing, sys, time
+from pathlib import Path
+from ingest.sandbox import ParseWorker
+from rag.settings import Settings
+if __name__ == "__main__":
+    w = ParseWorker(Settings(data_dir={str(tmp_path / 'data')!r}))
+    w.parse(Path({str(note)!r}))
+    print(" ".join(str(c.pid) for c in multiprocessing.active_children()), flush=True)
+    time.sleep(600)
+""")
+    proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True,
+                            cwd=Path(__file__).resolve().parents[2])
+    children = [int(p) for p in proc.stdout.readline().split()]
+    assert children, "the parse worker did not start"
+    # The fork server is the worker's parent, not ours: find it before the kill.
+    server = {int(open(f"/proc/{c}/stat").read().split(")")[1].split()[1]) for c in children}
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    deadline = time.time() + 15
+    left = set(children) | server
+    while left and time.time() < deadline:
+        left = {p for p in left if _running(p)}
+        time.sleep(0.3)
+    assert not left, f"still running 15 s after their parent was killed: {sorted(left)}"
