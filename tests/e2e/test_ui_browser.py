@@ -14,7 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from conftest import SAMPLE_DOCS, _free_port, readable_by, running
+from conftest import SAMPLE_DOCS, _free_port, rag_cmd, readable_by, running
 
 CHROMIUM = "/usr/bin/chromium"
 # Without the background-networking flags Chromium keeps dialling Google on this closed network.
@@ -23,10 +23,12 @@ CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networki
 
 
 @contextmanager
-def serve_ui(src: Path, llm: str, tmp_path: Path, **extra: str) -> Iterator[tuple[str, Path]]:
-    """`rag ui` over a copy of the data dir ``src`` (the UI holds its store's lock); yields (url, data dir)."""
-    data = tmp_path / "data"
-    shutil.copytree(src, data)
+def serve_ui(src: Path, llm: str, tmp_path: Path, *, copy: bool = True, **extra: str) -> Iterator[tuple[str, Path]]:
+    """`rag ui` over a copy of the data dir ``src`` (the UI holds its store's lock), or over ``src`` itself;
+    yields (url, data dir)."""
+    data = tmp_path / "data" if copy else src
+    if copy:
+        shutil.copytree(src, data)
     port = _free_port()
     env = {**os.environ, "RAG_DATA_DIR": str(data), "RAG_LLM_BASE_URL": llm,
            "RAG_LLM_CONTEXT_WINDOW": "1024", "RAG_LLM_MAX_TOKENS": "60",
@@ -190,3 +192,52 @@ def _shown_on_its_page(page, sources, tmp_path: Path) -> None:
     share = yellow / (shot.width * shot.height)
     # A passage of a few lines on a page: a few percent of its pixels; an unhighlighted page has none.
     assert 0.005 < share < 0.5, f"highlight covers {share:.2%} of the page image ({tmp_path / 'page.png'})"
+
+
+def test_a_rated_conversation_is_resumed_after_a_restart_and_its_feedback_exported(sample_index, llm_server,
+                                                                                   tmp_path):
+    from playwright.sync_api import expect, sync_playwright
+
+    data = tmp_path / "data"
+    # Other tests' chats over the shared index stay out of this one's conversations database.
+    shutil.copytree(sample_index.data_dir, data, ignore=shutil.ignore_patterns("conversations.sqlite3*"))
+    question = "How many vacation days do employees get per year?"
+    comment = "It does not say how many carry over."
+    with sync_playwright() as pw:
+        browser = _chromium(pw)
+        with serve_ui(data, llm_server, tmp_path, copy=False) as (url, _):
+            page = browser.new_page(viewport={"width": 1280, "height": 1000})
+            page.goto(url)
+            box = page.get_by_test_id("stChatInput").locator("textarea")
+            expect(box).to_be_visible(timeout=120_000)
+            box.fill(question)
+            box.press("Enter")
+            answer = page.get_by_test_id("stChatMessage").nth(1)
+            expect(answer.get_by_test_id("stExpander").first).to_be_visible(timeout=240_000)
+            said = answer.get_by_test_id("stMarkdownContainer").first.inner_text().strip()
+            # Thumbs down (an icon button; Streamlit gives each keyed element the class st-key-<key>).
+            page.locator('[class*="st-key-fb-"][class*="-down"] button').first.click()
+            field = page.get_by_label("A comment (optional): what was wrong or missing?")
+            expect(field).to_be_visible(timeout=60_000)
+            field.fill(comment)
+            field.press("Enter")
+            page.get_by_role("button", name="Send comment").click()
+            expect(page.get_by_text("goes to the administrators", exact=False)).to_be_visible()
+            page.wait_for_timeout(1000)  # the click's run stores the comment
+        # A restart of the UI, and a new browser session: the conversation is on the server, not in the browser.
+        with serve_ui(data, llm_server, tmp_path, copy=False) as (url, _):
+            page = browser.new_page(viewport={"width": 1280, "height": 1000})
+            page.goto(url)
+            saved = page.get_by_test_id("stSidebar").get_by_role("button", name=question)
+            expect(saved).to_be_visible(timeout=120_000)
+            expect(page.get_by_test_id("stChatMessage")).to_have_count(0)
+            saved.click()
+            messages = page.get_by_test_id("stChatMessage")
+            expect(messages.nth(0)).to_contain_text(question, timeout=60_000)
+            expect(messages.nth(1)).to_contain_text(said[:40])
+        browser.close()
+    r = rag_cmd("feedback", "export", "--json", env={"RAG_DATA_DIR": str(data)})
+    assert r.returncode == 0, r.stderr
+    (record,) = json.loads(r.stdout)
+    assert (record["rating"], record["comment"], record["question"]) == (-1, comment, question)
+    assert record["sources"] and record["model"]
