@@ -39,7 +39,8 @@ from ingest.discovery import Discovered, discover, resolve_access, walk
 from ingest.parsers import PARSER_VERSION, ParsedDocument
 from ingest.sandbox import ParseWorker
 from ingest.report import FileIssue, IngestReport, Progress, ProgressCallback
-from ingest.writers import WriterLease, sweep_orphans
+from ingest.sweep import forget, remove_document, sweep
+from ingest.writers import WriterLease
 from rag.security.access import AccessPolicy
 from rag.index.embeddings import Embedder, get_embedder
 from rag.errors import AccessPolicyError, ParseError
@@ -139,7 +140,7 @@ def ingest(
 def _run(files: list[Path], roots: list[Path], settings: Settings, access: dict[str, dict], store: Store,
          lease: WriterLease, embedder: Embedder, report: IngestReport, progress: ProgressCallback | None) -> None:
     registry = store.documents()
-    damaged = _sweep(store, registry, files, roots, report)
+    damaged = sweep(store, registry, files, roots, report)
     # Every chunk gets its BM25 vector whatever the retrieval mode, so switching modes needs no re-index.
     sparse = get_sparse_encoder(settings) if store.has_sparse else None
     sig = config_signature(settings, embedder, sparse)
@@ -174,35 +175,6 @@ def _run(files: list[Path], roots: list[Path], settings: Settings, access: dict[
         stop.set()
         parser.close()  # kills a parse still running, so the thread below can finish
         producer.join(timeout=5)
-
-
-def _sweep(store: Store, registry: dict[str, DocumentRecord], files: list[Path], roots: list[Path],
-           report: IngestReport) -> set[str]:
-    """Before anything is parsed: remove what is gone, and what an interrupted run left half-written; returns
-    the documents of this run that lack chunks or have extra ones, to be redone."""
-    current = {str(f) for f in files}
-    # Files that disappeared from an ingested folder (or a folder or file that is gone as a whole).
-    removed_under: dict[Path, int] = {r: 0 for r in roots}
-    for path in list(registry):
-        if path in current or _regular_file(path):
-            continue
-        root = next((r for r in roots if path == str(r) or path.startswith(str(r) + os.sep)), None)
-        if root is None:
-            continue
-        _remove(store, path, report)
-        report.removed += 1
-        removed_under[root] += 1
-        del registry[path]
-    report.failed += [FileIssue(str(r), "no such file or directory")
-                      for r, n in removed_under.items() if n == 0 and not r.exists()]
-
-    # Chunks without a registry record were left by an interrupted run (the file, if still here, is redone), or
-    # are being written by a concurrent one (spared).
-    counts = sweep_orphans(store, registry)
-    damaged = {p for p in current if p in registry and counts.get(p, 0) != registry[p].chunks}
-    report.warnings += [FileIssue(p, f"{counts.get(p, 0)} chunks in the index instead of {registry[p].chunks}: "
-                                  "ingested again") for p in sorted(damaged)]
-    return damaged
 
 
 def _produce(files: list[Path], prepare: Callable[[Path], _Work], work_q: queue.Queue[_Work | None],
@@ -247,14 +219,6 @@ def _accept(w: _Work, batch: _Batch, store: Store, report: IngestReport) -> None
             report.warnings.append(FileIssue(w.path, warning))
         report.pages += w.doc.pages or 0
         report.bytes_parsed += w.size
-
-
-def _regular_file(path: str) -> bool:
-    # Not exists(): a document whose file was swapped for a symbolic link is gone, whatever the link points at.
-    try:
-        return stat.S_ISREG(os.lstat(path).st_mode)
-    except OSError:
-        return False
 
 
 def _size(p: Path) -> int:
@@ -313,18 +277,10 @@ def _update_access(store: Store, w: _Work, report: IngestReport) -> None:
         store.put_document(prev)
 
 
-def _remove(store: Store, path: str, report: IngestReport) -> None:
-    """Take a document out of the index: its record first (so a crash here leaves it "not ingested"), then
-    its chunks."""
-    store.delete_document(path)
-    report.chunks_removed += store.count_chunks(path)
-    store.delete_chunks(path)
-
-
 def _fail(store: Store, w: _Work, report: IngestReport) -> None:
     # Its content changed (or it became unreadable): the old chunks describe text that is no longer there.
     if w.previous is not None:
-        _remove(store, w.path, report)
+        remove_document(store, w.path, report)
     report.failed.append(FileIssue(w.path, w.error or "unknown error"))
 
 
@@ -387,27 +343,3 @@ def _point(w: _Work, c: Chunk, vec, sv, writer: str) -> ChunkPoint:
         section=c.section, char_start=c.char_start, char_end=c.char_end, token_count=c.token_count,
         groups=list(w.access["groups"]), writer=writer)
     return ChunkPoint(chunk_id(w.path, w.sha256, c.index), vec.tolist(), payload.to_dict(), sv)
-
-
-def forget(paths: Sequence[str | Path], settings: Settings, *, store: Store | None = None) -> IngestReport:
-    """Remove documents (files, or everything under folders) from the index; the files are not touched."""
-    started = time.perf_counter()
-    report = IngestReport()
-    own = store is None
-    store = store or open_store(settings)
-    try:
-        registry = store.documents()
-        for raw in paths:
-            p = str(Path(raw).expanduser().absolute())
-            matches = [k for k in registry if k == p or k.startswith(p.rstrip(os.sep) + os.sep)]
-            if not matches:
-                report.failed.append(FileIssue(p, "not in the index"))
-            for k in matches:
-                _remove(store, k, report)
-                report.removed += 1
-    finally:
-        store.flush()
-        if own:
-            store.close()
-    report.seconds = time.perf_counter() - started
-    return report

@@ -1,0 +1,84 @@
+"""Taking documents out of the index: at the start of a run (what is gone from an ingested folder, what an
+interrupted run left half-written, what lost chunks since it was recorded), and on request (``rag forget``)."""
+
+from __future__ import annotations
+
+import os
+import stat
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from ingest.report import FileIssue, IngestReport
+from ingest.writers import sweep_orphans
+from rag.index.store import DocumentRecord, Store, open_store
+from rag.settings import Settings
+
+
+def sweep(store: Store, registry: dict[str, DocumentRecord], files: list[Path], roots: list[Path],
+           report: IngestReport) -> set[str]:
+    """Before anything is parsed: remove what is gone, and what an interrupted run left half-written; returns
+    the documents of this run that lack chunks or have extra ones, to be redone."""
+    current = {str(f) for f in files}
+    # Files that disappeared from an ingested folder (or a folder or file that is gone as a whole).
+    removed_under: dict[Path, int] = {r: 0 for r in roots}
+    for path in list(registry):
+        if path in current or regular_file(path):
+            continue
+        root = next((r for r in roots if path == str(r) or path.startswith(str(r) + os.sep)), None)
+        if root is None:
+            continue
+        remove_document(store, path, report)
+        report.removed += 1
+        removed_under[root] += 1
+        del registry[path]
+    report.failed += [FileIssue(str(r), "no such file or directory")
+                      for r, n in removed_under.items() if n == 0 and not r.exists()]
+
+    # Chunks without a registry record were left by an interrupted run (the file, if still here, is redone), or
+    # are being written by a concurrent one (spared).
+    counts = sweep_orphans(store, registry)
+    damaged = {p for p in current if p in registry and counts.get(p, 0) != registry[p].chunks}
+    report.warnings += [FileIssue(p, f"{counts.get(p, 0)} chunks in the index instead of {registry[p].chunks}: "
+                                  "ingested again") for p in sorted(damaged)]
+    return damaged
+
+
+def regular_file(path: str) -> bool:
+    # Not exists(): a document whose file was swapped for a symbolic link is gone, whatever the link points at.
+    try:
+        return stat.S_ISREG(os.lstat(path).st_mode)
+    except OSError:
+        return False
+
+
+def remove_document(store: Store, path: str, report: IngestReport) -> None:
+    """Take a document out of the index: its record first (so a crash here leaves it "not ingested"), then
+    its chunks."""
+    store.delete_document(path)
+    report.chunks_removed += store.count_chunks(path)
+    store.delete_chunks(path)
+
+
+def forget(paths: Sequence[str | Path], settings: Settings, *, store: Store | None = None) -> IngestReport:
+    """Remove documents (files, or everything under folders) from the index; the files are not touched."""
+    started = time.perf_counter()
+    report = IngestReport()
+    own = store is None
+    store = store or open_store(settings)
+    try:
+        registry = store.documents()
+        for raw in paths:
+            p = str(Path(raw).expanduser().absolute())
+            matches = [k for k in registry if k == p or k.startswith(p.rstrip(os.sep) + os.sep)]
+            if not matches:
+                report.failed.append(FileIssue(p, "not in the index"))
+            for k in matches:
+                remove_document(store, k, report)
+                report.removed += 1
+    finally:
+        store.flush()
+        if own:
+            store.close()
+    report.seconds = time.perf_counter() - started
+    return report
