@@ -89,4 +89,7 @@ def main() -> None:
     fill_list(side, store, identity)
 
 
-main()
+# Streamlit runs this script as __main__. The parse worker of uploads (ingest/sandbox.py, multiprocessing's
+# forkserver) imports the parent's main script again, as __mp_main__: it must not draw the page there.
+if __name__ == "__main__":
+    main()
