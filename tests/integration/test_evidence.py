@@ -4,6 +4,7 @@ it; both only for documents the reader may read (the download path's checks)."""
 from __future__ import annotations
 
 import io
+import shutil
 
 import pytest
 from PIL import Image
@@ -20,8 +21,11 @@ def _user(name: str) -> Identity:
 
 
 @pytest.fixture(scope="module")
-def rag(group_index):
-    r = RAG.from_settings(group_index)
+def rag(group_index, tmp_path_factory):
+    # A copy: views are audited, and the shared index's audit log must stay as other tests expect it.
+    data = tmp_path_factory.mktemp("evidence") / "data"
+    shutil.copytree(group_index.data_dir, data)
+    r = RAG.from_settings(group_index.model_copy(update={"data_dir": data}))
     yield r
     r.close()
 
