@@ -48,8 +48,11 @@ def main() -> int:
             pdf.get_by_text("Show in the document").click()
             image = pdf.get_by_test_id("stImage").locator("img")
             expect(image).to_be_visible(timeout=60_000)
-            page.wait_for_timeout(1000)
-            pdf.screenshot(path=str(args.out / "source-in-place.png"))
+            page.wait_for_function("el => el.complete && el.naturalWidth > 0", arg=image.element_handle())
+            page.add_style_tag(content='[data-testid="stBottom"] { display: none; }')  # the chat box over it
+            image.scroll_into_view_if_needed()
+            page.wait_for_timeout(500)
+            image.screenshot(path=str(args.out / "source-in-place.png"))
         except (Error, AssertionError) as exc:
             print(f"screenshots: the page did not show what was expected: {str(exc).splitlines()[0]}", file=sys.stderr)
             return 1
