@@ -7,7 +7,9 @@ import threading
 
 from fastapi.responses import JSONResponse
 
+from rag.errors import RagError, StoreLockedError
 from rag.generation.chain import RAG
+from rag.llm.failures import EndpointError
 from rag.settings import Settings
 
 
@@ -47,3 +49,19 @@ class Collections:
             for rag in self._open.values():
                 rag.close()
             self._open.clear()
+
+
+def open_rag(pool: Collections, name: str) -> RAG:
+    """The collection's RAG for a route; a store that cannot be opened is the client's ApiError."""
+    try:
+        return pool.get(name)
+    except RagError as exc:
+        raise as_api_error(exc) from None
+
+
+def as_api_error(exc: RagError) -> ApiError:
+    if isinstance(exc, EndpointError):
+        return ApiError(502, f"the LLM behind this API failed: {exc}", "api_error", "llm_unavailable")
+    if isinstance(exc, StoreLockedError):
+        return ApiError(503, str(exc), "api_error", "store_unavailable")
+    return ApiError(500, str(exc), "api_error", None)

@@ -19,12 +19,11 @@ from openai.types.chat.chat_completion_chunk import Choice as ChunkChoice
 from openai.types.chat.chat_completion_chunk import ChoiceDelta
 from pydantic import BaseModel, ConfigDict, Field
 
-from rag.api.collections import ApiError, Collections
+from rag.api.collections import ApiError, Collections, as_api_error, open_rag
 from rag.api.limits import conversation_error
 from rag.api.routes.sources import view_of
-from rag.errors import RagError, StoreLockedError
-from rag.generation.chain import RAG, Answer
-from rag.llm.failures import EndpointError
+from rag.errors import RagError
+from rag.generation.chain import Answer
 from rag.security.auth import Identity
 
 log = logging.getLogger(__name__)
@@ -57,7 +56,7 @@ def add_routes(app: FastAPI, pool: Collections, identify: Callable[[Request], Id
         if (too_large := conversation_error(pool.settings, [_text(m.content) for m in body.messages])) is not None:
             raise ApiError(413, too_large, "invalid_request_error", "conversation_too_large")
         question, history = _question_and_history(body.messages)
-        rag = _open(pool, body.model)
+        rag = open_rag(pool, body.model)
         cid, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
         stream = rag.stream(question, history, user=user)
         if not body.stream:
@@ -67,7 +66,7 @@ def add_routes(app: FastAPI, pool: Collections, identify: Callable[[Request], Id
         try:  # the first piece before the 200: failover and errors that happen before any token get a status
             first = next(pieces, None)
         except RagError as exc:
-            raise _as_api_error(exc) from None
+            raise as_api_error(exc) from None
         return StreamingResponse(_sse(stream, pieces, first, cid, created, body.model, include_usage),
                                  media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
 
@@ -99,26 +98,11 @@ def _usage(answer: Answer) -> dict[str, int]:
     return {"prompt_tokens": p, "completion_tokens": c, "total_tokens": p + c}
 
 
-def _open(pool: Collections, name: str) -> RAG:
-    try:
-        return pool.get(name)
-    except RagError as exc:
-        raise _as_api_error(exc) from None
-
-
-def _as_api_error(exc: RagError) -> ApiError:
-    if isinstance(exc, EndpointError):
-        return ApiError(502, f"the LLM behind this API failed: {exc}", "api_error", "llm_unavailable")
-    if isinstance(exc, StoreLockedError):
-        return ApiError(503, str(exc), "api_error", "store_unavailable")
-    return ApiError(500, str(exc), "api_error", None)
-
-
 def _completion(stream, cid: str, created: int, model: str) -> dict[str, Any]:
     try:
         answer = stream.text()
     except RagError as exc:
-        raise _as_api_error(exc) from None
+        raise as_api_error(exc) from None
     # The SDK's own response type (extra fields allowed, as its clients keep them): sources and refused.
     return ChatCompletion(
         id=cid, object="chat.completion", created=created, model=model,
@@ -146,7 +130,7 @@ def _sse(stream, pieces: Iterator[str], first: str | None, cid: str, created: in
             piece = next(pieces, None)
     except RagError as exc:  # after the first token there is no status code left to change
         log.warning("answer stream failed: %s", exc)
-        yield "data: " + json.dumps({"error": {"message": str(_as_api_error(exc)), "type": "api_error",
+        yield "data: " + json.dumps({"error": {"message": str(as_api_error(exc)), "type": "api_error",
                                                "code": "stream_failed"}}) + "\n\n"
         yield "data: [DONE]\n\n"
         return

@@ -13,10 +13,9 @@ from urllib.parse import urlencode
 from fastapi import FastAPI, Query, Request
 from fastapi.responses import Response
 
-from rag.api.collections import ApiError, Collections
+from rag.api.collections import ApiError, Collections, open_rag
 from rag.errors import AccessDenied, RagError
 from rag.evidence.pages import PreviewError
-from rag.generation.chain import RAG
 from rag.security.auth import Identity
 from rag.types import Citation
 
@@ -34,7 +33,7 @@ def add_routes(app: FastAPI, pool: Collections, identify: Callable[[Request], Id
     def page(request: Request, model: str, path: str, page: int = Query(ge=1), start: int = Query(0, ge=0),
              end: int = Query(0, ge=0)) -> Response:
         user = identify(request)
-        rag = _open(pool, model)
+        rag = open_rag(pool, model)
         try:
             rendered = rag.source_page(path, page, span=(start, end) if end > start else None, user=user)
         except (AccessDenied, PreviewError) as exc:
@@ -47,7 +46,7 @@ def add_routes(app: FastAPI, pool: Collections, identify: Callable[[Request], Id
     def text(request: Request, model: str, path: str, start: int = Query(ge=0), end: int = Query(ge=0),
              context: int = Query(800, ge=0, le=20_000)) -> dict[str, Any]:
         user = identify(request)
-        rag = _open(pool, model)
+        rag = open_rag(pool, model)
         try:
             return rag.source_text(path, start, end, user=user, context=context).to_dict()
         except AccessDenied as exc:
@@ -58,10 +57,3 @@ def _not_shown(exc: RagError) -> ApiError:
     if isinstance(exc, AccessDenied):
         return ApiError(404, str(exc), "invalid_request_error", "source_not_found")
     return ApiError(400, str(exc), "invalid_request_error", "page_not_shown")
-
-
-def _open(pool: Collections, name: str) -> RAG:
-    try:
-        return pool.get(name)
-    except RagError as exc:
-        raise ApiError(503, str(exc), "api_error", "store_unavailable") from None
