@@ -136,7 +136,9 @@ def _page_view(rag: RAG, c: Citation, grant: signin.Grant, key: str) -> None:
     cache = st.session_state.setdefault(_PAGES, LRUCache(maxsize=24))
     ck = (c.path, page, c.text if on_cited else None)
     rendered: RenderedPage | None = cache.get(ck)
-    if rendered is None or not grant.may_view(rag, c.path):
+    # render_sources showed this source only after checking, in this run, that the user may read it; a page
+    # rendered earlier in the session is shown again while the session is active.
+    if rendered is None or not grant.active():
         rendered = cache[ck] = grant.page(rag, c.path, page, c.text if on_cited else None)
     st.image(rendered.png, width="stretch", output_format="PNG")  # PNG: a JPEG would blur text and highlight
     st.caption(f"Page {rendered.page} of {rendered.pages}" + (" · the passage is highlighted" if rendered.boxes

@@ -81,18 +81,14 @@ class Grant:
         self._check(path)
         return rag.source_text(path, char_start, char_end, user=self.identity)
 
-    def may_view(self, rag: Any, path: str) -> bool:
-        """Whether a page rendered earlier in this session may be shown again without rendering it anew."""
-        try:
-            self._check(path)
-        except AccessDenied:
-            return False
-        return bool(rag.readable(path, user=self.identity))
-
-    def _check(self, path: str) -> None:
+    def active(self) -> bool:
+        """Not signed out, by hand or by the idle timeout (a page rendered earlier may then be shown again)."""
         if self.idle_s and time.time() - self.seen > self.idle_s:
             self.revoked = True
-        if self.revoked:
+        return not self.revoked
+
+    def _check(self, path: str) -> None:
+        if not self.active():
             raise AccessDenied(f"{Path(path).name}: this session has signed out")
 
 

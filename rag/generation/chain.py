@@ -181,14 +181,15 @@ class RAG:
         """The original file of an indexed document, for downloads. Refuses anything that is not an indexed
         document the user may read, in the same words whether it exists or not (no probing for names), and a
         file that is no longer the bytes that were indexed (rag/security/downloads.py)."""
-        return self._indexed_bytes(path, user, groups, "download")
+        record = self._record_or_refused(path, user, groups)
+        self.audit_event("download", user, cited=[path])
+        return read_indexed(path, record.sha256)
 
-    def _indexed_bytes(self, path: str, user: Identity | None, groups: Sequence[str] | None, event: str) -> bytes:
+    def _record_or_refused(self, path: str, user: Identity | None, groups: Sequence[str] | None):
         record = self._readable_record(path, user, groups)
         if record is None:
             raise AccessDenied(f"{Path(path).name}: no such document, or you may not read it")
-        self.audit_event(event, user, cited=[path])
-        return read_indexed(path, record.sha256)
+        return record
 
     def source_page(self, path: str, page: int, *, highlight: str | None = None,
                     span: tuple[int, int] | None = None, user: Identity | None = None,
@@ -196,22 +197,24 @@ class RAG:
         """Page ``page`` (1-based) of an indexed PDF, as PNG with a passage marked: ``highlight`` (a citation's
         text), or the indexed text of ``span`` (a citation's char span, what API clients send). The download's
         checks apply (the user may read it; the file is still the bytes that were indexed); audited as a view."""
+        record = self._record_or_refused(path, user, groups)
         if highlight is None and span is not None:
             highlight = self._window(path, span[0], span[1], user, groups, 0).passage
-        return render_page(self._indexed_bytes(path, user, groups, "view"), page, highlight)
+        self.audit_event("view", user, cited=[path])
+        return render_page(read_indexed(path, record.sha256), page, highlight)
 
     def source_text(self, path: str, char_start: int, char_end: int, *, user: Identity | None = None,
                     groups: Sequence[str] | None = None, context: int = CONTEXT_CHARS) -> TextWindow:
         """The indexed text around [char_start, char_end) of a document the user may read (a citation's span),
         from the document's chunks in the index (rag/evidence/text.py), audited as a view."""
+        self._record_or_refused(path, user, groups)
         window = self._window(path, char_start, char_end, user, groups, context)
         self.audit_event("view", user, cited=[path])
         return window
 
     def _window(self, path: str, char_start: int, char_end: int, user: Identity | None,
                 groups: Sequence[str] | None, context: int) -> TextWindow:
-        if self._readable_record(path, user, groups) is None:
-            raise AccessDenied(f"{Path(path).name}: no such document, or you may not read it")
+        """The text window from the chunks the user may read (the caller has checked the document)."""
         chunks = [ChunkPayload.from_dict(h.payload)
                   for h in self.store.chunks_of(path, groups_any=store_groups(user, groups))]
         return text_window(chunks, char_start, char_end, context)
