@@ -138,7 +138,7 @@ class Settings(BaseSettings):
     )
     # Parsing runs in a worker process (ingest/sandbox.py) with these limits, so a hostile file costs one file.
     parse_max_memory_mb: int = Field(
-        2048, ge=512, description="Address space of the parse worker (RLIMIT_AS; imports take ~850 MB of it): a "
+        2048, ge=512, description="Address space of the parse worker (RLIMIT_AS; imports take ~520 MB of it): a "
                                   "file needing more is reported as out of memory and the worker restarted.")
     parse_timeout_s: float = Field(
         300.0, gt=0, description="Wall time one file may take to parse, OCR included; the worker is then killed "
