@@ -232,6 +232,10 @@ def container(name: str) -> dict:
     return c
 
 
+def cron_pod(name: str) -> dict:
+    return objects("CronJob")[name]["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+
+
 def workloads() -> list[dict]:
     return [d for d in k8s_objects() if d["kind"] in WORKLOADS]
 
@@ -345,10 +349,14 @@ def _settings_from(env: dict[str, str], monkeypatch, tmp_path) -> Settings:
     return s
 
 
-@pytest.mark.parametrize("where", ["compose-api", "compose-ui", "compose-ingest", "k8s-api", "k8s-ui"])
+@pytest.mark.parametrize("where", ["compose-api", "compose-ui", "compose-ingest", "compose-ingest-scheduled",
+                                   "k8s-api", "k8s-ui", "k8s-ingest"])
 def test_env_values_are_valid_settings(where, monkeypatch, tmp_path):
     if where.startswith("compose"):
-        env = environment(service(where.split("-")[1]))
+        env = environment(service(where.split("-", 1)[1]))
+    elif where == "k8s-ingest":
+        (c,) = cron_pod("rag-ingest")["containers"]
+        env = env_of(c)
     else:
         env = env_of(container("rag-" + where.split("-")[1]))
         env.update({k: "secret" for k in env if env[k].startswith("<from")})
@@ -523,9 +531,11 @@ def test_qdrant_storage_is_on_a_volume_in_both():
 
 def _images() -> dict[str, str]:
     out = {f"compose {n}": s["image"] for n, s in compose()["services"].items()}
-    for w in workloads():
-        for c in w["spec"]["template"]["spec"]["containers"] + w["spec"]["template"]["spec"].get("initContainers", []):
-            out[f"k8s {w['metadata']['name']}/{c['name']}"] = c["image"]
+    specs = [(w["metadata"]["name"], w["spec"]["template"]["spec"]) for w in workloads()]
+    specs += [(name, cron_pod(name)) for name in objects("CronJob")]
+    for name, spec in specs:
+        for c in spec["containers"] + spec.get("initContainers", []):
+            out[f"k8s {name}/{c['name']}"] = c["image"]
     return out
 
 
@@ -658,6 +668,63 @@ def test_compose_profiles_and_dependencies():
     docs = {t: s for s, t in short_volumes(svcs["ingest"])}["/docs"]
     assert {t: s for s, t in short_volumes(svcs["ui"])}["/docs"] == docs
     assert svcs["ingest"]["restart"] == "no"
+
+
+def _parses_as_rag_command(args: list[str]) -> None:
+    """The arguments are a `rag` command line the CLI accepts (option names and values checked by click)."""
+    import typer.main
+
+    from rag.cli import app
+
+    group = typer.main.get_command(app)
+    ctx = group.make_context("rag", list(args))
+    name, command, rest = group.resolve_command(ctx, list(args))
+    command.make_context(name, rest, parent=ctx)
+
+
+def test_scheduled_ingest_in_both():
+    # Kubernetes: a CronJob running the incremental ingest with the API's settings and secrets, never two at once,
+    # over the documents volume that the API and UI mount at the same path (source views read the path indexed).
+    (job,) = objects("CronJob").values()
+    assert job["spec"]["concurrencyPolicy"] == "Forbid"
+    assert len(job["spec"]["schedule"].split()) == 5
+    spec = cron_pod("rag-ingest")
+    assert spec["restartPolicy"] in ("Never", "OnFailure") and spec["enableServiceLinks"] is False
+    assert spec["securityContext"]["runAsUser"] == dockerfile_uid() == spec["securityContext"]["fsGroup"]
+    (c,) = spec["containers"]
+    assert c["args"][:2] == ["ingest", "/docs"] and "--json" in c["args"]
+    _parses_as_rag_command(c["args"])
+    assert c["envFrom"] == container("rag-api")["envFrom"]
+    keys = secret_keys()
+    for e in c.get("env", []):
+        ref = e["valueFrom"]["secretKeyRef"]
+        assert ref["key"] in keys[ref["name"]]
+    volumes = {v["name"]: v for v in spec["volumes"]}
+    for m in c["volumeMounts"]:
+        assert volumes[m["name"]]["persistentVolumeClaim"]["claimName"] in objects("PersistentVolumeClaim")
+    mounts = {m["mountPath"]: m for m in c["volumeMounts"]}
+    assert mounts[env_of(c)["RAG_DATA_DIR"]]
+    docs_claim = volumes[mounts["/docs"]["name"]]["persistentVolumeClaim"]["claimName"]
+    assert mounts["/docs"]["readOnly"] is True
+    assert "ReadOnlyMany" in objects("PersistentVolumeClaim")[docs_claim]["spec"]["accessModes"]
+    for name in ("rag-api", "rag-ui"):
+        m = {m["mountPath"]: m for m in container(name)["volumeMounts"]}["/docs"]
+        v = {v["name"]: v for v in pod(name)["volumes"]}[m["name"]]
+        assert m["readOnly"] is True and v["persistentVolumeClaim"]["claimName"] == docs_claim
+    # compose: the same command in a loop with a pause, over the folder the API and UI see at the same path.
+    svc = service("ingest-scheduled")
+    assert svc["profiles"] == ["scheduled-ingest"] and svc["init"] is True
+    assert svc["entrypoint"] == ["/bin/sh", "-c"]
+    (script,) = svc["command"]
+    (run,) = re.findall(r"\brag ([^;]+);", script)
+    _parses_as_rag_command(shlex.split(run))
+    assert shlex.split(run) == c["args"]
+    assert int(environment(svc)["INGEST_EVERY_S"]) > 0 and "$$INGEST_EVERY_S" in script
+    docs = {t: s for s, t in short_volumes(svc)}["/docs"]
+    for name in ("api", "ui", "ingest"):
+        assert {t: s for s, t in short_volumes(service(name))}["/docs"] == docs
+    assert svc["depends_on"]["qdrant"]["condition"] == "service_healthy"
+    assert {k: v for k, v in environment(svc).items() if k.startswith("RAG_")} == environment(service("ingest"))
 
 
 # --- Dockerfile --------------------------------------------------------------------------------------------
