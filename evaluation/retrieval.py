@@ -4,6 +4,10 @@ Each corpus record becomes one text file (title, blank line, text) that the norm
 embeds and stores in a collection of its own; each query goes through the normal ``Retriever``. A document's
 rank is the rank of its best chunk. Metrics come from ``pytrec_eval`` (trec_eval's own code).
 
+With ``folds=K`` the queries are dealt into K folds (a fixed shuffle, the same for every mode, so modes are
+compared on the same queries) and each metric is also reported per fold with its mean, spread and worst fold:
+a setting that wins on average but loses in some fold is tuned to those queries, not to the collection.
+
 With a reranker, each mode is measured twice, as ``<mode>`` and ``<mode>+rerank``, so the gain and its cost in
 latency show side by side; the reranker reorders the first ``rerank_candidates`` chunks of each query.
 """
@@ -11,6 +15,7 @@ latency show side by side; the reranker reorders the first ``rerank_candidates``
 from __future__ import annotations
 
 import json
+import random
 import statistics
 import time
 from collections.abc import Callable, Sequence
@@ -104,15 +109,18 @@ def build_index(ds: BeirDataset, settings: Settings, *, embedder: Embedder | Non
 
 def evaluate(ds: BeirDataset, settings: Settings, modes: Sequence[str] = MODES, *,
              embedder: Embedder | None = None, limit: int | None = None,
-             reranker: Reranker | None = None) -> dict[str, dict]:
+             reranker: Reranker | None = None, folds: int | None = None) -> dict[str, dict]:
     """Metrics per mode; with ``reranker``, also per ``<mode>+rerank``. The settings' own reranker is not used:
-    the caller decides (``rag eval retrieval --rerank/--no-rerank``)."""
+    the caller decides (``rag eval retrieval --rerank/--no-rerank``). ``folds``: see the module's docstring."""
     import pytrec_eval
 
     es = eval_settings(settings, ds)
     embedder = embedder or get_embedder(es)
     qids = sorted(ds.queries)[:limit] if limit else sorted(ds.queries)
     qrels = {q: ds.qrels[q] for q in qids}
+    if folds is not None and not 2 <= folds <= len(qids):
+        raise ValueError(f"--folds must be between 2 and the number of queries ({len(qids)}), not {folds}")
+    fold_sets = deal_folds(qids, folds) if folds else []
     results: dict[str, dict] = {}
     with open_store(es) as store:
         for mode in modes:
@@ -135,23 +143,51 @@ def evaluate(ds: BeirDataset, settings: Settings, modes: Sequence[str] = MODES, 
                             ranked.append(d)
                     # Scores that encode the rank: trec_eval sorts by score, and ties would reorder by id.
                     run[q] = {d: float(len(ranked) - i) for i, d in enumerate(ranked[:100])}
-                results[name] = _metrics(pytrec_eval, qrels, run) | {
+                per_query = _per_query(pytrec_eval, qrels, run)
+                results[name] = _mean(per_query, qids) | {
                     "p50_ms": round(statistics.median(latencies), 2),
                     "p95_ms": round(float(np.percentile(latencies, 95)), 2),
                     "queries": len(qids),
                 }
+                if fold_sets:
+                    results[name]["folds"] = fold_summary(per_query, fold_sets)
     return results
 
 
-def _metrics(pytrec_eval, qrels: dict, run: dict) -> dict[str, float]:
+def deal_folds(qids: Sequence[str], k: int, seed: int = 0) -> list[list[str]]:
+    """K folds of near-equal size from a fixed shuffle: the same queries land in the same fold on every run."""
+    shuffled = random.Random(seed).sample(sorted(qids), len(qids))
+    return [sorted(shuffled[i::k]) for i in range(k)]
+
+
+def fold_summary(per_query: dict[str, dict[str, float]], fold_sets: Sequence[Sequence[str]]) -> dict:
+    """Per metric: each fold's mean, and the mean, sample standard deviation and worst of those."""
+    per_fold = [_mean(per_query, f) for f in fold_sets]
+    out: dict = {"k": len(fold_sets)}
+    for metric in METRICS:
+        values = [m[metric] for m in per_fold]
+        out[metric] = {"per_fold": values, "mean": round(statistics.fmean(values), 4),
+                       "stdev": round(statistics.stdev(values), 4), "min": min(values), "max": max(values)}
+    return out
+
+
+METRICS = ("ndcg@10", "recall@10", "recall@100", "mrr@10")
+
+
+def _per_query(pytrec_eval, qrels: dict, run: dict) -> dict[str, dict[str, float]]:
+    """Each judged query's metrics; queries the run missed entirely count as 0, as BEIR does."""
     full = pytrec_eval.RelevanceEvaluator(qrels, {"ndcg_cut.10", "recall.10", "recall.100"}).evaluate(run)
     top10 = {q: dict(sorted(r.items(), key=lambda kv: -kv[1])[:10]) for q, r in run.items()}
     mrr = pytrec_eval.RelevanceEvaluator(qrels, {"recip_rank"}).evaluate(top10)
+    return {q: {"ndcg@10": full.get(q, {}).get("ndcg_cut_10", 0.0), "recall@10": full.get(q, {}).get("recall_10", 0.0),
+                "recall@100": full.get(q, {}).get("recall_100", 0.0), "mrr@10": mrr.get(q, {}).get("recip_rank", 0.0)}
+            for q in qrels}
 
-    def mean(res: dict, key: str) -> float:
-        # Queries the run missed entirely count as 0, as BEIR does.
-        return round(sum(res.get(q, {}).get(key, 0.0) for q in qrels) / len(qrels), 4)
 
-    return {"ndcg@10": mean(full, "ndcg_cut_10"), "recall@10": mean(full, "recall_10"),
-            "recall@100": mean(full, "recall_100"), "mrr@10": mean(mrr, "recip_rank")}
+def _mean(per_query: dict[str, dict[str, float]], qids: Sequence[str]) -> dict[str, float]:
+    return {m: round(sum(per_query[q][m] for q in qids) / len(qids), 4) for m in METRICS}
+
+
+def _metrics(pytrec_eval, qrels: dict, run: dict) -> dict[str, float]:
+    return _mean(_per_query(pytrec_eval, qrels, run), list(qrels))
 

@@ -26,6 +26,9 @@ def eval_retrieval(
     rerank: Annotated[bool | None, typer.Option("--rerank/--no-rerank", help="Also measure each mode with the "
                                                 "configured reranker, as <mode>+rerank (default: when "
                                                 "RAG_RERANK_MODEL or RAG_RERANK_URL is set).")] = None,
+    folds: Annotated[int | None, typer.Option(help=(
+        "Also deal the queries into K folds (a fixed shuffle, the same for every mode) and report each metric's "
+        "mean, spread and worst fold: tune on a setting that holds in every fold, not on one average."))] = None,
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object keyed by mode.")] = False,
 ) -> None:
     """nDCG@10, Recall@10/100, MRR@10 and latency per retrieval mode (and with reranking, when configured).
@@ -46,6 +49,11 @@ def eval_retrieval(
     except (FileNotFoundError, ValueError, KeyError) as exc:
         err.print(Text(f"error: {exc}", style="bold red"))
         raise typer.Exit(2) from None
+    queries = min(limit, len(ds.queries)) if limit else len(ds.queries)
+    if folds is not None and not 2 <= folds <= queries:
+        err.print(Text(f"error: --folds must be between 2 and the number of queries ({queries}), not {folds}",
+                       style="bold red"))
+        raise typer.Exit(2)
     err.print(Text(f"{ds.name}: {len(ds.corpus):,} documents, {len(ds.queries):,} {split} queries", style="dim"))
     try:
         embedder = get_embedder(settings)
@@ -56,7 +64,7 @@ def eval_retrieval(
         if reranker is not None:
             err.print(Text(f"reranker: {reranker.name}, over the best {settings.rerank_candidates} chunks "
                            "(RAG_RERANK_CANDIDATES)", style="dim"))
-        results = evaluate(ds, settings, modes, embedder=embedder, limit=limit, reranker=reranker)
+        results = evaluate(ds, settings, modes, embedder=embedder, limit=limit, reranker=reranker, folds=folds)
     except RagError as exc:
         raise fail(exc) from None
     if as_json:
@@ -67,6 +75,19 @@ def eval_retrieval(
         table.add_row(m, f"{r['ndcg@10']:.4f}", f"{r['recall@10']:.4f}", f"{r['recall@100']:.4f}",
                       f"{r['mrr@10']:.4f}", f"{r['p50_ms']:.1f}", f"{r['p95_ms']:.1f}")
     out.print(table)
+    if folds:
+        out.print(_folds_table(results))
+
+
+def _folds_table(results: dict[str, dict]) -> Table:
+    k = next(iter(results.values()))["folds"]["k"]
+    table = Table("mode", *(f"fold {i + 1}" for i in range(k)), "mean", "stdev", "worst",
+                  title=f"nDCG@10 per fold ({k} folds)")
+    for m, r in results.items():
+        f = r["folds"]["ndcg@10"]
+        table.add_row(m, *(f"{v:.4f}" for v in f["per_fold"]), f"{f['mean']:.4f}", f"{f['stdev']:.4f}",
+                      f"{f['min']:.4f}")
+    return table
 
 
 @eval_app.command("answers")

@@ -8,7 +8,8 @@ import math
 import pytest
 
 from conftest import rag_cmd
-from evaluation.retrieval import _doc_id, _file_name, _metrics, build_index, evaluate, load_beir
+from evaluation.retrieval import (_doc_id, _file_name, _metrics, _per_query, build_index, deal_folds, evaluate,
+                                  fold_summary, load_beir)
 
 
 def test_metrics_match_hand_computed_values():
@@ -23,6 +24,26 @@ def test_metrics_match_hand_computed_values():
     assert m["ndcg@10"] == pytest.approx((ndcg_q1 + ndcg_q2) / 3, abs=1e-4)
     assert m["recall@10"] == pytest.approx(2 / 3, abs=1e-4)
     assert m["mrr@10"] == pytest.approx((0.5 + 1) / 3, abs=1e-4)
+
+
+def test_folds_partition_the_queries_the_same_way_every_time():
+    import pytrec_eval
+
+    qids = [f"q{i}" for i in range(23)]
+    folds = deal_folds(qids, 5)
+    assert sorted(q for f in folds for q in f) == sorted(qids)  # each query in exactly one fold
+    assert sorted(len(f) for f in folds) == [4, 4, 5, 5, 5]
+    assert deal_folds(list(reversed(qids)), 5) == folds  # not the input order: the same folds on every run
+    assert deal_folds(qids, 5, seed=1) != folds
+    # Per fold means, by hand: q1 ndcg 1, q2 ndcg 0 (its document missing), q3 ndcg 1/log2(3).
+    qrels = {"q1": {"a": 1}, "q2": {"b": 1}, "q3": {"c": 1}}
+    run = {"q1": {"a": 1.0}, "q2": {"x": 1.0}, "q3": {"x": 2.0, "c": 1.0}}
+    summary = fold_summary(_per_query(pytrec_eval, qrels, run), [["q1", "q2"], ["q3"]])
+    nd = summary["ndcg@10"]
+    assert nd["per_fold"] == [0.5, pytest.approx(1 / math.log2(3), abs=1e-4)]
+    assert nd["mean"] == pytest.approx((0.5 + 1 / math.log2(3)) / 2, abs=1e-4) and nd["min"] == 0.5
+    assert nd["stdev"] == pytest.approx(abs(0.5 - 1 / math.log2(3)) / math.sqrt(2), abs=1e-4)
+    assert summary["k"] == 2 and summary["mrr@10"]["per_fold"] == [0.5, 0.5]
 
 
 def test_doc_ids_survive_file_names():
@@ -68,3 +89,8 @@ def test_cli(tiny_beir, tmp_path):
                                         "p95_ms"} <= out["sparse"].keys()
     missing = rag_cmd("eval", "retrieval", str(tiny_beir), "--split", "test", env=env)
     assert missing.returncode == 2 and "qrels/test.tsv" in missing.stderr
+    folds = rag_cmd("eval", "retrieval", str(tiny_beir), "--split", "train", "--mode", "sparse", "--folds", "2", env=env)
+    assert folds.returncode == 0, folds.stderr
+    assert "nDCG@10 per fold (2 folds)" in folds.stdout and "fold 2" in folds.stdout
+    too_many = rag_cmd("eval", "retrieval", str(tiny_beir), "--split", "train", "--folds", "3", env=env)
+    assert too_many.returncode == 2 and "--folds must be between 2 and the number of queries (2)" in too_many.stderr
