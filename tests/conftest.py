@@ -236,11 +236,8 @@ def vllm_embedding_server():
     if not vllm.installed():
         vllm.install(lambda line: print(line, file=sys.stderr))
     port = _free_port()
-    # --runner pooling: the model is served for /v1/embeddings (0.32 has no --task any more).
-    cmd = [str(vllm.python()), "-m", "vllm.entrypoints.openai.api_server",
-           "--model", resolve_model_path(PACKAGED_EMBEDDING_MODEL), "--served-model-name", PACKAGED_EMBEDDING_MODEL,
-           "--runner", "pooling", "--dtype", "float32", "--enforce-eager", "--host", "127.0.0.1", "--port", str(port),
-           "--disable-uvicorn-access-log"]
+    cmd = vllm.embedding_server_command(resolve_model_path(PACKAGED_EMBEDDING_MODEL), PACKAGED_EMBEDDING_MODEL,
+                                        port=port)
     env = {**{k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}, **vllm.server_env()}
     log = Path(tempfile.gettempdir()) / f"onprem-rag-vllm-embed-{port}.log"
     with running(cmd, log, f"http://127.0.0.1:{port}/v1/models", 300, "the vLLM embeddings server", env=env):
