@@ -4,7 +4,9 @@ Unless ``--url`` names a running server, starts vLLM's CPU build serving the pac
 (float32, ``--runner pooling``; rag/llm/local/vllm.py) and stops it afterwards. Texts: BEIR SciFact documents
 (``title + " " + text``), each cut to the model's chunk limit (254 tokens) with the model's tokenizer, so they
 are chunk-sized and nothing is truncated; queries: SciFact queries. Every backend embeds the same texts after
-a warm-up; the server's idle CPU is ~1 %, so the local runs are not slowed by it.
+a warm-up; the server's idle CPU is ~1 %, so the local runs are not slowed by it. CPU seconds (ours, plus the
+server's when this script started it) are printed beside wall time: on a shared machine they are the steadier
+figure.
 
     .venv/bin/python bench/remote_embeddings.py                       # 1000 chunks, 300 queries
     .venv/bin/python bench/remote_embeddings.py --limit 300 --json
@@ -14,6 +16,7 @@ a warm-up; the server's idle CPU is ~1 %, so the local runs are not slowed by it
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import subprocess
@@ -67,11 +70,26 @@ def _texts(data_dir: Path, limit: int, queries: int, cut) -> tuple[list[str], li
     return [cut((d.get("title", "") + " " + d.get("text", "")).strip()) for d in docs], qs
 
 
-def _timed(embed, texts: Sequence[str]) -> tuple[np.ndarray, float]:
+def _cpu_seconds(server: subprocess.Popen | None) -> float:
+    """CPU time of this process and of the server's processes (the API server and its engine core)."""
+    total = time.process_time()
+    if server is not None:
+        import psutil
+
+        root = psutil.Process(server.pid)
+        for p in [root, *root.children(recursive=True)]:
+            with contextlib.suppress(psutil.Error):
+                t = p.cpu_times()
+                total += t.user + t.system
+    return total
+
+
+def _timed(embed, texts: Sequence[str], server: subprocess.Popen | None) -> tuple[np.ndarray, float, float]:
+    """Vectors, wall seconds and CPU seconds (ours plus the server's: the figure a busy machine does not skew)."""
     embed(list(texts[:8]))  # warm-up: connections, ONNX session, first-batch allocations
-    t = time.perf_counter()
+    t, cpu = time.perf_counter(), _cpu_seconds(server)
     vecs = embed(list(texts))
-    return vecs, time.perf_counter() - t
+    return vecs, time.perf_counter() - t, _cpu_seconds(server) - cpu
 
 
 def _cos_stats(a: np.ndarray, b: np.ndarray) -> dict[str, float]:
@@ -94,6 +112,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     from rag.settings import Settings
 
     offline.apply()
+    # The int8 ONNX export is made once and shared with the tests (tests/conftest.py).
+    os.environ.setdefault("RAG_MODELS_DIR", str(Path(tempfile.gettempdir()) / "onprem-rag-test-models"))
     proc = None
     log_path = Path(tempfile.gettempdir()) / "onprem-rag-bench-vllm-embed.log"
     url = args.url
@@ -102,8 +122,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         proc, url = _start_vllm(log_path)
     startup_s = time.perf_counter() - started
     try:
-        models = Path(tempfile.gettempdir()) / "onprem-rag-test-models"
-        local = {b: get_embedder(Settings(embedding_backend=b, models_dir=models)) for b in ("torch", "onnx-int8")}
+        local = {b: get_embedder(Settings(embedding_backend=b)) for b in ("torch", "onnx-int8")}
         remotes = {c: get_embedder(Settings(embedding_url=url, embedding_url_concurrency=int(c)))
                    for c in args.concurrency.split(",")}
         some = next(iter(remotes.values()))
@@ -118,9 +137,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         vecs: dict[str, np.ndarray] = {}
         for name, emb in [*(("local " + b, e) for b, e in local.items()),
                           *((f"server, {c} in flight", e) for c, e in remotes.items())]:
-            v, secs = _timed(emb.embed_documents, chunks)
+            v, secs, cpu = _timed(emb.embed_documents, chunks, proc if name.startswith("server") else None)
             vecs[name] = v
-            rows[name] = {"chunks_per_s": len(chunks) / secs, "seconds": secs}
+            rows[name] = {"chunks_per_s": len(chunks) / secs, "seconds": secs, "cpu_seconds": cpu,
+                          "chunks_per_cpu_s": len(chunks) / cpu}
         qvec = {b: np.stack([e.embed_query(q) for q in queries]) for b, e in local.items()}
         server = next(k for k in vecs if k.startswith("server"))
         rq = np.stack([remotes[next(iter(remotes))].embed_query(q) for q in queries])
@@ -131,7 +151,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             proc.terminate()
             proc.wait(timeout=60)
 
-    result = {"url": str(Settings(embedding_url=url).embedding_url), "server_startup_s": startup_s if proc else None,
+    load = os.getloadavg() if hasattr(os, "getloadavg") else None
+    result = {"load_average_1m": load[0] if load else None, "url": str(Settings(embedding_url=url).embedding_url), "server_startup_s": startup_s if proc else None,
               "chunks": len(chunks), "mean_tokens": tokens / len(chunks), "queries": len(queries),
               "cpus": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
               "throughput": rows, "cosine": agreement}
@@ -141,9 +162,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"{len(chunks)} chunks (mean {tokens / len(chunks):.0f} tokens), {len(queries)} queries, "
           f"{result['cpus']} CPUs; server {result['url']}"
           + (f", up in {startup_s:.0f} s" if proc else ""))
-    print(f"{'backend':28s} {'chunks/s':>9s} {'seconds':>8s}")
+    print(f"{'backend':28s} {'chunks/s':>9s} {'seconds':>8s} {'CPU s':>8s} {'chunks/CPU-s':>13s}")
     for name, r in rows.items():
-        print(f"{name:28s} {r['chunks_per_s']:9.1f} {r['seconds']:8.1f}")
+        print(f"{name:28s} {r['chunks_per_s']:9.1f} {r['seconds']:8.1f} {r['cpu_seconds']:8.1f} "
+              f"{r['chunks_per_cpu_s']:13.1f}")
+    if load:
+        print(f"load average (1 min) at the end: {load[0]:.1f}")
     print(f"{'cosine':36s} {'min':>9s} {'p1':>8s} {'mean':>8s}")
     for pair, kinds in agreement.items():
         for kind, s in kinds.items():

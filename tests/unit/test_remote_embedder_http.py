@@ -131,3 +131,12 @@ def test_no_server_is_a_clear_error():
     with pytest.raises(EmbeddingModelError, match=r"cannot reach the embeddings server http://127\.0\.0\.1:\d+/v1/"
                                                   r"embeddings \(ConnectError, 2 tries\).*RAG_EMBEDDING_URL"):
         RemoteEmbedder(url, model="tiny", tokenizer="all-MiniLM-L6-v2", retries=1, backoff=0.01)
+
+
+def test_status_names_the_server_without_its_credentials():
+    from rag.index.embeddings import describe
+    from rag.settings import Settings
+
+    assert describe(Settings(embedding_url="http://u:pw-9@gpu1:8000/v1?api_key=k-1")) == \
+        "endpoint http://gpu1:8000/v1/embeddings"
+    assert describe(Settings(embedding_backend="torch")) == "torch"
