@@ -191,7 +191,8 @@ def child_ours(spec: dict) -> dict:
     t0 = time.perf_counter()
     from ingest import ingest
     from rag import Settings
-    from rag.index.embeddings import get_embedder, resolve_model_path
+    from rag.index.embeddings import get_embedder
+    from rag.index.model_path import resolve_model_path
     from rag.index.store import open_store
 
     import_s = time.perf_counter() - t0

@@ -77,7 +77,9 @@ def config_signature(settings: Settings, embedder: Embedder, sparse: SparseEncod
     """What, besides the file's bytes, decides its chunks: change any of it and the file is re-ingested."""
     parts = [embedder.model_name, str(embedder.max_tokens), str(settings.chunk_tokens),
              str(settings.chunk_overlap_tokens), settings.pdf_parser, str(settings.ocr), PARSER_VERSION,
-             settings.embedding_backend, settings.embedding_passage_prompt]
+             # An embeddings server's vectors differ from the local model's by rounding: re-embedded like a
+             # change from torch to onnx-int8.
+             getattr(embedder, "backend", settings.embedding_backend), settings.embedding_passage_prompt]
     if sparse is not None:  # only stores with BM25 vectors: older ones are not re-embedded for nothing
         parts.append(sparse.signature)
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]

@@ -91,7 +91,7 @@ def settings_error(exc: Exception) -> str:
 
 
 #: The settings that are URLs, so may carry credentials (rag/urls.py); llm_endpoints[].base_url too.
-_URL_FIELDS = frozenset({"llm_base_url", "qdrant_url", "rerank_url"})
+_URL_FIELDS = frozenset({"llm_base_url", "qdrant_url", "rerank_url", "embedding_url"})
 
 
 class Settings(BaseSettings):
@@ -120,6 +120,21 @@ class Settings(BaseSettings):
     # Smaller batches pad less and stay in cache: 16 beat 32 and 64 on 2 cores (bench/ingest.py).
     embedding_batch_size: int = Field(16, ge=1, le=1024)
     embedding_threads: int | None = Field(None, description="torch/onnx intra-op threads; None = all cores.")
+    # --- an embeddings server instead (off unless a URL is set) ----------------------------------
+    embedding_url: SecretUrl | None = Field(
+        None, description="OpenAI-compatible embeddings server (vLLM, Hugging Face TEI, Ollama, Infinity): its base "
+                          "URL (http://gpu1:8000/v1) or the full URL ending in /embeddings. RAG_EMBEDDING_MODEL is "
+                          "the model name sent to it; replaces the local model for ingestion and queries.")
+    embedding_api_key: SecretStr | None = Field(None, description="Sent as a Bearer token to RAG_EMBEDDING_URL.")
+    embedding_tokenizer: str | None = Field(
+        None, description="Local folder (or Hugging Face cache name) of the served model's tokenizer, for "
+                          "token-exact chunks with RAG_EMBEDDING_URL; default RAG_EMBEDDING_MODEL.")
+    embedding_url_batch_size: int = Field(64, ge=1, le=2048, description="Texts per request to RAG_EMBEDDING_URL.")
+    embedding_url_concurrency: int = Field(4, ge=1, le=64, description="Requests in flight to RAG_EMBEDDING_URL.")
+    embedding_url_timeout: float = Field(60.0, gt=0, description="Seconds one request to RAG_EMBEDDING_URL may take.")
+    embedding_url_retries: int = Field(
+        3, ge=0, le=10, description="Retries of a request that failed on the connection or with HTTP 429/5xx, "
+                                    "after 0.5, 1, 2... s.")
 
     # --- chunking ------------------------------------------------------------------------------
     chunk_tokens: int = Field(256, ge=16, description="Upper bound, in embedding-model tokens; capped at what it embeds.")

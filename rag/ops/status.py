@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from rag.index.embeddings import describe as describe_embedder
 from rag.retrieval.rerank import describe as describe_reranker
 from rag.settings import Settings
 from rag.index.store import Store
@@ -22,7 +23,7 @@ def index_info(store: Store, settings: Settings) -> dict[str, Any]:
         "pages": sum(d.pages or 0 for d in docs.values()),
         "embedding_model": meta.get("embedding_model") or settings.embedding_model,
         "embedding_dimension": meta.get("dimension"),
-        "embedding_backend": settings.embedding_backend,
+        "embedding_backend": describe_embedder(settings),
         "sparse_vectors": store.has_sparse,
         "retrieval_mode": settings.retrieval_mode if store.has_sparse else "dense",
         "reranker": describe_reranker(settings),

@@ -29,6 +29,7 @@ from rag import offline
 from rag.security.audit import safe_endpoint
 from rag.urls import secret_url
 from rag.errors import RerankError
+from rag.http_errors import server_message
 from rag.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -155,7 +156,7 @@ class EndpointReranker:
                 return scores
             # Only a rejected body says "wrong format"; auth, missing routes and server failures do not.
             if self.api == "auto" and resp.status_code in (400, 422):
-                tried.append(f"{fmt} format: HTTP {resp.status_code}: {_server_message(resp)}")
+                tried.append(f"{fmt} format: HTTP {resp.status_code}: {server_message(resp)}")
                 continue
             raise self._http_error(resp)
         raise RerankError(f"the reranking endpoint {self.shown_url} rejected both request formats ("
@@ -197,7 +198,7 @@ class EndpointReranker:
         return [pairs[i] for i in range(n)]
 
     def _http_error(self, resp: httpx.Response) -> RerankError:
-        status, msg = resp.status_code, _server_message(resp)
+        status, msg = resp.status_code, server_message(resp)
         where = f"the reranking endpoint {self.shown_url}"
         if status in (401, 403):
             return RerankError(f"{where} refused the request (HTTP {status}: {msg}): set RAG_RERANK_API_KEY")
@@ -216,25 +217,6 @@ def _rerank_url(url: str) -> str:
     """``…/rerank`` as given; any other URL is a base that gets ``/rerank`` (vLLM: ``/v1`` -> ``/v1/rerank``)."""
     url = url.rstrip("/")
     return url if url.endswith("/rerank") else url + "/rerank"
-
-
-def _server_message(resp: httpx.Response) -> str:
-    """The server's own error text: TEI ``{"error": str}``, vLLM ``{"error": {"message"}}`` or ``{"message"}``,
-    FastAPI ``{"detail"}``, or a plain body."""
-    try:
-        data = resp.json()
-    except ValueError:
-        return (resp.text.strip().splitlines() or [resp.reason_phrase])[0][:300]
-    if isinstance(data, dict):
-        inner = data.get("error", data)
-        if isinstance(inner, dict):
-            inner = inner.get("message") or inner.get("detail") or inner
-        if isinstance(inner, str):
-            return inner.splitlines()[0][:300] if inner.strip() else resp.reason_phrase
-        for key in ("message", "detail"):
-            if data.get(key):
-                return str(data[key])[:300]
-    return str(data)[:300]
 
 
 # --- from settings -----------------------------------------------------------------------------------------

@@ -23,7 +23,7 @@ from rag.retrieval.rerank import Reranker, get_reranker
 from rag.settings import HybridFusion, Settings
 from rag.index.sparse import SparseEncoder, SparseVector, get_sparse_encoder
 from rag.index.store import Hit, SearchFilter, Store
-from rag.index.store.base import SearchMode
+from rag.index.store.base import SearchMode, check_meta
 
 
 @dataclass
@@ -87,6 +87,9 @@ class Retriever:
         self.prefetch = prefetch
         self.reranker = reranker
         self.rerank_candidates = rerank_candidates
+        meta = store.meta()
+        if meta:  # another model's vectors would answer with noise, or fail on their size deep in a query
+            check_meta(meta, embedder.model_name, embedder.dimension, f"the index at {store.location}")
 
     @classmethod
     def from_settings(cls, settings: Settings, store: Store, embedder: Embedder, **overrides) -> Retriever:

@@ -45,6 +45,9 @@ def _plant(which: str) -> tuple[dict[str, str], list[str]]:
             {"base_url": dead("/v1", "carol", "pw-endpoint-2-77e0", "token", "tok-endpoint-2-c4a9"), "priority": 1}])}
     elif which == "rerank_url":
         env = {"RAG_RERANK_URL": dead("/rerank", "rr", "pw-rerank-0b6d", "api_key", "tok-rerank-f21e")}
+    elif which == "embedding_url":
+        env = {"RAG_EMBEDDING_URL": dead("/v1", "em", "pw-embed-5a3f", "api_key", "tok-embed-7c21"),
+               "RAG_EMBEDDING_URL_RETRIES": "0"}
     else:
         env = {"RAG_QDRANT_URL": dead("/", "qd", "pw-qdrant-6e3c", "api-key", "tok-qdrant-18aa")}
     env.setdefault("RAG_LLM_BASE_URL", f"http://127.0.0.1:{_free_port()}/v1")
@@ -123,10 +126,10 @@ def _ui(outputs: dict[str, str]) -> None:
         st.cache_resource.clear()  # closes the RAG the app shares, freeing the store for the next channel
 
 
-@pytest.mark.attack(3, "an admin puts user:password@ and ?api_key= tokens in the LLM, Qdrant and rerank URLs; an "
-                       "unauthenticated client (or a log reader) reads them back from /healthz, /metrics, errors, "
-                       "the UI or the CLI")
-@pytest.mark.parametrize("which", ["llm_base_url", "llm_endpoints", "rerank_url", "qdrant_url"])
+@pytest.mark.attack(3, "an admin puts user:password@ and ?api_key= tokens in the LLM, Qdrant, rerank and embedding "
+                       "URLs; an unauthenticated client (or a log reader) reads them back from /healthz, /metrics, "
+                       "errors, the UI or the CLI")
+@pytest.mark.parametrize("which", ["llm_base_url", "llm_endpoints", "rerank_url", "qdrant_url", "embedding_url"])
 def test_no_url_credential_reaches_any_output(which, sample_index, tmp_path, monkeypatch, caplog):
     data = tmp_path / "data"
     shutil.copytree(sample_index.data_dir, data)
@@ -227,6 +230,8 @@ class _AuthServer:
                          "usage": {"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5}}
         if path == "/v1/rerank":
             return 200, {"results": [{"index": 0, "relevance_score": 0.9}]}
+        if path == "/v1/embeddings":
+            return 200, {"data": [{"index": 0, "embedding": [0.6, 0.8]}]}
         if path == "/":  # Qdrant's version
             return 200, {"title": "qdrant - vector search engine", "version": "1.15.0"}
         if path == "/collections/c/exists":
@@ -246,10 +251,11 @@ def auth_server():
 
 
 def test_credentials_in_the_url_still_authenticate(auth_server, caplog):
-    """The LLM (discovery and chat, streamed or not), reranker and Qdrant clients still send a URL's user:password
+    """The LLM (discovery and chat, streamed or not), reranker, embeddings and Qdrant clients still send a URL's user:password
     (HTTP Basic) and its query token, though nothing shows them."""
     from rag.index.store.server import QdrantServerStore
     from rag.llm.endpoints import OpenAICompatibleEndpoint
+    from rag.index.remote_embeddings import RemoteEmbedder
     from rag.retrieval.rerank import EndpointReranker
 
     caplog.set_level(logging.DEBUG)
@@ -265,12 +271,15 @@ def test_credentials_in_the_url_still_authenticate(auth_server, caplog):
     rr = EndpointReranker(f"http://alice:s3cret@{host}/v1?api_key=XYZ", api="cohere")
     assert rr.rerank("q", ["t"]) == [0.9]
 
+    emb = RemoteEmbedder(f"http://alice:s3cret@{host}/v1?api_key=XYZ", model="m", tokenizer="all-MiniLM-L6-v2")
+    assert emb.embed_query("q").tolist() == pytest.approx([0.6, 0.8])
+
     store = QdrantServerStore("c", url=f"http://alice:s3cret@{host}/?api-key=XYZ", timeout=5)
     assert store.location == f"http://{host}/collections/c"
     store.close()
     paths = [p for p, _ in auth_server.seen]
     assert {"/v1/models?api_key=XYZ", "/v1/chat/completions?api_key=XYZ", "/v1/rerank?api_key=XYZ",
-            "/collections/c/exists"} <= set(paths), paths
+            "/v1/embeddings?api_key=XYZ", "/collections/c/exists"} <= set(paths), paths
 
     # A wrong password fails as the server says, without quoting it.
     bad = OpenAICompatibleEndpoint(f"http://alice:wrong-pw-4f1@{host}/v1?api_key=XYZ")

@@ -141,8 +141,9 @@ def check_meta(meta: dict[str, Any], embedding_model: str, dimension: int, where
         raise StoreConfigError(
             f"{where} was built with embedding model {meta.get('embedding_model')!r} "
             f"({meta.get('dimension')} dimensions), but the settings ask for {embedding_model!r} "
-            f"({dimension}). Set RAG_EMBEDDING_MODEL={meta.get('embedding_model')}, or use another "
-            "RAG_COLLECTION / RAG_DATA_DIR for the new model and ingest again."
+            f"({dimension}). Set RAG_EMBEDDING_MODEL={meta.get('embedding_model')} (with RAG_EMBEDDING_URL, a "
+            "server serving that model), or use another RAG_COLLECTION / RAG_DATA_DIR for the new model and "
+            "ingest again."
         )
 
 

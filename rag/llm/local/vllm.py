@@ -140,6 +140,17 @@ def server_command(*, host: str = "127.0.0.1", port: int = 8080, n_ctx: int = DE
             "--disable-uvicorn-access-log"]
 
 
+def embedding_server_command(model: str, name: str, *, host: str = "127.0.0.1", port: int = 8081) -> list[str]:
+    """The same vLLM serving an embedding model folder for ``/v1/embeddings`` under ``name``, in float32 (a
+    RAG_EMBEDDING_URL for tests and bench/remote_embeddings.py; up in ~30 s, ~1.3 GB). 0.32 has no ``--task``:
+    ``--runner pooling`` makes it an embedder. Run it with :func:`server_env`."""
+    if not installed():
+        raise LocalLLMError("vLLM is not installed: rag llm install --engine vllm (about 3 minutes, once)")
+    return [str(python()), "-m", "vllm.entrypoints.openai.api_server", "--model", model, "--served-model-name", name,
+            "--runner", "pooling", "--dtype", "float32", "--enforce-eager", "--host", host, "--port", str(port),
+            "--disable-uvicorn-access-log"]
+
+
 class VllmEngine:
     """vLLM's CPU build: ~3 min to install once, ~50 s to start, ~3.5 GB; batches concurrent chats."""
 
