@@ -151,6 +151,9 @@ class IndexOptions:
     shards: int = 1
     replicas: int = 1
     vectors_on_disk: bool = False
+    #: Embedded store: segments with more KB of vectors than this get a graph, and a search over fewer
+    #: (filtered) points than this scans them exactly (Qdrant's indexing_threshold and full_scan_threshold).
+    threshold_kb: int = 10_000
 
     @classmethod
     def from_settings(cls, s: Settings) -> IndexOptions:

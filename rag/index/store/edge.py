@@ -42,9 +42,6 @@ from rag.index.store.base import (
 from rag.index.sparse import SparseVector
 
 _SCROLL_PAGE = 1024
-#: Segments holding more than this many KB of vectors get an HNSW graph when the kind asks for one (Qdrant's
-#: default: ~6,500 384-d vectors); smaller ones — the fresh segment that takes new chunks — are searched exactly.
-_INDEXING_THRESHOLD_KB = 10_000
 
 
 def _match(key: str, value: str) -> qe.FieldCondition:
@@ -121,11 +118,12 @@ class EdgeStore:
             vectors={DENSE: qe.EdgeVectorParams(size=dimension, distance=qe.Distance.Cosine,
                                                 memory=qe.Memory.Cold if int8 else qe.Memory.Cached)},
             hnsw_config=qe.HnswIndexConfig(m=self._index.m, ef_construct=self._index.ef_construct,
-                                           full_scan_threshold=_INDEXING_THRESHOLD_KB),
+                                           full_scan_threshold=self._index.threshold_kb),
             quantization_config=(qe.ScalarQuantizationConfig(type=qe.ScalarType.Int8, quantile=0.99,
                                                              memory=qe.Memory.Pinned) if int8 else None),
-            # 0 = never build a graph (Qdrant's meaning): exact search needs none.
-            optimizers=qe.EdgeOptimizersConfig(indexing_threshold=0 if kind == "exact" else _INDEXING_THRESHOLD_KB),
+            # 0 = never build a graph (Qdrant's meaning): exact search needs none. Otherwise Qdrant's default
+            # (10 MB, ~6,500 384-d vectors): the small fresh segment that takes new chunks is searched exactly.
+            optimizers=qe.EdgeOptimizersConfig(indexing_threshold=0 if kind == "exact" else self._index.threshold_kb),
         )
 
     def _apply_index(self) -> None:
@@ -151,8 +149,8 @@ class EdgeStore:
         indexed = min(info.indexed_vectors_count, info.points_count)
         note = ""
         if self._kind != "exact" and indexed < info.points_count:
-            note = (f"{info.points_count - indexed:,} chunks not in the graph yet (searched exactly meanwhile); "
-                    "`rag build-index` builds it")
+            note = (f"{info.points_count - indexed:,} chunks outside the graph, searched exactly (added since the "
+                    "last build: `rag build-index`; or too few for a graph)")
         return IndexState(self._kind, self._reason, info.points_count, indexed, note)
 
     def build_index(self) -> IndexState:
