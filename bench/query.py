@@ -149,7 +149,8 @@ def _disk_mb(path: Path) -> float:
     return round(sum(f.stat().st_blocks * 512 for f in path.rglob("*") if f.is_file()) / 1e6, 1)
 
 
-def _kind_phase(root: str, kind: str, efs: list[int], qv: np.ndarray, truth: dict[str, list[set[str]]]) -> dict:
+def _kind_phase(root: str, kind: str, efs: list[int], acorns: list[bool], qv: np.ndarray,
+                truth: dict[str, list[set[str]]]) -> dict:
     """In a fresh process: open the store with ``kind``, build, time and score queries (per hnsw_ef)."""
     out: dict = {"kind": kind, "runs": []}
     t0 = time.perf_counter()
@@ -159,9 +160,10 @@ def _kind_phase(root: str, kind: str, efs: list[int], qv: np.ndarray, truth: dic
     out["indexed"] = state.indexed
     out["rss_after_build_mb"] = _rss_mb()
     store.close()
-    for ef in efs if kind != "exact" else efs[:1]:
-        store = EdgeStore(Path(root), IndexOptions(kind=kind, ef=ef))  # type: ignore[arg-type]
-        run: dict = {"ef": ef if kind != "exact" else None}
+    combos = [(ef, acorn) for ef in efs for acorn in acorns] if kind != "exact" else [(efs[0], False)]
+    for ef, acorn in combos:
+        store = EdgeStore(Path(root), IndexOptions(kind=kind, ef=ef, acorn=acorn))  # type: ignore[arg-type]
+        run: dict = {"ef": ef if kind != "exact" else None, "acorn": acorn}
         for label, flt in (("dense", None), ("dense+filter", SearchFilter(groups_any=("hr",)))):
             store.query(qv[0].tolist(), 10, flt)  # warm
             lat, recall = [], []
@@ -183,7 +185,7 @@ def _kind_phase(root: str, kind: str, efs: list[int], qv: np.ndarray, truth: dic
     return out
 
 
-def bench_synthetic(n: int, kinds: list[str], efs: list[int], queries: int = 200) -> dict:
+def bench_synthetic(n: int, kinds: list[str], efs: list[int], acorns: list[bool], queries: int = 200) -> dict:
     from concurrent.futures import ProcessPoolExecutor
     import multiprocessing
 
@@ -225,7 +227,7 @@ def bench_synthetic(n: int, kinds: list[str], efs: list[int], queries: int = 200
     # One process per kind (max_tasks_per_child): its RSS is the store's alone, not the loader's or the last kind's.
     with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"), max_tasks_per_child=1) as pool:
         for kind in kinds:
-            r = pool.submit(_kind_phase, str(root), kind, efs, qv, truth).result()
+            r = pool.submit(_kind_phase, str(root), kind, efs, acorns, qv, truth).result()
             print(json.dumps({"chunks": n} | r), file=sys.stderr, flush=True)
             out["kinds"].append(r)
     import shutil
@@ -234,19 +236,23 @@ def bench_synthetic(n: int, kinds: list[str], efs: list[int], queries: int = 200
     return out
 
 
+def _ef(run: dict) -> str:
+    return "-" if run["ef"] is None else f"{run['ef']}{'+acorn' if run['acorn'] else ''}"
+
+
 def main_synthetic(args: argparse.Namespace) -> None:
-    results = [bench_synthetic(n, args.kinds, args.ef) for n in args.synthetic]
+    results = [bench_synthetic(n, args.kinds, args.ef, [False, True] if args.acorn else [False]) for n in args.synthetic]
     if args.json:
         print(json.dumps(results, indent=2))
         return
     print("index kinds, top 10, 200 queries, 25 % filter; latency ms p50/p95, recall@10 vs exact")
-    print(f"{'chunks':>8} {'kind':>10} {'ef':>4} {'build s':>8} {'dense':>13} {'rec':>6} {'filtered':>13} "
+    print(f"{'chunks':>8} {'kind':>10} {'ef':>9} {'build s':>8} {'dense':>13} {'rec':>6} {'filtered':>13} "
           f"{'rec':>6} {'RSS MB':>7} {'peak MB':>8} {'disk MB':>8}")
     for r in results:
         for k in r["kinds"]:
             for run in k["runs"]:
                 d, f = run["dense"], run["dense+filter"]
-                print(f"{r['chunks']:>8} {k['kind']:>10} {run['ef'] or '-':>4} {k['build_s']:>8} "
+                print(f"{r['chunks']:>8} {k['kind']:>10} {_ef(run):>9} {k['build_s']:>8} "
                       f"{d['p50_ms']:>6.2f}/{d['p95_ms']:<6.2f} {d['recall@10']:>6.3f} "
                       f"{f['p50_ms']:>6.2f}/{f['p95_ms']:<6.2f} {f['recall@10']:>6.3f} "
                       f"{run['rss_serving_mb']:>7} {k['peak_rss_mb']:>8} {k['disk_mb']:>8}")
@@ -260,6 +266,7 @@ def main() -> None:
     ap.add_argument("--synthetic", type=int, nargs="+", help="index-kind benchmark at these chunk counts")
     ap.add_argument("--kinds", nargs="+", default=["exact", "hnsw", "hnsw-int8"],
                     choices=["exact", "hnsw", "hnsw-int8"])
+    ap.add_argument("--acorn", action="store_true", help="also time each ef with ACORN for the filtered queries")
     ap.add_argument("--ef", type=int, nargs="+", default=[128], help="hnsw_ef values to time (no rebuild)")
     args = ap.parse_args()
     if args.synthetic:

@@ -148,6 +148,7 @@ class IndexOptions:
     ef_construct: int = 100
     ef: int = 128
     oversampling: float = 2.0
+    acorn: bool = True
     shards: int = 1
     replicas: int = 1
     vectors_on_disk: bool = False
@@ -158,7 +159,7 @@ class IndexOptions:
     @classmethod
     def from_settings(cls, s: Settings) -> IndexOptions:
         return cls(kind=s.index_kind, hnsw_from=s.index_hnsw_from, int8_from=s.index_int8_from, m=s.hnsw_m,
-                   ef_construct=s.hnsw_ef_construct, ef=s.hnsw_ef, oversampling=s.quantization_oversampling,
+                   ef_construct=s.hnsw_ef_construct, ef=s.hnsw_ef, oversampling=s.quantization_oversampling, acorn=s.hnsw_acorn,
                    shards=s.qdrant_shards, replicas=s.qdrant_replicas, vectors_on_disk=s.qdrant_vectors_on_disk)
 
     def choose(self, chunks: int) -> tuple[IndexKind, str]:

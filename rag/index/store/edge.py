@@ -160,12 +160,14 @@ class EdgeStore:
             self._chunks.optimize()
         return self.index_state()
 
-    def _search_params(self) -> qe.SearchParams:
+    def _search_params(self, filtered: bool) -> qe.SearchParams:
         if self._kind == "exact":
             return qe.SearchParams(exact=True, quantization=qe.QuantizationSearchParams(ignore=True))
         quant = (qe.QuantizationSearchParams(rescore=True, oversampling=self._index.oversampling)
                  if self._kind == "hnsw-int8" else qe.QuantizationSearchParams(ignore=True))
-        return qe.SearchParams(hnsw_ef=self._index.ef, quantization=quant)
+        # The engine applies ACORN only where the filter is selective enough to need it.
+        acorn = qe.AcornSearchParams(enable=True) if filtered and self._index.acorn else None
+        return qe.SearchParams(hnsw_ef=self._index.ef, quantization=quant, acorn=acorn)
 
     def ensure_ready(self, dimension: int, embedding_model: str) -> None:
         if self._chunks is None:
@@ -335,7 +337,7 @@ class EdgeStore:
         dense_q = qe.Query.Nearest([float(x) for x in vector], using=DENSE)
         if mode == "dense" or not self.has_sparse:
             res = self._chunks.query(qe.QueryRequest(limit=limit, query=dense_q, filter=_filter(flt),
-                                                     params=self._search_params(), with_payload=True,
+                                                     params=self._search_params(flt is not None), with_payload=True,
                                                      with_vector=False))
             return [Hit(str(p.id), float(p.score), dict(_payload(p)), float(p.score)) for p in res]
         sparse_q = qe.Query.Nearest(qe.SparseVector(indices=list(sparse.indices) if sparse else [],
@@ -347,7 +349,7 @@ class EdgeStore:
             n = max(prefetch or 0, limit)
             # The filter on the outer request is pushed into both prefetches (applied while searching).
             req = qe.QueryRequest(limit=limit, prefetches=[qe.Prefetch(limit=n, query=dense_q,
-                                                                      params=self._search_params()),
+                                                                      params=self._search_params(flt is not None)),
                                                            qe.Prefetch(limit=n, query=sparse_q)],
                                   # The stub's ScoringQueryType names the Fusion class, not its nested Rrf/Dbsf,
                                   # which are what the engine takes (and the stub's own examples show).

@@ -190,14 +190,15 @@ class QdrantServerStore:
             self._apply_index()
         return self.index_state()
 
-    def _search_params(self) -> models.SearchParams | None:
+    def _search_params(self, filtered: bool) -> models.SearchParams | None:
         if self.backend != "qdrant-server":
             return None  # local mode always searches exactly (and warns about any search parameter)
         if self._kind == "exact":
             return models.SearchParams(exact=True, quantization=models.QuantizationSearchParams(ignore=True))
         quant = (models.QuantizationSearchParams(rescore=True, oversampling=self._index.oversampling)
                  if self._kind == "hnsw-int8" else models.QuantizationSearchParams(ignore=True))
-        return models.SearchParams(hnsw_ef=self._index.ef, quantization=quant)
+        acorn = models.AcornSearchParams(enable=True) if filtered and self._index.acorn else None
+        return models.SearchParams(hnsw_ef=self._index.ef, quantization=quant, acorn=acorn)
 
     def flush(self) -> None:
         pass  # the server persists each acknowledged (wait=True) update
@@ -335,7 +336,7 @@ class QdrantServerStore:
         dense_q = [float(x) for x in vector]
         if mode == "dense" or not self.has_sparse:
             res = self._client.query_points(self.collection, query=dense_q, using=DENSE, limit=limit,
-                                            query_filter=_filter(flt), search_params=self._search_params(),
+                                            query_filter=_filter(flt), search_params=self._search_params(flt is not None),
                                             with_payload=True, with_vectors=False)
             return [Hit(str(p.id), float(p.score), dict(p.payload or {}), float(p.score)) for p in res.points]
         sparse_q = models.SparseVector(indices=list(sparse.indices) if sparse else [],
@@ -348,7 +349,7 @@ class QdrantServerStore:
             # The filter is pushed into both prefetches (applied while searching, not afterwards).
             res = self._client.query_points(
                 self.collection, limit=limit, query_filter=_filter(flt), with_payload=True, with_vectors=[DENSE],
-                prefetch=[models.Prefetch(query=dense_q, using=DENSE, limit=n, params=self._search_params()),
+                prefetch=[models.Prefetch(query=dense_q, using=DENSE, limit=n, params=self._search_params(flt is not None)),
                           models.Prefetch(query=sparse_q, using=SPARSE, limit=n)],
                 query=models.RrfQuery(rrf=models.Rrf(k=rrf_k)),
             )
