@@ -90,7 +90,21 @@ def bench_store(n: int, queries: int = 200) -> dict:
     return out
 
 
-def bench_question(queries: int = 50) -> dict:
+def _pad(store, n: int) -> None:  # noqa: ANN001 (a Store)
+    """``n`` synthetic chunks (random unit vectors, BM25 of word salad) beside the real ones, so retrieval
+    searches an index of that size; their vectors are unrelated to the questions, as other topics would be."""
+    rng = np.random.default_rng(0)
+    bm25 = Bm25Encoder()
+    for start in range(0, n, 2000):
+        m = min(2000, n - start)
+        vecs, texts = unit(rng, m), [words(rng, 120) for _ in range(m)]
+        sparse = bm25.embed_documents(texts)
+        store.upsert_chunks([ChunkPoint(chunk_id(f"/pad{(start + i) // 10}", "s", i % 10), vecs[i].tolist(),
+                                        {"path": f"/pad{(start + i) // 10}", "text": texts[i], "groups": ["staff"]},
+                                        sparse[i]) for i in range(m)])
+
+
+def bench_question(queries: int = 50, pad: int = 0) -> dict:
     from ingest import ingest
     from rag.index.embeddings import get_embedder
     from rag.generation.packing import format_source, join_sources, pack
@@ -104,7 +118,12 @@ def bench_question(queries: int = 50) -> dict:
         settings = Settings(data_dir=Path(d))
         embedder = get_embedder(settings)
         ingest([ROOT / "sample_docs"], settings, embedder=embedder)
-        out = {}
+        out: dict = {}
+        if pad:
+            with open_store(settings) as store:
+                _pad(store, pad)
+                t0 = time.perf_counter()
+                out["index"] = store.build_index().to_dict() | {"build_s": round(time.perf_counter() - t0, 1)}
 
         class _Counter:  # the embedding model's tokenizer stands in for the LLM's (no server in this bench)
             def count(self, text: str) -> int:
@@ -266,13 +285,20 @@ def main() -> None:
     ap.add_argument("--synthetic", type=int, nargs="+", help="index-kind benchmark at these chunk counts")
     ap.add_argument("--kinds", nargs="+", default=["exact", "hnsw", "hnsw-int8"],
                     choices=["exact", "hnsw", "hnsw-int8"])
+    ap.add_argument("--question-chunks", type=int, default=0,
+                    help="per question: pad the index with this many synthetic chunks (its kind chosen by auto)")
+    ap.add_argument("--question-only", action="store_true", help="only the per-question part, as JSON")
     ap.add_argument("--acorn", action="store_true", help="also time each ef with ACORN for the filtered queries")
     ap.add_argument("--ef", type=int, nargs="+", default=[128], help="hnsw_ef values to time (no rebuild)")
     args = ap.parse_args()
     if args.synthetic:
         main_synthetic(args)
         return
-    result = {"store": [bench_store(n) for n in args.sizes], "per_question_no_llm": bench_question()}
+    if args.question_only:
+        print(json.dumps(bench_question(pad=args.question_chunks), indent=2))
+        return
+    result = {"store": [bench_store(n) for n in args.sizes],
+              "per_question_no_llm": bench_question(pad=args.question_chunks)}
     if args.json:
         print(json.dumps(result, indent=2))
         return
@@ -284,6 +310,9 @@ def main() -> None:
               + " ".join(f"{r[c]['p50_ms']:>7.2f}/{r[c]['p95_ms']:<7.2f}" for c in cols))
     print("per question without the LLM (embed + retrieve + pack + prompt), sample_docs, ms p50 / p95:")
     for mode, r in result["per_question_no_llm"].items():
+        if mode == "index":
+            print(f"  index: {r}")
+            continue
         print(f"  {mode:>7}: {r['p50_ms']:.1f} / {r['p95_ms']:.1f}")
 
 
