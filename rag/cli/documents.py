@@ -121,6 +121,8 @@ def _print_ingest_report(report, quiet: bool) -> None:
         f"{report.chunks} chunks written, {report.chunks_removed} removed · "
         f"{report.seconds:.1f}s ({rate:.1f} chunks/s)"
     )
+    if report.index and report.index["kind"] != "exact":  # a graph was (re)built at the end of the run
+        out.print(f"index: {_index_row(report.index)}")
 
 
 def access(
