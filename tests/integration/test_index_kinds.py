@@ -116,3 +116,15 @@ def test_status_shows_the_kind_and_why(tmp_path):
     assert "50 chunks outside the graph" in state["note"]
     r = runner.invoke(app, ["status"], env=env | {"RAG_INDEX_KIND": "hnsw"})
     assert "hnsw (RAG_INDEX_KIND=hnsw" in r.stdout
+
+
+def test_qdrant_client_local_mode_says_it_searches_exactly(tmp_path):
+    from rag.index.store.server import QdrantServerStore
+
+    store = QdrantServerStore("t", path=str(tmp_path / "qc"), index=IndexOptions(kind="hnsw-int8"))
+    store.ensure_ready(DIM, "m")
+    _load(store, _vectors(20))  # type: ignore[arg-type]
+    state = store.build_index()
+    assert (state.kind, state.points) == ("exact", 20)
+    assert "local mode has no HNSW" in state.reason
+    store.close()
