@@ -128,6 +128,9 @@ def ingest(
         store.ensure_ready(embedder.dimension, embedder.model_name)
         with WriterLease(store, settings.ingest_writer_ttl_s) as lease:
             _run(files, roots, settings, access, store, lease, embedder, report, progress)
+        # The index kind follows the chunk count: (re)build what it needs now rather than in the first query's
+        # path (a no-op for exact search and for an index already built).
+        report.index = store.build_index().to_dict()
     except KeyboardInterrupt:
         report.interrupted = True
         raise

@@ -29,6 +29,8 @@ class IngestReport:
     warnings: list[FileIssue] = field(default_factory=list)
     seconds: float = 0.0
     interrupted: bool = False
+    #: The dense index after the run (``IndexState.to_dict()``): its kind, why, and how much of it is built.
+    index: dict = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:

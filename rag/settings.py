@@ -24,6 +24,8 @@ from rag.urls import SecretUrl
 
 #: How chunks are found: embeddings, BM25 keywords, or both fused by reciprocal rank.
 RetrievalMode = Literal["dense", "sparse", "hybrid"]
+#: How the chunks' dense vectors are searched (rag/index/store/base.py choose_index); "auto" picks by chunk count.
+IndexKindSetting = Literal["auto", "exact", "hnsw", "hnsw-int8"]
 RETRIEVAL_MODES: tuple[str, ...] = get_args(RetrievalMode)
 HybridFusion = Literal["score", "rrf"]
 
@@ -105,6 +107,28 @@ class Settings(BaseSettings):
                           "RAG_QDRANT_API_KEY; user:password@ is sent as HTTP Basic auth.")
     qdrant_api_key: SecretStr | None = None
     qdrant_timeout: float = 30.0
+    # Index kind (bench/README.md "Search at scale"): exact search is perfect and needs no build, but grows
+    # linearly; HNSW answers in ~1-3 ms at any size but costs a build; int8 quantization cuts the RAM of the
+    # vectors searched 4x (originals stay on disk for rescoring). A switch rebuilds from the stored vectors.
+    index_kind: IndexKindSetting = Field(
+        "auto", description="exact | hnsw | hnsw-int8, or auto: by chunk count (RAG_INDEX_HNSW_FROM, "
+                            "RAG_INDEX_INT8_FROM). A change needs no re-ingest: `rag build-index` builds it.")
+    index_hnsw_from: int = Field(50_000, ge=0, description="auto: HNSW from this many chunks on.")
+    index_int8_from: int = Field(500_000, ge=0, description="auto: HNSW over int8-quantized vectors from this many "
+                                                          "chunks on.")
+    hnsw_m: int = Field(16, ge=4, le=128)
+    hnsw_ef_construct: int = Field(100, ge=8)
+    hnsw_ef: int = Field(128, ge=8, description="Candidates an HNSW search keeps: higher = better recall, slower.")
+    # Measured (bench/README.md): through the plain graph a 25 % group filter keeps only 0.75-0.90 of the exact
+    # top 10; ACORN (Qdrant's filtered traversal over 2-hop neighbours) brings it to ~0.96-0.99 at a few ms more.
+    hnsw_acorn: bool = Field(True, description="Filtered HNSW searches (permission groups) use ACORN.")
+    quantization_oversampling: float = Field(2.0, ge=1.0, description="int8: candidates fetched per result, "
+                                                                      "rescored with the original vectors.")
+    # A Qdrant server or cluster only: fixed when the collection is created (resharding is a cluster operation).
+    qdrant_shards: int = Field(1, ge=1, description="Server: shard_number of a new collection.")
+    qdrant_replicas: int = Field(1, ge=1, description="Server: replication_factor of a new collection.")
+    qdrant_vectors_on_disk: bool = Field(False, description="Server: keep original vectors on disk (mmap) in a new "
+                                                            "collection; hnsw-int8 always does.")
 
     # --- embeddings ----------------------------------------------------------------------------
     embedding_model: str = Field(

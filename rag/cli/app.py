@@ -40,7 +40,7 @@ def _main(
 
 # In the order `rag --help` lists them.
 for command in (documents.ingest, documents.access, documents.forget, answers.search, documents.status,
-                answers.ask, answers.chat, evidence.preview):
+                documents.build_index, answers.ask, answers.chat, evidence.preview):
     app.command()(command)
 app.add_typer(evaluate.eval_app, name="eval")
 app.command()(sizing.sizing)

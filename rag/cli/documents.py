@@ -121,6 +121,8 @@ def _print_ingest_report(report, quiet: bool) -> None:
         f"{report.chunks} chunks written, {report.chunks_removed} removed · "
         f"{report.seconds:.1f}s ({rate:.1f} chunks/s)"
     )
+    if report.index and report.index["kind"] != "exact":  # a graph was (re)built at the end of the run
+        out.print(f"index: {_index_row(report.index)}")
 
 
 def access(
@@ -220,6 +222,29 @@ def forget(
     raise typer.Exit(0 if not report.failed else 1)
 
 
+def _index_row(state: dict) -> str:
+    built = "" if state["indexed"] is None or state["kind"] == "exact" else \
+        f", graph over {state['indexed']:,} of {state['points']:,} chunks"
+    return f"{state['kind']} ({state['reason']}{built})" + (f"; {state['note']}" if state["note"] else "")
+
+
+def build_index(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """Build the index kind RAG_INDEX_KIND asks for (or auto picks) from the stored vectors: no re-ingest."""
+    from rag.index.store import open_store
+
+    settings = load_settings()
+    t0 = time.perf_counter()
+    try:
+        with open_store(settings) as store:
+            state = store.build_index()
+    except RagError as exc:
+        raise fail(exc) from None
+    if as_json:
+        out.print_json(json.dumps(state.to_dict() | {"seconds": round(time.perf_counter() - t0, 1)}))
+    else:
+        out.print(f"index: {_index_row(state.to_dict())} — {time.perf_counter() - t0:.1f} s")
+
+
 def status(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
     """Where the index is and what it holds."""
     from rag.ops.status import index_info
@@ -246,6 +271,7 @@ def status(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
     for k in ("backend", "location", "collection", "documents", "chunks", "pages", "embedding_model",
               "embedding_dimension", "embedding_backend", "retrieval_mode", "reranker"):
         table.add_row(k.replace("_", " "), str(info[k]))
+    table.add_row("index", _index_row(info["index"]))
     if info["last_ingest"]:
         table.add_row("last ingest", time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(info["last_ingest"])))
     llm = info["llm"]

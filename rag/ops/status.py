@@ -13,6 +13,7 @@ from rag.index.store import Store
 def index_info(store: Store, settings: Settings) -> dict[str, Any]:
     meta = store.meta() or {}
     docs = store.documents()
+    index = store.index_state()
     return {
         "backend": store.backend,
         "location": store.location,
@@ -27,5 +28,8 @@ def index_info(store: Store, settings: Settings) -> dict[str, Any]:
         "sparse_vectors": store.has_sparse,
         "retrieval_mode": settings.retrieval_mode if store.has_sparse else "dense",
         "reranker": describe_reranker(settings),
+        "index_kind": index.kind,
+        "index_reason": index.reason,
+        "index": index.to_dict(),
         "last_ingest": max((d.ingested_at for d in docs.values()), default=None),
     }

@@ -34,10 +34,11 @@ def _doc(team: str, i: int) -> str:
             f"Questions about the {team} project budget go to the project office.\n")
 
 
-@pytest.fixture(scope="module", params=["edge", "qdrant-client-local"])
+@pytest.fixture(scope="module", params=["edge", "edge-hnsw", "qdrant-client-local"])
 def corpus(request, tmp_path_factory, embedder):
     from ingest import ingest
     from rag.settings import Settings
+    from rag.index.store import IndexOptions
     from rag.index.store.edge import EdgeStore
     from rag.index.store.server import QdrantServerStore
 
@@ -51,10 +52,16 @@ def corpus(request, tmp_path_factory, embedder):
         paths.append(str(f.resolve()))
     settings = Settings(data_dir=root / "data", min_score=0.0, top_k=50,
                         llm_base_url="http://127.0.0.1:9/v1")  # never called: no question reaches an LLM here
-    store = (EdgeStore(settings.store_dir) if request.param == "edge"
-             else QdrantServerStore("perm", path=str(root / "qc")))
+    if request.param == "edge":
+        store = EdgeStore(settings.store_dir)
+    elif request.param == "edge-hnsw":  # a graph over even these few chunks, searched through with the filter
+        store = EdgeStore(settings.store_dir, IndexOptions(kind="hnsw-int8", threshold_kb=1))
+    else:
+        store = QdrantServerStore("perm", path=str(root / "qc"))
     report = ingest([docs], settings, store=store, embedder=embedder)
     assert report.added == len(TEAMS) and not report.failed
+    if request.param == "edge-hnsw":
+        assert report.index["indexed"] == report.index["points"] > 0  # ingest built the graph
     rag = RAG(settings, store=store, embedder=embedder, endpoint=OpenAICompatibleEndpoint.from_settings(settings))
     yield rag, paths
     rag.close()

@@ -7,6 +7,8 @@ from rag.index.store.base import (
     ChunkPoint,
     DocumentRecord,
     Hit,
+    IndexOptions,
+    IndexState,
     SearchFilter,
     Store,
     WriterRecord,
@@ -18,6 +20,8 @@ __all__ = [
     "ChunkPoint",
     "DocumentRecord",
     "Hit",
+    "IndexOptions",
+    "IndexState",
     "SearchFilter",
     "Store",
     "WriterRecord",
@@ -29,12 +33,13 @@ __all__ = [
 
 def open_store(settings: Settings) -> Store:
     """Open (not create) the configured store; call ``ensure_ready`` before writing."""
+    index = IndexOptions.from_settings(settings)
     if settings.qdrant_url:
         from rag.index.store.server import QdrantServerStore
 
         key = settings.qdrant_api_key.get_secret_value() if settings.qdrant_api_key else None
         return QdrantServerStore(settings.collection, url=settings.qdrant_url, api_key=key,
-                                 timeout=settings.qdrant_timeout)
+                                 timeout=settings.qdrant_timeout, index=index)
     from rag.index.store.edge import EdgeStore
 
-    return EdgeStore(settings.store_dir)
+    return EdgeStore(settings.store_dir, index)

@@ -14,9 +14,10 @@ from __future__ import annotations
 import uuid
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any, Protocol, Self, cast, runtime_checkable
+from typing import Any, Literal, Protocol, Self, cast, runtime_checkable
 
-from rag.settings import RetrievalMode as SearchMode
+from rag.settings import IndexKindSetting, RetrievalMode as SearchMode
+from rag.settings import Settings
 from rag.index.sparse import SparseVector
 
 # Fixed namespace: ids must be identical across runs and machines so re-running never duplicates.
@@ -133,6 +134,61 @@ class WriterRecord:
         return cls(**{k: payload[k] for k in cls.__dataclass_fields__ if k in payload})
 
 
+IndexKind = Literal["exact", "hnsw", "hnsw-int8"]
+
+
+@dataclass(frozen=True)
+class IndexOptions:
+    """How the dense vectors are indexed, from Settings (``RAG_INDEX_*``, ``RAG_HNSW_*``, server layout)."""
+
+    kind: IndexKindSetting = "auto"
+    hnsw_from: int = 50_000
+    int8_from: int = 500_000
+    m: int = 16
+    ef_construct: int = 100
+    ef: int = 128
+    oversampling: float = 2.0
+    acorn: bool = True
+    shards: int = 1
+    replicas: int = 1
+    vectors_on_disk: bool = False
+    #: Embedded store: segments with more KB of vectors than this get a graph, and a search over fewer
+    #: (filtered) points than this scans them exactly (Qdrant's indexing_threshold and full_scan_threshold).
+    threshold_kb: int = 10_000
+
+    @classmethod
+    def from_settings(cls, s: Settings) -> IndexOptions:
+        return cls(kind=s.index_kind, hnsw_from=s.index_hnsw_from, int8_from=s.index_int8_from, m=s.hnsw_m,
+                   ef_construct=s.hnsw_ef_construct, ef=s.hnsw_ef, oversampling=s.quantization_oversampling, acorn=s.hnsw_acorn,
+                   shards=s.qdrant_shards, replicas=s.qdrant_replicas, vectors_on_disk=s.qdrant_vectors_on_disk)
+
+    def choose(self, chunks: int) -> tuple[IndexKind, str]:
+        """The kind to use for a store of ``chunks`` points, and why (shown by `rag status`)."""
+        if self.kind != "auto":
+            return self.kind, f"RAG_INDEX_KIND={self.kind}"
+        if chunks >= self.int8_from:
+            return "hnsw-int8", f"auto: {chunks:,} chunks >= RAG_INDEX_INT8_FROM={self.int8_from:,}"
+        if chunks >= self.hnsw_from:
+            return "hnsw", f"auto: {chunks:,} chunks >= RAG_INDEX_HNSW_FROM={self.hnsw_from:,}"
+        return "exact", f"auto: {chunks:,} chunks < RAG_INDEX_HNSW_FROM={self.hnsw_from:,}"
+
+
+@dataclass(frozen=True)
+class IndexState:
+    """What `rag status` shows about the dense index."""
+
+    kind: str  # IndexKind, or "exact" where the backend has nothing else (qdrant-client local mode)
+    reason: str
+    points: int
+    #: Points inside an HNSW graph (None where the backend does not say); below ``points`` after a switch or an
+    #: ingest until the graph is built (the rest are searched exactly meanwhile: results stay complete).
+    indexed: int | None = None
+    note: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
 def check_meta(meta: dict[str, Any], embedding_model: str, dimension: int, where: str) -> None:
     """Refuse to mix embedding models in one index: their vectors are not comparable."""
     from rag.errors import StoreConfigError
@@ -230,6 +286,15 @@ class Store(Protocol):
     def set_groups(self, path: str, groups: Sequence[str], access: dict[str, Any] | None = None) -> None:
         """Change the access groups of a document's chunks and record without re-embedding (chunks first, so
         an interrupted change is redone by the next ingest); ``access`` replaces the record's explanation."""
+        ...
+
+    def index_state(self) -> IndexState:
+        """Which index kind the dense search uses and why (RAG_INDEX_KIND, or the chunk count under auto)."""
+        ...
+
+    def build_index(self) -> IndexState:
+        """Apply the chosen index kind and build what it needs from the stored vectors (no re-embedding); blocks
+        in the embedded store, starts the server's background optimizer otherwise."""
         ...
 
     def flush(self) -> None: ...

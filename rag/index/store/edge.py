@@ -28,6 +28,9 @@ from rag.index.store.base import (
     ChunkPoint,
     DocumentRecord,
     Hit,
+    IndexKind,
+    IndexOptions,
+    IndexState,
     SearchFilter,
     SearchMode,
     WriterRecord,
@@ -70,8 +73,11 @@ def _payload(point: qe.Record | qe.ScoredPoint) -> dict[str, Any]:
 class EdgeStore:
     backend = "qdrant-edge"
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, index: IndexOptions | None = None) -> None:
         self.root = Path(root)
+        self._index = index or IndexOptions()
+        self._kind: IndexKind = "exact"
+        self._reason = ""
         self.location = str(self.root.resolve())
         self.root.mkdir(parents=True, exist_ok=True)
         # Our own lock first: the engine's WAL lock fails with a bare "WouldBlock"; this one lets us say who
@@ -99,20 +105,79 @@ class EdgeStore:
     def _open_existing(self) -> None:
         self._chunks = qe.EdgeShard.load(str(self.root / "chunks"))
         self._docs = qe.EdgeShard.load(str(self.root / "documents"))
+        self._apply_index()
+
+    # --- index kind ----------------------------------------------------------------------------
+    def _chunks_config(self, dimension: int, kind: IndexKind) -> qe.EdgeConfig:
+        """The chunks shard's config for ``kind``. Only what the kind decides is given: the sparse vector and
+        the payload are inherited from the shard, so a store built before hybrid retrieval loads too."""
+        int8 = kind == "hnsw-int8"
+        return qe.EdgeConfig(
+            # int8: the quantized copy is searched from RAM, the originals (4x larger) stay on disk and are read
+            # only to rescore the oversampled candidates.
+            vectors={DENSE: qe.EdgeVectorParams(size=dimension, distance=qe.Distance.Cosine,
+                                                memory=qe.Memory.Cold if int8 else qe.Memory.Cached)},
+            hnsw_config=qe.HnswIndexConfig(m=self._index.m, ef_construct=self._index.ef_construct,
+                                           full_scan_threshold=self._index.threshold_kb),
+            quantization_config=(qe.ScalarQuantizationConfig(type=qe.ScalarType.Int8, quantile=0.99,
+                                                             memory=qe.Memory.Pinned) if int8 else None),
+            # 0 = never build a graph (Qdrant's meaning): exact search needs none. Otherwise Qdrant's default
+            # (10 MB, ~6,500 384-d vectors): the small fresh segment that takes new chunks is searched exactly.
+            optimizers=qe.EdgeOptimizersConfig(indexing_threshold=0 if kind == "exact" else self._index.threshold_kb),
+        )
+
+    def _apply_index(self) -> None:
+        """Choose the kind for the current chunk count and write its config into the shard if it changed. The
+        query parameters make the kind effective at once (exact search ignores a graph left from an HNSW kind,
+        HNSW ignores a quantized copy); what a kind needs but lacks is built by ``build_index``."""
+        meta = self.meta()
+        if self._chunks is None or meta is None:
+            return
+        self._kind, self._reason = self._index.choose(self.count_chunks())
+        if meta.get("index_kind") == self._kind:
+            return
+        self._chunks.flush()
+        self._chunks.close()
+        self._chunks = qe.EdgeShard.load(str(self.root / "chunks"),
+                                         self._chunks_config(int(meta["dimension"]), self._kind))
+        self._put_registry(META_ID, meta | {"index_kind": self._kind})
+
+    def index_state(self) -> IndexState:
+        if self._chunks is None:
+            return IndexState("exact", "empty store", 0, 0)
+        info = self._chunks.info()
+        indexed = min(info.indexed_vectors_count, info.points_count)
+        note = ""
+        if self._kind != "exact" and indexed < info.points_count:
+            note = (f"{info.points_count - indexed:,} chunks outside the graph, searched exactly (added since the "
+                    "last build: `rag build-index`; or too few for a graph)")
+        return IndexState(self._kind, self._reason, info.points_count, indexed, note)
+
+    def build_index(self) -> IndexState:
+        if self._chunks is not None:
+            self._apply_index()
+            assert self._chunks is not None
+            self._chunks.optimize()
+        return self.index_state()
+
+    def _search_params(self, filtered: bool) -> qe.SearchParams:
+        if self._kind == "exact":
+            return qe.SearchParams(exact=True, quantization=qe.QuantizationSearchParams(ignore=True))
+        quant = (qe.QuantizationSearchParams(rescore=True, oversampling=self._index.oversampling)
+                 if self._kind == "hnsw-int8" else qe.QuantizationSearchParams(ignore=True))
+        # The engine applies ACORN only where the filter is selective enough to need it.
+        acorn = qe.AcornSearchParams(enable=True) if filtered and self._index.acorn else None
+        return qe.SearchParams(hnsw_ef=self._index.ef, quantization=quant, acorn=acorn)
 
     def ensure_ready(self, dimension: int, embedding_model: str) -> None:
         if self._chunks is None:
-            # Exact search with payload indexes, no HNSW: up to ~100k points that is faster than paying
-            # ~165 s per 100k points to build a graph on 2 cores, and it has perfect recall.
-            self._chunks = qe.EdgeShard.create(
-                str(self.root / "chunks"),
-                qe.EdgeConfig(
-                    vectors={DENSE: qe.EdgeVectorParams(size=dimension, distance=qe.Distance.Cosine)},
-                    # IDF is applied at query time from live statistics: adding documents re-weights nothing.
-                    sparse_vectors={SPARSE: qe.EdgeSparseVectorParams(modifier=qe.Modifier.Idf)},
-                    optimizers=qe.EdgeOptimizersConfig(indexing_threshold=0),
-                ),
-            )
+            # Created exact (an empty store); _apply_index switches kinds as the store grows.
+            config = self._chunks_config(dimension, "exact")
+            # IDF is applied at query time from live statistics: adding documents re-weights nothing.
+            config = qe.EdgeConfig(vectors=config.vectors,
+                                   sparse_vectors={SPARSE: qe.EdgeSparseVectorParams(modifier=qe.Modifier.Idf)},
+                                   hnsw_config=config.hnsw_config, optimizers=config.optimizers)
+            self._chunks = qe.EdgeShard.create(str(self.root / "chunks"), config)
             for name in INDEXED_FIELDS:
                 self._chunks.update(qe.UpdateOperation.create_field_index(name, qe.PayloadSchemaType.Keyword))
             self._docs = qe.EdgeShard.create(
@@ -122,10 +187,11 @@ class EdgeStore:
             self._docs.update(qe.UpdateOperation.create_field_index("kind", qe.PayloadSchemaType.Keyword))
         meta = self.meta()
         if meta is None:
-            self._put_registry(META_ID, new_meta(embedding_model, dimension))
+            self._put_registry(META_ID, new_meta(embedding_model, dimension) | {"index_kind": "exact"})
         else:
             check_meta(meta, embedding_model, dimension, f"the store at {self.location}")
         self._has_sparse = None
+        self._apply_index()
 
     def flush(self) -> None:
         for shard in (self._chunks, self._docs):
@@ -271,7 +337,8 @@ class EdgeStore:
         dense_q = qe.Query.Nearest([float(x) for x in vector], using=DENSE)
         if mode == "dense" or not self.has_sparse:
             res = self._chunks.query(qe.QueryRequest(limit=limit, query=dense_q, filter=_filter(flt),
-                                                     with_payload=True, with_vector=False))
+                                                     params=self._search_params(flt is not None), with_payload=True,
+                                                     with_vector=False))
             return [Hit(str(p.id), float(p.score), dict(_payload(p)), float(p.score)) for p in res]
         sparse_q = qe.Query.Nearest(qe.SparseVector(indices=list(sparse.indices) if sparse else [],
                                                     values=list(sparse.values) if sparse else []), using=SPARSE)
@@ -281,7 +348,8 @@ class EdgeStore:
         else:
             n = max(prefetch or 0, limit)
             # The filter on the outer request is pushed into both prefetches (applied while searching).
-            req = qe.QueryRequest(limit=limit, prefetches=[qe.Prefetch(limit=n, query=dense_q),
+            req = qe.QueryRequest(limit=limit, prefetches=[qe.Prefetch(limit=n, query=dense_q,
+                                                                      params=self._search_params(flt is not None)),
                                                            qe.Prefetch(limit=n, query=sparse_q)],
                                   # The stub's ScoringQueryType names the Fusion class, not its nested Rrf/Dbsf,
                                   # which are what the engine takes (and the stub's own examples show).

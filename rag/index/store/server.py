@@ -24,6 +24,9 @@ from rag.index.store.base import (
     ChunkPoint,
     DocumentRecord,
     Hit,
+    IndexKind,
+    IndexOptions,
+    IndexState,
     SearchFilter,
     SearchMode,
     WriterRecord,
@@ -83,8 +86,12 @@ class QdrantServerStore:
         api_key: str | None = None,
         path: str | None = None,
         timeout: float = 30.0,
+        index: IndexOptions | None = None,
     ) -> None:
         self.collection = collection
+        self._index = index or IndexOptions()
+        self._kind: IndexKind = "exact"
+        self._reason = ""
         self.docs_collection = f"{collection}__documents"
         if url:
             url = secret_url(url)  # shown as such; the credentials in it go to the client only
@@ -111,14 +118,25 @@ class QdrantServerStore:
                 f"cannot reach the Qdrant server at {url}: {exc.__class__.__name__}: {scrub(str(exc))[:200]}. "
                 "Check RAG_QDRANT_URL and RAG_QDRANT_API_KEY, or unset RAG_QDRANT_URL to use the embedded store."
             ) from exc
+        self._apply_index()
 
     def ensure_ready(self, dimension: int, embedding_model: str) -> None:
         if not self._client.collection_exists(self.collection):
+            kind, _ = self._index.choose(0)
+            # Layout (shards, replicas, where the originals live) is fixed here; the index kind is not (see
+            # _apply_index). The server builds HNSW itself above its indexing threshold whatever the kind:
+            # an exact kind just does not use it.
             self._client.create_collection(
                 self.collection,
-                vectors_config={DENSE: models.VectorParams(size=dimension, distance=models.Distance.COSINE)},
+                vectors_config={DENSE: models.VectorParams(
+                    size=dimension, distance=models.Distance.COSINE,
+                    on_disk=self._index.vectors_on_disk or kind == "hnsw-int8" or None)},
                 # IDF is applied at query time from live statistics: adding documents re-weights nothing.
                 sparse_vectors_config={SPARSE: models.SparseVectorParams(modifier=models.Modifier.IDF)},
+                shard_number=self._index.shards,
+                replication_factor=self._index.replicas,
+                hnsw_config=models.HnswConfigDiff(m=self._index.m, ef_construct=self._index.ef_construct),
+                quantization_config=_quantization(kind),
             )
             if self.backend == "qdrant-server":  # local mode has no payload indexes (and warns)
                 for name in INDEXED_FIELDS:
@@ -130,10 +148,57 @@ class QdrantServerStore:
         self._ready = True
         meta = self.meta()
         if meta is None:
-            self._put_registry(META_ID, new_meta(embedding_model, dimension))
+            self._put_registry(META_ID, new_meta(embedding_model, dimension) | {"index_kind": "exact"})
         else:
             check_meta(meta, embedding_model, dimension, f"collection {self.collection!r}")
         self._has_sparse = None
+        self._apply_index()
+
+    # --- index kind ----------------------------------------------------------------------------
+    def _apply_index(self) -> None:
+        """Choose the kind for the current chunk count; on a server, a change of quantization is sent as a
+        collection update, which the server's optimizer carries out in the background from stored vectors."""
+        meta = self.meta()
+        if not self._ready or meta is None:
+            return
+        if self.backend != "qdrant-server":
+            self._kind, self._reason = "exact", "qdrant-client local mode has no HNSW (exact numpy search)"
+            return
+        self._kind, self._reason = self._index.choose(self.count_chunks())
+        if meta.get("index_kind") == self._kind:
+            return
+        int8 = self._kind == "hnsw-int8"
+        self._client.update_collection(
+            self.collection,
+            vectors_config={DENSE: models.VectorParamsDiff(on_disk=True if int8 else None)},
+            hnsw_config=models.HnswConfigDiff(m=self._index.m, ef_construct=self._index.ef_construct),
+            quantization_config=_quantization(self._kind) or models.Disabled.DISABLED,
+        )
+        self._put_registry(META_ID, meta | {"index_kind": self._kind})
+
+    def index_state(self) -> IndexState:
+        points = self.count_chunks()
+        if self.backend != "qdrant-server" or not self._ready:
+            return IndexState(self._kind, self._reason or "empty store", points, None)
+        info = self._client.get_collection(self.collection)
+        indexed = info.indexed_vectors_count
+        note = f"optimizer {info.status.value}" if info.status != models.CollectionStatus.GREEN else ""
+        return IndexState(self._kind, self._reason, points, indexed, note)
+
+    def build_index(self) -> IndexState:
+        if self._ready:
+            self._apply_index()
+        return self.index_state()
+
+    def _search_params(self, filtered: bool) -> models.SearchParams | None:
+        if self.backend != "qdrant-server":
+            return None  # local mode always searches exactly (and warns about any search parameter)
+        if self._kind == "exact":
+            return models.SearchParams(exact=True, quantization=models.QuantizationSearchParams(ignore=True))
+        quant = (models.QuantizationSearchParams(rescore=True, oversampling=self._index.oversampling)
+                 if self._kind == "hnsw-int8" else models.QuantizationSearchParams(ignore=True))
+        acorn = models.AcornSearchParams(enable=True) if filtered and self._index.acorn else None
+        return models.SearchParams(hnsw_ef=self._index.ef, quantization=quant, acorn=acorn)
 
     def flush(self) -> None:
         pass  # the server persists each acknowledged (wait=True) update
@@ -271,7 +336,8 @@ class QdrantServerStore:
         dense_q = [float(x) for x in vector]
         if mode == "dense" or not self.has_sparse:
             res = self._client.query_points(self.collection, query=dense_q, using=DENSE, limit=limit,
-                                            query_filter=_filter(flt), with_payload=True, with_vectors=False)
+                                            query_filter=_filter(flt), search_params=self._search_params(flt is not None),
+                                            with_payload=True, with_vectors=False)
             return [Hit(str(p.id), float(p.score), dict(p.payload or {}), float(p.score)) for p in res.points]
         sparse_q = models.SparseVector(indices=list(sparse.indices) if sparse else [],
                                        values=list(sparse.values) if sparse else [])
@@ -283,7 +349,7 @@ class QdrantServerStore:
             # The filter is pushed into both prefetches (applied while searching, not afterwards).
             res = self._client.query_points(
                 self.collection, limit=limit, query_filter=_filter(flt), with_payload=True, with_vectors=[DENSE],
-                prefetch=[models.Prefetch(query=dense_q, using=DENSE, limit=n),
+                prefetch=[models.Prefetch(query=dense_q, using=DENSE, limit=n, params=self._search_params(flt is not None)),
                           models.Prefetch(query=sparse_q, using=SPARSE, limit=n)],
                 query=models.RrfQuery(rrf=models.Rrf(k=rrf_k)),
             )
@@ -301,6 +367,13 @@ class QdrantServerStore:
             if access is not None:
                 rec.access = access
             self.put_document(rec)
+
+
+def _quantization(kind: IndexKind) -> models.ScalarQuantization | None:
+    if kind != "hnsw-int8":
+        return None
+    return models.ScalarQuantization(scalar=models.ScalarQuantizationConfig(
+        type=models.ScalarType.INT8, quantile=0.99, always_ram=True))
 
 
 def _vectors(p: ChunkPoint, sparse: bool) -> dict[str, Any]:
