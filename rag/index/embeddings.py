@@ -22,6 +22,7 @@ from rag import offline
 from rag.errors import EmbeddingModelError
 from rag.hardware import cpu_info
 from rag.index.model_path import resolve_model_path
+from rag.index.tokens import TokenCounter
 from rag.settings import PACKAGED_EMBEDDING_MODEL, Settings
 
 log = logging.getLogger(__name__)
@@ -98,8 +99,8 @@ class SentenceTransformerEmbedder:
             ) from exc
         # A separate tokenizer for counting: encode() reconfigures its own (padding/truncation) while it runs,
         # and ingestion chunks the next document in another thread at the same time.
-        self._tokenizer = copy.deepcopy(self._model.tokenizer)
-        self._tok_lock = threading.Lock()
+        self._tokens = TokenCounter(copy.deepcopy(self._model.tokenizer))
+        self._tokenizer = self._tokens.tokenizer
         # One encode() at a time: the model's own tokenizer is not safe to share between threads ("Already
         # borrowed"), and the API and UI answer several users at once. Counting has its own copy and lock.
         self._encode_lock = threading.Lock()
@@ -110,17 +111,10 @@ class SentenceTransformerEmbedder:
         self.max_tokens = min(seq, tok_max) - specials - self.count_tokens(passage_prompt)
 
     def token_offsets(self, text: str) -> list[tuple[int, int]]:
-        if not text:
-            return []
-        with self._tok_lock:
-            enc = self._tokenizer(text, add_special_tokens=False, return_offsets_mapping=True, verbose=False)
-        return [(int(a), int(b)) for a, b in enc["offset_mapping"]]
+        return self._tokens.token_offsets(text)
 
     def count_tokens(self, text: str) -> int:
-        if not text:
-            return 0
-        with self._tok_lock:
-            return len(self._tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"])
+        return self._tokens.count_tokens(text)
 
     def embed_documents(self, texts: Sequence[str]) -> np.ndarray:
         # encode() sorts by length internally, so batches hold similar lengths and little padding.

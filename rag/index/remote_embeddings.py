@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import logging
-import threading
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -31,6 +30,7 @@ from rag import offline
 from rag.errors import EmbeddingModelError
 from rag.http_errors import server_message
 from rag.index.model_path import resolve_model_path
+from rag.index.tokens import TokenCounter
 from rag.security.audit import safe_endpoint
 from rag.urls import secret_url
 
@@ -75,7 +75,7 @@ class RemoteEmbedder:
             self.model_name = _pick_model(model, served, model_explicit, self.shown_url)
             info = next((m for m in served if m.get("id") == self.model_name), {})
             self._tokenizer, seq_len = _load_tokenizer(tokenizer or self.model_name)
-            self._tok_lock = threading.Lock()
+            self._tokens = TokenCounter(self._tokenizer)
             server_len = self._check_tokenizer(tokenizer or self.model_name)
             limits = [n for n in (info.get("max_model_len"), server_len, seq_len) if isinstance(n, int) and n > 0]
             max_len = min(limits) if limits else 512
@@ -91,17 +91,10 @@ class RemoteEmbedder:
 
     # --- tokens (local tokenizer of the served model) -----------------------------------------------
     def token_offsets(self, text: str) -> list[tuple[int, int]]:
-        if not text:
-            return []
-        with self._tok_lock:
-            enc = self._tokenizer(text, add_special_tokens=False, return_offsets_mapping=True, verbose=False)
-        return [(int(a), int(b)) for a, b in enc["offset_mapping"]]
+        return self._tokens.token_offsets(text)
 
     def count_tokens(self, text: str) -> int:
-        if not text:
-            return 0
-        with self._tok_lock:
-            return len(self._tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"])
+        return self._tokens.count_tokens(text)
 
     def _fit(self, text: str, limit: int) -> str:
         """``text`` cut after ``limit`` tokens: what sentence-transformers' truncation keeps."""
@@ -213,9 +206,8 @@ class RemoteEmbedder:
         if not isinstance(data, dict) or not isinstance(data.get("tokens"), list):
             log.info("%s has no /tokenize route: the local tokenizer %s is trusted to match", self.shown_url, name)
             return None
-        with self._tok_lock:
-            mine = self._tokenizer(_PROBE, add_special_tokens=False, verbose=False)["input_ids"]
-        if list(mine) != data["tokens"]:
+        mine = self._tokens.token_ids(_PROBE)
+        if mine != data["tokens"]:
             raise EmbeddingModelError(
                 f"the tokenizer {name!r} is not the one of {self.model_name!r} on {self.shown_url} (a probe text "
                 f"gives {len(mine)} tokens here, {len(data['tokens'])} there), so chunks would not fit what the "
