@@ -271,6 +271,8 @@ def status(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
     for k in ("backend", "location", "collection", "documents", "chunks", "pages", "embedding_model",
               "embedding_dimension", "embedding_backend", "retrieval_mode", "reranker"):
         table.add_row(k.replace("_", " "), str(info[k]))
+    if info["fusion"]:
+        table.add_row("fusion", info["fusion"])
     table.add_row("index", _index_row(info["index"]))
     if info["last_ingest"]:
         table.add_row("last ingest", time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(info["last_ingest"])))

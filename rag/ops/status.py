@@ -27,9 +27,17 @@ def index_info(store: Store, settings: Settings) -> dict[str, Any]:
         "embedding_backend": describe_embedder(settings),
         "sparse_vectors": store.has_sparse,
         "retrieval_mode": settings.retrieval_mode if store.has_sparse else "dense",
+        "fusion": describe_fusion(settings) if store.has_sparse and settings.retrieval_mode == "hybrid" else None,
         "reranker": describe_reranker(settings),
         "index_kind": index.kind,
         "index_reason": index.reason,
         "index": index.to_dict(),
         "last_ingest": max((d.ingested_at for d in docs.values()), default=None),
     }
+
+
+def describe_fusion(settings: Settings) -> str:
+    if settings.hybrid_fusion == "rrf":
+        return f"rrf (k={settings.rrf_k}, {settings.hybrid_prefetch} candidates a side)"
+    return (f"score (cosine + {settings.hybrid_sparse_weight:g} x BM25 / best BM25, "
+            f"{settings.hybrid_prefetch} candidates a side)")

@@ -137,6 +137,9 @@ def test_cli_json_exit_codes_and_status(docs, tmp_path, bad_files):
     assert d["chunks"] > 0
     st = json.loads(rag_cmd("status", "--json", env=env).stdout)
     assert st["documents"] == 5 and st["chunks"] == d["chunks"] and st["backend"] == "qdrant-edge"
+    assert st["retrieval_mode"] == "hybrid" and st["fusion"].startswith("score (cosine + 0.5 x BM25")
+    rrf = json.loads(rag_cmd("status", "--json", env=env | {"RAG_HYBRID_FUSION": "rrf"}).stdout)
+    assert rrf["fusion"] == "rrf (k=5, 100 candidates a side)"
     res = rag_cmd("ingest", str(bad_files / "bad"), "--json", env=env)
     assert res.returncode == 1
     failed = json.loads(res.stdout)["failed"]
