@@ -60,6 +60,23 @@ def prepare_file(path: str, settings: Settings) -> tuple[ParsedDocument | None, 
     return doc, chunks, error, vectors
 
 
+def _cluster_errors_to_stderr() -> None:
+    """Ray prints the cluster's error messages ("a worker died ...") on the driver's stdout, which is where
+    ``rag ingest --json`` writes its report; they go to stderr instead. Ray has no setting for it, so this wraps
+    its private printer, and does nothing on a Ray without one."""
+    from ray._private import worker as ray_worker
+
+    printer = getattr(ray_worker, "print_to_stdstream", None)
+    if printer is None or getattr(printer, "_rag_stderr", False):
+        return
+
+    def to_stderr(data: dict, ignore_prefix: bool) -> None:
+        printer({**data, "is_err": True}, ignore_prefix)
+
+    to_stderr._rag_stderr = True  # type: ignore[attr-defined]
+    ray_worker.print_to_stdstream = to_stderr
+
+
 class RayFanOut:
     """Connects to the cluster named by ``settings.ingest_ray`` ("local": one started for this run and stopped
     with it) and prepares stale files there, as many at a time as it has CPUs (times ``IN_FLIGHT_PER_CPU``)."""
@@ -69,6 +86,7 @@ class RayFanOut:
         address = settings.ingest_ray or "local"
         self.own = not ray.is_initialized()
         if self.own:
+            _cluster_errors_to_stderr()
             try:
                 # Workers' logs stay on the cluster: they would break the progress bar; the driver reports failures.
                 ray.init(address=address, log_to_driver=False, include_dashboard=False,
