@@ -15,6 +15,7 @@ documents at the same path (a shared or synced folder). The driver's settings go
 from __future__ import annotations
 
 import logging
+import socket
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -60,6 +61,18 @@ def prepare_file(path: str, settings: Settings) -> tuple[ParsedDocument | None, 
     return doc, chunks, error, vectors
 
 
+def _check_reachable(address: str) -> None:
+    """A host:port nobody listens on fails here at once; ray.init would retry it for minutes."""
+    host, sep, port = address.rpartition(":")
+    if not sep or "://" in address or not port.isdigit():
+        return  # "local", "auto", ray://...: Ray's own checks
+    try:
+        socket.create_connection((host, int(port)), timeout=10).close()
+    except OSError as exc:
+        raise ClusterError(f"cannot reach the Ray cluster at {address} (RAG_INGEST_RAY / --ray): {exc}. Check the "
+                           "head node's address and port (`ray status` on it), or use --ray local.") from None
+
+
 def _cluster_errors_to_stderr() -> None:
     """Ray prints the cluster's error messages ("a worker died ...") on the driver's stdout, which is where
     ``rag ingest --json`` writes its report; they go to stderr instead. Ray has no setting for it, so this wraps
@@ -86,6 +99,7 @@ class RayFanOut:
         address = settings.ingest_ray or "local"
         self.own = not ray.is_initialized()
         if self.own:
+            _check_reachable(address)
             _cluster_errors_to_stderr()
             try:
                 # Workers' logs stay on the cluster: they would break the progress bar; the driver reports failures.

@@ -131,6 +131,7 @@ def _scores(settings: Settings, embedder, query: str) -> dict[str, float]:
         return {h.id: h.score for h in s.search(embedder.embed_query(query).tolist(), 10_000)}
 
 
+@pytest.mark.slow
 def test_worker_killed_mid_run_gives_the_single_process_index(ray_cluster, tmp_path):
     address, ray_tmp, env = ray_cluster
     corpus = _corpus(tmp_path / "corpus")
@@ -176,3 +177,15 @@ def test_worker_killed_mid_run_gives_the_single_process_index(ray_cluster, tmp_p
     rerun = subprocess.run(cmd, env=run_env, capture_output=True, text=True, timeout=600)
     report = json.loads(rerun.stdout)
     assert (report["unchanged"], report["updated"], report["added"]) == (23, 1, 0) and not report["failed"], report
+
+
+def test_unreachable_cluster_fails_at_once_and_writes_nothing(docs, settings, embedder):
+    from rag.errors import ClusterError
+
+    address = f"127.0.0.1:{_free_port()}"  # nobody listens there
+    started = time.time()
+    with pytest.raises(ClusterError, match=f"cannot reach the Ray cluster at {address}"):
+        ingest([docs], settings.model_copy(update={"ingest_ray": address}), embedder=embedder)
+    assert time.time() - started < 30
+    with open_store(settings) as s:
+        assert s.documents() == {} and s.count_chunks() == 0
