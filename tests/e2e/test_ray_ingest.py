@@ -7,6 +7,7 @@ import json
 import os
 import random
 import secrets
+import shutil
 import signal
 import socket
 import subprocess
@@ -113,6 +114,7 @@ def ray_cluster() -> Iterator[tuple[str, Path, dict[str, str]]]:
             with suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
         log.close()
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _snapshot(settings: Settings) -> tuple[dict, dict]:
