@@ -429,7 +429,36 @@ def child_prepare(spec: dict) -> dict:
     return {"export_s": time.perf_counter() - t, "peak_rss_mb": _peak_rss_mb()}
 
 
-CHILDREN = {"prepare": child_prepare, "ours": child_ours, "ceiling": child_ceiling, "langchain": child_langchain}
+def child_ray(spec: dict) -> dict:
+    """``rag ingest --ray local`` with ``workers`` Ray workers (one CPU each) on this machine. The workers load
+    their model during a warm-up ingest of ``workers`` files into a throwaway store (its time is reported, not
+    measured), so the measured run, into a fresh store, compares with "ours" (whose model load is excluded too)."""
+    import ray
+
+    from ingest import ingest
+    from rag import Settings
+
+    n = spec["workers"]
+    common = {"embedding_backend": spec["backend"], "ingest_ray": "local",
+              "RAG_MODELS_DIR": Path(spec["base_data_dir"]) / "models"}  # the export "prepare" made
+    t = time.perf_counter()
+    ray.init(num_cpus=n, include_dashboard=False, log_to_driver=False)
+    start_s = time.perf_counter() - t
+    t = time.perf_counter()
+    ingest(spec["files"][:n], Settings(data_dir=Path(spec["data_dir"]) / "warm", **common))
+    warm_s = time.perf_counter() - t
+    cpu0 = _cpu_s()
+    t = time.perf_counter()
+    report = ingest(spec["files"], Settings(data_dir=Path(spec["data_dir"]) / "measured", **common))
+    wall = time.perf_counter() - t
+    ray.shutdown()
+    return {"workers": n, "cluster_start_s": start_s, "warmup_s": warm_s, "wall_s": wall,
+            "driver_cpu_s": _cpu_s() - cpu0, "driver_peak_rss_mb": _peak_rss_mb(), "files": report.files_seen,
+            "added": report.added, "chunks": report.chunks, "failed": [f.path for f in report.failed]}
+
+
+CHILDREN = {"prepare": child_prepare, "ours": child_ours, "ceiling": child_ceiling, "langchain": child_langchain,
+            "ray": child_ray}
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -659,6 +688,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--keep", action="store_true", help="keep the temp work dir (stores, logs, chunk texts)")
     ap.add_argument("--verbose", action="store_true", help="show the children's stderr")
     ap.add_argument("--timeout", type=float, default=None, help="seconds per measured child process")
+    ap.add_argument("--ray", action="store_true",
+                    help="instead of the comparisons: our pipeline in one process, then `--ray local` with 1 and 2 "
+                         "Ray workers (needs the [ray] extra); chunks/s of each")
     ap.add_argument("--child", choices=list(CHILDREN), help=argparse.SUPPRESS)
     ap.add_argument("--spec", help=argparse.SUPPRESS)
     ap.add_argument("--out", help=argparse.SUPPRESS)
@@ -704,6 +736,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.backend == "onnx-int8":
             _log("[0/3] exporting the int8 ONNX model into the fresh data dir (once, not measured) ...")
             res["onnx_export"] = run_child("prepare", base, workdir, args.verbose, args.timeout)
+        if args.ray:
+            return _ray_runs(res, base, workdir, args)
         _log(f"[1/3] our pipeline, backend {args.backend} ...")
         res["ours"] = run_child("ours", base, workdir, args.verbose, args.timeout)
         ours = res["ours"]
@@ -732,6 +766,30 @@ def main(argv: list[str] | None = None) -> int:
     else:
         print_table(res)
     return 0 if "error" not in res.get("ours", {}) else 1
+
+
+def _ray_runs(res: dict, base: dict, workdir: Path, args: argparse.Namespace) -> int:
+    """``--ray``: one process, then Ray with 1 and 2 workers, on the same files; prints chunks/s of each."""
+    _log(f"[1/3] our pipeline in one process, backend {args.backend} ...")
+    res["ours"] = run_child("ours", {**base, "instrument": False}, workdir, args.verbose, args.timeout)
+    for n in (1, 2):
+        _log(f"[{n + 1}/3] --ray local with {n} worker(s) ...")
+        spec = {**base, "workers": n, "base_data_dir": base["data_dir"], "data_dir": str(workdir / f"ray{n}")}
+        res[f"ray_{n}"] = run_child("ray", spec, workdir, args.verbose, args.timeout)
+    if args.json:
+        print(json.dumps(res, indent=2))
+    else:
+        print(f"{'run':<22}{'files':>7}{'chunks':>8}{'wall s':>9}{'chunks/s':>10}{'files/s':>9}  not measured")
+        for key, label in (("ours", "one process"), ("ray_1", "--ray, 1 worker"), ("ray_2", "--ray, 2 workers")):
+            r = res[key]
+            if "error" in r:
+                print(f"{label:<22} FAILED: {r['error']}")
+                continue
+            extra = (f"model load {r['model_load_s']:.1f} s" if key == "ours" else
+                     f"cluster start {r['cluster_start_s']:.1f} s, workers' warm-up {r['warmup_s']:.1f} s")
+            print(f"{label:<22}{r['files']:>7}{r['chunks']:>8}{r['wall_s']:>9.1f}{r['chunks'] / r['wall_s']:>10.1f}"
+                  f"{r['files'] / r['wall_s']:>9.2f}  {extra}")
+    return 0 if all("error" not in res[k] for k in ("ours", "ray_1", "ray_2")) else 1
 
 
 if __name__ == "__main__":

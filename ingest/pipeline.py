@@ -8,7 +8,8 @@ Runs may overlap on a Qdrant server: only a dead run's unrecorded chunks are swe
 document whose chunk count in the store differs from its record's (a race, a deletion) is ingested again.
 
 Parsing and chunking run in a background thread while the main thread embeds: embedding dominates, and
-this keeps the model busy. Chunks from several documents are embedded together (sentence-transformers sorts
+this keeps the model busy. With ``RAG_INGEST_RAY`` that thread hands stale files to a Ray cluster instead, which
+parses, chunks and embeds them (ingest/distributed.py); the checks and every write stay here either way. Chunks from several documents are embedded together (sentence-transformers sorts
 each batch by length), so many small files cost little padding.
 
 Access: every document's groups are resolved (rag/security/access.py) before anything is written, from the
@@ -30,20 +31,21 @@ import queue
 import stat
 import threading
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
 from pathlib import Path
 
-from ingest.chunking import Chunk, chunk_document
+import numpy as np
+
+from ingest.chunking import Chunk
 from ingest.discovery import Discovered, discover, resolve_access, walk
-from ingest.parsers import PARSER_VERSION, ParsedDocument
-from ingest.sandbox import ParseWorker
+from ingest.parsers import PARSER_VERSION
+from ingest.prepare import FanOut, LocalFanOut, Work
 from ingest.report import FileIssue, IngestReport, Progress, ProgressCallback
 from ingest.sweep import forget, remove_document, sweep
 from ingest.writers import WriterLease
 from rag.security.access import AccessPolicy
 from rag.index.embeddings import Embedder, get_embedder
-from rag.errors import AccessPolicyError, ParseError
+from rag.errors import AccessPolicyError, ClusterError
 from rag.settings import Settings
 from rag.types import ChunkPayload
 from rag.index.sparse import SparseEncoder, get_sparse_encoder
@@ -58,19 +60,6 @@ log = logging.getLogger(__name__)
 #: Chunks gathered before one embedding call: large enough for length-sorted batches, small enough that a
 #: crash loses little work.
 EMBED_BUFFER = 256
-
-
-@dataclass
-class _Work:
-    path: str
-    size: int
-    mtime: float
-    sha256: str
-    previous: DocumentRecord | None
-    access: dict
-    doc: ParsedDocument | None = None
-    chunks: list[Chunk] = field(default_factory=list)
-    error: str | None = None
 
 
 def config_signature(settings: Settings, embedder: Embedder, sparse: SparseEncoder | None = None) -> str:
@@ -151,16 +140,30 @@ def _run(files: list[Path], roots: list[Path], settings: Settings, access: dict[
     sig = config_signature(settings, embedder, sparse)
     prog = Progress(files_total=len(files), bytes_total=sum(_size(f) for f in files))
     batch = _Batch(store, lease, embedder, sparse, sig, report, prog)
-    work_q: queue.Queue[_Work | None] = queue.Queue(maxsize=8)
+    work_q: queue.Queue[Work | None] = queue.Queue(maxsize=8)
     stop = threading.Event()
-    parser = ParseWorker(settings)
 
-    def prepare(f: Path) -> _Work:
-        return _prepare(f, registry.get(str(f)), sig, access[str(f)], settings, embedder, parser,
-                        redo=str(f) in damaged)
+    def check(f: Path) -> Work:
+        return _check(f, registry.get(str(f)), sig, access[str(f)], settings, redo=str(f) in damaged)
 
-    producer = threading.Thread(target=_produce, args=(files, prepare, work_q, stop), name="rag-ingest-parse",
-                                daemon=True)
+    fan_out: FanOut
+    if settings.ingest_ray:
+        try:
+            from ingest.distributed import RayFanOut  # Ray is an optional extra: imported only when asked for
+        except ImportError as exc:
+            raise ClusterError(f"RAG_INGEST_RAY / --ray needs Ray ({exc}): pip install 'onprem-rag[ray]'") from None
+        fan_out = RayFanOut(settings)
+    else:
+        fan_out = LocalFanOut(settings, embedder)
+    failure: list[BaseException] = []
+
+    def produce() -> None:
+        try:
+            fan_out.produce(files, check, lambda w: _put(work_q, w, stop), stop)
+        except BaseException as exc:  # a cluster lost mid-run: the run must not end as if every file was seen
+            failure.append(exc)
+
+    producer = threading.Thread(target=produce, name="rag-ingest-parse", daemon=True)
     producer.start()
     try:
         while (w := work_q.get()) is not None:
@@ -176,24 +179,17 @@ def _run(files: list[Path], roots: list[Path], settings: Settings, access: dict[
             batch.flush()
             if progress:
                 progress(prog)
+        producer.join(timeout=5)  # it put None before its exception reached ``failure``
+        if failure:
+            raise ClusterError(f"preparing files failed, {prog.files_total - prog.files_done} not ingested: "
+                               f"{failure[0]}; run the same command again to continue") from failure[0]
     finally:
         stop.set()
-        parser.close()  # kills a parse still running, so the thread below can finish
+        fan_out.close()  # kills a parse still running, so the thread below can finish
         producer.join(timeout=5)
 
 
-def _produce(files: list[Path], prepare: Callable[[Path], _Work], work_q: queue.Queue[_Work | None],
-             stop: threading.Event) -> None:
-    """The parse thread: each file prepared in order, then None; gives up as soon as the main thread stops."""
-    try:
-        for f in files:
-            if stop.is_set() or not _put(work_q, prepare(f), stop):
-                return
-    finally:
-        _put(work_q, None, stop)
-
-
-def _put(work_q: queue.Queue[_Work | None], item: _Work | None, stop: threading.Event) -> bool:
+def _put(work_q: queue.Queue[Work | None], item: Work | None, stop: threading.Event) -> bool:
     # A blocking put would hang the parse thread forever once the main thread stopped reading.
     while not stop.is_set():
         try:
@@ -204,7 +200,7 @@ def _put(work_q: queue.Queue[_Work | None], item: _Work | None, stop: threading.
     return False
 
 
-def _accept(w: _Work, batch: _Batch, store: Store, report: IngestReport) -> None:
+def _accept(w: Work, batch: _Batch, store: Store, report: IngestReport) -> None:
     """One prepared file in the main thread: a failure, an unchanged document, or chunks to embed."""
     if w.error is not None:
         _fail(store, w, report)
@@ -233,40 +229,26 @@ def _size(p: Path) -> int:
         return 0
 
 
-def _prepare(f: Path, previous: DocumentRecord | None, sig: str, access: dict, settings: Settings,
-             embedder: Embedder, parser: ParseWorker, *, redo: bool = False) -> _Work:
-    """Runs in the parse thread: hash, and parse (in the worker process) + chunk only if the file changed (or
-    ``redo``)."""
+def _check(f: Path, previous: DocumentRecord | None, sig: str, access: dict, settings: Settings, *,
+           redo: bool = False) -> Work:
+    """Runs in the parse thread, always on this machine: hash, and whether the file needs parsing (``stale``)."""
     try:
         st = f.lstat()
         if stat.S_ISLNK(st.st_mode):
-            return _Work(str(f), 0, 0.0, "", previous, access, error="became a symbolic link after the folder was "
+            return Work(str(f), 0, 0.0, "", previous, access, error="became a symbolic link after the folder was "
                          "walked: not followed; ingest again")
         if st.st_size > settings.max_file_mb * 2**20:  # refused before hashing: a 2 GB file is not read at all
-            return _Work(str(f), st.st_size, st.st_mtime, "", previous, access, error=(
+            return Work(str(f), st.st_size, st.st_mtime, "", previous, access, error=(
                 f"file is {st.st_size / 2**20:,.0f} MB, over the {settings.max_file_mb:g} MB limit (RAG_MAX_FILE_MB)"))
         sha = file_sha256(f)
     except OSError as exc:
-        return _Work(str(f), 0, 0.0, "", previous, access, error=f"cannot read file: {exc.strerror or exc}")
-    w = _Work(str(f), st.st_size, st.st_mtime, sha, previous, access)
-    if previous is not None and previous.sha256 == sha and previous.config_sig == sig and not redo:
-        return w
-    try:
-        w.doc = parser.parse(f)
-        w.chunks = chunk_document(w.doc, embedder, settings.chunk_tokens, settings.chunk_overlap_tokens)
-        if not w.chunks:
-            w.error = "no text could be extracted"
-    except ParseError as exc:
-        w.error = str(exc)
-    except Exception as exc:  # one bad file must never stop the others
-        log.debug("unexpected parser failure on %s", f, exc_info=True)
-        w.error = f"unexpected {exc.__class__.__name__} while parsing: {str(exc)[:200]}"
-    if w.error:
-        w.doc = None
+        return Work(str(f), 0, 0.0, "", previous, access, error=f"cannot read file: {exc.strerror or exc}")
+    w = Work(str(f), st.st_size, st.st_mtime, sha, previous, access)
+    w.stale = previous is None or previous.sha256 != sha or previous.config_sig != sig or redo
     return w
 
 
-def _update_access(store: Store, w: _Work, report: IngestReport) -> None:
+def _update_access(store: Store, w: Work, report: IngestReport) -> None:
     """An unchanged document: if its groups changed, rewrite them in its chunks' payload and record (no
     re-embedding); if only the explanation changed (a rule moved, another file decides the same groups), refresh
     the record alone."""
@@ -282,7 +264,7 @@ def _update_access(store: Store, w: _Work, report: IngestReport) -> None:
         store.put_document(prev)
 
 
-def _fail(store: Store, w: _Work, report: IngestReport) -> None:
+def _fail(store: Store, w: Work, report: IngestReport) -> None:
     # Its content changed (or it became unreadable): the old chunks describe text that is no longer there.
     if w.previous is not None:
         remove_document(store, w.path, report)
@@ -297,36 +279,40 @@ class _Batch:
                  report: IngestReport, prog: Progress) -> None:
         self.store, self.lease, self.embedder, self.sparse, self.sig = store, lease, embedder, sparse, sig
         self.report, self.prog = report, prog
-        self.buffer: list[tuple[_Work, Chunk]] = []
+        self.buffer: list[tuple[Work, Chunk, np.ndarray | None]] = []
         self.pending: dict[str, int] = {}  # chunks of each document not stored yet
-        self.works: dict[str, _Work] = {}
+        self.works: dict[str, Work] = {}
 
     def __len__(self) -> int:
         return len(self.buffer)
 
-    def add(self, w: _Work) -> None:
+    def add(self, w: Work) -> None:
         self.works[w.path] = w
         self.pending[w.path] = len(w.chunks)
-        self.buffer.extend((w, c) for c in w.chunks)
+        vectors = w.vectors if w.vectors is not None else [None] * len(w.chunks)
+        self.buffer.extend((w, c, v) for c, v in zip(w.chunks, vectors, strict=True))
+        w.vectors = None
 
     def flush(self) -> None:
-        texts = [c.text for _, c in self.buffer]
-        vectors = self.embedder.embed_documents(texts)
+        texts = [c.text for _, c, _ in self.buffer]
+        todo = [i for i, (_, _, v) in enumerate(self.buffer) if v is None]
+        embedded = iter(self.embedder.embed_documents([texts[i] for i in todo]) if todo else ())
+        vectors = [v if v is not None else next(embedded) for _, _, v in self.buffer]
         sparse_vectors = self.sparse.embed_documents(texts) if self.sparse is not None else [None] * len(texts)
         points = [_point(w, c, vec, sv, self.lease.id)
-                  for (w, c), vec, sv in zip(self.buffer, vectors, sparse_vectors, strict=True)]
+                  for (w, c, _), vec, sv in zip(self.buffer, vectors, sparse_vectors, strict=True)]
         self.lease.refresh()  # embedding took a while: the chunks must not land under a lapsed heartbeat
         self.store.upsert_chunks(points)
         self.report.chunks += len(points)
         self.prog.chunks_done += len(points)
-        for w, _ in self.buffer:
+        for w, _, _ in self.buffer:
             self.pending[w.path] -= 1
         self.buffer = []
         for path in [p for p, left in self.pending.items() if left == 0]:
             del self.pending[path]
             self._record(self.works.pop(path))
 
-    def _record(self, w: _Work) -> None:
+    def _record(self, w: Work) -> None:
         self.store.put_document(DocumentRecord(
             path=w.path, sha256=w.sha256, chunks=len(w.chunks), config_sig=self.sig, size=w.size, mtime=w.mtime,
             pages=w.doc.pages if w.doc else None, title=w.doc.title if w.doc else None,
@@ -340,7 +326,7 @@ class _Batch:
         w.chunks = []
 
 
-def _point(w: _Work, c: Chunk, vec, sv, writer: str) -> ChunkPoint:
+def _point(w: Work, c: Chunk, vec, sv, writer: str) -> ChunkPoint:
     assert w.doc is not None
     payload = ChunkPayload(
         text=c.text, path=w.path, source=Path(w.path).name, title=w.doc.title, doc_sha256=w.sha256,

@@ -23,6 +23,10 @@ class EmbeddingModelError(RagError):
     pass
 
 
+class ClusterError(RagError):
+    """The Ray cluster of a distributed ingest (RAG_INGEST_RAY, ``rag ingest --ray``) is missing or unreachable."""
+
+
 class ParseError(RagError):
     """A single file could not be turned into text. Ingestion reports it and goes on with the rest."""
 

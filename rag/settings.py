@@ -176,6 +176,11 @@ class Settings(BaseSettings):
         600.0, ge=30, description="Seconds without a heartbeat after which another ingest run counts as dead and "
         "its unrecorded chunks are swept (concurrent ingests into one Qdrant server)."
     )
+    ingest_ray: str | None = Field(
+        None, description="Fan parsing, chunking and embedding out over a Ray cluster (`pip install onprem-rag[ray]`): "
+        "its address (host:port, ray://host:10001, auto), or \"local\" for a cluster of this machine's cores started "
+        "for the run. Every node needs this project's environment and the documents at the same path; the store is "
+        "written by the ingesting process only (ingest/distributed.py).")
     # Parsing runs in a worker process (ingest/sandbox.py) with these limits, so a hostile file costs one file.
     parse_max_memory_mb: int = Field(
         2048, ge=512, description="Address space of the parse worker (RLIMIT_AS; imports take ~520 MB of it): a "

@@ -10,7 +10,7 @@ quiet() { grep -v "is ignored: it is neither" >&2 || true; }
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
 # torch first, pinned: the local CPU wheel. Anything that pulls torch before this fetches gigabytes of CUDA.
 .venv/bin/pip install -q --disable-pip-version-check torch==2.13.0 2> >(quiet)
-.venv/bin/pip install -q --disable-pip-version-check -e ".[dev,demo,pdf-unstructured]" 2> >(quiet)
+.venv/bin/pip install -q --disable-pip-version-check -e ".[dev,demo,pdf-unstructured,ray]" 2> >(quiet)
 # See pyproject.toml [pdf-unstructured]: without --no-deps this pulls torchvision and CUDA torch.
 .venv/bin/pip install -q --disable-pip-version-check --no-deps "unstructured-inference>=1.6.12,<2" 2> >(quiet)
 # Optional system tools: tesseract OCRs scanned PDF pages. Skipped quietly where apt-get is not ours to use.

@@ -44,11 +44,17 @@ def ingest(
         "default \"admins\": nobody but admins. See `rag access PATH`."))] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar; print only failures.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object (for scripts).")] = False,
+    ray: Annotated[str | None, typer.Option("--ray", metavar="ADDRESS", help=(
+        "Parse, chunk and embed on a Ray cluster (needs the [ray] extra): its address (host:port, auto, "
+        "ray://host:10001), or \"local\" to start one on this machine for the run. This process still writes "
+        "the store. Default RAG_INGEST_RAY."))] = None,
 ) -> None:
     """Ingest files and folders: new files are added, changed ones replaced, deleted ones removed."""
     from ingest import ingest as run_ingest
 
     settings = load_settings()
+    if ray:
+        settings = settings.model_copy(update={"ingest_ray": ray})
     group_list = _checked_groups(groups)
     try:
         with _ingest_progress(show=not quiet and not as_json and err.is_terminal) as on_progress:
