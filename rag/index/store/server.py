@@ -158,8 +158,10 @@ class QdrantServerStore:
     def _apply_index(self) -> None:
         """Choose the kind for the current chunk count; on a server, a change of quantization is sent as a
         collection update, which the server's optimizer carries out in the background from stored vectors."""
+        if not self._ready:  # no collection yet: nothing to choose for, and no registry to read
+            return
         meta = self.meta()
-        if not self._ready or meta is None:
+        if meta is None:
             return
         if self.backend != "qdrant-server":
             self._kind, self._reason = "exact", "qdrant-client local mode has no HNSW (exact numpy search)"
