@@ -9,8 +9,9 @@ document whose chunk count in the store differs from its record's (a race, a del
 
 Parsing and chunking run in a background thread while the main thread embeds: embedding dominates, and
 this keeps the model busy. With ``RAG_INGEST_RAY`` that thread hands stale files to a Ray cluster instead, which
-parses, chunks and embeds them (ingest/distributed.py); the checks and every write stay here either way. Chunks from several documents are embedded together (sentence-transformers sorts
-each batch by length), so many small files cost little padding.
+parses, chunks and embeds them (ingest/distributed.py); the checks and every write stay here either way. Chunks
+from several documents are embedded together (sentence-transformers sorts each batch by length), so many small
+files cost little padding.
 
 Access: every document's groups are resolved (rag/security/access.py) before anything is written, from the
 ``.rag-access.toml`` files between its folder and the ingest root it was found under: a folder given to

@@ -143,7 +143,6 @@ class Retriever:
         return Retrieved(passages[:k], time.perf_counter() - started, len(hits), rerank_seconds, reranked,
                          reranker.name if reranker is not None and reranked else None)
 
-
     def _search(self, vector: list[float], sparse: SparseVector | None, limit: int, flt: SearchFilter | None,
                 mode: SearchMode) -> list[Hit]:
         if mode != "hybrid" or self.fusion == "rrf":
