@@ -241,6 +241,38 @@ def test_hybrid_and_sparse_apply_the_group_filter_inside_the_query(store):
         assert [h.payload["chunk_index"] for h in top] == [13], mode
 
 
+def test_candidates_without_payloads_then_the_payloads_of_the_kept(store):
+    """Hybrid score fusion reads ids and scores of many candidates, then payloads of the few kept."""
+    from rag.index.sparse import Bm25Encoder
+
+    pts = _hybrid_points()
+    store.upsert_chunks(pts)
+    q_dense, q_sparse = _vec(5), Bm25Encoder(avg_len=12).embed_query("where is the zeppelin key?")
+    for mode in ("dense", "sparse", "hybrid"):
+        bare = store.query(q_dense, 10, sparse=q_sparse, mode=mode, payload=False)
+        full = store.query(q_dense, 10, sparse=q_sparse, mode=mode)
+        assert [(h.id, h.score, h.similarity) for h in bare] == [(h.id, h.score, h.similarity) for h in full], mode
+        assert all(h.payload == {} for h in bare), mode
+    by_id = {p.id: p.payload for p in pts}
+    ids = [pts[i].id for i in (13, 2, 40)]
+    assert store.payloads(ids) == {i: by_id[i] for i in ids}
+    assert store.payloads([*ids, chunk_id("/nowhere.txt", "s", 0)]) == {i: by_id[i] for i in ids}
+    assert store.payloads([]) == {}
+
+
+@pytest.mark.attack("evidence", "asks the store for the text of a chunk it may not read, by the chunk's id (ids are not "
+                    "secret: they derive from the path)")
+def test_payloads_by_id_apply_the_group_filter(store):
+    """Payloads are read by id after the filtered search; the filter is applied again there, so a caller holding
+    an id gets nothing outside its groups."""
+    pts = _hybrid_points()
+    store.upsert_chunks(pts)
+    secret, public = pts[13].id, pts[12].id
+    got = store.payloads([secret, public], SearchFilter(groups_any=("staff",)))
+    assert set(got) == {public}
+    assert store.payloads([secret], SearchFilter(groups_any=("secret",)))[secret]["chunk_index"] == 13
+
+
 def test_a_store_built_before_sparse_vectors_falls_back_to_dense(store):
     pts = _hybrid_points()
     store.upsert_chunks(pts)

@@ -260,9 +260,16 @@ class Store(Protocol):
 
     def query(self, vector: Sequence[float], limit: int, flt: SearchFilter | None = None, *,
               sparse: SparseVector | None = None, mode: SearchMode = "dense", rrf_k: int = 5,
-              prefetch: int | None = None) -> list[Hit]:
+              prefetch: int | None = None, payload: bool = True) -> list[Hit]:
         """Best chunks by ``mode``: dense cosine, sparse BM25, or both fused by reciprocal rank inside Qdrant
-        (each side fetches ``prefetch`` candidates, the filter applies to both). Hits carry ``similarity``."""
+        (each side fetches ``prefetch`` candidates, the filter applies to both). Hits carry ``similarity``.
+        ``payload=False`` leaves payloads empty: for candidate lists of which only a few will be kept
+        (read those with :meth:`payloads`)."""
+        ...
+
+    def payloads(self, ids: Sequence[str], flt: SearchFilter | None = None) -> dict[str, dict[str, Any]]:
+        """The payloads of these chunks by id; ids not found, or outside ``flt``, are left out (the filter is
+        applied again, so a payload never leaves the store for a chunk the caller may not read)."""
         ...
 
     def documents(self) -> dict[str, DocumentRecord]: ...

@@ -34,7 +34,6 @@ from rag.index.store.base import (
     SearchFilter,
     SearchMode,
     WriterRecord,
-    cosine,
     dense_vector,
     document_id,
     writer_point_id,
@@ -49,6 +48,11 @@ def _match(key: str, value: str) -> qe.FieldCondition:
 
 
 def _filter(flt: SearchFilter | None, path: str | None = None) -> qe.Filter | None:
+    must = _conditions(flt, path)
+    return qe.Filter(must=must) if must else None
+
+
+def _conditions(flt: SearchFilter | None, path: str | None = None) -> list[Any]:
     must: list[Any] = []
     if path is not None:
         must.append(_match("path", path))
@@ -56,7 +60,7 @@ def _filter(flt: SearchFilter | None, path: str | None = None) -> qe.Filter | No
         must.append(qe.FieldCondition(key="path", match=qe.MatchAny(list(flt.paths))))
     if flt is not None and flt.groups_any is not None:
         must.append(qe.FieldCondition(key="groups", match=qe.MatchAny(list(flt.groups_any))))
-    return qe.Filter(must=must) if must else None
+    return must
 
 
 def _path_filter(path: str) -> qe.Filter:
@@ -331,20 +335,21 @@ class EdgeStore:
 
     def query(self, vector: Sequence[float], limit: int, flt: SearchFilter | None = None, *,
               sparse: SparseVector | None = None, mode: SearchMode = "dense", rrf_k: int = 5,
-              prefetch: int | None = None) -> list[Hit]:
+              prefetch: int | None = None, payload: bool = True) -> list[Hit]:
         if self._chunks is None:
             return []
-        dense_q = qe.Query.Nearest([float(x) for x in vector], using=DENSE)
+        dense_vec = [float(x) for x in vector]
+        dense_q = qe.Query.Nearest(dense_vec, using=DENSE)
         if mode == "dense" or not self.has_sparse:
             res = self._chunks.query(qe.QueryRequest(limit=limit, query=dense_q, filter=_filter(flt),
-                                                     params=self._search_params(flt is not None), with_payload=True,
+                                                     params=self._search_params(flt is not None), with_payload=payload,
                                                      with_vector=False))
-            return [Hit(str(p.id), float(p.score), dict(_payload(p)), float(p.score)) for p in res]
+            return [Hit(str(p.id), float(p.score), dict(p.payload or {}), float(p.score)) for p in res]
         sparse_q = qe.Query.Nearest(qe.SparseVector(indices=list(sparse.indices) if sparse else [],
                                                     values=list(sparse.values) if sparse else []), using=SPARSE)
         if mode == "sparse":
-            req = qe.QueryRequest(limit=limit, query=sparse_q, filter=_filter(flt), with_payload=True,
-                                  with_vector=[DENSE])
+            req = qe.QueryRequest(limit=limit, query=sparse_q, filter=_filter(flt), with_payload=payload,
+                                  with_vector=False)
         else:
             n = max(prefetch or 0, limit)
             # The filter on the outer request is pushed into both prefetches (applied while searching).
@@ -354,9 +359,29 @@ class EdgeStore:
                                   # The stub's ScoringQueryType names the Fusion class, not its nested Rrf/Dbsf,
                                   # which are what the engine takes (and the stub's own examples show).
                                   query=qe.Fusion.Rrf(k=rrf_k),  # type: ignore[arg-type]
-                                  filter=_filter(flt), with_payload=True, with_vector=[DENSE])
-        return [Hit(str(p.id), float(p.score), dict(_payload(p)), cosine(vector, dense_vector(p.vector, DENSE)))
-                for p in self._chunks.query(req)]
+                                  filter=_filter(flt), with_payload=payload, with_vector=False)
+        points = self._chunks.query(req)
+        sims = self._cosines(dense_vec, [p.id for p in points])
+        return [Hit(str(p.id), float(p.score), dict(p.payload or {}), sims.get(str(p.id))) for p in points]
+
+    def _cosines(self, vector: list[float], ids: Sequence[Any]) -> dict[str, float]:
+        """The cosine of each of these points to the query, by a dense query restricted to them: the engine scores
+        ~100 points in ~0.2 ms, where reading their vectors back into Python and comparing them there took ~4 ms."""
+        if self._chunks is None or not ids:
+            return {}
+        res = self._chunks.query(qe.QueryRequest(
+            limit=len(ids), query=qe.Query.Nearest(vector, using=DENSE), filter=qe.Filter(must=[qe.HasIdCondition(set(ids))]),
+            params=qe.SearchParams(exact=True, quantization=qe.QuantizationSearchParams(ignore=True)),
+            with_payload=False, with_vector=False))
+        return {str(p.id): float(p.score) for p in res}
+
+    def payloads(self, ids: Sequence[str], flt: SearchFilter | None = None) -> dict[str, dict[str, Any]]:
+        if self._chunks is None or not ids:
+            return {}
+        must = [qe.HasIdCondition(set(ids)), *_conditions(flt)]
+        recs, _ = self._chunks.scroll(qe.ScrollRequest(limit=len(ids), filter=qe.Filter(must=must),
+                                                       with_payload=True, with_vector=False))
+        return {str(r.id): dict(_payload(r)) for r in recs}
 
     def set_groups(self, path: str, groups: Sequence[str], access: dict[str, Any] | None = None) -> None:
         if self._chunks is None:

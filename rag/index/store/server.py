@@ -30,7 +30,6 @@ from rag.index.store.base import (
     SearchFilter,
     SearchMode,
     WriterRecord,
-    cosine,
     dense_vector,
     document_id,
     writer_point_id,
@@ -46,6 +45,11 @@ def _match(key: str, value: str) -> models.FieldCondition:
 
 
 def _filter(flt: SearchFilter | None, path: str | None = None) -> models.Filter | None:
+    must = _conditions(flt, path)
+    return models.Filter(must=must) if must else None
+
+
+def _conditions(flt: SearchFilter | None, path: str | None = None) -> list[Any]:
     must: list[Any] = []
     if path is not None:
         must.append(_match("path", path))
@@ -53,7 +57,7 @@ def _filter(flt: SearchFilter | None, path: str | None = None) -> models.Filter 
         must.append(models.FieldCondition(key="path", match=models.MatchAny(any=list(flt.paths))))
     if flt is not None and flt.groups_any is not None:
         must.append(models.FieldCondition(key="groups", match=models.MatchAny(any=list(flt.groups_any))))
-    return models.Filter(must=must) if must else None
+    return must
 
 
 def _path_filter(path: str) -> models.Filter:
@@ -332,31 +336,51 @@ class QdrantServerStore:
 
     def query(self, vector: Sequence[float], limit: int, flt: SearchFilter | None = None, *,
               sparse: SparseVector | None = None, mode: SearchMode = "dense", rrf_k: int = 5,
-              prefetch: int | None = None) -> list[Hit]:
+              prefetch: int | None = None, payload: bool = True) -> list[Hit]:
         if not self._ready:
             return []
         dense_q = [float(x) for x in vector]
         if mode == "dense" or not self.has_sparse:
             res = self._client.query_points(self.collection, query=dense_q, using=DENSE, limit=limit,
                                             query_filter=_filter(flt), search_params=self._search_params(flt is not None),
-                                            with_payload=True, with_vectors=False)
+                                            with_payload=payload, with_vectors=False)
             return [Hit(str(p.id), float(p.score), dict(p.payload or {}), float(p.score)) for p in res.points]
         sparse_q = models.SparseVector(indices=list(sparse.indices) if sparse else [],
                                        values=list(sparse.values) if sparse else [])
         if mode == "sparse":
             res = self._client.query_points(self.collection, query=sparse_q, using=SPARSE, limit=limit,
-                                            query_filter=_filter(flt), with_payload=True, with_vectors=[DENSE])
+                                            query_filter=_filter(flt), with_payload=payload, with_vectors=False)
         else:
             n = max(prefetch or 0, limit)
             # The filter is pushed into both prefetches (applied while searching, not afterwards).
             res = self._client.query_points(
-                self.collection, limit=limit, query_filter=_filter(flt), with_payload=True, with_vectors=[DENSE],
+                self.collection, limit=limit, query_filter=_filter(flt), with_payload=payload, with_vectors=False,
                 prefetch=[models.Prefetch(query=dense_q, using=DENSE, limit=n, params=self._search_params(flt is not None)),
                           models.Prefetch(query=sparse_q, using=SPARSE, limit=n)],
                 query=models.RrfQuery(rrf=models.Rrf(k=rrf_k)),
             )
-        return [Hit(str(p.id), float(p.score), dict(p.payload or {}), cosine(vector, dense_vector(p.vector, DENSE)))
-                for p in res.points]
+        sims = self._cosines(dense_q, [p.id for p in res.points])
+        return [Hit(str(p.id), float(p.score), dict(p.payload or {}), sims.get(str(p.id))) for p in res.points]
+
+    def _cosines(self, vector: list[float], ids: Sequence[Any]) -> dict[str, float]:
+        """The cosine of each of these points to the query, by a dense query restricted to them (the server scores
+        them; reading ~100 vectors back and comparing them in Python cost more than the search)."""
+        if not ids:
+            return {}
+        exact = (models.SearchParams(exact=True, quantization=models.QuantizationSearchParams(ignore=True))
+                 if self.backend == "qdrant-server" else None)
+        res = self._client.query_points(self.collection, query=vector, using=DENSE, limit=len(ids),
+                                        query_filter=models.Filter(must=[models.HasIdCondition(has_id=list(ids))]),
+                                        search_params=exact, with_payload=False, with_vectors=False)
+        return {str(p.id): float(p.score) for p in res.points}
+
+    def payloads(self, ids: Sequence[str], flt: SearchFilter | None = None) -> dict[str, dict[str, Any]]:
+        if not self._ready or not ids:
+            return {}
+        must = [models.HasIdCondition(has_id=list(ids)), *_conditions(flt)]
+        recs, _ = self._client.scroll(self.collection, scroll_filter=models.Filter(must=must), limit=len(ids),
+                                      with_payload=True, with_vectors=False)
+        return {str(r.id): dict(r.payload or {}) for r in recs}
 
     def set_groups(self, path: str, groups: Sequence[str], access: dict[str, Any] | None = None) -> None:
         if not self._ready:
