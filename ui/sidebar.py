@@ -10,6 +10,7 @@ import streamlit as st
 from rag.errors import RagError
 from rag.generation.chain import RAG
 from rag.llm.local import MODEL_ALIAS
+from rag.index.store.base import describe_index
 from rag.security.audit import safe_endpoint
 from rag.conversations import ConversationStore
 from rag.security.auth import Identity, is_admin
@@ -140,6 +141,9 @@ def _index_status(shared: Shared, identity: Identity, *, details: bool) -> None:
                     + ("" if identity.unrestricted else " you may read"))
         st.caption(f"{idx['embedding_model']} ({idx['embedding_backend']}) · {idx['backend']} at "
                    f"{idx['location']}")
+        if details:  # what an operator sizes and tunes by; `rag status` says the same
+            st.caption(f"search index: {describe_index(idx['index'])}"
+                       + (f" · hybrid fusion: {idx['fusion']}" if idx["fusion"] else ""))
     except RagError as exc:
         st.caption(f"unavailable: {exc}")
 

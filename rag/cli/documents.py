@@ -25,6 +25,7 @@ from rich.text import Text
 from rag.errors import RagError
 from rag.settings import Settings
 from rag.cli.common import err, fail, load_settings, out, rel
+from rag.index.store.base import describe_index
 
 
 class _ChunkRate(ProgressColumn):
@@ -128,7 +129,7 @@ def _print_ingest_report(report, quiet: bool) -> None:
         f"{report.seconds:.1f}s ({rate:.1f} chunks/s)"
     )
     if report.index and report.index["kind"] != "exact":  # a graph was (re)built at the end of the run
-        out.print(f"index: {_index_row(report.index)}")
+        out.print(f"index: {describe_index(report.index)}")
 
 
 def access(
@@ -228,12 +229,6 @@ def forget(
     raise typer.Exit(0 if not report.failed else 1)
 
 
-def _index_row(state: dict) -> str:
-    built = "" if state["indexed"] is None or state["kind"] == "exact" else \
-        f", graph over {state['indexed']:,} of {state['points']:,} chunks"
-    return f"{state['kind']} ({state['reason']}{built})" + (f"; {state['note']}" if state["note"] else "")
-
-
 def build_index(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
     """Build the index kind RAG_INDEX_KIND asks for (or auto picks) from the stored vectors: no re-ingest."""
     from rag.index.store import open_store
@@ -248,7 +243,7 @@ def build_index(as_json: Annotated[bool, typer.Option("--json")] = False) -> Non
     if as_json:
         out.print_json(json.dumps(state.to_dict() | {"seconds": round(time.perf_counter() - t0, 1)}))
     else:
-        out.print(f"index: {_index_row(state.to_dict())} — {time.perf_counter() - t0:.1f} s")
+        out.print(f"index: {describe_index(state.to_dict())} — {time.perf_counter() - t0:.1f} s")
 
 
 def status(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
@@ -279,7 +274,7 @@ def status(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
         table.add_row(k.replace("_", " "), str(info[k]))
     if info["fusion"]:
         table.add_row("fusion", info["fusion"])
-    table.add_row("index", _index_row(info["index"]))
+    table.add_row("index", describe_index(info["index"]))
     if info["last_ingest"]:
         table.add_row("last ingest", time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(info["last_ingest"])))
     llm = info["llm"]

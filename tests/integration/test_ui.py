@@ -47,6 +47,9 @@ def test_answer_streams_with_sources_then_follow_up_and_new_chat(app_env, sample
     side = " ".join(m.value for m in at.sidebar.markdown)
     assert "healthy" in side and "**5** documents" in side
     assert any("context window 1,024 tokens" in c.value for c in at.sidebar.caption)
+    # The operator sees the index kind and why, and the fusion, as `rag status` shows them.
+    assert any(c.value.startswith("search index: exact (auto:") and "hybrid fusion: score (cosine + 0.5" in c.value
+               for c in at.sidebar.caption)
 
     at.chat_input[0].set_value("How many vacation days do employees get per year?").run()
     assert not at.exception and not at.error

@@ -88,6 +88,7 @@ def test_password_login_then_each_user_sees_only_their_groups(app_env, data, llm
     assert "Signed in as **alice**" in side and "**3** documents" in side  # handbook, benefits, FAQ
     assert any("Groups: everyone, hr, user:alice" in c.value for c in at.sidebar.caption)
     assert any("3 documents are searchable" in c.value for c in at.caption)
+    assert not any("search index:" in c.value for c in at.sidebar.caption)  # the operator's view only
 
     at.chat_input[0].set_value(QUESTION).run()
     assert not at.exception and not at.error

@@ -189,6 +189,13 @@ class IndexState:
         return asdict(self)
 
 
+def describe_index(state: dict[str, Any]) -> str:
+    """The dense index kind and why, e.g. "hnsw-int8 (auto: 612,000 chunks >= 500,000, graph over ...)"."""
+    built = "" if state["indexed"] is None or state["kind"] == "exact" else \
+        f", graph over {state['indexed']:,} of {state['points']:,} chunks"
+    return f"{state['kind']} ({state['reason']}{built})" + (f"; {state['note']}" if state["note"] else "")
+
+
 def check_meta(meta: dict[str, Any], embedding_model: str, dimension: int, where: str) -> None:
     """Refuse to mix embedding models in one index: their vectors are not comparable."""
     from rag.errors import StoreConfigError
