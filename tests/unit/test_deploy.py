@@ -319,7 +319,7 @@ def test_every_yaml_parses_and_kustomization_lists_every_manifest():
 
 def test_every_rag_variable_in_deploy_files_is_a_setting():
     known = set(setting_env_names()) | other_rag_env_names()
-    files = [DOCKERFILE, COMPOSE_FILE, ENV_EXAMPLE, DEPLOY / "README.md", *sorted(K8S.glob("*.yaml"))]
+    files = [DOCKERFILE, COMPOSE_FILE, ENV_EXAMPLE, DEPLOY / "README.md", *sorted(K8S.rglob("*.yaml"))]
     unknown = {}
     for f in files:
         for name in re.findall(r"\bRAG_[A-Z][A-Z0-9_]*\b", f.read_text()):
@@ -727,6 +727,71 @@ def test_scheduled_ingest_in_both():
     assert {k: v for k, v in environment(svc).items() if k.startswith("RAG_")} == environment(service("ingest"))
 
 
+def test_scheduled_ingest_on_ray_in_both():
+    """The Ray variants run the plain scheduled ingest's command with --ray, on nodes of one Ray image that see
+    the documents at the same path, with Ray's token auth."""
+    import importlib.metadata
+
+    from packaging.requirements import Requirement
+
+    plain = cron_pod("rag-ingest")["containers"][0]["args"]
+    (extra,) = [Requirement(r) for r in PYPROJECT["project"]["optional-dependencies"]["ray-cluster"]]
+    assert extra.name == "ray" and "default" in extra.extras  # the dashboard: job submission, KubeRay's probes
+    assert importlib.metadata.version("ray") in extra.specifier
+    assert ("ARG", 'EXTRAS=""') in dockerfile_instructions()
+    assert any('pip install ".${EXTRAS}"' in r for r in dockerfile()["RUN"])
+    # Kubernetes: an overlay of the whole stack that suspends the plain CronJob and adds a RayCronJob.
+    kust = yaml.safe_load((K8S / "ray" / "kustomization.yaml").read_text())
+    assert kust["resources"] == ["../", "ingest-ray.yaml"] and kust["namespace"] == "onprem-rag"
+    (patch,) = kust["patches"]
+    assert patch["target"] == {"kind": "CronJob", "name": "rag-ingest"}
+    assert yaml.safe_load(patch["patch"]) == [{"op": "add", "path": "/spec/suspend", "value": True}]
+    (job,) = yaml.safe_load_all((K8S / "ray" / "ingest-ray.yaml").read_text())
+    assert job["kind"] == "RayCronJob" and job["metadata"]["namespace"] == "onprem-rag"
+    assert len(job["spec"]["schedule"].split()) == 5
+    run = job["spec"]["jobTemplate"]
+    args = shlex.split(run["entrypoint"])
+    assert args[0] == "rag" and args[1:] == [*plain, "--ray", "auto"]
+    _parses_as_rag_command(args[1:])
+    assert run["shutdownAfterJobFinishes"] is True
+    cluster = run["rayClusterSpec"]
+    assert cluster["rayVersion"] in extra.specifier and cluster["authOptions"] == {"mode": "token"}
+    head = cluster["headGroupSpec"]["template"]["spec"]
+    groups = [g["template"]["spec"] for g in cluster["workerGroupSpecs"]]
+    docs_claim = {v["name"]: v for v in cron_pod("rag-ingest")["volumes"]}["documents"]["persistentVolumeClaim"]
+    for spec in (head, *groups):
+        (c,) = spec["containers"]
+        assert c["image"] == "onprem-rag-ray:0.1.0"
+        assert spec["securityContext"]["runAsUser"] == dockerfile_uid() == spec["securityContext"]["fsGroup"]
+        mounts = {m["mountPath"]: m for m in c["volumeMounts"]}
+        volumes = {v["name"]: v for v in spec["volumes"]}
+        assert mounts["/docs"]["readOnly"] is True
+        assert volumes[mounts["/docs"]["name"]]["persistentVolumeClaim"] == docs_claim
+        assert "/var/lib/rag" in mounts  # the ONNX export is written to the data dir
+    (hc,) = head["containers"]
+    assert hc["envFrom"] == container("rag-api")["envFrom"]  # the driver: the settings and Qdrant's key
+    assert {e["name"] for e in hc["env"]} == {e["name"] for e in cron_pod("rag-ingest")["containers"][0]["env"]}
+    assert cluster["headGroupSpec"]["rayStartParams"]["num-cpus"] == "0"
+    # compose: a head, workers and the loop as a Ray client, all of the Ray image, all with the token.
+    head_svc, worker, loop = service("ray-head"), service("ray-worker"), service("ingest-scheduled-ray")
+    for svc in (head_svc, worker, loop):
+        assert svc["profiles"] == ["scheduled-ingest-ray"] and svc["image"] == "onprem-rag-ray:0.1.0"
+        assert svc["build"]["args"] == {"EXTRAS": "[ray-cluster]"}
+        assert environment(svc)["RAY_AUTH_MODE"] == "token" and "RAY_AUTH_TOKEN" in environment(svc)
+    assert "RAY_AUTH_TOKEN" in env_example()
+    head_cmd = dict(a.split("=", 1) for a in head_svc["command"] if "=" in a)
+    assert head_svc["entrypoint"] == worker["entrypoint"] == ["ray"] and "--head" in head_svc["command"]
+    assert worker["command"][:2] == ["start", f"--address=ray-head:{head_cmd['--port']}"]
+    (script,) = loop["command"]
+    (line,) = re.findall(r"\brag ([^;]+);", script)
+    assert shlex.split(line) == [*plain, "--ray", f"ray://ray-head:{head_cmd['--ray-client-server-port']}"]
+    _parses_as_rag_command(shlex.split(line))
+    docs = {t: s for s, t in short_volumes(service("ingest-scheduled"))}["/docs"]
+    for svc in (worker, loop):
+        assert {t: s for s, t in short_volumes(svc)}["/docs"] == docs
+    assert {k: v for k, v in environment(loop).items() if k.startswith("RAG_")} == environment(service("ingest"))
+
+
 # --- Dockerfile --------------------------------------------------------------------------------------------
 
 @functools.cache
@@ -776,7 +841,7 @@ def test_dockerfile_installs_cpu_torch_first_then_the_project():
     assert torch_pin == "torch==2.13.0"
     runs = d["RUN"]
     torch_runs = [i for i, r in enumerate(runs) if re.search(r"pip install .*torch==", r)]
-    project_runs = [i for i, r in enumerate(runs) if re.search(r"pip install \.(\s|$)", r)]
+    project_runs = [i for i, r in enumerate(runs) if re.search(r"pip install \"?\.(\$\{EXTRAS\})?\"?(\s|$)", r)]
     assert len(torch_runs) == 1 and len(project_runs) == 1
     torch_run = runs[torch_runs[0]]
     assert torch_pin in shlex.split(torch_run)
