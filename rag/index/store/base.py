@@ -173,6 +173,18 @@ class IndexOptions:
         return "exact", f"auto: {chunks:,} chunks < RAG_INDEX_HNSW_FROM={self.hnsw_from:,}"
 
 
+def search_params(api: Any, kind: IndexKind | str, index: IndexOptions, filtered: bool) -> Any:
+    """The dense search parameters of an index kind, built with ``api``: ``qdrant_edge`` or
+    ``qdrant_client.models``, whose SearchParams, QuantizationSearchParams and AcornSearchParams take the same
+    arguments. Exact search ignores a graph left from an HNSW kind; HNSW ignores a quantized copy."""
+    if kind == "exact":
+        return api.SearchParams(exact=True, quantization=api.QuantizationSearchParams(ignore=True))
+    quant = (api.QuantizationSearchParams(rescore=True, oversampling=index.oversampling)
+             if kind == "hnsw-int8" else api.QuantizationSearchParams(ignore=True))
+    # The engine applies ACORN only where the filter is selective enough to need it.
+    acorn = api.AcornSearchParams(enable=True) if filtered and index.acorn else None
+    return api.SearchParams(hnsw_ef=index.ef, quantization=quant, acorn=acorn)
+
 @dataclass(frozen=True)
 class IndexState:
     """What `rag status` shows about the dense index."""

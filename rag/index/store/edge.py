@@ -21,6 +21,7 @@ from rag.errors import StoreLockedError
 from rag.index.store.base import (
     check_meta,
     new_meta,
+    search_params,
     DENSE,
     INDEXED_FIELDS,
     META_ID,
@@ -112,11 +113,14 @@ class EdgeStore:
         self._apply_index()
 
     # --- index kind ----------------------------------------------------------------------------
-    def _chunks_config(self, dimension: int, kind: IndexKind) -> qe.EdgeConfig:
-        """The chunks shard's config for ``kind``. Only what the kind decides is given: the sparse vector and
-        the payload are inherited from the shard, so a store built before hybrid retrieval loads too."""
+    def _chunks_config(self, dimension: int, kind: IndexKind, *, create: bool = False) -> qe.EdgeConfig:
+        """The chunks shard's config for ``kind``. Only what the kind decides is given when reloading: the sparse
+        vector and the payload are inherited from the shard, so a store built before hybrid retrieval loads too.
+        ``create``: a new shard, which also gets the sparse (BM25) vector; its IDF is applied at query time from
+        live statistics, so adding documents re-weights nothing."""
         int8 = kind == "hnsw-int8"
         return qe.EdgeConfig(
+            sparse_vectors={SPARSE: qe.EdgeSparseVectorParams(modifier=qe.Modifier.Idf)} if create else None,
             # int8: the quantized copy is searched from RAM, the originals (4x larger) stay on disk and are read
             # only to rescore the oversampled candidates.
             vectors={DENSE: qe.EdgeVectorParams(size=dimension, distance=qe.Distance.Cosine,
@@ -165,23 +169,14 @@ class EdgeStore:
         return self.index_state()
 
     def _search_params(self, filtered: bool) -> qe.SearchParams:
-        if self._kind == "exact":
-            return qe.SearchParams(exact=True, quantization=qe.QuantizationSearchParams(ignore=True))
-        quant = (qe.QuantizationSearchParams(rescore=True, oversampling=self._index.oversampling)
-                 if self._kind == "hnsw-int8" else qe.QuantizationSearchParams(ignore=True))
-        # The engine applies ACORN only where the filter is selective enough to need it.
-        acorn = qe.AcornSearchParams(enable=True) if filtered and self._index.acorn else None
-        return qe.SearchParams(hnsw_ef=self._index.ef, quantization=quant, acorn=acorn)
+        return search_params(qe, self._kind, self._index, filtered)
 
     def ensure_ready(self, dimension: int, embedding_model: str) -> None:
+        fresh = self._chunks is None
         if self._chunks is None:
             # Created exact (an empty store); _apply_index switches kinds as the store grows.
-            config = self._chunks_config(dimension, "exact")
-            # IDF is applied at query time from live statistics: adding documents re-weights nothing.
-            config = qe.EdgeConfig(vectors=config.vectors,
-                                   sparse_vectors={SPARSE: qe.EdgeSparseVectorParams(modifier=qe.Modifier.Idf)},
-                                   hnsw_config=config.hnsw_config, optimizers=config.optimizers)
-            self._chunks = qe.EdgeShard.create(str(self.root / "chunks"), config)
+            self._chunks = qe.EdgeShard.create(str(self.root / "chunks"), self._chunks_config(dimension, "exact",
+                                                                                            create=True))
             for name in INDEXED_FIELDS:
                 self._chunks.update(qe.UpdateOperation.create_field_index(name, qe.PayloadSchemaType.Keyword))
             self._docs = qe.EdgeShard.create(
@@ -192,10 +187,12 @@ class EdgeStore:
         meta = self.meta()
         if meta is None:
             self._put_registry(META_ID, new_meta(embedding_model, dimension) | {"index_kind": "exact"})
+            fresh = True
         else:
             check_meta(meta, embedding_model, dimension, f"the store at {self.location}")
         self._has_sparse = None
-        self._apply_index()
+        if fresh:  # an existing store chose its kind when it was opened
+            self._apply_index()
 
     def flush(self) -> None:
         for shard in (self._chunks, self._docs):

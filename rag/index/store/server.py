@@ -17,6 +17,7 @@ from rag.errors import StoreLockedError, StoreUnavailableError
 from rag.index.store.base import (
     check_meta,
     new_meta,
+    search_params,
     DENSE,
     INDEXED_FIELDS,
     META_ID,
@@ -199,12 +200,7 @@ class QdrantServerStore:
     def _search_params(self, filtered: bool) -> models.SearchParams | None:
         if self.backend != "qdrant-server":
             return None  # local mode always searches exactly (and warns about any search parameter)
-        if self._kind == "exact":
-            return models.SearchParams(exact=True, quantization=models.QuantizationSearchParams(ignore=True))
-        quant = (models.QuantizationSearchParams(rescore=True, oversampling=self._index.oversampling)
-                 if self._kind == "hnsw-int8" else models.QuantizationSearchParams(ignore=True))
-        acorn = models.AcornSearchParams(enable=True) if filtered and self._index.acorn else None
-        return models.SearchParams(hnsw_ef=self._index.ef, quantization=quant, acorn=acorn)
+        return search_params(models, self._kind, self._index, filtered)
 
     def flush(self) -> None:
         pass  # the server persists each acknowledged (wait=True) update
