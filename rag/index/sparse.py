@@ -53,4 +53,6 @@ def _ours(v: qe.SparseVector) -> SparseVector:
 
 
 def get_sparse_encoder(settings: Settings) -> SparseEncoder:
-    return Bm25Encoder(avg_len=settings.bm25_avg_len, language=settings.bm25_language)
+    """BM25 with the settings' length normalisation (RAG_BM25_B, weaker than the textbook 0.75: see its comment in
+    rag/settings.py and bench/README.md for the cross-validated figures)."""
+    return Bm25Encoder(avg_len=settings.bm25_avg_len, language=settings.bm25_language, b=settings.bm25_b)

@@ -66,6 +66,15 @@ def test_changed_chunking_settings_reingest(docs, settings, embedder):
         assert max(h.payload["token_count"] for p in s.chunk_paths() for h in s.chunks_of(p)) <= 64
 
 
+
+def test_changed_bm25_parameters_reingest(docs, settings, embedder):
+    """The BM25 weights are stored per chunk: a new length normalisation must re-encode every document."""
+    ingest([docs], settings, embedder=embedder)
+    stronger = settings.model_copy(update={"bm25_b": 0.75})
+    r = ingest([docs], stronger, embedder=embedder)
+    assert r.updated == 5 and r.unchanged == 0
+    assert ingest([docs], stronger, embedder=embedder).unchanged == 5
+
 def test_payload_metadata(docs, settings, embedder):
     ingest([docs / "employee-handbook.pdf"], settings, embedder=embedder)
     with open_store(settings) as s:
