@@ -129,12 +129,12 @@ def _count_tokens(tokenizer, texts: list[str], max_seq: int) -> int:
 def _instrument_ours(embedder) -> dict:
     """Wrap (in this child process only) the pipeline's parse/chunk/embed/upsert calls to time them.
 
-    Nothing in the pipeline is changed: the names ``ingest.pipeline`` looks up are rebound to timing wrappers
+    Nothing in the pipeline is changed: the names ``ingest.prepare`` looks up are rebound to timing wrappers
     (a few perf_counter calls each). parse+chunk run in the pipeline's background thread, embed and upsert in
     the main thread, so "main thread idle" = wall - embed - upsert is time the model waited for parsing (or
     for other bookkeeping: hashing is in the parse thread too).
     """
-    import ingest.pipeline as pl
+    import ingest.prepare as pl
     from rag.index.store.edge import EdgeStore
 
     st: dict = {"parse_s": 0.0, "chunk_s": 0.0, "embed_s": 0.0, "upsert_s": 0.0, "embed_calls": 0,
