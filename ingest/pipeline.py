@@ -11,7 +11,8 @@ Parsing and chunking run in a background thread while the main thread embeds: em
 this keeps the model busy. With ``RAG_INGEST_RAY`` that thread hands stale files to a Ray cluster instead, which
 parses, chunks and embeds them (ingest/distributed.py); the checks and every write stay here either way. Chunks
 from several documents are embedded together (sentence-transformers sorts each batch by length), so many small
-files cost little padding.
+files cost little padding, and a chunk text already embedded in this run (boilerplate, the same manual in two
+formats) reuses its vector: only distinct texts reach the model, every chunk is still stored as its own point.
 
 Access: every document's groups are resolved (rag/security/access.py) before anything is written, from the
 ``.rag-access.toml`` files between its folder and the ingest root it was found under: a folder given to
