@@ -77,9 +77,6 @@ def config_signature(settings: Settings, embedder: Embedder, sparse: SparseEncod
              getattr(embedder, "backend", settings.embedding_backend), settings.embedding_passage_prompt]
     if sparse is not None:  # only stores with BM25 vectors: older ones are not re-embedded for nothing
         parts.append(sparse.signature)
-    onnx_model = getattr(embedder, "onnx_model", None)
-    if onnx_model:  # another exported graph (fused, quantised otherwise) gives slightly different vectors
-        parts.append(onnx_model[1])
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
 
 

@@ -154,9 +154,8 @@ def _quiet_export() -> Iterator[None]:
         return
     import torch
 
-    # The root logger: ONNX Runtime's quantizer logs "Please consider to run pre-processing" there.
     loggers = [logging.getLogger(n) for n in ("sentence_transformers.backend.utils", "sentence_transformers",
-                                              "transformers", "optimum", "")]
+                                              "transformers", "optimum")]
     levels = [lg.level for lg in loggers]
     from transformers.utils import logging as hf_logging
 
@@ -179,7 +178,8 @@ def onnx_session_options(threads: int | None):
 
     By default ONNX Runtime's intra-op threads spin between operators; between two small int8 matrix products that
     spinning is most of the CPU time they use, and on a machine shared with parsing (or other jobs) it takes cores
-    from them. Measured on 320 corpus chunks: 2 threads 15.3 CPU s spinning, 12.1 not spinning, same vectors."""
+    from them. Measured on 320 corpus chunks at load ~7 on 2 cores: 2 threads 15.3 CPU s spinning, 12.1 not
+    spinning, same vectors."""
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
@@ -189,60 +189,30 @@ def onnx_session_options(threads: int | None):
     return opts
 
 
-#: Part of the exported file's name: a different graph (fusions, quantisation) gets a new file, and a new
-#: ``config_signature``, so an index embedded with the old one is re-embedded rather than mixed.
-ONNX_GRAPH = "O2"
-
-
-def _export_onnx_int8(path: str, tmp: Path, target: str, file_name: str) -> None:
-    """The model exported to ONNX, its transformer blocks fused (optimum's O2: attention, LayerNorm+residual,
-    bias+GELU, all exact), then dynamically quantised to int8 with optimum's settings for ``target``.
-
-    Fusing before quantising lets ONNX Runtime use its int8 attention kernel (QAttention) instead of quantising each
-    matrix product of the attention apart: fewer quantise/dequantise steps, and vectors closer to the fp32 model's
-    (cosine to torch fp32 on 200 corpus chunks: mean 0.9925 / worst 0.977, against 0.9875 / 0.953 unfused)."""
-    import onnx
-    from onnxruntime.quantization import QuantType, quantize_dynamic
-    from optimum.onnxruntime.configuration import AutoQuantizationConfig
-    from sentence_transformers import SentenceTransformer, export_optimized_onnx_model
-
-    fp32 = SentenceTransformer(path, device="cpu", backend="onnx")
-    fp32.save_pretrained(str(tmp))
-    export_optimized_onnx_model(fp32, ONNX_GRAPH, model_name_or_path=str(tmp))
-    fused = tmp / "onnx" / f"model_{ONNX_GRAPH}.onnx"
-    # optimum's own quantizer cannot type the fused graph's tensors (contrib ops): ONNX Runtime's, with its config.
-    q = AutoQuantizationConfig.avx512_vnni(is_static=False) if target == "avx512_vnni" else getattr(
-        AutoQuantizationConfig, target)(is_static=False)
-    quantize_dynamic(
-        fused, tmp / file_name, per_channel=q.per_channel, reduce_range=q.reduce_range,
-        weight_type=QuantType.QInt8 if q.weights_dtype.name == "QInt8" else QuantType.QUInt8,
-        op_types_to_quantize=[getattr(op, "value", op) for op in q.operators_to_quantize] or None,
-        extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT, "WeightSymmetric": q.weights_symmetric,
-                       "ActivationSymmetric": q.activations_symmetric},
-    )
-    for f in (tmp / "onnx").glob("model*.onnx"):  # the fp32 graphs (90 MB each) are not needed any more
-        if f.name != Path(file_name).name:
-            f.unlink()
-
-
 def _load_onnx_int8(path: str, model_name: str, models_dir: Path, threads: int | None = None):
-    """Export the model to a fused int8 ONNX graph once, into the data dir; reuse it afterwards."""
-    from sentence_transformers import SentenceTransformer
+    """Export the model to ONNX and quantize it to int8 once, into the data dir; reuse it afterwards.
+
+    Not fused first: optimum's O2 fusions (QAttention) before quantising were tried for issue 18 and measured no
+    faster here (400 corpus chunks: 12.8 CPU s either way), and a new graph would re-embed every existing index."""
+    from sentence_transformers import SentenceTransformer, export_dynamic_quantized_onnx_model
 
     target = _onnx_quantization_target()
     # avx2/arm64 quantize activations as unsigned int8 ("quint8"), avx512_vnni as signed ("qint8").
-    file_name = f"onnx/model_{ONNX_GRAPH}_{'qint8' if target == 'avx512_vnni' else 'quint8'}_{target}.onnx"
+    file_name = f"onnx/model_{'qint8' if target == 'avx512_vnni' else 'quint8'}_{target}.onnx"
     slug = "".join(c if c.isalnum() or c in "-_." else "_" for c in model_name.strip("/"))
     out = models_dir / f"{slug}-onnx-int8-{target}"  # a shared models dir may serve different CPUs
     models_dir.mkdir(parents=True, exist_ok=True)
     with FileLock(str(models_dir / ".export.lock")):  # two processes starting at once export it once
         if not (out / file_name).exists():
             log.warning("preparing the embedding model %s for this CPU: int8 ONNX export under %s (once, "
-                        "about 20 seconds)", model_name, out)
+                        "about 10 seconds)", model_name, out)
             tmp = Path(tempfile.mkdtemp(prefix=".export-", dir=models_dir))
             try:
                 with _quiet_export():
-                    _export_onnx_int8(path, tmp, target, file_name)
+                    fp32 = SentenceTransformer(path, device="cpu", backend="onnx")
+                    fp32.save_pretrained(str(tmp))
+                    export_dynamic_quantized_onnx_model(fp32, quantization_config=target,
+                                                        model_name_or_path=str(tmp))
                 if out.exists():
                     shutil.rmtree(out)
                 tmp.rename(out)  # atomic: a crash mid-export never leaves a half-written model in place
