@@ -177,7 +177,7 @@ def onnx_session_options(threads: int | None):
     """ONNX Runtime session options for the int8 model: worker threads that sleep when idle.
 
     By default ONNX Runtime's intra-op threads spin between operators; between two small int8 matrix products that
-    spinning is most of the CPU time they use, and on a machine shared with parsing (or other jobs) it takes cores
+    spinning is a large share of the CPU time they use, and on a machine shared with parsing (or other jobs) it takes cores
     from them. Measured on 320 corpus chunks at load ~7 on 2 cores: 2 threads 15.3 CPU s spinning, 12.1 not
     spinning, same vectors."""
     import onnxruntime as ort
