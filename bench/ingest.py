@@ -42,10 +42,14 @@ LangChain (``--lc-store disk`` gives it an on-disk local Qdrant instead). By def
 tutorial does: HuggingFaceEmbeddings with the plain torch model; ``--lc-backend same`` gives it our backend
 (int8 ONNX) too, which isolates what the pipeline itself adds.
 
-Targets:
-- our chunks/s >= 0.85 x the encode ceiling's chunks/s on the same texts (the pipeline around the model
-  costs at most 15 %);
-- our wall time <= 1/2 of the LangChain tutorial's wall time on the same files (speedup >= 2x).
+Targets (issue 18):
+- our chunks/s >= 0.9 x the encode ceiling's chunks/s on the same texts (the pipeline around the model
+  costs at most 10 %; the ceiling embeds every stored chunk, duplicates too, so not embedding a repeated text
+  again counts for ours);
+- LangChain tutorial CPU seconds / ours >= 4 on the same files and model; by wall time >= 2x.
+
+Ours' CPU seconds are its own process's; the sandbox's parse worker is another process, whose CPU time is
+sampled (psutil) and shown on its own row and in the "counting our parse worker" ratios.
 
 Use a few dozen files at least: on tiny runs the first file's parse (unstructured's first-call set-up, ~3 s)
 has nothing to overlap with and makes our ratio look worse than it is.
@@ -78,8 +82,9 @@ if str(ROOT) not in sys.path:
 
 MAKE_CORPUS = Path("/work/shared/corpus/make-corpus.sh")
 TYPE_ORDER = ["pdf", "html", "md", "txt", "docx"]
-CEILING_TARGET = 0.85
+CEILING_TARGET = 0.9
 SPEEDUP_TARGET = 2.0
+SPEEDUP_CPU_TARGET = 4.0
 LC_CHUNK_SIZE, LC_CHUNK_OVERLAP = 1000, 200
 
 
@@ -109,6 +114,17 @@ def _cpu_s() -> float:
     return ru.ru_utime + ru.ru_stime
 
 
+def _process_cpu_s(pid: int) -> float | None:
+    """CPU seconds of another process so far (its reaped children included: tesseract for OCR)."""
+    try:
+        import psutil
+
+        t = psutil.Process(pid).cpu_times()
+        return t.user + t.system + t.children_user + t.children_system
+    except Exception:  # noqa: BLE001 - gone already, or no psutil
+        return None
+
+
 def _ftype(path: str) -> str:
     ext = Path(path).suffix.lower().lstrip(".")
     return {"htm": "html", "xhtml": "html", "markdown": "md", "text": "txt"}.get(ext, ext)
@@ -129,16 +145,16 @@ def _count_tokens(tokenizer, texts: list[str], max_seq: int) -> int:
 def _instrument_ours(embedder) -> dict:
     """Wrap (in this child process only) the pipeline's parse/chunk/embed/upsert calls to time them.
 
-    Nothing in the pipeline is changed: the names ``ingest.pipeline`` looks up are rebound to timing wrappers
+    Nothing in the pipeline is changed: the names ``ingest.prepare`` looks up are rebound to timing wrappers
     (a few perf_counter calls each). parse+chunk run in the pipeline's background thread, embed and upsert in
     the main thread, so "main thread idle" = wall - embed - upsert is time the model waited for parsing (or
     for other bookkeeping: hashing is in the parse thread too).
     """
-    import ingest.pipeline as pl
+    import ingest.prepare as pl
     from rag.index.store.edge import EdgeStore
 
     st: dict = {"parse_s": 0.0, "chunk_s": 0.0, "embed_s": 0.0, "upsert_s": 0.0, "embed_calls": 0,
-                "embed_batch_sizes": [], "per_file": {}, "rss_samples": []}
+                "embed_batch_sizes": [], "per_file": {}, "rss_samples": [], "worker_cpu": {}}
     # Parsing runs in a worker process (ingest/sandbox.py): its wall time, round trip included, is timed here.
     orig_parse, orig_chunk = pl.ParseWorker.parse, pl.chunk_document
     orig_embed = embedder.embed_documents
@@ -152,6 +168,9 @@ def _instrument_ours(embedder) -> dict:
             dt = time.perf_counter() - t
             st["parse_s"] += dt
             st["per_file"].setdefault(str(path), {})["parse_s"] = dt
+            # The sandbox's worker is a process of its own: its CPU time is not in ours' getrusage.
+            for proc in self._procs:  # noqa: SLF001 - bench only
+                st["worker_cpu"][proc.pid] = _process_cpu_s(proc.pid) or st["worker_cpu"].get(proc.pid, 0.0)
 
     def chunk_document(doc, emb, chunk_tokens, overlap_tokens):
         t = time.perf_counter()
@@ -233,6 +252,7 @@ def child_ours(spec: dict) -> dict:
         "wall_s": wall,
         "report_seconds": report.seconds,
         "cpu_s": cpu,
+        "parse_worker_cpu_s": sum(st["worker_cpu"].values()) if st else None,
         "peak_rss_mb": peak,
         "rss_after_load_mb": rss_after_load,
         "files": report.files_seen,
@@ -273,6 +293,7 @@ def _breakdown(st: dict, wall: float) -> dict:
         "parse_s": st["parse_s"], "chunk_s": st["chunk_s"], "embed_s": st["embed_s"], "upsert_s": st["upsert_s"],
         "main_thread_idle_s": max(0.0, wall - st["embed_s"] - st["upsert_s"]),
         "embed_calls": st["embed_calls"],
+        "embedded_texts": sum(sizes),
         "embed_call_sizes": {"min": min(sizes, default=0), "max": max(sizes, default=0),
                              "under_64": sum(1 for n in sizes if n < 64)},
         "slowest_parse_chunk": [{"path": p, **{k: round(v, 3) for k, v in d.items()}} for p, d in slow[:5]],
@@ -287,8 +308,11 @@ def _load_st(spec: dict):
     from sentence_transformers import SentenceTransformer
 
     if spec["backend"] == "onnx-int8":
-        return SentenceTransformer(spec["onnx_dir"], device="cpu", backend="onnx",
-                                   model_kwargs={"file_name": spec["onnx_file"]})
+        from rag.index.embeddings import onnx_session_options
+
+        # The same session settings as ours (threads that do not spin), so only the pipeline around it differs.
+        return SentenceTransformer(spec["onnx_dir"], device="cpu", backend="onnx", model_kwargs={
+            "file_name": spec["onnx_file"], "session_options": onnx_session_options(spec.get("threads"))})
     return SentenceTransformer(spec["model_path"], device="cpu")
 
 
@@ -546,11 +570,16 @@ def derive(res: dict) -> dict:
         cmp["ceiling_ok"] = cmp["ceiling_ratio"] >= CEILING_TARGET
         # CPU seconds for the same chunks: less sensitive to other load on a shared machine.
         cmp["ceiling_ratio_cpu"] = ceil["cpu_s"] / ours["cpu_s"] if ours.get("cpu_s") else None
+        if ours.get("parse_worker_cpu_s") is not None:
+            cmp["ceiling_ratio_cpu_incl_parse_worker"] = ceil["cpu_s"] / (ours["cpu_s"] + ours["parse_worker_cpu_s"])
     if ours.get("wall_s") and lc.get("wall_s"):
         cmp["speedup"] = lc["wall_s"] / ours["wall_s"]
         cmp["speedup_ok"] = cmp["speedup"] >= SPEEDUP_TARGET
         cmp["speedup_incl_model_load"] = (lc["wall_s"] + lc["model_load_s"]) / (ours["wall_s"] + ours["model_load_s"])
         cmp["speedup_cpu"] = lc["cpu_s"] / ours["cpu_s"] if ours.get("cpu_s") else None
+        cmp["speedup_cpu_target"] = SPEEDUP_CPU_TARGET
+        if ours.get("parse_worker_cpu_s") is not None:
+            cmp["speedup_cpu_incl_parse_worker"] = lc["cpu_s"] / (ours["cpu_s"] + ours["parse_worker_cpu_s"])
     return cmp
 
 
@@ -586,7 +615,8 @@ def print_table(res: dict) -> None:
         ("  store (upsert) s", "upsert_s", 2), ("  embed+store s", "embed_store_s", 2),
         ("  main thread idle s", "main_thread_idle_s", 2),
         ("files/s", "files_per_s", 2), ("pages/s", "pages_per_s", 1), ("chunks/s", "chunks_per_s", 1),
-        ("tokens/s", "tokens_per_s", 0), ("CPU s (steady)", "cpu_s", 1), ("CPU use (cores)", None, 2),
+        ("tokens/s", "tokens_per_s", 0), ("CPU s (steady)", "cpu_s", 1),
+        ("  + parse worker CPU s", "parse_worker_cpu_s", 1), ("CPU use (cores)", None, 2),
         ("RSS after load MB", "rss_after_load_mb", 0), ("peak RSS MB", "peak_rss_mb", 0),
         ("load avg before/after", None, 0),
     ]
@@ -634,14 +664,16 @@ def _comparison_lines(cmp: dict) -> list[str]:
         out.append(f"ours chunks/s / encode-ceiling chunks/s = {cmp['ceiling_ratio']:.2f}   "
                    f"(target >= {CEILING_TARGET})  {'MET' if cmp['ceiling_ok'] else 'NOT MET'}")
         out.append(f"   by CPU seconds (ceiling CPU s / ours CPU s, less load-sensitive): "
-                   f"{_fmt(cmp['ceiling_ratio_cpu'], 2)}")
+                   f"{_fmt(cmp['ceiling_ratio_cpu'], 2)}; counting our parse worker process too: "
+                   f"{_fmt(cmp.get('ceiling_ratio_cpu_incl_parse_worker'), 2)}")
     if "speedup" in cmp:
         out.append(f"speedup vs LangChain, wall (LangChain s / ours s) = {cmp['speedup']:.2f}x   "
                    f"(target >= {SPEEDUP_TARGET}x)  {'MET' if cmp['speedup_ok'] else 'NOT MET'}")
         out.append(f"   same files, both parse+chunk+embed+store, model load excluded for both; "
                    f"including model load: {cmp['speedup_incl_model_load']:.2f}x")
         out.append(f"   by CPU seconds (LangChain CPU s / ours CPU s, less load-sensitive): "
-                   f"{_fmt(cmp['speedup_cpu'], 2)}x")
+                   f"{_fmt(cmp['speedup_cpu'], 2)}x (target >= {SPEEDUP_CPU_TARGET}x); counting our parse worker "
+                   f"process too: {_fmt(cmp.get('speedup_cpu_incl_parse_worker'), 2)}x")
     return out
 
 
@@ -651,7 +683,8 @@ def _notes(ours: dict, lc: dict) -> list[str]:
     if b:
         out.append(f"ours: parse+chunk run in a background thread (overlapping the embedding); "
                    f"{b['embed_calls']} embed calls of {b['embed_call_sizes']['min']}-{b['embed_call_sizes']['max']} "
-                   f"chunks ({b['embed_call_sizes']['under_64']} under 64)")
+                   f"chunks ({b['embed_call_sizes']['under_64']} under 64), {b.get('embedded_texts', 0):,} distinct "
+                   f"texts embedded for {ours.get('chunks', 0):,} chunks")
         out.append("ours: slowest parse+chunk: " + ", ".join(
             f"{Path(x['path']).name} {x.get('parse_s', 0) + x.get('chunk_s', 0):.2f}s" for x in b["slowest_parse_chunk"]))
         out.append("ours: largest process-RSS rises between parse+chunk completions (they include the embedding "

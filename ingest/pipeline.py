@@ -11,7 +11,8 @@ Parsing and chunking run in a background thread while the main thread embeds: em
 this keeps the model busy. With ``RAG_INGEST_RAY`` that thread hands stale files to a Ray cluster instead, which
 parses, chunks and embeds them (ingest/distributed.py); the checks and every write stay here either way. Chunks
 from several documents are embedded together (sentence-transformers sorts each batch by length), so many small
-files cost little padding.
+files cost little padding, and a chunk text already embedded in this run (boilerplate, the same manual in two
+formats) reuses its vector: only distinct texts reach the model, every chunk is still stored as its own point.
 
 Access: every document's groups are resolved (rag/security/access.py) before anything is written, from the
 ``.rag-access.toml`` files between its folder and the ingest root it was found under: a folder given to
@@ -32,6 +33,7 @@ import queue
 import stat
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -61,6 +63,9 @@ log = logging.getLogger(__name__)
 #: Chunks gathered before one embedding call: large enough for length-sorted batches, small enough that a
 #: crash loses little work.
 EMBED_BUFFER = 256
+#: Distinct chunk texts whose vectors a run remembers, so a text met again is not embedded again (a 384-d vector
+#: is 1.5 KB: about 25 MB at most).
+SEEN_VECTORS = 16384
 
 
 def config_signature(settings: Settings, embedder: Embedder, sparse: SparseEncoder | None = None) -> str:
@@ -272,6 +277,30 @@ def _fail(store: Store, w: Work, report: IngestReport) -> None:
     report.failed.append(FileIssue(w.path, w.error or "unknown error"))
 
 
+def _text_key(text: str) -> bytes:
+    return hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=16).digest()
+
+
+class _Vectors:
+    """The vectors of the texts embedded last in this run, by the texts' hash; the oldest are forgotten first."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._vectors: OrderedDict[bytes, np.ndarray] = OrderedDict()
+
+    def get(self, key: bytes) -> np.ndarray | None:
+        vec = self._vectors.get(key)
+        if vec is not None:
+            self._vectors.move_to_end(key)
+        return vec
+
+    def put(self, key: bytes, vec: np.ndarray) -> None:
+        self._vectors[key] = vec
+        self._vectors.move_to_end(key)
+        while len(self._vectors) > self.size:
+            self._vectors.popitem(last=False)
+
+
 class _Batch:
     """Chunks of several documents gathered for one embedding call; a document's record is written once its
     last chunk is stored (the crash-safety rule of the module docstring)."""
@@ -283,6 +312,7 @@ class _Batch:
         self.buffer: list[tuple[Work, Chunk, np.ndarray | None]] = []
         self.pending: dict[str, int] = {}  # chunks of each document not stored yet
         self.works: dict[str, Work] = {}
+        self.seen = _Vectors(SEEN_VECTORS)
 
     def __len__(self) -> int:
         return len(self.buffer)
@@ -296,9 +326,20 @@ class _Batch:
 
     def flush(self) -> None:
         texts = [c.text for _, c, _ in self.buffer]
-        todo = [i for i, (_, _, v) in enumerate(self.buffer) if v is None]
-        embedded = iter(self.embedder.embed_documents([texts[i] for i in todo]) if todo else ())
-        vectors = [v if v is not None else next(embedded) for _, _, v in self.buffer]
+        vectors = [v if v is not None else self.seen.get(_text_key(t)) for (_, _, v), t in zip(self.buffer, texts,
+                                                                                               strict=True)]
+        # Each distinct text is embedded once, whichever documents and batches it appears in (documentation
+        # repeats boilerplate, the same document often ships in several formats); every chunk is still stored
+        # as its own point.
+        todo: dict[str, list[int]] = {}
+        for i, v in enumerate(vectors):
+            if v is None:
+                todo.setdefault(texts[i], []).append(i)
+        if todo:
+            for text, vec in zip(todo, self.embedder.embed_documents(list(todo)), strict=True):
+                self.seen.put(_text_key(text), vec.copy())  # a row alone, not a view keeping the whole batch
+                for i in todo[text]:
+                    vectors[i] = vec
         sparse_vectors = self.sparse.embed_documents(texts) if self.sparse is not None else [None] * len(texts)
         points = [_point(w, c, vec, sv, self.lease.id)
                   for (w, c, _), vec, sv in zip(self.buffer, vectors, sparse_vectors, strict=True)]

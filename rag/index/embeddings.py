@@ -86,7 +86,8 @@ class SentenceTransformerEmbedder:
         self.onnx_model: tuple[str, str] | None = None
         try:
             if backend == "onnx-int8":
-                self._model, self.onnx_model = _load_onnx_int8(path, model_name, models_dir or Path(".rag/models"))
+                self._model, self.onnx_model = _load_onnx_int8(path, model_name, models_dir or Path(".rag/models"),
+                                                               threads)
             else:
                 from sentence_transformers import SentenceTransformer
 
@@ -172,8 +173,27 @@ def _quiet_export() -> Iterator[None]:
         hf_logging.set_verbosity(hf_verbosity)
 
 
-def _load_onnx_int8(path: str, model_name: str, models_dir: Path):
-    """Export the model to ONNX and quantize it to int8 once, into the data dir; reuse it afterwards."""
+def onnx_session_options(threads: int | None):
+    """ONNX Runtime session options for the int8 model: worker threads that sleep when idle.
+
+    By default ONNX Runtime's intra-op threads spin between operators; between two small int8 matrix products that
+    spinning is a large share of the CPU time they use, and on a machine shared with parsing (or other jobs) it takes cores
+    from them. Measured on 320 corpus chunks at load ~7 on 2 cores: 2 threads 15.3 CPU s spinning, 12.1 not
+    spinning, same vectors."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    if threads:
+        opts.intra_op_num_threads = threads
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return opts
+
+
+def _load_onnx_int8(path: str, model_name: str, models_dir: Path, threads: int | None = None):
+    """Export the model to ONNX and quantize it to int8 once, into the data dir; reuse it afterwards.
+
+    Not fused first: optimum's O2 fusions (QAttention) before quantising were tried for issue 18 and measured no
+    faster here (400 corpus chunks: 12.8 CPU s either way), and a new graph would re-embed every existing index."""
     from sentence_transformers import SentenceTransformer, export_dynamic_quantized_onnx_model
 
     target = _onnx_quantization_target()
@@ -198,7 +218,8 @@ def _load_onnx_int8(path: str, model_name: str, models_dir: Path):
                 tmp.rename(out)  # atomic: a crash mid-export never leaves a half-written model in place
             finally:
                 shutil.rmtree(tmp, ignore_errors=True)
-    model = SentenceTransformer(str(out), device="cpu", backend="onnx", model_kwargs={"file_name": file_name})
+    model = SentenceTransformer(str(out), device="cpu", backend="onnx", model_kwargs={
+        "file_name": file_name, "session_options": onnx_session_options(threads)})
     return model, (str(out), file_name)
 
 

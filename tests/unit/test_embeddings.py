@@ -58,6 +58,9 @@ def test_onnx_int8_backend_agrees_with_torch(tmp_path):
     a, b = onnx.embed_documents(texts), embedder.embed_documents(texts)
     assert (a * b).sum(axis=1).min() > 0.97
     assert any((tmp_path / "models").rglob("model_q*int8_*.onnx"))
+    # Its threads sleep between operators instead of spinning (CPU time other work can use).
+    session = onnx._model[0].auto_model.model
+    assert session.get_session_options().get_session_config_entry("session.intra_op.allow_spinning") == "0"
     # Exported once: a second embedder reuses the export.
     again = SentenceTransformerEmbedder(backend="onnx-int8", models_dir=tmp_path / "models")
     assert np.allclose(again.embed_documents(texts), a, atol=1e-6)
