@@ -48,7 +48,7 @@ def _tools(settings: Settings) -> tuple[Embedder, ParseWorker]:
     key = settings.model_dump_json()
     if key not in _parsers:
         _parsers[key] = ParseWorker(settings)
-    return get_embedder(settings), _parsers[key]
+    return get_embedder(settings, batch=True), _parsers[key]
 
 
 @ray.remote(max_retries=MAX_RETRIES, num_cpus=1)

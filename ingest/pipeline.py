@@ -116,7 +116,7 @@ def ingest(
     except ValueError as exc:
         raise AccessPolicyError(f"invalid groups: {exc}") from None
     access, report.warnings = resolve_access(found, policy)
-    embedder = embedder or get_embedder(settings)
+    embedder = embedder or get_embedder(settings, batch=True)
     own_store = store is None
     store = store or open_store(settings)
     try:

@@ -70,7 +70,10 @@ class SentenceTransformerEmbedder:
         batch_size: int = 32,
         models_dir: Path | None = None,
         threads: int | None = None,
+        batch: bool = False,
     ) -> None:
+        """``batch``: for ingestion (many texts per call, beside parsing), not for one question at a time; with
+        the int8 ONNX backend, its threads then sleep between operators instead of spinning (onnx_session_options)."""
         offline.apply()
         import torch
 
@@ -87,7 +90,7 @@ class SentenceTransformerEmbedder:
         try:
             if backend == "onnx-int8":
                 self._model, self.onnx_model = _load_onnx_int8(path, model_name, models_dir or Path(".rag/models"),
-                                                               threads)
+                                                               threads, spin=not batch)
             else:
                 from sentence_transformers import SentenceTransformer
 
@@ -173,23 +176,25 @@ def _quiet_export() -> Iterator[None]:
         hf_logging.set_verbosity(hf_verbosity)
 
 
-def onnx_session_options(threads: int | None):
-    """ONNX Runtime session options for the int8 model: worker threads that sleep when idle.
+def onnx_session_options(threads: int | None, *, spin: bool = False):
+    """ONNX Runtime session options for the int8 model. ``spin=False``: worker threads that sleep when idle.
 
     By default ONNX Runtime's intra-op threads spin between operators; between two small int8 matrix products that
-    spinning is a large share of the CPU time they use, and on a machine shared with parsing (or other jobs) it takes cores
-    from them. Measured on 320 corpus chunks at load ~7 on 2 cores: 2 threads 15.3 CPU s spinning, 12.1 not
-    spinning, same vectors."""
+    spinning is a large share of the CPU time they use, and on a machine shared with parsing (or other jobs) it
+    takes cores from them. Measured on 320 corpus chunks at load ~7 on 2 cores: 2 threads 15.3 CPU s spinning,
+    12.1 not spinning, same vectors. A single question is the opposite case: there the wake-up is the cost
+    (embedding one question, quiet machine: 2.6-3.4 ms p50 spinning, 3.9-5.4 ms sleeping), so query-side
+    embedders spin (``SentenceTransformerEmbedder(batch=False)``)."""
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
     if threads:
         opts.intra_op_num_threads = threads
-    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
     return opts
 
 
-def _load_onnx_int8(path: str, model_name: str, models_dir: Path, threads: int | None = None):
+def _load_onnx_int8(path: str, model_name: str, models_dir: Path, threads: int | None = None, *, spin: bool = False):
     """Export the model to ONNX and quantize it to int8 once, into the data dir; reuse it afterwards.
 
     Not fused first: optimum's O2 fusions (QAttention) before quantising were tried for issue 18 and measured no
@@ -219,7 +224,7 @@ def _load_onnx_int8(path: str, model_name: str, models_dir: Path, threads: int |
             finally:
                 shutil.rmtree(tmp, ignore_errors=True)
     model = SentenceTransformer(str(out), device="cpu", backend="onnx", model_kwargs={
-        "file_name": file_name, "session_options": onnx_session_options(threads)})
+        "file_name": file_name, "session_options": onnx_session_options(threads, spin=spin)})
     return model, (str(out), file_name)
 
 
@@ -237,9 +242,10 @@ def describe(settings: Settings) -> str:
     return settings.embedding_backend
 
 
-def get_embedder(settings: Settings) -> Embedder:
+def get_embedder(settings: Settings, *, batch: bool = False) -> Embedder:
     """One embedder per configuration per process: loading takes seconds and hundreds of MB. With
-    RAG_EMBEDDING_URL set, an embeddings server's (:mod:`rag.index.remote_embeddings`), else a local model."""
+    RAG_EMBEDDING_URL set, an embeddings server's (:mod:`rag.index.remote_embeddings`), else a local model.
+    ``batch=True`` for ingestion (see SentenceTransformerEmbedder); the same vectors either way."""
     if settings.embedding_url:
         return _remote(settings)
     key = (
@@ -248,6 +254,8 @@ def get_embedder(settings: Settings) -> Embedder:
         settings.embedding_query_prompt,
         settings.embedding_passage_prompt,
         settings.embedding_batch_size,
+        settings.embedding_threads,
+        batch,
         str(settings.models_dir.resolve()),
     )
     with _cache_lock:
@@ -260,6 +268,7 @@ def get_embedder(settings: Settings) -> Embedder:
                 batch_size=settings.embedding_batch_size,
                 models_dir=settings.models_dir,
                 threads=settings.embedding_threads,
+                batch=batch,
             )
         return _cache[key]
 
