@@ -33,11 +33,11 @@ import queue
 import stat
 import threading
 import time
-from collections import OrderedDict
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+from cachetools import LRUCache
 
 from ingest.chunking import Chunk
 from ingest.discovery import Discovered, discover, resolve_access, walk
@@ -281,26 +281,6 @@ def _text_key(text: str) -> bytes:
     return hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=16).digest()
 
 
-class _Vectors:
-    """The vectors of the texts embedded last in this run, by the texts' hash; the oldest are forgotten first."""
-
-    def __init__(self, size: int) -> None:
-        self.size = size
-        self._vectors: OrderedDict[bytes, np.ndarray] = OrderedDict()
-
-    def get(self, key: bytes) -> np.ndarray | None:
-        vec = self._vectors.get(key)
-        if vec is not None:
-            self._vectors.move_to_end(key)
-        return vec
-
-    def put(self, key: bytes, vec: np.ndarray) -> None:
-        self._vectors[key] = vec
-        self._vectors.move_to_end(key)
-        while len(self._vectors) > self.size:
-            self._vectors.popitem(last=False)
-
-
 class _Batch:
     """Chunks of several documents gathered for one embedding call; a document's record is written once its
     last chunk is stored (the crash-safety rule of the module docstring)."""
@@ -312,7 +292,7 @@ class _Batch:
         self.buffer: list[tuple[Work, Chunk, np.ndarray | None]] = []
         self.pending: dict[str, int] = {}  # chunks of each document not stored yet
         self.works: dict[str, Work] = {}
-        self.seen = _Vectors(SEEN_VECTORS)
+        self.seen: LRUCache[bytes, np.ndarray] = LRUCache(maxsize=SEEN_VECTORS)
 
     def __len__(self) -> int:
         return len(self.buffer)
@@ -337,7 +317,7 @@ class _Batch:
                 todo.setdefault(texts[i], []).append(i)
         if todo:
             for text, vec in zip(todo, self.embedder.embed_documents(list(todo)), strict=True):
-                self.seen.put(_text_key(text), vec.copy())  # a row alone, not a view keeping the whole batch
+                self.seen[_text_key(text)] = vec.copy()  # a row alone, not a view keeping the whole batch
                 for i in todo[text]:
                     vectors[i] = vec
         sparse_vectors = self.sparse.embed_documents(texts) if self.sparse is not None else [None] * len(texts)
