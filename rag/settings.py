@@ -118,7 +118,9 @@ class Settings(BaseSettings):
                                                           "chunks on.")
     hnsw_m: int = Field(16, ge=4, le=128)
     hnsw_ef_construct: int = Field(100, ge=8)
-    hnsw_ef: int = Field(128, ge=8, description="Candidates an HNSW search keeps: higher = better recall, slower.")
+    hnsw_ef: int | None = Field(
+        None, ge=8, description="Candidates an HNSW search keeps: higher = better recall, slower. Unset: 256 over "
+                                "int8 (hnsw-int8), 128 otherwise (rag.index.store.base.ef_for has the figures).")
     # Measured (bench/README.md): through the plain graph a 25 % group filter keeps only 0.75-0.90 of the exact
     # top 10; ACORN (Qdrant's filtered traversal over 2-hop neighbours) brings it to ~0.96-0.99 at a few ms more.
     hnsw_acorn: bool = Field(True, description="Filtered HNSW searches (permission groups) use ACORN.")
@@ -162,7 +164,13 @@ class Settings(BaseSettings):
 
     # --- chunking ------------------------------------------------------------------------------
     chunk_tokens: int = Field(256, ge=16, description="Upper bound, in embedding-model tokens; capped at what it embeds.")
-    chunk_overlap_tokens: int = Field(32, ge=0)
+    # Overlap is only added where a chunk is cut inside a block (ingest/chunking.py), and there it pays, a little
+    # (issue 18, bench/README.md; SciFact train, fresh ingests, b=0.3): dense nDCG@10 0.6787 with 32 tokens, 0.6744
+    # with 16, 0.6727 with none; hybrid 0.7427 / 0.7417 / 0.7435 (two ingests of one setting differ by ~0.003).
+    # 16 would embed 2.6 % fewer tokens (ingest 3.94-4.09x the LangChain tutorial by CPU seconds against 3.89x),
+    # a gain inside the spread between runs: 32 stays.
+    chunk_overlap_tokens: int = Field(
+        32, ge=0, description="Tokens a chunk cut inside a block repeats from the previous one; a change re-ingests.")
 
     # --- parsing -------------------------------------------------------------------------------
     pdf_parser: Literal["pypdfium2", "unstructured"] = "pypdfium2"
