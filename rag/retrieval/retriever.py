@@ -150,7 +150,7 @@ class Retriever:
                                     prefetch=self.prefetch)
         n = max(self.prefetch, limit)
         # Ids and scores of 2 x n candidates, then the payloads of the few kept: reading every candidate's payload
-        # made hybrid search 7 ms instead of ~1.5 ms per question (bench/README.md, query.py).
+        # made this 7.1 ms instead of 2.6 ms p50 on the SciFact index (bench/README.md, query.py).
         fused = score_fusion(self.store.query(vector, n, flt, mode="dense", payload=False),
                              self.store.query(vector, n, flt, sparse=sparse, mode="sparse", payload=False),
                              self.sparse_weight, limit)

@@ -193,6 +193,7 @@ def ef_for(kind: IndexKind | str, index: IndexOptions) -> int:
     1.000, but ef 256 doubled the filtered search (ACORN: 14.7/19.6 ms against 7.7/9.1)."""
     return index.ef or (256 if kind == "hnsw-int8" else 128)
 
+
 @dataclass(frozen=True)
 class IndexState:
     """What `rag status` shows about the dense index."""
