@@ -41,4 +41,3 @@ def describe_fusion(settings: Settings) -> str:
         return f"rrf (k={settings.rrf_k}, {settings.hybrid_prefetch} candidates a side)"
     return (f"score (cosine + {settings.hybrid_sparse_weight:g} x BM25 / best BM25, "
             f"{settings.hybrid_prefetch} candidates a side)")
-

@@ -70,14 +70,6 @@ def dense_vector(vectors: object, name: str) -> Sequence[float]:
     return cast("dict[str, list[float]]", vectors)[name]
 
 
-def cosine(a: Sequence[float], b: Sequence[float]) -> float:
-    import numpy as np
-
-    va, vb = np.asarray(a, dtype=np.float32), np.asarray(b, dtype=np.float32)
-    denom = float(np.linalg.norm(va) * np.linalg.norm(vb))
-    return float(va @ vb) / denom if denom else 0.0
-
-
 @dataclass(frozen=True)
 class SearchFilter:
     """Restrictions every backend applies inside the query (never as a post-filter in Python)."""

@@ -368,7 +368,7 @@ class EdgeStore:
             return {}
         res = self._chunks.query(qe.QueryRequest(
             limit=len(ids), query=qe.Query.Nearest(vector, using=DENSE), filter=qe.Filter(must=[qe.HasIdCondition(set(ids))]),
-            params=qe.SearchParams(exact=True, quantization=qe.QuantizationSearchParams(ignore=True)),
+            params=search_params(qe, "exact", self._index, False),
             with_payload=False, with_vector=False))
         return {str(p.id): float(p.score) for p in res}
 

@@ -363,8 +363,8 @@ class QdrantServerStore:
         them; reading ~100 vectors back and comparing them in Python cost more than the search)."""
         if not ids:
             return {}
-        exact = (models.SearchParams(exact=True, quantization=models.QuantizationSearchParams(ignore=True))
-                 if self.backend == "qdrant-server" else None)
+        # Local mode always searches exactly (and warns about any search parameter).
+        exact = search_params(models, "exact", self._index, False) if self.backend == "qdrant-server" else None
         res = self._client.query_points(self.collection, query=vector, using=DENSE, limit=len(ids),
                                         query_filter=models.Filter(must=[models.HasIdCondition(has_id=list(ids))]),
                                         search_params=exact, with_payload=False, with_vectors=False)
