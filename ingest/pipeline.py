@@ -306,19 +306,20 @@ class _Batch:
 
     def flush(self) -> None:
         texts = [c.text for _, c, _ in self.buffer]
-        vectors = [v if v is not None else self.seen.get(_text_key(t)) for (_, _, v), t in zip(self.buffer, texts,
-                                                                                               strict=True)]
+        keys = [_text_key(t) for t in texts]
+        vectors = [v if v is not None else self.seen.get(k) for (_, _, v), k in zip(self.buffer, keys, strict=True)]
         # Each distinct text is embedded once, whichever documents and batches it appears in (documentation
         # repeats boilerplate, the same document often ships in several formats); every chunk is still stored
         # as its own point.
-        todo: dict[str, list[int]] = {}
+        todo: dict[bytes, list[int]] = {}
         for i, v in enumerate(vectors):
             if v is None:
-                todo.setdefault(texts[i], []).append(i)
+                todo.setdefault(keys[i], []).append(i)
         if todo:
-            for text, vec in zip(todo, self.embedder.embed_documents(list(todo)), strict=True):
-                self.seen[_text_key(text)] = vec.copy()  # a row alone, not a view keeping the whole batch
-                for i in todo[text]:
+            embedded = self.embedder.embed_documents([texts[at[0]] for at in todo.values()])
+            for (key, at), vec in zip(todo.items(), embedded, strict=True):
+                self.seen[key] = vec.copy()  # a row alone, not a view keeping the whole batch
+                for i in at:
                     vectors[i] = vec
         sparse_vectors = self.sparse.embed_documents(texts) if self.sparse is not None else [None] * len(texts)
         points = [_point(w, c, vec, sv, self.lease.id)
