@@ -100,3 +100,23 @@ def test_cli_search_modes(sample_index, tmp_path):
     assert "Chronos" in json.loads(res.stdout)["results"][0]["snippet"]
     bad = rag_cmd("search", "x", "--mode", "bm42", env=env)
     assert bad.returncode == 2 and "dense, sparse or hybrid" in bad.stderr
+
+
+def test_feedback_reranks_hybrid_but_hits_report_the_questions_cosine(indexed, embedder):
+    """Pseudo-relevance feedback (on by default in hybrid score fusion) changes the fused scores, never the cosine a
+    passage reports, which RAG_MIN_SCORE judges and the UI shows."""
+    settings, store = indexed
+    hybrid = settings.model_copy(update={"retrieval_mode": "hybrid"})
+    on = Retriever.from_settings(hybrid, store, embedder, top_k=8, min_score=-1)
+    off = Retriever.from_settings(hybrid, store, embedder, top_k=8, min_score=-1, feedback_hits=0)
+    assert on.feedback_hits == settings.hybrid_feedback_hits > 0 and on.feedback_weight > 0
+    for q in QUESTIONS[:4]:
+        vector = embedder.embed_query(q["question"]).tolist()
+        sparse = on.sparse.embed_query(q["question"])
+        fused_on = {h.id: h.score for h in on._search(vector, sparse, 8, None, "hybrid")}
+        fused_off = {h.id: h.score for h in off._search(vector, sparse, 8, None, "hybrid")}
+        shared = set(fused_on) & set(fused_off)
+        assert shared and any(abs(fused_on[i] - fused_off[i]) > 1e-4 for i in shared)
+        passages = on.retrieve(q["question"]).passages
+        own = store.cosines(vector, [p.id for p in passages])
+        assert {p.id: p.score for p in passages} == pytest.approx(own, abs=1e-5)

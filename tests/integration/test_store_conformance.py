@@ -277,6 +277,22 @@ def test_payloads_by_id_apply_the_group_filter(store):
     assert store.payloads([secret], SearchFilter(groups_any=("secret",)))[secret]["chunk_index"] == 13
 
 
+@pytest.mark.attack("evidence", "asks the store how close a chunk it may not read is to a vector of its choosing, "
+                    "by the chunk's id (a similarity oracle on text outside its groups)")
+def test_cosines_by_id_are_exact_and_apply_the_group_filter(store):
+    """Pseudo-relevance feedback re-scores candidates by id; the filter is applied there too."""
+    pts = _hybrid_points()
+    store.upsert_chunks(pts)
+    probe = _vec(7)
+    got = store.cosines(probe, [p.id for p in pts[10:15]], SearchFilter(groups_any=("staff",)))
+    assert set(got) == {p.id for p in pts[10:15]} - {pts[13].id}
+    for p in pts[10:15]:
+        if p.id in got:
+            assert got[p.id] == pytest.approx(float(np.dot(probe, p.vector)), abs=1e-5)
+    assert set(store.cosines(probe, [pts[13].id], SearchFilter(groups_any=("secret",)))) == {pts[13].id}
+    assert store.cosines(probe, []) == {}
+
+
 def test_a_store_built_before_sparse_vectors_falls_back_to_dense(store):
     pts = _hybrid_points()
     store.upsert_chunks(pts)

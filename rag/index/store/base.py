@@ -287,6 +287,11 @@ class Store(Protocol):
         (read those with :meth:`payloads`)."""
         ...
 
+    def cosines(self, vector: Sequence[float], ids: Sequence[str], flt: SearchFilter | None = None) -> dict[str, float]:
+        """The cosine of each of these chunks to ``vector``, scored by the engine (exactly, whatever the index kind);
+        ids not found, or outside ``flt``, are left out."""
+        ...
+
     def payloads(self, ids: Sequence[str], flt: SearchFilter | None = None) -> dict[str, dict[str, Any]]:
         """The payloads of these chunks by id; ids not found, or outside ``flt``, are left out (the filter is
         applied again, so a payload never leaves the store for a chunk the caller may not read)."""

@@ -355,18 +355,18 @@ class QdrantServerStore:
                           models.Prefetch(query=sparse_q, using=SPARSE, limit=n)],
                 query=models.RrfQuery(rrf=models.Rrf(k=rrf_k)),
             )
-        sims = self._cosines(dense_q, [p.id for p in res.points])
+        sims = self.cosines(dense_q, [p.id for p in res.points])
         return [Hit(str(p.id), float(p.score), dict(p.payload or {}), sims.get(str(p.id))) for p in res.points]
 
-    def _cosines(self, vector: list[float], ids: Sequence[Any]) -> dict[str, float]:
-        """The cosine of each of these points to the query, by a dense query restricted to them (the server scores
-        them; reading ~100 vectors back and comparing them in Python cost more than the search)."""
+    def cosines(self, vector: Sequence[float], ids: Sequence[Any], flt: SearchFilter | None = None) -> dict[str, float]:
+        """The server scores them: reading ~100 vectors back and comparing them in Python cost more than the search."""
         if not ids:
             return {}
         # Local mode always searches exactly (and warns about any search parameter).
         exact = search_params(models, "exact", self._index, False) if self.backend == "qdrant-server" else None
-        res = self._client.query_points(self.collection, query=vector, using=DENSE, limit=len(ids),
-                                        query_filter=models.Filter(must=[models.HasIdCondition(has_id=list(ids))]),
+        must = [models.HasIdCondition(has_id=list(ids)), *_conditions(flt)]
+        res = self._client.query_points(self.collection, query=[float(x) for x in vector], using=DENSE, limit=len(ids),
+                                        query_filter=models.Filter(must=must),
                                         search_params=exact, with_payload=False, with_vectors=False)
         return {str(p.id): float(p.score) for p in res.points}
 
