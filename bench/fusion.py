@@ -6,7 +6,8 @@ For every judged query the dense and the BM25 candidate lists (``--depth`` chunk
 candidate) are fetched once from the index `rag eval retrieval` built; each fusion setting then re-ranks those lists
 in memory, so a grid of dozens of settings takes seconds. Settings: Qdrant's reciprocal rank fusion (its formula,
 1/(k + rank from 0), with optional per-side weights) and score fusion (rag/retrieval/fusion.py, the product's own
-code). Reported per family: each setting's nDCG@10 on all queries and per fold (5 folds, the `--folds` split of
+code), and score fusion with dense pseudo-relevance feedback (fusion.feedback_vector: the question's vector moved
+toward the mean of its best dense hits, every candidate re-scored by its cosine to it). Reported per family: each setting's nDCG@10 on all queries and per fold (5 folds, the `--folds` split of
 `rag eval retrieval`), and the nested estimate: the setting picked on four folds, scored on the fifth.
 The product's numbers come from `rag eval retrieval --folds 5`; this script is for choosing its defaults.
 """
@@ -19,6 +20,8 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
+
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
@@ -30,25 +33,37 @@ from evaluation.retrieval import _doc_id, _mean, _per_query, deal_folds, eval_se
 from rag.index.embeddings import get_embedder  # noqa: E402
 from rag.index.sparse import get_sparse_encoder  # noqa: E402
 from rag.index.store import Hit, open_store  # noqa: E402
-from rag.retrieval.fusion import score_fusion  # noqa: E402
+from rag.retrieval.fusion import feedback_vector, score_fusion  # noqa: E402
 from rag.settings import Settings  # noqa: E402
 
 Lists = dict[str, tuple[list[Hit], list[Hit]]]
+Vectors = dict[str, tuple[np.ndarray, dict[str, np.ndarray]]]  # per query: its vector, its candidates' vectors
 
 
-def candidates(dataset: Path, split: str, depth: int) -> tuple[dict, Lists]:
+def candidates(dataset: Path, split: str, depth: int) -> tuple[dict, Lists, Vectors]:
     ds = load_beir(dataset, split)
     es = eval_settings(Settings(), ds)
     if not (es.data_dir / "qdrant-edge").exists():
         sys.exit(f"no index under {es.data_dir}: run `rag eval retrieval {dataset} --split {split}` first")
     embedder, sparse = get_embedder(es), get_sparse_encoder(es)
     lists: Lists = {}
+    vectors: Vectors = {}
     with open_store(es) as store:
         for q, text in sorted(ds.queries.items()):
-            v = embedder.embed_query(text).tolist()
-            lists[q] = (store.query(v, depth, None, mode="dense"),
-                        store.query(v, depth, None, sparse=sparse.embed_query(text), mode="sparse"))
-    return {q: ds.qrels[q] for q in lists}, lists
+            v = embedder.embed_query(text)
+            lists[q] = (store.query(v.tolist(), depth, None, mode="dense"),
+                        store.query(v.tolist(), depth, None, sparse=sparse.embed_query(text), mode="sparse"))
+            ids = list(dict.fromkeys(h.id for side in lists[q] for h in side))
+            vectors[q] = (v, {i: np.asarray(x, dtype=np.float32) for i, x in store.vectors(ids).items()})
+    return {q: ds.qrels[q] for q in lists}, lists, vectors
+
+
+def with_feedback(dense: list[Hit], sparse: list[Hit], vecs: tuple[np.ndarray, dict[str, np.ndarray]], hits: int,
+                  weight: float, w: float, limit: int) -> list[Hit]:
+    """What Retriever._search does with RAG_HYBRID_FEEDBACK_HITS / _WEIGHT, in memory."""
+    question, by_id = vecs
+    moved = feedback_vector(question, [by_id[h.id] for h in dense[:hits]], weight)
+    return score_fusion(dense, sparse, w, limit, {i: float(x @ moved) for i, x in by_id.items()})
 
 
 def rrf(dense: list[Hit], sparse: list[Hit], k: int, weights: tuple[float, float], limit: int) -> list[Hit]:
@@ -79,22 +94,26 @@ def main() -> None:
     args = ap.parse_args()
     import pytrec_eval
 
-    qrels, lists = candidates(args.dataset, args.split, args.depth)
+    qrels, lists, vectors = candidates(args.dataset, args.split, args.depth)
     qids = sorted(lists)
     folds = deal_folds(qids, 5)
     n = 200
-    families: dict[str, dict[str, Callable[[list[Hit], list[Hit]], list[Hit]]]] = {
-        "single": {"dense": lambda d, s: d, "sparse": lambda d, s: s},
+    families: dict[str, dict[str, Callable[[list[Hit], list[Hit], str], list[Hit]]]] = {
+        "single": {"dense": lambda d, s, q: d, "sparse": lambda d, s, q: s},
         "rrf (Qdrant's formula)": {
-            f"rrf k={k} w={w[0]:g}:{w[1]:g}": (lambda d, s, k=k, w=w: rrf(d, s, k, w, n))
+            f"rrf k={k} w={w[0]:g}:{w[1]:g}": (lambda d, s, q, k=k, w=w: rrf(d, s, k, w, n))
             for k in (1, 2, 3, 5, 10, 20, 60) for w in ((1, 1), (1, 1.5), (1.5, 1), (1, 2))},
         "score fusion": {
-            f"score w={w:g}": (lambda d, s, w=w: score_fusion(d, s, w, n))
+            f"score w={w:g}": (lambda d, s, q, w=w: score_fusion(d, s, w, n))
             for w in (0.2, 0.3, 0.4, 0.45, 0.5, 0.55, 0.6, 0.7, 1.0)},
+        "score fusion w=0.5 + dense feedback": {
+            f"feedback {k} hits x{b:g}" if k else "no feedback":
+                (lambda d, s, q, k=k, b=b: with_feedback(d, s, vectors[q], k, b, 0.5, n))
+            for k in (0, 1, 3, 5, 8, 10) for b in ((0.1, 0.15, 0.25, 0.35, 0.5) if k else (0,))},
     }
     print(f"{len(qids)} queries, {args.depth} candidates each side, 5 folds")
     for family, settings in families.items():
-        per = {name: _per_query(pytrec_eval, qrels, {q: ranking(fn(*lists[q])) for q in qids})
+        per = {name: _per_query(pytrec_eval, qrels, {q: ranking(fn(*lists[q], q)) for q in qids})
                for name, fn in settings.items()}
         print(f"\n{family}")
         print(f"  {'setting':22s} {'all':>7s}  " + " ".join(f"{'f' + str(i + 1):>6s}" for i in range(5)) + "   worst")
