@@ -39,5 +39,8 @@ def index_info(store: Store, settings: Settings) -> dict[str, Any]:
 def describe_fusion(settings: Settings) -> str:
     if settings.hybrid_fusion == "rrf":
         return f"rrf (k={settings.rrf_k}, {settings.hybrid_prefetch} candidates a side)"
+    feedback = (f", feedback from the best {settings.hybrid_feedback_hits} dense hits x "
+                f"{settings.hybrid_feedback_weight:g}" if settings.hybrid_feedback_hits and settings.hybrid_feedback_weight
+                else "")
     return (f"score (cosine + {settings.hybrid_sparse_weight:g} x BM25 / best BM25, "
-            f"{settings.hybrid_prefetch} candidates a side)")
+            f"{settings.hybrid_prefetch} candidates a side{feedback})")

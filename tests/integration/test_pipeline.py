@@ -147,6 +147,9 @@ def test_cli_json_exit_codes_and_status(docs, tmp_path, bad_files):
     st = json.loads(rag_cmd("status", "--json", env=env).stdout)
     assert st["documents"] == 5 and st["chunks"] == d["chunks"] and st["backend"] == "qdrant-edge"
     assert st["retrieval_mode"] == "hybrid" and st["fusion"].startswith("score (cosine + 0.5 x BM25")
+    assert st["fusion"].endswith("feedback from the best 5 dense hits x 0.25)")
+    off = json.loads(rag_cmd("status", "--json", env=env | {"RAG_HYBRID_FEEDBACK_HITS": "0"}).stdout)
+    assert off["fusion"] == "score (cosine + 0.5 x BM25 / best BM25, 100 candidates a side)"
     rrf = json.loads(rag_cmd("status", "--json", env=env | {"RAG_HYBRID_FUSION": "rrf"}).stdout)
     assert rrf["fusion"] == "rrf (k=5, 100 candidates a side)"
     res = rag_cmd("ingest", str(bad_files / "bad"), "--json", env=env)
