@@ -218,7 +218,7 @@ def child_ours(spec: dict) -> dict:
 
     settings = Settings(data_dir=Path(spec["data_dir"]), embedding_backend=spec["backend"])
     t = time.perf_counter()
-    embedder = get_embedder(settings)  # cached per process: ingest() below reuses it
+    embedder = get_embedder(settings, batch=True)  # cached per process: ingest() below reuses it (its batch=True)
     load_s = time.perf_counter() - t
     rss_after_load = _rss_mb()
     st = _instrument_ours(embedder) if spec.get("instrument", True) else None

@@ -6,6 +6,9 @@ file leaves it, as one Ray task that returns the file's document, chunks and vec
 are a single-process run's by construction, and crash safety is unchanged: a task writes nothing, so a worker
 killed mid-task costs a retry (Ray reruns a task whose worker died, up to ``MAX_RETRIES`` times) and nothing else.
 
+The driver never loads the embedding model: a worker reports its name, dimension and token limit
+(``describe_model``), which is all the store and the config signature need.
+
 Each Ray worker process keeps one embedder (the local model, or RAG_EMBEDDING_URL's server) and one ParseWorker,
 so the sandbox's limits (memory, wall time per file) hold on the cluster as they do here. Tasks carry paths, not
 bytes, and the code is not shipped: every node needs this project's environment (the same venv or image) and the
@@ -28,8 +31,8 @@ from ingest.chunking import Chunk
 from ingest.parsers import ParsedDocument
 from ingest.prepare import Work, parse_and_chunk
 from ingest.sandbox import ParseWorker
-from rag.errors import ClusterError
-from rag.index.embeddings import Embedder, get_embedder
+from rag.errors import ClusterError, EmbeddingModelError
+from rag.index.embeddings import Embedder, ModelFacts, get_embedder
 from rag.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -59,6 +62,12 @@ def prepare_file(path: str, settings: Settings) -> tuple[ParsedDocument | None, 
     doc, chunks, error = parse_and_chunk(Path(path), settings, embedder, parser)
     vectors = embedder.embed_documents([c.text for c in chunks]) if chunks else None
     return doc, chunks, error, vectors
+
+
+@ray.remote(max_retries=MAX_RETRIES, num_cpus=1)
+def describe_model(settings: Settings) -> ModelFacts:
+    """Runs on a Ray worker, which loads the model it will embed with anyway: the driver needs only these facts."""
+    return ModelFacts.of(get_embedder(settings, batch=True), settings)
 
 
 def _check_reachable(address: str) -> None:
@@ -92,9 +101,16 @@ def _cluster_errors_to_stderr() -> None:
 
 class RayFanOut:
     """Connects to the cluster named by ``settings.ingest_ray`` ("local": one started for this run and stopped
-    with it) and prepares stale files there, as many at a time as it has CPUs (times ``IN_FLIGHT_PER_CPU``)."""
+    with it) and prepares stale files there, as many at a time as it has CPUs (times ``IN_FLIGHT_PER_CPU``).
 
-    def __init__(self, settings: Settings) -> None:
+    The driver does not load the embedding model: a worker reports its name, dimension and token limit
+    (``describe_model``), unless the caller passed an ``embedder`` of its own. That keeps the driver small (a
+    Kubernetes head pod, the compose loop) and spares it the model's files and its one-time export."""
+
+    #: Every chunk comes back with its vector: nothing is embedded on the driver.
+    embedder: Embedder | None = None
+
+    def __init__(self, settings: Settings, embedder: Embedder | None = None) -> None:
         self.settings = settings
         address = settings.ingest_ray or "local"
         self.own = not ray.is_initialized()
@@ -111,6 +127,21 @@ class RayFanOut:
         self.window = max(1, int(ray.cluster_resources().get("CPU", 1)) * IN_FLIGHT_PER_CPU)
         self.pending: dict[ray.ObjectRef, Work] = {}
         self._lock = threading.Lock()  # the parse thread submits and collects; close() cancels from the main one
+        try:
+            self.model = (ModelFacts.of(embedder, settings) if embedder is not None
+                          else ray.get(describe_model.remote(settings)))
+        except RayError as exc:
+            self.close()
+            cause = getattr(exc, "cause", None)  # the worker's own exception, without Ray's traceback
+            if isinstance(cause, EmbeddingModelError):
+                raise EmbeddingModelError(f"on the Ray workers: {cause} Every node needs the model at the same "
+                                          "path (the same venv or image).") from None
+            raise ClusterError(f"the Ray workers could not load the embedding model {settings.embedding_model!r} "
+                               f"({exc.__class__.__name__}); `ray logs` on the head shows why. Every node needs this "
+                               "project's environment and the model (the same venv or image).") from exc
+        except BaseException:
+            self.close()
+            raise
 
     def produce(self, files: list[Path], check: Callable[[Path], Work], put: Callable[[Work | None], bool],
                 stop: threading.Event) -> None:
@@ -164,4 +195,5 @@ class RayFanOut:
                 ray.cancel(ref, force=True)
             self.pending.clear()
         if self.own:
+            self.own = False
             ray.shutdown()

@@ -47,7 +47,7 @@ from ingest.report import FileIssue, IngestReport, Progress, ProgressCallback
 from ingest.sweep import forget, remove_document, sweep
 from ingest.writers import WriterLease
 from rag.security.access import AccessPolicy
-from rag.index.embeddings import Embedder, get_embedder
+from rag.index.embeddings import Embedder, ModelFacts, get_embedder
 from rag.errors import AccessPolicyError, ClusterError
 from rag.settings import Settings
 from rag.types import ChunkPayload
@@ -68,13 +68,13 @@ EMBED_BUFFER = 256
 SEEN_VECTORS = 16384
 
 
-def config_signature(settings: Settings, embedder: Embedder, sparse: SparseEncoder | None = None) -> str:
+def config_signature(settings: Settings, model: ModelFacts, sparse: SparseEncoder | None = None) -> str:
     """What, besides the file's bytes, decides its chunks: change any of it and the file is re-ingested."""
-    parts = [embedder.model_name, str(embedder.max_tokens), str(settings.chunk_tokens),
+    parts = [model.model_name, str(model.max_tokens), str(settings.chunk_tokens),
              str(settings.chunk_overlap_tokens), settings.pdf_parser, str(settings.ocr), PARSER_VERSION,
              # An embeddings server's vectors differ from the local model's by rounding: re-embedded like a
              # change from torch to onnx-int8.
-             getattr(embedder, "backend", settings.embedding_backend), settings.embedding_passage_prompt]
+             model.backend, settings.embedding_passage_prompt]
     if sparse is not None:  # only stores with BM25 vectors: older ones are not re-embedded for nothing
         parts.append(sparse.signature)
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
@@ -116,13 +116,17 @@ def ingest(
     except ValueError as exc:
         raise AccessPolicyError(f"invalid groups: {exc}") from None
     access, report.warnings = resolve_access(found, policy)
-    embedder = embedder or get_embedder(settings, batch=True)
+    fan_out = _fan_out(settings, embedder)
     own_store = store is None
-    store = store or open_store(settings)
     try:
-        store.ensure_ready(embedder.dimension, embedder.model_name)
+        store = store or open_store(settings)
+    except BaseException:
+        fan_out.close()
+        raise
+    try:
+        store.ensure_ready(fan_out.model.dimension, fan_out.model.model_name)
         with WriterLease(store, settings.ingest_writer_ttl_s) as lease:
-            _run(files, roots, settings, access, store, lease, embedder, report, progress)
+            _run(files, roots, settings, access, store, lease, fan_out, report, progress)
         # The index kind follows the chunk count: (re)build what it needs now rather than in the first query's
         # path (a no-op for exact search and for an index already built).
         report.index = store.build_index().to_dict()
@@ -130,6 +134,7 @@ def ingest(
         report.interrupted = True
         raise
     finally:
+        fan_out.close()
         store.flush()
         if own_store:
             store.close()
@@ -137,30 +142,33 @@ def ingest(
     return report
 
 
+def _fan_out(settings: Settings, embedder: Embedder | None) -> FanOut:
+    """This process, or the Ray cluster of RAG_INGEST_RAY; there the workers hold the model, not this process
+    (unless an ``embedder`` was passed in)."""
+    if not settings.ingest_ray:
+        return LocalFanOut(settings, embedder or get_embedder(settings, batch=True))
+    try:
+        from ingest.distributed import RayFanOut  # Ray is an optional extra: imported only when asked for
+    except ImportError as exc:
+        raise ClusterError(f"RAG_INGEST_RAY / --ray needs Ray ({exc}): pip install 'onprem-rag[ray]'") from None
+    return RayFanOut(settings, embedder)
+
+
 def _run(files: list[Path], roots: list[Path], settings: Settings, access: dict[str, dict], store: Store,
-         lease: WriterLease, embedder: Embedder, report: IngestReport, progress: ProgressCallback | None) -> None:
+         lease: WriterLease, fan_out: FanOut, report: IngestReport, progress: ProgressCallback | None) -> None:
     registry = store.documents()
     damaged = sweep(store, registry, files, roots, report)
     # Every chunk gets its BM25 vector whatever the retrieval mode, so switching modes needs no re-index.
     sparse = get_sparse_encoder(settings) if store.has_sparse else None
-    sig = config_signature(settings, embedder, sparse)
+    sig = config_signature(settings, fan_out.model, sparse)
     prog = Progress(files_total=len(files), bytes_total=sum(_size(f) for f in files))
-    batch = _Batch(store, lease, embedder, sparse, sig, report, prog)
+    batch = _Batch(store, lease, fan_out.embedder, sparse, sig, report, prog)
     work_q: queue.Queue[Work | None] = queue.Queue(maxsize=8)
     stop = threading.Event()
 
     def check(f: Path) -> Work:
         return _check(f, registry.get(str(f)), sig, access[str(f)], settings, redo=str(f) in damaged)
 
-    fan_out: FanOut
-    if settings.ingest_ray:
-        try:
-            from ingest.distributed import RayFanOut  # Ray is an optional extra: imported only when asked for
-        except ImportError as exc:
-            raise ClusterError(f"RAG_INGEST_RAY / --ray needs Ray ({exc}): pip install 'onprem-rag[ray]'") from None
-        fan_out = RayFanOut(settings)
-    else:
-        fan_out = LocalFanOut(settings, embedder)
     failure: list[BaseException] = []
 
     def produce() -> None:
@@ -285,7 +293,7 @@ class _Batch:
     """Chunks of several documents gathered for one embedding call; a document's record is written once its
     last chunk is stored (the crash-safety rule of the module docstring)."""
 
-    def __init__(self, store: Store, lease: WriterLease, embedder: Embedder, sparse: SparseEncoder | None, sig: str,
+    def __init__(self, store: Store, lease: WriterLease, embedder: Embedder | None, sparse: SparseEncoder | None, sig: str,
                  report: IngestReport, prog: Progress) -> None:
         self.store, self.lease, self.embedder, self.sparse, self.sig = store, lease, embedder, sparse, sig
         self.report, self.prog = report, prog
@@ -316,6 +324,8 @@ class _Batch:
             if v is None:
                 todo.setdefault(keys[i], []).append(i)
         if todo:
+            if self.embedder is None:  # a fan-out without an embedder here returns every chunk's vector
+                raise RuntimeError(f"{len(todo)} chunks came back without vectors from the fan-out")
             embedded = self.embedder.embed_documents([texts[at[0]] for at in todo.values()])
             for (key, at), vec in zip(todo.items(), embedded, strict=True):
                 self.seen[key] = vec.copy()  # a row alone, not a view keeping the whole batch

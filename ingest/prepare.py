@@ -20,7 +20,7 @@ from ingest.chunking import Chunk, chunk_document
 from ingest.parsers import ParsedDocument
 from ingest.sandbox import ParseWorker
 from rag.errors import ParseError
-from rag.index.embeddings import Embedder
+from rag.index.embeddings import Embedder, ModelFacts
 from rag.index.store import DocumentRecord
 from rag.settings import Settings
 
@@ -66,6 +66,14 @@ def parse_and_chunk(f: Path, settings: Settings, embedder: Embedder,
 class FanOut(Protocol):
     """Where changed files are parsed, chunked (and maybe embedded): in this process, or on a Ray cluster."""
 
+    @property
+    def model(self) -> ModelFacts:
+        """The embedding model's identity, for the index and the run's config signature."""
+
+    @property
+    def embedder(self) -> Embedder | None:
+        """What embeds the chunks in this process; None when the fan-out returns every chunk's vectors itself."""
+
     def produce(self, files: list[Path], check: Callable[[Path], Work], put: Callable[[Work | None], bool],
                 stop: threading.Event) -> None:
         """The parse thread: every file checked (hash, unchanged?) here, the stale ones prepared, each put, then
@@ -80,6 +88,7 @@ class LocalFanOut:
 
     def __init__(self, settings: Settings, embedder: Embedder) -> None:
         self.settings, self.embedder = settings, embedder
+        self.model = ModelFacts.of(embedder, settings)
         self.parser = ParseWorker(settings)
 
     def produce(self, files: list[Path], check: Callable[[Path], Work], put: Callable[[Work | None], bool],

@@ -12,6 +12,7 @@ import tempfile
 import threading
 import warnings
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
@@ -49,6 +50,23 @@ class Embedder(Protocol):
         ...
 
     def embed_query(self, text: str) -> np.ndarray: ...
+
+
+@dataclass(frozen=True)
+class ModelFacts:
+    """What the index and the ingest bookkeeping need to know of the embedding model, without the model: a Ray
+    driver gets these from a worker (ingest/distributed.py) instead of loading the model itself."""
+
+    model_name: str
+    dimension: int
+    max_tokens: int
+    #: torch, onnx-int8, or endpoint: the same model's vectors differ by rounding between them.
+    backend: str
+
+    @classmethod
+    def of(cls, embedder: Embedder, settings: Settings) -> ModelFacts:
+        return cls(embedder.model_name, embedder.dimension, embedder.max_tokens,
+                   getattr(embedder, "backend", settings.embedding_backend))
 
 
 def _onnx_quantization_target() -> str:

@@ -145,8 +145,12 @@ def test_worker_killed_mid_run_gives_the_single_process_index(ray_cluster, tmp_p
     r = ingest([corpus], single, embedder=embedder)
     assert r.added == 24 and not r.failed
 
-    rag = str(Path(sys.executable).parent / "rag")
-    cmd = [rag, "ingest", str(corpus), "--ray", address, "--json"]
+    # `rag ingest --ray`, which says at exit whether it loaded the embedding model: it must not, a worker tells it
+    # the model's name, dimension and token limit (the driver stays small: a head pod, the compose loop).
+    driver_code = ("import atexit, sys; from rag.cli import main; atexit.register(lambda: print('model modules "
+                   "loaded:', [m for m in ('torch', 'sentence_transformers', 'onnxruntime') if m in sys.modules], "
+                   "file=sys.stderr)); sys.argv[0] = 'rag'; main()")
+    cmd = [sys.executable, "-c", driver_code, "ingest", str(corpus), "--ray", address, "--json"]
     run_env = env | {"RAG_DATA_DIR": str(distributed.data_dir), "RAG_EMBEDDING_BACKEND": "torch"}
     driver = subprocess.Popen(cmd, env=run_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     killed: list[int] = []
@@ -161,6 +165,7 @@ def test_worker_killed_mid_run_gives_the_single_process_index(ray_cluster, tmp_p
         time.sleep(0.2)
     out, errors = driver.communicate()
     assert driver.returncode == 0, errors[-3000:]
+    assert "model modules loaded: []" in errors, errors[-3000:]
     report = json.loads(out)
     assert killed, "no task ran for a second; make the corpus larger"
     assert report["added"] == 24 and not report["failed"], report
@@ -191,3 +196,18 @@ def test_unreachable_cluster_fails_at_once_and_writes_nothing(docs, settings, em
     assert time.time() - started < 30
     with open_store(settings) as s:
         assert s.documents() == {} and s.count_chunks() == 0
+
+
+def test_a_model_the_workers_cannot_load_fails_before_anything_is_written(docs, tmp_path):
+    """The driver no longer loads the model itself, so the workers' failure to is what the user must see, in a
+    sentence, not a Ray traceback; the run stops before a document is written."""
+    rag = str(Path(sys.executable).parent / "rag")
+    env = {**os.environ, "RAG_DATA_DIR": str(tmp_path / "data"), "RAG_EMBEDDING_MODEL": str(tmp_path / "no-model"),
+           "RAY_USAGE_STATS_ENABLED": "0",
+           "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    res = subprocess.run([rag, "ingest", str(docs), "--ray", "local"], env=env, capture_output=True, text=True,
+                         timeout=300)
+    assert res.returncode == 2, res.stderr[-2000:]
+    assert f"error: on the Ray workers: cannot load embedding model '{tmp_path / 'no-model'}'" in res.stderr
+    assert "Traceback" not in res.stderr and "ray::" not in res.stderr
+    assert not (tmp_path / "data" / "qdrant-edge").exists()
