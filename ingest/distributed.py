@@ -47,14 +47,29 @@ IN_FLIGHT_PER_CPU = 2
 _parsers: dict[str, ParseWorker] = {}  # one per worker process and settings (its sandbox process lives on)
 
 
+#: CPUs each task asks Ray for; Ray runs as many tasks on a node at once as it has CPUs.
+TASK_CPUS = 1
+
+
+def _worker_settings(settings: Settings) -> Settings:
+    """The driver's settings, with the embedder held to the task's share of the node unless RAG_EMBEDDING_THREADS
+    says otherwise. Ray sets OMP_NUM_THREADS for torch, but ONNX Runtime sizes its thread pool to every core of the
+    node, so with one task per core each one would run as many threads as the node has cores. Measured on 2 cores,
+    60 files: 2 workers took 147 s with a pool of 2 each, against 137 s for 1 worker (bench/README.md)."""
+    if settings.embedding_threads is not None:
+        return settings
+    return settings.model_copy(update={"embedding_threads": TASK_CPUS})
+
+
 def _tools(settings: Settings) -> tuple[Embedder, ParseWorker]:
+    settings = _worker_settings(settings)
     key = settings.model_dump_json()
     if key not in _parsers:
         _parsers[key] = ParseWorker(settings)
     return get_embedder(settings, batch=True), _parsers[key]
 
 
-@ray.remote(max_retries=MAX_RETRIES, num_cpus=1)
+@ray.remote(max_retries=MAX_RETRIES, num_cpus=TASK_CPUS)
 def prepare_file(path: str, settings: Settings) -> tuple[ParsedDocument | None, list[Chunk], str | None,
                                                          np.ndarray | None]:
     """Runs on a Ray worker: the single-process run's parse and chunk, then the chunks' vectors."""
@@ -64,10 +79,10 @@ def prepare_file(path: str, settings: Settings) -> tuple[ParsedDocument | None, 
     return doc, chunks, error, vectors
 
 
-@ray.remote(max_retries=MAX_RETRIES, num_cpus=1)
+@ray.remote(max_retries=MAX_RETRIES, num_cpus=TASK_CPUS)
 def describe_model(settings: Settings) -> ModelFacts:
     """Runs on a Ray worker, which loads the model it will embed with anyway: the driver needs only these facts."""
-    return ModelFacts.of(get_embedder(settings, batch=True), settings)
+    return ModelFacts.of(_tools(settings)[0], settings)
 
 
 def _check_reachable(address: str) -> None:
