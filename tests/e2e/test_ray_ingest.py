@@ -211,3 +211,12 @@ def test_a_model_the_workers_cannot_load_fails_before_anything_is_written(docs, 
     assert f"error: on the Ray workers: cannot load embedding model '{tmp_path / 'no-model'}'" in res.stderr
     assert "Traceback" not in res.stderr and "ray::" not in res.stderr
     assert not (tmp_path / "data" / "qdrant-edge").exists()
+
+
+def test_workers_embed_with_their_tasks_share_of_the_node():
+    """ONNX Runtime would size each worker's pool to every core of the node (it ignores Ray's OMP_NUM_THREADS):
+    one task per core would then run cores x cores threads. An explicit RAG_EMBEDDING_THREADS is kept."""
+    from ingest.distributed import TASK_CPUS, _worker_settings
+
+    assert _worker_settings(Settings()).embedding_threads == TASK_CPUS == 1
+    assert _worker_settings(Settings(embedding_threads=3)).embedding_threads == 3
