@@ -1,12 +1,14 @@
-"""BM25 parameters, title handling and chunk-to-document aggregation on a BEIR dataset, by nested cross-validation.
+"""BM25 parameters, title handling, word pairs, query expansion and chunk-to-document aggregation on a BEIR dataset,
+by nested cross-validation.
 
     RAG_DATA_DIR=/work/evaldata .venv/bin/python bench/bm25.py ../shared/eval/scifact --split train
+    ... bench/bm25.py ../shared/eval/scifact --split train --families pairs expansion     # some grids only
 
 Reads every chunk (text and dense vector) of the index `rag eval retrieval` built, once; then recomputes BM25 in
 memory for each setting with the product's encoder (rag.index.sparse.Bm25Encoder) and the IDF Qdrant's modifier
 adds at query time, ln(1 + (N - n + 0.5) / (n + 0.5)), so no setting needs a re-ingest. Dense and BM25 top-200
-lists are fused by the product's own score_fusion (weight RAG_HYBRID_SPARSE_WEIGHT), documents ranked by their best
-chunk, as `rag eval retrieval` does. First a check: for the index's own settings the in-memory BM25 must equal the
+lists are fused by the product's own score_fusion (weight RAG_HYBRID_SPARSE_WEIGHT, ranked by the cosine moved by
+dense feedback, RAG_HYBRID_FEEDBACK_*), documents ranked by their best chunk, as `rag eval retrieval` does. First a check: for the index's own settings the in-memory BM25 must equal the
 store's. Reported per family: nDCG@10 on all queries and per fold (the 5 folds of `--folds 5`), the change against
 the family's reference in each fold, and the nested estimate (the setting picked on four folds, scored on the fifth).
 """
@@ -14,9 +16,11 @@ the family's reference in each fold, and the nested estimate (the setting picked
 from __future__ import annotations
 
 import argparse
+import re
 import statistics
 import sys
-from collections.abc import Callable
+from collections import Counter
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -30,9 +34,9 @@ offline.apply()
 
 from evaluation.retrieval import _doc_id, _mean, _per_query, deal_folds, eval_settings, load_beir  # noqa: E402
 from rag.index.embeddings import get_embedder  # noqa: E402
-from rag.index.sparse import Bm25Encoder, SparseEncoder, get_sparse_encoder  # noqa: E402
+from rag.index.sparse import Bm25Encoder, SparseEncoder, SparseVector, get_sparse_encoder  # noqa: E402
 from rag.index.store import Hit, open_store  # noqa: E402
-from rag.retrieval.fusion import score_fusion  # noqa: E402
+from rag.retrieval.fusion import feedback_vector, score_fusion  # noqa: E402
 from rag.settings import Settings  # noqa: E402
 
 DEPTH = 200  # candidates each side and chunks per query, as `rag eval retrieval` asks for
@@ -65,28 +69,51 @@ class Bench:
         dense /= np.linalg.norm(dense, axis=1, keepdims=True)
         queries = np.asarray([embedder.embed_query(self.ds.queries[q]) for q in self.qids], dtype=np.float32)
         queries /= np.linalg.norm(queries, axis=1, keepdims=True)
+        self.dense, self.queries = dense, queries
         self.cos = queries @ dense.T
         self.weight = self.settings.hybrid_sparse_weight
+        self.feedback = (self.settings.hybrid_feedback_hits, self.settings.hybrid_feedback_weight)
 
     def bm25(self, enc: SparseEncoder, text: Callable[[int], str] | None = None) -> np.ndarray:
         """queries x chunks BM25, as Qdrant scores it: document weights from ``enc``, IDF over these chunks."""
+        q, d = self.matrices(enc, text)
+        return np.asarray((q @ d.T).todense())
+
+    def matrices(self, enc: SparseEncoder, text: Callable[[int], str] | None = None):
+        """The queries' term weights (queries x terms) and the chunks' BM25 weights with IDF (chunks x terms)."""
         import scipy.sparse as sps
 
         cols: dict[int, int] = {}
 
-        def matrix(vecs) -> sps.csr_matrix:
+        def entries(vecs) -> tuple[list[float], tuple[list[int], list[int]]]:
             rows, cs, vals = [], [], []
             for i, v in enumerate(vecs):
                 for t, x in zip(v.indices, v.values, strict=True):
                     rows.append(i), cs.append(cols.setdefault(t, len(cols))), vals.append(x)
-            return sps.csr_matrix((vals, (rows, cs)), shape=(len(vecs), 1 << 24))
+            return vals, (rows, cs)
 
         texts = [text(i) if text else h.payload["text"] for i, h in enumerate(self.chunks)]
-        d = matrix(enc.embed_documents(texts))
-        q = matrix([enc.embed_query(self.ds.queries[x]) for x in self.qids])
+        de = entries(enc.embed_documents(texts))
+        qe = entries([enc.embed_query(self.ds.queries[x]) for x in self.qids])
+        d = sps.csr_matrix(de, shape=(len(texts), len(cols)))
+        q = sps.csr_matrix(qe, shape=(len(self.qids), len(cols)))
         n = np.asarray((d > 0).sum(axis=0)).ravel()
         idf = np.log1p((d.shape[0] - n + 0.5) / (n + 0.5))
-        return np.asarray((q @ d.multiply(idf[None, :]).T.tocsr()).todense())
+        return q.tocsr(), d.multiply(idf[None, :]).tocsr()
+
+    def expanded(self, enc: SparseEncoder, hits: int, terms: int, weight: float) -> np.ndarray:
+        """BM25 of each query plus ``weight`` x the ``terms`` heaviest terms (BM25 x IDF, scaled to 1 at the
+        heaviest) of its best ``hits`` dense chunks: keyword-side feedback taken from the dense side."""
+        q, d = self.matrices(enc)
+        rows = []
+        for qi in range(len(self.qids)):
+            mean = np.asarray(d[self._top(self.cos[qi], False)[:hits]].mean(axis=0)).ravel()
+            pick = np.argpartition(-mean, terms)[:terms]
+            pick = pick[mean[pick] > 0]
+            query = np.asarray(q[qi].todense()).ravel()
+            query[pick] += weight * mean[pick] / mean[pick].max()
+            rows.append(d @ query)
+        return np.asarray(rows)
 
     def check(self) -> float:
         """Largest relative gap between the in-memory BM25 and the store's, for the index's own settings."""
@@ -106,8 +133,13 @@ class Bench:
             return [(int(i), float(self.cos[qi, i])) for i in d]
         if mode == "sparse":
             return [(int(i), float(bm[qi, i])) for i in s]
+        # Ranked as Retriever._search ranks: by the cosine to the question moved toward its best dense hits
+        # (RAG_HYBRID_FEEDBACK_*), every candidate re-scored against it.
+        moved = feedback_vector(self.queries[qi], list(self.dense[d[:self.feedback[0]]]), self.feedback[1])
+        ranking = {str(i): float(self.dense[i] @ moved) for i in np.union1d(d, s)}
         fused = score_fusion([Hit(str(i), float(self.cos[qi, i]), {}) for i in d],
-                             [Hit(str(i), float(bm[qi, i]), {}, float(self.cos[qi, i])) for i in s], self.weight, DEPTH)
+                             [Hit(str(i), float(bm[qi, i]), {}, float(self.cos[qi, i])) for i in s], self.weight, DEPTH,
+                             ranking)
         return [(int(h.id), h.score) for h in fused]
 
     def per_query(self, bm: np.ndarray, mode: str, alpha: float = 0.0) -> dict[str, dict[str, float]]:
@@ -146,10 +178,14 @@ class Bench:
         print(f"  nested: picked {'; '.join(picks)}; held-out nDCG@10 {statistics.fmean(held):.4f}")
 
 
+FAMILIES = ("b", "avg_len", "k", "title", "aggregation", "pairs", "expansion")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("dataset", type=Path)
     ap.add_argument("--split", default="train")
+    ap.add_argument("--families", nargs="+", choices=FAMILIES, default=FAMILIES, help="which grids to run (all)")
     args = ap.parse_args()
     b = Bench(args.dataset, args.split)
     print(f"{len(b.qids)} queries, {len(b.chunks)} chunks, 5 folds; in-memory BM25 vs the store's "
@@ -158,51 +194,102 @@ def main() -> None:
     print(f"chunk length in BM25 terms: mean {lengths.mean():.1f}, median {np.median(lengths):.0f}, "
           f"p10-p90 {np.percentile(lengths, 10):.0f}-{np.percentile(lengths, 90):.0f}")
 
-    def both(label: str, enc: Bm25Encoder, text=None) -> tuple[dict, dict]:
-        bm = b.bm25(enc, text)
-        return {label: b.per_query(bm, "hybrid")}, {label: b.per_query(bm, "sparse")}
+    def compare(family: str, settings: list[tuple[str, np.ndarray]]) -> None:
+        """Hybrid and BM25 alone for each (label, queries x chunks BM25); the first setting is the reference."""
+        b.report(f"hybrid, {family}", {label: b.per_query(bm, "hybrid") for label, bm in settings}, settings[0][0])
+        b.report(f"BM25 alone, {family}", {label: b.per_query(bm, "sparse") for label, bm in settings},
+                 settings[0][0])
 
     grids = {
-        "b (k=1.2, avg_len=100)": [(f"b={x:g}", Bm25Encoder(avg_len=100, b=x)) for x in (0.75, 0, 0.1, 0.2, 0.3, 0.4,
-                                                                                       0.5, 0.6)],
-        "avg_len (k=1.2, b=0.75)": [(f"avg_len={x:g}", Bm25Encoder(avg_len=x, b=0.75))
-                                    for x in (100, 86, 150, 256, 400, 800)],
-        "k (b=0.3, avg_len=100)": [(f"k={x:g}", Bm25Encoder(avg_len=100, b=0.3, k=x)) for x in (1.2, 0.6, 0.9, 1.5, 2)],
+        "b": ("b (k=1.2, avg_len=100)",
+              [(f"b={x:g}", Bm25Encoder(avg_len=100, b=x)) for x in (0.75, 0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6)]),
+        "avg_len": ("avg_len (k=1.2, b=0.75)",
+                    [(f"avg_len={x:g}", Bm25Encoder(avg_len=x, b=0.75)) for x in (100, 86, 150, 256, 400, 800)]),
+        "k": ("k (b=0.3, avg_len=100)", [(f"k={x:g}", Bm25Encoder(avg_len=100, b=0.3, k=x)) for x in (1.2, 0.6, 0.9,
+                                                                                                     1.5, 2)]),
+        "pairs": ("word pairs beside single words (b=0.3), the pair's weight in the query",
+                  [("single words", Bm25Encoder(avg_len=100, b=0.3))]
+                  + [(f"pairs x{w:g}{'' if strict else ', across stopwords'}", WithBigrams(w, strict=strict))
+                     for strict in (True, False) for w in (0.25, 0.5, 1.0)]),
     }
-    for family, settings in grids.items():
-        hybrid, sparse = {}, {}
-        for label, enc in settings:
-            h, s = both(label, enc)
-            hybrid |= h
-            sparse |= s
-        b.report(f"hybrid, {family}", hybrid, settings[0][0])
-        b.report(f"BM25 alone, {family}", sparse, settings[0][0])
+    for key, (family, encoders) in grids.items():
+        if key in args.families:
+            compare(family, [(label, b.bm25(enc)) for label, enc in encoders])
 
-    titles = {d: t for d, (t, _) in b.ds.corpus.items()}
+    if "title" in args.families:
+        titles = {d: t for d, (t, _) in b.ds.corpus.items()}
 
-    def body(i: int) -> str:
-        h, t = b.chunks[i], titles[b.docs[i]]
-        text = h.payload["text"]
-        return text[len(t) + 2:] if t and h.payload["chunk_index"] == 0 and text.startswith(t + "\n\n") else text
+        def body(i: int) -> str:
+            h, t = b.chunks[i], titles[b.docs[i]]
+            text = h.payload["text"]
+            return text[len(t) + 2:] if t and h.payload["chunk_index"] == 0 and text.startswith(t + "\n\n") else text
 
-    title_variants: dict[str, Callable[[int], str]] = {
-        "title in the first chunk (as ingested)": lambda i: b.chunks[i].payload["text"],
-        "no title": body,
-        "title in every chunk": lambda i: f"{titles[b.docs[i]]}\n\n{body(i)}" if titles[b.docs[i]] else body(i),
-        "title twice in every chunk": lambda i: f"{titles[b.docs[i]]}\n\n" * 2 + body(i),
-    }
-    hybrid, sparse = {}, {}
-    for label, fn in title_variants.items():
-        h, s = both(label, Bm25Encoder(avg_len=100, b=0.3), fn)
-        hybrid |= h
-        sparse |= s
-    b.report("hybrid, title in the BM25 text (b=0.3)", hybrid, "title in the first chunk (as ingested)")
-    b.report("BM25 alone, title in the BM25 text (b=0.3)", sparse, "title in the first chunk (as ingested)")
+        title_variants: dict[str, Callable[[int], str]] = {
+            "title in the first chunk (as ingested)": lambda i: b.chunks[i].payload["text"],
+            "no title": body,
+            "title in every chunk": lambda i: f"{titles[b.docs[i]]}\n\n{body(i)}" if titles[b.docs[i]] else body(i),
+            "title twice in every chunk": lambda i: f"{titles[b.docs[i]]}\n\n" * 2 + body(i),
+        }
+        compare("title in the BM25 text (b=0.3)",
+                [(label, b.bm25(Bm25Encoder(avg_len=100, b=0.3), fn)) for label, fn in title_variants.items()])
 
-    bm = b.bm25(Bm25Encoder(avg_len=100, b=0.3))
-    for mode in ("dense", "sparse", "hybrid"):
-        b.report(f"{mode}, document = best + alpha x second-best chunk (b=0.3)",
-                 {f"alpha={a:g}": b.per_query(bm, mode, a) for a in (0, 0.05, 0.1, 0.2, 0.3)}, "alpha=0")
+    if "aggregation" in args.families:
+        bm = b.bm25(Bm25Encoder(avg_len=100, b=0.3))
+        for mode in ("dense", "sparse", "hybrid"):
+            b.report(f"{mode}, document = best + alpha x second-best chunk (b=0.3)",
+                     {f"alpha={a:g}": b.per_query(bm, mode, a) for a in (0, 0.05, 0.1, 0.2, 0.3)}, "alpha=0")
+
+    if "expansion" in args.families:
+        enc = Bm25Encoder(avg_len=100, b=0.3)
+        compare("the BM25 query expanded by its best dense chunks' terms (b=0.3)",
+                [("no expansion", b.bm25(enc))]
+                + [(f"dense top {k}, {m} terms x{w:g}", b.expanded(enc, k, m, w))
+                   for k in (3, 5, 10) for m in (10, 20) for w in (0.2, 0.5)])
+
+
+class WithBigrams:
+    """The product's BM25 plus adjacent pairs of content words (stopwords dropped, Snowball stems, as the unigram
+    side), a pair weighing ``weight`` in the query: phrase matching for multi-word terms ("vitamin D", "T cells").
+    Pairs get BM25's term-frequency part with the chunk's content-word count as its length."""
+
+    def __init__(self, weight: float, *, strict: bool = True, avg_len: float = 100, b: float = 0.3, k: float = 1.2):
+        self.unigrams = Bm25Encoder(avg_len=avg_len, b=b, k=k)
+        self.weight, self.strict, self.avg_len, self.b, self.k = weight, strict, avg_len, b, k
+        self.signature = f"{self.unigrams.signature}:pairs={weight:g}:strict={strict}"
+        self._stems: dict[str, int | None] = {}
+
+    def _stem(self, word: str) -> int | None:
+        if word not in self._stems:
+            ids = self.unigrams.embed_query(word).indices
+            self._stems[word] = ids[0] if len(ids) == 1 else None
+        return self._stems[word]
+
+    def _pairs(self, text: str) -> tuple[list[int], int]:
+        """Pair ids (above every unigram id) and the number of content words; ``strict``: a stopword breaks a pair."""
+        pairs, prev, words = [], None, 0
+        for stem in map(self._stem, re.findall(r"\w+", text.lower())):
+            if stem is None:
+                prev = None if self.strict else prev
+                continue
+            words += 1
+            if prev is not None:
+                pairs.append((1 << 64) | (prev << 32) | stem)
+            prev = stem
+        return pairs, words
+
+    def embed_documents(self, texts: Sequence[str]) -> list[SparseVector]:
+        out = []
+        for text, uni in zip(texts, self.unigrams.embed_documents(texts), strict=True):
+            pairs, words = self._pairs(text)
+            tf = Counter(pairs)
+            norm = self.k * (1 - self.b + self.b * words / self.avg_len)
+            out.append(SparseVector(uni.indices + tuple(tf), uni.values + tuple(f * (self.k + 1) / (f + norm)
+                                                                               for f in tf.values())))
+        return out
+
+    def embed_query(self, text: str) -> SparseVector:
+        uni, pairs = self.unigrams.embed_query(text), set(self._pairs(text)[0])
+        return SparseVector(uni.indices + tuple(pairs), uni.values + (self.weight,) * len(pairs))
 
 
 def _terms(text: str) -> list[int]:
