@@ -8,9 +8,11 @@ Reads every chunk (text and dense vector) of the index `rag eval retrieval` buil
 memory for each setting with the product's encoder (rag.index.sparse.Bm25Encoder) and the IDF Qdrant's modifier
 adds at query time, ln(1 + (N - n + 0.5) / (n + 0.5)), so no setting needs a re-ingest. Dense and BM25 top-200
 lists are fused by the product's own score_fusion (weight RAG_HYBRID_SPARSE_WEIGHT, ranked by the cosine moved by
-dense feedback, RAG_HYBRID_FEEDBACK_*), documents ranked by their best chunk, as `rag eval retrieval` does. First a check: for the index's own settings the in-memory BM25 must equal the
-store's. Reported per family: nDCG@10 on all queries and per fold (the 5 folds of `--folds 5`), the change against
-the family's reference in each fold, and the nested estimate (the setting picked on four folds, scored on the fifth).
+dense feedback, RAG_HYBRID_FEEDBACK_*; RAG_HYBRID_FEEDBACK_HITS=0 ranks as before that default, as the b, avg_len,
+title and aggregation tables of bench/README.md were measured), documents ranked by their best chunk, as `rag eval
+retrieval` does. First a check: for the index's own settings the in-memory BM25 must equal the store's. Reported
+per family: nDCG@10 on all queries and per fold (the 5 folds of `--folds 5`), the change against the family's
+reference in each fold, and the nested estimate (the setting picked on four folds, scored on the fifth).
 """
 
 from __future__ import annotations
