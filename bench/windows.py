@@ -57,8 +57,8 @@ def unit(x: np.ndarray) -> np.ndarray:
 class Windows:
     """The bench's chunks embedded whole and in windows, and the ways of scoring a chunk from them."""
 
-    def __init__(self, b, window: int, stride: int) -> None:
-        self.b = b
+    def __init__(self, b, window: int, stride: int, rescore: bool = False) -> None:
+        self.b, self.rescore = b, rescore
         embedder = get_embedder(b.settings, batch=True)
         self.bm = b.bm25(get_sparse_encoder(b.settings))
         texts = [h.payload["text"] for h in b.chunks]
@@ -104,12 +104,16 @@ class Windows:
         vectors = self.whole if score else b.dense
         cos = score(b.queries) if score else b.cos
         ranked_docs = {}
+        # --rescore: candidates (and feedback hits) by the chunk's own cosine, as the store's graph finds them, then
+        # ranked by the scorer: Retriever._search with RAG_DENSE_WINDOWS.
+        own = ((b.queries @ self.whole.T) if score else b.cos) if self.rescore else cos
         for qi, q in enumerate(b.qids):
-            d = _top(cos[qi], False)
+            found = _top(own[qi], False)
+            d = found[np.argsort(-cos[qi, found], kind="stable")]
             hits = list(d)
             if mode == "hybrid":
                 s = _top(self.bm[qi], True)
-                moved = feedback_vector(b.queries[qi], list(vectors[d[:feedback[0]]]), feedback[1])
+                moved = feedback_vector(b.queries[qi], list(vectors[found[:feedback[0]]]), feedback[1])
                 moved_cos = score(moved[None, :])[0] if score else b.dense @ moved
                 fused = score_fusion([Hit(str(i), float(cos[qi, i]), {}) for i in d],
                                      [Hit(str(i), float(self.bm[qi, i]), {}, float(cos[qi, i])) for i in s], weight,
@@ -133,10 +137,12 @@ def main() -> None:
     ap.add_argument("--window", type=int, default=128, help="tokens per window")
     ap.add_argument("--stride", type=int, default=96, help="tokens from one window's start to the next")
     ap.add_argument("--grid", action="store_true", help="also fusion weights 0.4-0.7 x feedback settings")
+    ap.add_argument("--rescore", action="store_true",
+                    help="candidates by the chunk's own cosine, then ranked by the scorer (what the product does)")
     args = ap.parse_args()
     t0 = time.monotonic()
     b = bm25.Bench(args.dataset, args.split)
-    w = Windows(b, args.window, args.stride)
+    w = Windows(b, args.window, args.stride, args.rescore)
     print(f"{w.summary}; embedded in {time.monotonic() - t0:.0f} s")
     defaults = (b.weight, b.feedback)
     names = ["whole", "stored", *list(w.scorers)[1:]]

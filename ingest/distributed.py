@@ -33,6 +33,7 @@ from ingest.prepare import Work, parse_and_chunk
 from ingest.sandbox import ParseWorker
 from rag.errors import ClusterError, EmbeddingModelError
 from rag.index.embeddings import Embedder, ModelFacts, get_embedder
+from rag.index.windows import embed_windows
 from rag.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -71,12 +72,15 @@ def _tools(settings: Settings) -> tuple[Embedder, ParseWorker]:
 
 @ray.remote(max_retries=MAX_RETRIES, num_cpus=TASK_CPUS)
 def prepare_file(path: str, settings: Settings) -> tuple[ParsedDocument | None, list[Chunk], str | None,
-                                                         np.ndarray | None]:
-    """Runs on a Ray worker: the single-process run's parse and chunk, then the chunks' vectors."""
+                                                         np.ndarray | None, list[np.ndarray | None] | None]:
+    """Runs on a Ray worker: the single-process run's parse and chunk, then the chunks' vectors (and their
+    windows' with RAG_DENSE_WINDOWS: the driver checked that the store takes them)."""
     embedder, parser = _tools(settings)
     doc, chunks, error = parse_and_chunk(Path(path), settings, embedder, parser)
-    vectors = embedder.embed_documents([c.text for c in chunks]) if chunks else None
-    return doc, chunks, error, vectors
+    texts = [c.text for c in chunks]
+    vectors = embedder.embed_documents(texts) if chunks else None
+    windows = embed_windows(embedder, texts, settings.dense_windows) if chunks and settings.dense_windows else None
+    return doc, chunks, error, vectors, windows
 
 
 @ray.remote(max_retries=MAX_RETRIES, num_cpus=TASK_CPUS)
@@ -195,7 +199,7 @@ class RayFanOut:
             if w is None:  # cancelled by close()
                 return False
             try:
-                w.doc, w.chunks, w.error, w.vectors = ray.get(ref)
+                w.doc, w.chunks, w.error, w.vectors, w.windows = ray.get(ref)
             except RayError as exc:  # its retries ran out (workers killed each time), or Ray itself failed
                 log.debug("Ray task for %s failed", w.path, exc_info=True)
                 w.error = f"Ray worker failed ({exc.__class__.__name__}); ingest again to retry"

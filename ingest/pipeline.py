@@ -48,11 +48,12 @@ from ingest.sweep import forget, remove_document, sweep
 from ingest.writers import WriterLease
 from rag.security.access import AccessPolicy
 from rag.index.embeddings import Embedder, ModelFacts, get_embedder
-from rag.errors import AccessPolicyError, ClusterError
+from rag.errors import AccessPolicyError, ClusterError, StoreConfigError
 from rag.settings import Settings
 from rag.types import ChunkPayload
 from rag.index.sparse import SparseEncoder, get_sparse_encoder
 from rag.index.store import ChunkPoint, DocumentRecord, Store, chunk_id, open_store
+from rag.index.windows import embed_windows
 
 # The walk and the report live in their own modules; callers keep importing them from here, the ingest API.
 __all__ = ["Discovered", "EMBED_BUFFER", "FileIssue", "IngestReport", "Progress", "ProgressCallback",
@@ -77,6 +78,8 @@ def config_signature(settings: Settings, model: ModelFacts, sparse: SparseEncode
              model.backend, settings.embedding_passage_prompt]
     if sparse is not None:  # only stores with BM25 vectors: older ones are not re-embedded for nothing
         parts.append(sparse.signature)
+    if settings.dense_windows:  # only when on: turning it on (or off again) re-embeds, nothing else does
+        parts.append(f"windows={settings.dense_windows}")
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
 
 
@@ -125,6 +128,11 @@ def ingest(
         raise
     try:
         store.ensure_ready(fan_out.model.dimension, fan_out.model.model_name)
+        if settings.dense_windows and not store.has_windows:
+            raise StoreConfigError(
+                f"RAG_DENSE_WINDOWS={settings.dense_windows} needs a store that can hold window vectors, and the one "
+                f"at {store.location} was created before them. Ingest into a new store (another RAG_DATA_DIR, or "
+                "RAG_COLLECTION on a Qdrant server), or unset RAG_DENSE_WINDOWS.")
         with WriterLease(store, settings.ingest_writer_ttl_s) as lease:
             _run(files, roots, settings, access, store, lease, fan_out, report, progress)
         # The index kind follows the chunk count: (re)build what it needs now rather than in the first query's
@@ -162,7 +170,7 @@ def _run(files: list[Path], roots: list[Path], settings: Settings, access: dict[
     sparse = get_sparse_encoder(settings) if store.has_sparse else None
     sig = config_signature(settings, fan_out.model, sparse)
     prog = Progress(files_total=len(files), bytes_total=sum(_size(f) for f in files))
-    batch = _Batch(store, lease, fan_out.embedder, sparse, sig, report, prog)
+    batch = _Batch(store, lease, fan_out.embedder, sparse, sig, report, prog, settings.dense_windows)
     work_q: queue.Queue[Work | None] = queue.Queue(maxsize=8)
     stop = threading.Event()
 
@@ -289,18 +297,23 @@ def _text_key(text: str) -> bytes:
     return hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=16).digest()
 
 
+#: A chunk's vector, and its window vectors (windows x dimension) or None.
+_Embedded = tuple[np.ndarray, np.ndarray | None]
+
+
 class _Batch:
     """Chunks of several documents gathered for one embedding call; a document's record is written once its
     last chunk is stored (the crash-safety rule of the module docstring)."""
 
     def __init__(self, store: Store, lease: WriterLease, embedder: Embedder | None, sparse: SparseEncoder | None, sig: str,
-                 report: IngestReport, prog: Progress) -> None:
+                 report: IngestReport, prog: Progress, windows: int = 0) -> None:
         self.store, self.lease, self.embedder, self.sparse, self.sig = store, lease, embedder, sparse, sig
-        self.report, self.prog = report, prog
-        self.buffer: list[tuple[Work, Chunk, np.ndarray | None]] = []
+        self.report, self.prog, self.windows = report, prog, windows
+        #: (document, chunk, its vector and window vectors if embedded elsewhere)
+        self.buffer: list[tuple[Work, Chunk, _Embedded | None]] = []
         self.pending: dict[str, int] = {}  # chunks of each document not stored yet
         self.works: dict[str, Work] = {}
-        self.seen: LRUCache[bytes, np.ndarray] = LRUCache(maxsize=SEEN_VECTORS)
+        self.seen: LRUCache[bytes, _Embedded] = LRUCache(maxsize=SEEN_VECTORS)
 
     def __len__(self) -> int:
         return len(self.buffer)
@@ -308,14 +321,17 @@ class _Batch:
     def add(self, w: Work) -> None:
         self.works[w.path] = w
         self.pending[w.path] = len(w.chunks)
-        vectors = w.vectors if w.vectors is not None else [None] * len(w.chunks)
-        self.buffer.extend((w, c, v) for c, v in zip(w.chunks, vectors, strict=True))
-        w.vectors = None
+        done: list[_Embedded | None] = [None] * len(w.chunks)
+        if w.vectors is not None:
+            windows = w.windows if w.windows is not None else [None] * len(w.chunks)
+            done = [(v, win) for v, win in zip(w.vectors, windows, strict=True)]
+        self.buffer.extend((w, c, e) for c, e in zip(w.chunks, done, strict=True))
+        w.vectors = w.windows = None
 
     def flush(self) -> None:
         texts = [c.text for _, c, _ in self.buffer]
         keys = [_text_key(t) for t in texts]
-        vectors = [v if v is not None else self.seen.get(k) for (_, _, v), k in zip(self.buffer, keys, strict=True)]
+        vectors = [e if e is not None else self.seen.get(k) for (_, _, e), k in zip(self.buffer, keys, strict=True)]
         # Each distinct text is embedded once, whichever documents and batches it appears in (documentation
         # repeats boilerplate, the same document often ships in several formats); every chunk is still stored
         # as its own point.
@@ -326,14 +342,17 @@ class _Batch:
         if todo:
             if self.embedder is None:  # a fan-out without an embedder here returns every chunk's vector
                 raise RuntimeError(f"{len(todo)} chunks came back without vectors from the fan-out")
-            embedded = self.embedder.embed_documents([texts[at[0]] for at in todo.values()])
-            for (key, at), vec in zip(todo.items(), embedded, strict=True):
-                self.seen[key] = vec.copy()  # a row alone, not a view keeping the whole batch
+            distinct = [texts[at[0]] for at in todo.values()]
+            embedded = self.embedder.embed_documents(distinct)
+            windows = (embed_windows(self.embedder, distinct, self.windows) if self.windows
+                       else [None] * len(distinct))
+            for (key, at), vec, win in zip(todo.items(), embedded, windows, strict=True):
+                self.seen[key] = (vec.copy(), win)  # a row alone, not a view keeping the whole batch
                 for i in at:
-                    vectors[i] = vec
+                    vectors[i] = self.seen[key]
         sparse_vectors = self.sparse.embed_documents(texts) if self.sparse is not None else [None] * len(texts)
-        points = [_point(w, c, vec, sv, self.lease.id)
-                  for (w, c, _), vec, sv in zip(self.buffer, vectors, sparse_vectors, strict=True)]
+        points = [_point(w, c, e, sv, self.lease.id)
+                  for (w, c, _), e, sv in zip(self.buffer, vectors, sparse_vectors, strict=True)]
         self.lease.refresh()  # embedding took a while: the chunks must not land under a lapsed heartbeat
         self.store.upsert_chunks(points)
         self.report.chunks += len(points)
@@ -359,11 +378,14 @@ class _Batch:
         w.chunks = []
 
 
-def _point(w: Work, c: Chunk, vec, sv, writer: str) -> ChunkPoint:
+def _point(w: Work, c: Chunk, embedded: _Embedded | None, sv, writer: str) -> ChunkPoint:
+    assert embedded is not None
+    vec, windows = embedded
     assert w.doc is not None
     payload = ChunkPayload(
         text=c.text, path=w.path, source=Path(w.path).name, title=w.doc.title, doc_sha256=w.sha256,
         chunk_index=c.index, chunk_count=len(w.chunks), page_start=c.page_start, page_end=c.page_end,
         section=c.section, char_start=c.char_start, char_end=c.char_end, token_count=c.token_count,
         groups=list(w.access["groups"]), writer=writer)
-    return ChunkPoint(chunk_id(w.path, w.sha256, c.index), vec.tolist(), payload.to_dict(), sv)
+    return ChunkPoint(chunk_id(w.path, w.sha256, c.index), vec.tolist(), payload.to_dict(), sv,
+                      windows.tolist() if windows is not None else None)

@@ -44,6 +44,8 @@ class Work:
     stale: bool = False
     #: The chunks' vectors when they were embedded elsewhere (a Ray worker, ingest/distributed.py).
     vectors: np.ndarray | None = None
+    #: Their window vectors from there too (RAG_DENSE_WINDOWS, rag/index/windows.py): per chunk, None if short.
+    windows: list[np.ndarray | None] | None = None
 
 
 def parse_and_chunk(f: Path, settings: Settings, embedder: Embedder,

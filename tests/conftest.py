@@ -68,6 +68,25 @@ def bad_files(tmp_path_factory) -> Path:
     return out
 
 
+def edge_store_before_windows(root: Path, dimension: int, model: str) -> None:
+    """Creates at ``root`` an embedded store as the code before window vectors made it (no window multivector)."""
+    import qdrant_edge as qe
+
+    from rag.index.store.base import SPARSE
+    from rag.index.store.edge import EdgeStore
+
+    class BeforeWindows(EdgeStore):
+        def _chunks_config(self, dimension, kind, *, create=False, windows=False):
+            plain = super()._chunks_config(dimension, kind)  # a reload's config: the dense vector only
+            return qe.EdgeConfig(sparse_vectors={SPARSE: qe.EdgeSparseVectorParams(modifier=qe.Modifier.Idf)}
+                                 if create else None, vectors=plain.vectors, hnsw_config=plain.hnsw_config,
+                                 optimizers=plain.optimizers)
+
+    store = BeforeWindows(root)
+    store.ensure_ready(dimension, model)
+    store.close()
+
+
 def rag_cmd(*args: str, env: dict | None = None, cwd: Path | None = None, timeout: int = 600):
     """Run the real `rag` console script."""
     exe = Path(sys.executable).parent / "rag"

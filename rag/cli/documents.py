@@ -270,7 +270,7 @@ def status(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
         return
     table = Table(show_header=False, box=None)
     for k in ("backend", "location", "collection", "documents", "chunks", "pages", "embedding_model",
-              "embedding_dimension", "embedding_backend", "retrieval_mode", "reranker"):
+              "embedding_dimension", "embedding_backend", "retrieval_mode", "reranker", "windows"):
         table.add_row(k.replace("_", " "), str(info[k]))
     if info["fusion"]:
         table.add_row("fusion", info["fusion"])

@@ -29,11 +29,23 @@ def index_info(store: Store, settings: Settings) -> dict[str, Any]:
         "retrieval_mode": settings.retrieval_mode if store.has_sparse else "dense",
         "fusion": describe_fusion(settings) if store.has_sparse and settings.retrieval_mode == "hybrid" else None,
         "reranker": describe_reranker(settings),
+        "windows": describe_windows(store, settings),
         "index_kind": index.kind,
         "index_reason": index.reason,
         "index": index.to_dict(),
         "last_ingest": max((d.ingested_at for d in docs.values()), default=None),
     }
+
+
+def describe_windows(store: Store, settings: Settings) -> str:
+    """Whether chunks rank by their best window too (RAG_DENSE_WINDOWS), and why not where asked for."""
+    if not settings.dense_windows:
+        return "off (RAG_DENSE_WINDOWS=0)"
+    if not store.has_windows:
+        return (f"RAG_DENSE_WINDOWS={settings.dense_windows}, unused: this store was created before window vectors "
+                "(ingest into a new one)")
+    return (f"{settings.dense_windows}-token windows: chunks rank by the mean of their cosine and their best "
+            "window's (chunks ingested before it was set, until re-ingested, by their own)")
 
 
 def describe_fusion(settings: Settings) -> str:

@@ -24,6 +24,7 @@ from rag.settings import HybridFusion, Settings
 from rag.index.sparse import SparseEncoder, SparseVector, get_sparse_encoder
 from rag.index.store import Hit, SearchFilter, Store
 from rag.index.store.base import SearchMode, check_meta
+from rag.index.windows import ranking_cosines
 
 
 @dataclass
@@ -60,6 +61,10 @@ class Retriever:
     ``feedback_weight`` toward the mean of its best ``feedback_hits`` dense hits (pseudo-relevance feedback; 0 is
     off); the cosine a hit reports, and the threshold below, stay the question's own.
 
+    ``windows``: in dense mode and in score fusion, a chunk stored with window vectors (RAG_DENSE_WINDOWS,
+    rag.index.windows) ranks by the mean of its cosine and its best window's; the candidates are still the
+    chunks' own nearest (``prefetch`` of them in dense mode), and the reported cosine stays the chunk's own.
+
     ``min_score`` is a cosine threshold in every mode. Dense drops each hit below it. The fused modes rank by
     keywords too, so a chunk can be the right one with a low cosine: there the threshold only decides whether
     anything relevant was found at all (no hit reaches it = nothing relevant, as in dense mode).
@@ -75,7 +80,7 @@ class Retriever:
                  mode: SearchMode = "dense", sparse: SparseEncoder | None = None, rrf_k: int = 5,
                  prefetch: int = 100, reranker: Reranker | None = None, rerank_candidates: int = 50,
                  fusion: HybridFusion = "score", sparse_weight: float = 0.5, feedback_hits: int = 0,
-                 feedback_weight: float = 0.0) -> None:
+                 feedback_weight: float = 0.0, windows: bool = False) -> None:
         if mode != "dense" and sparse is None:
             raise ValueError(f"retrieval mode {mode!r} needs a sparse encoder")
         self.store = store
@@ -89,6 +94,7 @@ class Retriever:
         self.sparse_weight = sparse_weight
         self.feedback_hits = feedback_hits
         self.feedback_weight = feedback_weight
+        self.windows = windows
         self.prefetch = prefetch
         self.reranker = reranker
         self.rerank_candidates = rerank_candidates
@@ -102,7 +108,7 @@ class Retriever:
         kw = {"top_k": settings.top_k, "min_score": settings.min_score, "mode": settings.retrieval_mode,
               "rrf_k": settings.rrf_k, "prefetch": settings.hybrid_prefetch, "fusion": settings.hybrid_fusion,
               "sparse_weight": settings.hybrid_sparse_weight, "feedback_hits": settings.hybrid_feedback_hits,
-              "feedback_weight": settings.hybrid_feedback_weight,
+              "feedback_weight": settings.hybrid_feedback_weight, "windows": settings.dense_windows > 0,
               "rerank_candidates": settings.rerank_candidates} | overrides
         if kw["mode"] != "dense":
             kw.setdefault("sparse", get_sparse_encoder(settings))
@@ -151,6 +157,9 @@ class Retriever:
 
     def _search(self, vector: list[float], sparse: SparseVector | None, limit: int, flt: SearchFilter | None,
                 mode: SearchMode) -> list[Hit]:
+        windows = self.windows and self.store.has_windows
+        if mode == "dense" and windows:
+            return self._dense_by_windows(vector, limit, flt)
         if mode != "hybrid" or self.fusion == "rrf":
             return self.store.query(vector, limit, flt, sparse=sparse, mode=mode, rrf_k=self.rrf_k,
                                     prefetch=self.prefetch)
@@ -160,21 +169,38 @@ class Retriever:
         dense = self.store.query(vector, n, flt, mode="dense", payload=False)
         keyword = self.store.query(vector, n, flt, sparse=sparse, mode="sparse", payload=False)
         fused = score_fusion(dense, keyword, self.sparse_weight, limit,
-                             self._feedback_cosines(vector, dense, keyword, flt))
-        payloads = self.store.payloads([h.id for h in fused], flt)
-        return [replace(h, payload=payloads[h.id]) for h in fused if h.id in payloads]
+                             self._ranking_cosines(vector, dense, keyword, flt, windows))
+        return self._with_payloads(fused, flt)
 
-    def _feedback_cosines(self, vector: list[float], dense: Sequence[Hit], keyword: Sequence[Hit],
-                          flt: SearchFilter | None) -> dict[str, float] | None:
-        """Every candidate's cosine to the feedback vector (fusion.feedback_vector), or None when feedback is off.
-        The same candidates, re-scored: searching again with the moved vector found the same top 10 in every
-        setting measured, for a second search's cost."""
-        if self.feedback_hits <= 0 or self.feedback_weight <= 0 or not dense:
+    def _dense_by_windows(self, vector: list[float], limit: int, flt: SearchFilter | None) -> list[Hit]:
+        """The chunks' own ``prefetch`` nearest, re-ranked by the mean of their cosine and their best window's."""
+        hits = self.store.query(vector, max(self.prefetch, limit), flt, mode="dense", payload=False)
+        rank = ranking_cosines({h.id: h.score for h in hits},
+                               self.store.window_cosines(vector, [h.id for h in hits], flt))
+        best = sorted(hits, key=lambda h: -rank[h.id])[:limit]
+        return self._with_payloads([Hit(h.id, rank[h.id], {}, h.score) for h in best], flt)
+
+    def _with_payloads(self, hits: Sequence[Hit], flt: SearchFilter | None) -> list[Hit]:
+        payloads = self.store.payloads([h.id for h in hits], flt)
+        return [replace(h, payload=payloads[h.id]) for h in hits if h.id in payloads]
+
+    def _ranking_cosines(self, vector: list[float], dense: Sequence[Hit], keyword: Sequence[Hit],
+                         flt: SearchFilter | None, windows: bool) -> dict[str, float] | None:
+        """The cosine every candidate ranks by in score fusion, or None for the question's own. Feedback moves the
+        question's vector (fusion.feedback_vector) and every candidate is re-scored against it: searching again
+        with the moved vector found the same top 10 in every setting measured, for a second search's cost. With
+        ``windows``, a chunk's cosine is blended with its best window's, to whichever vector ranks."""
+        feedback = self.feedback_hits > 0 and self.feedback_weight > 0 and bool(dense)
+        if not feedback and not windows:
             return None
-        best = self.store.vectors([h.id for h in dense[:self.feedback_hits]])
-        moved = feedback_vector(vector, list(best.values()), self.feedback_weight)
         ids = list(dict.fromkeys([h.id for h in dense] + [h.id for h in keyword]))
-        return self.store.cosines(moved.tolist(), ids, flt)
+        target, own = vector, {h.id: h.similarity for h in keyword if h.similarity is not None}
+        own.update({h.id: h.score for h in dense})
+        if feedback:
+            best = self.store.vectors([h.id for h in dense[:self.feedback_hits]])
+            target = feedback_vector(vector, list(best.values()), self.feedback_weight).tolist()
+            own = self.store.cosines(target, ids, flt)
+        return ranking_cosines(own, self.store.window_cosines(target, ids, flt)) if windows else own
 
 
 class StoreRetriever(BaseRetriever):

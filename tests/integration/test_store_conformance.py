@@ -18,6 +18,8 @@ from rag.index.store.base import META_ID
 from rag.index.store.edge import EdgeStore
 from rag.index.store.server import QdrantServerStore
 
+from conftest import edge_store_before_windows
+
 DIM = 8
 
 
@@ -302,3 +304,72 @@ def test_a_store_built_before_sparse_vectors_falls_back_to_dense(store):
     store._has_sparse = None
     assert not store.has_sparse
     assert [h.id for h in store.query(_vec(5), 5, mode="hybrid")] == [h.id for h in store.query(_vec(5), 5)]
+
+
+def _windowed(path: str, n: int, groups=("staff",)) -> list[ChunkPoint]:
+    """Chunks of which the even ones carry three window vectors, the odd ones none (short chunks)."""
+    return [ChunkPoint(p.id, p.vector, p.payload | {"groups": list(groups)}, None,
+                       [_vec(1000 + 10 * i + j) for j in range(3)] if i % 2 == 0 else None)
+            for i, p in enumerate(_points(path, n))]
+
+
+def test_window_cosines_score_the_best_window_and_leave_out_chunks_without(store):
+    assert store.has_windows
+    pts = _windowed("/w.txt", 6)
+    store.upsert_chunks(pts)
+    probe = _vec(7)
+    got = store.window_cosines(probe, [p.id for p in pts])
+    assert set(got) == {p.id for p in pts[::2]}
+    for p in pts[::2]:
+        assert got[p.id] == pytest.approx(max(float(np.dot(probe, w)) for w in p.windows), abs=1e-5)
+    # The chunk's own vector is searched and scored as before: windows are extra.
+    assert store.search(pts[2].vector, 1)[0].id == pts[2].id
+    assert store.cosines(probe, [pts[2].id])[pts[2].id] == pytest.approx(float(np.dot(probe, pts[2].vector)),
+                                                                         abs=1e-5)
+    assert store.window_cosines(probe, []) == {}
+
+
+@pytest.mark.attack("evidence", "asks for the best-window similarity of a chunk it may not read, by the chunk's id "
+                    "(a similarity oracle on parts of a text outside its groups)")
+def test_window_cosines_apply_the_group_filter(store):
+    store.upsert_chunks(_windowed("/public.txt", 4, groups=("staff",)) + _windowed("/secret.txt", 4, groups=("hr",)))
+    secret = [p.id for p in _windowed("/secret.txt", 4)]
+    public = [p.id for p in _windowed("/public.txt", 4)]
+    got = store.window_cosines(_vec(3), secret + public, SearchFilter(groups_any=("staff",)))
+    assert set(got) == {public[0], public[2]}
+    assert set(store.window_cosines(_vec(3), secret, SearchFilter(groups_any=("hr",)))) == {secret[0], secret[2]}
+
+
+def test_windows_survive_a_reopen_and_a_change_of_index_kind(tmp_path):
+    from rag.index.store.base import IndexOptions
+
+    s = EdgeStore(tmp_path / "e")
+    s.ensure_ready(DIM, "m")
+    pts = _windowed("/a.txt", 6)
+    s.upsert_chunks(pts)
+    s.close()
+    # Reopened as each kind: the shard is reloaded with the kind's config, which must name the windows too.
+    for kind in ("hnsw", "hnsw-int8", "exact"):
+        s = EdgeStore(tmp_path / "e", IndexOptions(kind=kind))
+        try:
+            assert s.index_state().kind == kind and s.has_windows
+            s.upsert_chunks(_windowed(f"/{kind}.txt", 2))
+            s.build_index()
+            got = s.window_cosines(_vec(1), [p.id for p in pts])
+            assert set(got) == {p.id for p in pts[::2]}
+            for p in pts[::2]:
+                assert got[p.id] == pytest.approx(max(float(np.dot(_vec(1), w)) for w in p.windows), abs=1e-5)
+        finally:
+            s.close()
+
+
+def test_a_store_created_before_window_vectors_has_none(tmp_path):
+    edge_store_before_windows(tmp_path / "old", DIM, "m")
+    s = EdgeStore(tmp_path / "old")
+    try:
+        assert not s.has_windows
+        pts = _windowed("/a.txt", 4)
+        s.upsert_chunks(pts)  # the windows are dropped, the chunks stored
+        assert s.count_chunks() == 4 and s.window_cosines(_vec(1), [p.id for p in pts]) == {}
+    finally:
+        s.close()

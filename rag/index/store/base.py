@@ -42,9 +42,11 @@ def writer_point_id(writer: str) -> str:
     return str(uuid.uuid5(_NS, "writer\n" + writer))
 
 
-#: Names of the two vectors every chunk carries.
+#: Names of the two vectors every chunk carries, and of the window vectors a long chunk may carry as well
+#: (rag/index/windows.py; a multivector that is only ever re-scored, never searched through a graph).
 DENSE = "dense"
 SPARSE = "bm25"
+WINDOWS = "windows"
 
 
 @dataclass(frozen=True)
@@ -53,6 +55,7 @@ class ChunkPoint:
     vector: Sequence[float]
     payload: dict[str, Any]
     sparse: SparseVector | None = None  # keyword weights (rag.index.sparse); None in stores built without them
+    windows: Sequence[Sequence[float]] | None = None  # window vectors (rag.index.windows); None: a short chunk, or off
 
 
 @dataclass(frozen=True)
@@ -226,7 +229,8 @@ def check_meta(meta: dict[str, Any], embedding_model: str, dimension: int, where
 def new_meta(embedding_model: str, dimension: int) -> dict[str, Any]:
     import time
 
-    # "sparse": the chunks collection has the BM25 vector (stores made before hybrid retrieval do not).
+    # "sparse": the chunks collection has the BM25 vector (stores made before hybrid retrieval do not). Whether it
+    # has the window multivector each backend reads from the collection's own schema.
     return {"kind": "meta", "embedding_model": embedding_model, "dimension": dimension, "created_at": time.time(),
             "sparse": SPARSE}
 
@@ -278,6 +282,11 @@ class Store(Protocol):
         """Whether chunks carry BM25 vectors (stores built before hybrid retrieval do not)."""
         ...
 
+    @property
+    def has_windows(self) -> bool:
+        """Whether chunks can carry window vectors (stores built before window vectors cannot)."""
+        ...
+
     def query(self, vector: Sequence[float], limit: int, flt: SearchFilter | None = None, *,
               sparse: SparseVector | None = None, mode: SearchMode = "dense", rrf_k: int = 5,
               prefetch: int | None = None, payload: bool = True) -> list[Hit]:
@@ -290,6 +299,12 @@ class Store(Protocol):
     def cosines(self, vector: Sequence[float], ids: Sequence[str], flt: SearchFilter | None = None) -> dict[str, float]:
         """The cosine of each of these chunks to ``vector``, scored by the engine (exactly, whatever the index kind);
         ids not found, or outside ``flt``, are left out."""
+        ...
+
+    def window_cosines(self, vector: Sequence[float], ids: Sequence[str],
+                       flt: SearchFilter | None = None) -> dict[str, float]:
+        """For each of these chunks that has window vectors, the cosine of its best window to ``vector``, scored by
+        the engine; chunks without windows (short ones, or ingested before), or outside ``flt``, are left out."""
         ...
 
     def payloads(self, ids: Sequence[str], flt: SearchFilter | None = None) -> dict[str, dict[str, Any]]:

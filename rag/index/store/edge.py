@@ -9,6 +9,7 @@ records without vectors. Both shards write a WAL, so an update that returned sur
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -26,6 +27,7 @@ from rag.index.store.base import (
     INDEXED_FIELDS,
     META_ID,
     SPARSE,
+    WINDOWS,
     ChunkPoint,
     DocumentRecord,
     Hit,
@@ -103,6 +105,7 @@ class EdgeStore:
         self._chunks: qe.EdgeShard | None = None
         self._docs: qe.EdgeShard | None = None
         self._has_sparse: bool | None = None
+        self._has_windows: bool | None = None
         if (self.root / "chunks" / "edge_config.json").exists():
             self._open_existing()
 
@@ -113,18 +116,31 @@ class EdgeStore:
         self._apply_index()
 
     # --- index kind ----------------------------------------------------------------------------
-    def _chunks_config(self, dimension: int, kind: IndexKind, *, create: bool = False) -> qe.EdgeConfig:
+    def _chunks_config(self, dimension: int, kind: IndexKind, *, create: bool = False,
+                       windows: bool = False) -> qe.EdgeConfig:
         """The chunks shard's config for ``kind``. Only what the kind decides is given when reloading: the sparse
         vector and the payload are inherited from the shard, so a store built before hybrid retrieval loads too.
         ``create``: a new shard, which also gets the sparse (BM25) vector; its IDF is applied at query time from
-        live statistics, so adding documents re-weights nothing."""
+        live statistics, so adding documents re-weights nothing. ``windows``: the shard has (or gets, with
+        ``create``) the window multivector; dense vectors must be named in full when reloading."""
         int8 = kind == "hnsw-int8"
+        vectors = {DENSE: qe.EdgeVectorParams(size=dimension, distance=qe.Distance.Cosine,
+                                              memory=qe.Memory.Cold if int8 else qe.Memory.Cached)}
+        if create or windows:
+            # Only ever re-scored for a question's <= 200 candidates: no graph (m=0), on disk, and an int8 copy (of
+            # the hnsw-int8 kind) kept on disk too rather than pinned in RAM like the searched vectors'.
+            vectors[WINDOWS] = qe.EdgeVectorParams(
+                size=dimension, distance=qe.Distance.Cosine, memory=qe.Memory.Cold,
+                multivector_config=qe.MultiVectorConfig(qe.MultiVectorComparator.MaxSim),
+                hnsw_config=qe.HnswIndexConfig(m=0, ef_construct=self._index.ef_construct,
+                                               full_scan_threshold=self._index.threshold_kb),
+                quantization_config=qe.ScalarQuantizationConfig(type=qe.ScalarType.Int8, quantile=0.99,
+                                                                memory=qe.Memory.Cold))
         return qe.EdgeConfig(
             sparse_vectors={SPARSE: qe.EdgeSparseVectorParams(modifier=qe.Modifier.Idf)} if create else None,
             # int8: the quantized copy is searched from RAM, the originals (4x larger) stay on disk and are read
             # only to rescore the oversampled candidates.
-            vectors={DENSE: qe.EdgeVectorParams(size=dimension, distance=qe.Distance.Cosine,
-                                                memory=qe.Memory.Cold if int8 else qe.Memory.Cached)},
+            vectors=vectors,
             hnsw_config=qe.HnswIndexConfig(m=self._index.m, ef_construct=self._index.ef_construct,
                                            full_scan_threshold=self._index.threshold_kb),
             quantization_config=(qe.ScalarQuantizationConfig(type=qe.ScalarType.Int8, quantile=0.99,
@@ -147,7 +163,8 @@ class EdgeStore:
         self._chunks.flush()
         self._chunks.close()
         self._chunks = qe.EdgeShard.load(str(self.root / "chunks"),
-                                         self._chunks_config(int(meta["dimension"]), self._kind))
+                                         self._chunks_config(int(meta["dimension"]), self._kind,
+                                                             windows=self.has_windows))
         self._put_registry(META_ID, meta | {"index_kind": self._kind})
 
     def index_state(self) -> IndexState:
@@ -190,7 +207,7 @@ class EdgeStore:
             fresh = True
         else:
             check_meta(meta, embedding_model, dimension, f"the store at {self.location}")
-        self._has_sparse = None
+        self._has_sparse = self._has_windows = None
         if fresh:  # an existing store chose its kind when it was opened
             self._apply_index()
 
@@ -272,9 +289,9 @@ class EdgeStore:
         if not points:
             return
         assert self._chunks is not None, "ensure_ready() first"
-        sparse = self.has_sparse
+        sparse, windows = self.has_sparse, self.has_windows
         self._chunks.update(qe.UpdateOperation.upsert_points([
-            qe.Point(p.id, _vectors(p, sparse), p.payload) for p in points
+            qe.Point(p.id, _vectors(p, sparse, windows), p.payload) for p in points
         ]))
 
     def delete_chunks(self, path: str) -> None:
@@ -320,6 +337,18 @@ class EdgeStore:
         if self._has_sparse is None:
             self._has_sparse = (self.meta() or {}).get("sparse") == SPARSE
         return self._has_sparse
+
+    @property
+    def has_windows(self) -> bool:
+        """From the shard's own config (the engine has no call for it): a reload must name every dense vector the
+        shard has, and a crash between creating the shard and writing the meta record must not hide them."""
+        if self._has_windows is None:
+            try:
+                config = json.loads((self.root / "chunks" / "edge_config.json").read_text())
+            except (OSError, ValueError):
+                config = {}
+            self._has_windows = WINDOWS in (config.get("vectors") or {})
+        return self._has_windows
 
     def vectors(self, ids: Sequence[str]) -> dict[str, list[float]]:
         if self._chunks is None or not ids:
@@ -373,6 +402,17 @@ class EdgeStore:
             with_payload=False, with_vector=False))
         return {str(p.id): float(p.score) for p in res}
 
+    def window_cosines(self, vector: Sequence[float], ids: Sequence[Any],
+                       flt: SearchFilter | None = None) -> dict[str, float]:
+        if self._chunks is None or not ids or not self.has_windows:
+            return {}
+        must = [qe.HasIdCondition(set(ids)), *_conditions(flt)]
+        res = self._chunks.query(qe.QueryRequest(
+            limit=len(ids), query=qe.Query.Nearest([[float(x) for x in vector]], using=WINDOWS),
+            filter=qe.Filter(must=must), params=search_params(qe, "exact", self._index, False),
+            with_payload=False, with_vector=False))
+        return {str(p.id): float(p.score) for p in res}
+
     def payloads(self, ids: Sequence[str], flt: SearchFilter | None = None) -> dict[str, dict[str, Any]]:
         if self._chunks is None or not ids:
             return {}
@@ -393,10 +433,12 @@ class EdgeStore:
             self.put_document(rec)
 
 
-def _vectors(p: ChunkPoint, sparse: bool) -> dict[str, Any]:
+def _vectors(p: ChunkPoint, sparse: bool, windows: bool) -> dict[str, Any]:
     v: dict[str, Any] = {DENSE: [float(x) for x in p.vector]}
     if sparse and p.sparse:
         v[SPARSE] = qe.SparseVector(indices=list(p.sparse.indices), values=list(p.sparse.values))
+    if windows and p.windows is not None and len(p.windows):
+        v[WINDOWS] = [[float(x) for x in w] for w in p.windows]
     return v
 
 

@@ -22,6 +22,7 @@ from rag.index.store.base import (
     INDEXED_FIELDS,
     META_ID,
     SPARSE,
+    WINDOWS,
     ChunkPoint,
     DocumentRecord,
     Hit,
@@ -116,6 +117,7 @@ class QdrantServerStore:
                 raise
         self._ready = False
         self._has_sparse: bool | None = None
+        self._has_windows: bool | None = None
         try:
             self._ready = self._client.collection_exists(self.collection)
         except Exception as exc:  # connection refused, DNS, TLS, auth
@@ -135,7 +137,16 @@ class QdrantServerStore:
                 self.collection,
                 vectors_config={DENSE: models.VectorParams(
                     size=dimension, distance=models.Distance.COSINE,
-                    on_disk=self._index.vectors_on_disk or kind == "hnsw-int8" or None)},
+                    on_disk=self._index.vectors_on_disk or kind == "hnsw-int8" or None),
+                    # Window vectors (rag/index/windows.py) are only re-scored for a question's candidates: no
+                    # graph, on disk, and their own int8 copy on disk so the hnsw-int8 kind's RAM stays the same.
+                    WINDOWS: models.VectorParams(
+                        size=dimension, distance=models.Distance.COSINE, on_disk=True,
+                        multivector_config=models.MultiVectorConfig(
+                            comparator=models.MultiVectorComparator.MAX_SIM),
+                        hnsw_config=models.HnswConfigDiff(m=0),
+                        quantization_config=models.ScalarQuantization(scalar=models.ScalarQuantizationConfig(
+                            type=models.ScalarType.INT8, quantile=0.99, always_ram=False)))},
                 # IDF is applied at query time from live statistics: adding documents re-weights nothing.
                 sparse_vectors_config={SPARSE: models.SparseVectorParams(modifier=models.Modifier.IDF)},
                 shard_number=self._index.shards,
@@ -156,7 +167,7 @@ class QdrantServerStore:
             self._put_registry(META_ID, new_meta(embedding_model, dimension) | {"index_kind": "exact"})
         else:
             check_meta(meta, embedding_model, dimension, f"collection {self.collection!r}")
-        self._has_sparse = None
+        self._has_sparse = self._has_windows = None
         self._apply_index()
 
     # --- index kind ----------------------------------------------------------------------------
@@ -269,10 +280,10 @@ class QdrantServerStore:
     def upsert_chunks(self, points: Sequence[ChunkPoint]) -> None:
         if not points:
             return
-        sparse = self.has_sparse
+        sparse, windows = self.has_sparse, self.has_windows
         self._client.upsert(
             self.collection,
-            [models.PointStruct(id=p.id, vector=_vectors(p, sparse), payload=p.payload) for p in points],
+            [models.PointStruct(id=p.id, vector=_vectors(p, sparse, windows), payload=p.payload) for p in points],
             wait=True,
         )
 
@@ -320,6 +331,14 @@ class QdrantServerStore:
         if self._has_sparse is None:
             self._has_sparse = (self.meta() or {}).get("sparse") == SPARSE
         return self._has_sparse
+
+    @property
+    def has_windows(self) -> bool:
+        """From the collection's schema: collections created before window vectors have none."""
+        if self._has_windows is None:
+            vectors = self._client.get_collection(self.collection).config.params.vectors if self._ready else None
+            self._has_windows = isinstance(vectors, dict) and WINDOWS in vectors
+        return self._has_windows
 
     def vectors(self, ids: Sequence[str]) -> dict[str, list[float]]:
         if not self._ready or not ids:
@@ -370,6 +389,17 @@ class QdrantServerStore:
                                         search_params=exact, with_payload=False, with_vectors=False)
         return {str(p.id): float(p.score) for p in res.points}
 
+    def window_cosines(self, vector: Sequence[float], ids: Sequence[Any],
+                       flt: SearchFilter | None = None) -> dict[str, float]:
+        if not ids or not self._ready or not self.has_windows:
+            return {}
+        exact = search_params(models, "exact", self._index, False) if self.backend == "qdrant-server" else None
+        must = [models.HasIdCondition(has_id=list(ids)), *_conditions(flt)]
+        res = self._client.query_points(self.collection, query=[[float(x) for x in vector]], using=WINDOWS,
+                                        limit=len(ids), query_filter=models.Filter(must=must), search_params=exact,
+                                        with_payload=False, with_vectors=False)
+        return {str(p.id): float(p.score) for p in res.points}
+
     def payloads(self, ids: Sequence[str], flt: SearchFilter | None = None) -> dict[str, dict[str, Any]]:
         if not self._ready or not ids:
             return {}
@@ -398,8 +428,10 @@ def _quantization(kind: IndexKind) -> models.ScalarQuantization | None:
         type=models.ScalarType.INT8, quantile=0.99, always_ram=True))
 
 
-def _vectors(p: ChunkPoint, sparse: bool) -> dict[str, Any]:
+def _vectors(p: ChunkPoint, sparse: bool, windows: bool) -> dict[str, Any]:
     v: dict[str, Any] = {DENSE: [float(x) for x in p.vector]}
     if sparse and p.sparse:
         v[SPARSE] = models.SparseVector(indices=list(p.sparse.indices), values=list(p.sparse.values))
+    if windows and p.windows is not None and len(p.windows):
+        v[WINDOWS] = [[float(x) for x in w] for w in p.windows]
     return v
