@@ -133,14 +133,25 @@ def _scores(settings: Settings, embedder, query: str) -> dict[str, float]:
         return {h.id: h.score for h in s.search(embedder.embed_query(query).tolist(), 10_000)}
 
 
+def _window_scores(settings: Settings, embedder, query: str) -> dict[str, float]:
+    """Every chunk's best-window cosine to the query, for the chunks that have windows."""
+    with open_store(settings) as s:
+        ids = [h.id for path in s.chunk_paths() for h in s.chunks_of(path)]
+        return s.window_cosines(embedder.embed_query(query).tolist(), ids)
+
+
+WINDOW = 96  # the corpus's chunks are near 256 tokens: three windows each
+
+
 @pytest.mark.slow
 def test_worker_killed_mid_run_gives_the_single_process_index(ray_cluster, tmp_path):
     address, ray_tmp, env = ray_cluster
     corpus = _corpus(tmp_path / "corpus")
     # fp32: the int8 model quantizes activations with one scale per batch, so its vectors move (~0.02 cosine) with
     # the chunks they are batched with, a file's on a worker or 256 chunks' here; fp32 vectors barely do.
-    single = Settings(data_dir=tmp_path / "single", embedding_backend="torch")
-    distributed = Settings(data_dir=tmp_path / "ray", embedding_backend="torch")
+    # Window vectors on (RAG_DENSE_WINDOWS): the workers embed them too, and they must match the single run's.
+    single = Settings(data_dir=tmp_path / "single", embedding_backend="torch", dense_windows=WINDOW)
+    distributed = Settings(data_dir=tmp_path / "ray", embedding_backend="torch", dense_windows=WINDOW)
     embedder = get_embedder(single)
     r = ingest([corpus], single, embedder=embedder)
     assert r.added == 24 and not r.failed
@@ -151,7 +162,8 @@ def test_worker_killed_mid_run_gives_the_single_process_index(ray_cluster, tmp_p
                    "loaded:', [m for m in ('torch', 'sentence_transformers', 'onnxruntime') if m in sys.modules], "
                    "file=sys.stderr)); sys.argv[0] = 'rag'; main()")
     cmd = [sys.executable, "-c", driver_code, "ingest", str(corpus), "--ray", address, "--json"]
-    run_env = env | {"RAG_DATA_DIR": str(distributed.data_dir), "RAG_EMBEDDING_BACKEND": "torch"}
+    run_env = env | {"RAG_DATA_DIR": str(distributed.data_dir), "RAG_EMBEDDING_BACKEND": "torch",
+                     "RAG_DENSE_WINDOWS": str(WINDOW)}
     driver = subprocess.Popen(cmd, env=run_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     killed: list[int] = []
     seen: dict[int, float] = {}  # workers seen running a task, and since when
@@ -178,6 +190,9 @@ def test_worker_killed_mid_run_gives_the_single_process_index(ray_cluster, tmp_p
         assert a.keys() == b.keys() == points.keys()
         worst = max(abs(a[i] - b[i]) for i in a)
         assert worst < 1e-4, worst  # padding: a chunk's batch differs
+        a, b = _window_scores(single, embedder, query), _window_scores(distributed, embedder, query)
+        assert a.keys() == b.keys() and len(a) >= len(points) // 2, (len(a), len(b), len(points))
+        assert max(abs(a[i] - b[i]) for i in a) < 1e-4
 
     # Incremental as ever: a rerun on the cluster finds everything unchanged, one changed file is re-ingested.
     (corpus / "doc-003.txt").write_text("Document 3 was rewritten: the parking policy changed.")
