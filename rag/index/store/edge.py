@@ -395,22 +395,22 @@ class EdgeStore:
         there took ~4 ms."""
         if self._chunks is None or not ids:
             return {}
-        must = [qe.HasIdCondition(set(ids)), *_conditions(flt)]
-        res = self._chunks.query(qe.QueryRequest(
-            limit=len(ids), query=qe.Query.Nearest([float(x) for x in vector], using=DENSE), filter=qe.Filter(must=must),
-            params=search_params(qe, "exact", self._index, False),
-            with_payload=False, with_vector=False))
-        return {str(p.id): float(p.score) for p in res}
+        return self._scores_by_id(qe.Query.Nearest([float(x) for x in vector], using=DENSE), ids, flt)
 
     def window_cosines(self, vector: Sequence[float], ids: Sequence[Any],
                        flt: SearchFilter | None = None) -> dict[str, float]:
         if self._chunks is None or not ids or not self.has_windows:
             return {}
+        # A multivector query of one vector: each chunk scores by its best window (MAX_SIM).
+        return self._scores_by_id(qe.Query.Nearest([[float(x) for x in vector]], using=WINDOWS), ids, flt)
+
+    def _scores_by_id(self, query: qe.Query, ids: Sequence[Any], flt: SearchFilter | None) -> dict[str, float]:
+        """``query``'s score of each of these chunks inside ``flt``, exactly (a graph or a quantized copy ignored)."""
+        assert self._chunks is not None
         must = [qe.HasIdCondition(set(ids)), *_conditions(flt)]
         res = self._chunks.query(qe.QueryRequest(
-            limit=len(ids), query=qe.Query.Nearest([[float(x) for x in vector]], using=WINDOWS),
-            filter=qe.Filter(must=must), params=search_params(qe, "exact", self._index, False),
-            with_payload=False, with_vector=False))
+            limit=len(ids), query=query, filter=qe.Filter(must=must),
+            params=search_params(qe, "exact", self._index, False), with_payload=False, with_vector=False))
         return {str(p.id): float(p.score) for p in res}
 
     def payloads(self, ids: Sequence[str], flt: SearchFilter | None = None) -> dict[str, dict[str, Any]]:

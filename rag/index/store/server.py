@@ -381,22 +381,23 @@ class QdrantServerStore:
         """The server scores them: reading ~100 vectors back and comparing them in Python cost more than the search."""
         if not ids:
             return {}
-        # Local mode always searches exactly (and warns about any search parameter).
-        exact = search_params(models, "exact", self._index, False) if self.backend == "qdrant-server" else None
-        must = [models.HasIdCondition(has_id=list(ids)), *_conditions(flt)]
-        res = self._client.query_points(self.collection, query=[float(x) for x in vector], using=DENSE, limit=len(ids),
-                                        query_filter=models.Filter(must=must),
-                                        search_params=exact, with_payload=False, with_vectors=False)
-        return {str(p.id): float(p.score) for p in res.points}
+        return self._scores_by_id([float(x) for x in vector], DENSE, ids, flt)
 
     def window_cosines(self, vector: Sequence[float], ids: Sequence[Any],
                        flt: SearchFilter | None = None) -> dict[str, float]:
         if not ids or not self._ready or not self.has_windows:
             return {}
+        # A multivector query of one vector: each chunk scores by its best window (MAX_SIM).
+        return self._scores_by_id([[float(x) for x in vector]], WINDOWS, ids, flt)
+
+    def _scores_by_id(self, query: list[float] | list[list[float]], using: str, ids: Sequence[Any],
+                      flt: SearchFilter | None) -> dict[str, float]:
+        """``query``'s score of each of these chunks inside ``flt``, exactly (a graph or a quantized copy ignored)."""
+        # Local mode always searches exactly (and warns about any search parameter).
         exact = search_params(models, "exact", self._index, False) if self.backend == "qdrant-server" else None
         must = [models.HasIdCondition(has_id=list(ids)), *_conditions(flt)]
-        res = self._client.query_points(self.collection, query=[[float(x) for x in vector]], using=WINDOWS,
-                                        limit=len(ids), query_filter=models.Filter(must=must), search_params=exact,
+        res = self._client.query_points(self.collection, query=query, using=using, limit=len(ids),
+                                        query_filter=models.Filter(must=must), search_params=exact,
                                         with_payload=False, with_vectors=False)
         return {str(p.id): float(p.score) for p in res.points}
 
