@@ -347,9 +347,9 @@ class _Batch:
             windows = (embed_windows(self.embedder, distinct, self.windows) if self.windows
                        else [None] * len(distinct))
             for (key, at), vec, win in zip(todo.items(), embedded, windows, strict=True):
-                self.seen[key] = (vec.copy(), win)  # a row alone, not a view keeping the whole batch
+                entry = self.seen[key] = (vec.copy(), win)  # a row alone, not a view keeping the whole batch
                 for i in at:
-                    vectors[i] = self.seen[key]
+                    vectors[i] = entry
         sparse_vectors = self.sparse.embed_documents(texts) if self.sparse is not None else [None] * len(texts)
         points = [_point(w, c, e, sv, self.lease.id)
                   for (w, c, _), e, sv in zip(self.buffer, vectors, sparse_vectors, strict=True)]

@@ -194,12 +194,13 @@ class Retriever:
         if not feedback and not windows:
             return None
         ids = list(dict.fromkeys([h.id for h in dense] + [h.id for h in keyword]))
-        target, own = vector, {h.id: h.similarity for h in keyword if h.similarity is not None}
-        own.update({h.id: h.score for h in dense})
         if feedback:
             best = self.store.vectors([h.id for h in dense[:self.feedback_hits]])
             target = feedback_vector(vector, list(best.values()), self.feedback_weight).tolist()
             own = self.store.cosines(target, ids, flt)
+        else:  # the question's own cosines, which both candidate lists already carry
+            target = vector
+            own = {h.id: h.similarity for h in keyword if h.similarity is not None} | {h.id: h.score for h in dense}
         return ranking_cosines(own, self.store.window_cosines(target, ids, flt)) if windows else own
 
 
