@@ -109,7 +109,7 @@ class Bench:
         q, d = self.matrices(enc)
         rows = []
         for qi in range(len(self.qids)):
-            mean = np.asarray(d[self._top(self.cos[qi], False)[:hits]].mean(axis=0)).ravel()
+            mean = np.asarray(d[self.top(self.cos[qi], False)[:hits]].mean(axis=0)).ravel()
             pick = np.argpartition(-mean, terms)[:terms]
             pick = pick[mean[pick] > 0]
             query = np.asarray(q[qi].todense()).ravel()
@@ -124,13 +124,15 @@ class Bench:
         qi = {q: i for i, q in enumerate(self.qids)}
         return max(abs(bm[qi[q], pos[h.id]] - h.score) / h.score for q, hits in self.store_bm25.items() for h in hits)
 
-    def _top(self, row: np.ndarray, positive: bool) -> np.ndarray:
-        idx = np.argpartition(-row, DEPTH)[:DEPTH]
+    @staticmethod
+    def top(row: np.ndarray, positive: bool, depth: int = DEPTH) -> np.ndarray:
+        """The best ``depth`` positions of ``row``, best first; ``positive``: only those scoring above 0."""
+        idx = np.argpartition(-row, depth)[:depth]
         idx = idx[np.argsort(-row[idx], kind="stable")]
         return idx[row[idx] > 0] if positive else idx
 
     def hits(self, qi: int, bm: np.ndarray, mode: str) -> list[tuple[int, float]]:
-        d, s = self._top(self.cos[qi], False), self._top(bm[qi], True)
+        d, s = self.top(self.cos[qi], False), self.top(bm[qi], True)
         if mode == "dense":
             return [(int(i), float(self.cos[qi, i])) for i in d]
         if mode == "sparse":

@@ -108,11 +108,11 @@ class Windows:
         # ranked by the scorer: Retriever._search with RAG_DENSE_WINDOWS.
         own = ((b.queries @ self.whole.T) if score else b.cos) if self.rescore else cos
         for qi, q in enumerate(b.qids):
-            found = _top(own[qi], False)
+            found = b.top(own[qi], False, DEPTH)
             d = found[np.argsort(-cos[qi, found], kind="stable")]
             hits = list(d)
             if mode == "hybrid":
-                s = _top(self.bm[qi], True)
+                s = b.top(self.bm[qi], True, DEPTH)
                 moved = feedback_vector(b.queries[qi], list(vectors[found[:feedback[0]]]), feedback[1])
                 moved_cos = score(moved[None, :])[0] if score else b.dense @ moved
                 fused = score_fusion([Hit(str(i), float(cos[qi, i]), {}) for i in d],
@@ -122,12 +122,6 @@ class Windows:
             docs = list(dict.fromkeys(b.docs[i] for i in hits))[:100]
             ranked_docs[q] = {doc: float(len(docs) - r) for r, doc in enumerate(docs)}
         return _per_query(pytrec_eval, b.qrels, ranked_docs)
-
-
-def _top(row: np.ndarray, positive: bool) -> np.ndarray:
-    idx = np.argpartition(-row, DEPTH)[:DEPTH]
-    idx = idx[np.argsort(-row[idx], kind="stable")]
-    return idx[row[idx] > 0] if positive else idx
 
 
 def main() -> None:

@@ -332,9 +332,9 @@ def test_window_cosines_score_the_best_window_and_leave_out_chunks_without(store
 @pytest.mark.attack("evidence", "asks for the best-window similarity of a chunk it may not read, by the chunk's id "
                     "(a similarity oracle on parts of a text outside its groups)")
 def test_window_cosines_apply_the_group_filter(store):
-    store.upsert_chunks(_windowed("/public.txt", 4, groups=("staff",)) + _windowed("/secret.txt", 4, groups=("hr",)))
-    secret = [p.id for p in _windowed("/secret.txt", 4)]
-    public = [p.id for p in _windowed("/public.txt", 4)]
+    public_points, secret_points = _windowed("/public.txt", 4), _windowed("/secret.txt", 4, groups=("hr",))
+    store.upsert_chunks(public_points + secret_points)
+    public, secret = [p.id for p in public_points], [p.id for p in secret_points]
     got = store.window_cosines(_vec(3), secret + public, SearchFilter(groups_any=("staff",)))
     assert set(got) == {public[0], public[2]}
     assert set(store.window_cosines(_vec(3), secret, SearchFilter(groups_any=("hr",)))) == {secret[0], secret[2]}
