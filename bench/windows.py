@@ -2,11 +2,13 @@
 
     RAG_DATA_DIR=/work/evaldata .venv/bin/python bench/windows.py ../shared/eval/scifact --split train
     ... bench/windows.py ../shared/eval/scifact --split train --window 128 --stride 128
+    ... bench/windows.py ../shared/eval/scifact --split train --window 96 --stride 72 --rescore --late
 
 all-MiniLM-L6-v2 was trained on inputs of at most 128 tokens and embeds up to 256, the chunk size; shorter chunks
 help its side and hurt BM25 (bench/README.md). This asks whether a 256-token chunk can keep its size and still be
 matched by its parts: every chunk longer than ``--window`` tokens is cut into windows (``--stride`` apart, cut at
-the embedder's own token offsets) and each window embedded, what Qdrant would store as a multivector with MAX_SIM.
+the embedder's own token offsets) and each window embedded, what Qdrant would store as a multivector with MAX_SIM
+(``--late``: pooled from the chunk's own token vectors instead, one forward pass for both).
 A chunk then scores by its whole vector, by its best window, by the larger of the two, or by their mean.
 
 The int8 ONNX model's vectors depend on which texts share a batch, so the whole chunks are embedded again here
@@ -57,24 +59,29 @@ def unit(x: np.ndarray) -> np.ndarray:
 class Windows:
     """The bench's chunks embedded whole and in windows, and the ways of scoring a chunk from them."""
 
-    def __init__(self, b, window: int, stride: int, rescore: bool = False) -> None:
+    def __init__(self, b, window: int, stride: int, rescore: bool = False, late: bool = False) -> None:
         self.b, self.rescore = b, rescore
         embedder = get_embedder(b.settings, batch=True)
         self.bm = b.bm25(get_sparse_encoder(b.settings))
         texts = [h.payload["text"] for h in b.chunks]
-        self.whole = unit(embedder.embed_documents(texts))
+        # --late: the chunk's own forward pass, its token vectors ([CLS] tokens [SEP]) mean-pooled over the whole
+        # (what the model's pooling does) and over each window ("late chunking": no second pass).
+        tokens = ([t.float().numpy() for t in embedder._model.encode(
+            texts, batch_size=32, output_value="token_embeddings", convert_to_numpy=False)] if late else None)
+        self.whole = unit(np.asarray([t.mean(0) for t in tokens]) if tokens else embedder.embed_documents(texts))
         windows, owner = [], []
         for i, text in enumerate(texts):
             offsets = [o for o in embedder.token_offsets(text) if o[1] > o[0]]
             start = 0
             while len(offsets) > window:
                 end = min(start + window, len(offsets))
-                windows.append(text[offsets[start][0]:offsets[end - 1][1]])
+                windows.append(tokens[i][1 + start:1 + end].mean(0) if tokens else
+                               text[offsets[start][0]:offsets[end - 1][1]])
                 owner.append(i)
                 if end == len(offsets):
                     break
                 start += stride
-        self.vectors = unit(embedder.embed_documents(windows))
+        self.vectors = unit(np.asarray(windows) if tokens else embedder.embed_documents(windows))
         owners = np.asarray(owner)
         self.order = np.argsort(owners, kind="stable")
         self.starts = np.r_[0, np.flatnonzero(np.diff(owners[self.order])) + 1]
@@ -133,10 +140,12 @@ def main() -> None:
     ap.add_argument("--grid", action="store_true", help="also fusion weights 0.4-0.7 x feedback settings")
     ap.add_argument("--rescore", action="store_true",
                     help="candidates by the chunk's own cosine, then ranked by the scorer (what the product does)")
+    ap.add_argument("--late", action="store_true",
+                    help="windows pooled from the whole chunk's token vectors (late chunking) instead of embedded alone")
     args = ap.parse_args()
     t0 = time.monotonic()
     b = bm25.Bench(args.dataset, args.split)
-    w = Windows(b, args.window, args.stride, args.rescore)
+    w = Windows(b, args.window, args.stride, args.rescore, args.late)
     print(f"{w.summary}; embedded in {time.monotonic() - t0:.0f} s")
     defaults = (b.weight, b.feedback)
     names = ["whole", "stored", *list(w.scorers)[1:]]
