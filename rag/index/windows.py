@@ -5,7 +5,9 @@ vector averages everything it says; a question about one of its sentences matche
 Chunks keep their size (BM25 and the LLM's context want whole passages); the windows are extra vectors of the
 same point, which Qdrant stores as a multivector and scores by its best member (MAX_SIM). Measured on SciFact
 train (bench/windows.py, bench/README.md): ranking by the mean of the chunk's cosine and its best window's
-raised dense nDCG@10 by 0.02 and hybrid by 0.008, in every fold, for twice the embedding work at ingest.
+raised dense nDCG@10 by 0.02 and hybrid by 0.005-0.008, for 1.5x the ingest time. Pooling the windows from the
+chunk's own forward pass instead (late chunking, no second pass) gained nothing in hybrid: a window that has attended
+to the whole chunk stays close to the chunk's vector.
 """
 
 from __future__ import annotations
