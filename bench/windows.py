@@ -39,6 +39,7 @@ offline.apply()
 from evaluation.retrieval import _per_query  # noqa: E402
 from rag.index.embeddings import get_embedder  # noqa: E402
 from rag.index.sparse import get_sparse_encoder  # noqa: E402
+from rag.index.windows import positions  # noqa: E402
 from rag.index.store import Hit  # noqa: E402
 from rag.retrieval.fusion import feedback_vector, score_fusion  # noqa: E402
 
@@ -72,15 +73,10 @@ class Windows:
         windows, owner = [], []
         for i, text in enumerate(texts):
             offsets = [o for o in embedder.token_offsets(text) if o[1] > o[0]]
-            start = 0
-            while len(offsets) > window:
-                end = min(start + window, len(offsets))
+            for start, end in positions(len(offsets), window, stride):
                 windows.append(tokens[i][1 + start:1 + end].mean(0) if tokens else
                                text[offsets[start][0]:offsets[end - 1][1]])
                 owner.append(i)
-                if end == len(offsets):
-                    break
-                start += stride
         self.vectors = unit(np.asarray(windows) if tokens else embedder.embed_documents(windows))
         owners = np.asarray(owner)
         self.order = np.argsort(owners, kind="stable")

@@ -28,13 +28,19 @@ def cut(text: str, offsets: Sequence[tuple[int, int]], window: int) -> list[str]
     """The windows of ``text`` given its tokens' character ``offsets``: none if it fits in one window, else
     ``window`` tokens each, ``stride(window)`` apart, the last ending at the last token."""
     spans = [o for o in offsets if o[1] > o[0]]
-    if window <= 0 or len(spans) <= window:
+    return [text[spans[s][0]:spans[e - 1][1]] for s, e in positions(len(spans), window, stride(window))]
+
+
+def positions(tokens: int, window: int, step: int) -> list[tuple[int, int]]:
+    """The [start, end) token positions of the windows over ``tokens`` tokens: none if they fit in one window,
+    else ``window`` each, ``step`` apart, the last ending at the last token."""
+    if window <= 0 or tokens <= window:
         return []
-    out, start, step = [], 0, stride(window)
+    out, start = [], 0
     while True:
-        end = min(start + window, len(spans))
-        out.append(text[spans[start][0]:spans[end - 1][1]])
-        if end == len(spans):
+        end = min(start + window, tokens)
+        out.append((start, end))
+        if end == tokens:
             return out
         start += step
 
