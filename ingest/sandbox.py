@@ -5,7 +5,10 @@ from a ProcessPoolExecutor (forkserver start method: the caller has torch and th
 not copy), kept alive across files, with
 - an address-space limit (RLIMIT_AS = RAG_PARSE_MAX_MEMORY_MB) set in the worker: an allocation beyond it fails
   there (MemoryError, or a C library's crash), never in the UI or the CLI;
-- a wall-time limit per file (RAG_PARSE_TIMEOUT_S): the worker is killed and the next file gets a fresh one;
+- a wall-time limit per file (RAG_PARSE_TIMEOUT_S): the worker is killed and the next file gets a fresh one. The
+  worker leads its own process group, and the whole group is killed: an OCR'ing tesseract it started goes with it
+  instead of running on, orphaned, beside the next file. A fresh worker is started (and waited for) before the next
+  file's clock starts, so a slow start on a loaded machine is never charged to a file;
 - the parsers' own checks before expensive work (ingest/limits.py: pages, OCR bitmap size, zip inflation).
 A worker that dies (out of memory, a signal, the timeout) turns into a ParseError whose reason says which, and
 the run goes on. Chunking stays in the caller: it needs the embedding model's tokenizer, which lives there.
@@ -13,6 +16,7 @@ the run goes on. Chunking stays in the caller: it needs the embedding model's to
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import multiprocessing
 import os
@@ -35,6 +39,8 @@ log = logging.getLogger(__name__)
 
 # Imported once by the fork server, so a worker restarted after a crash starts in milliseconds, not seconds.
 _PRELOAD = ["ingest.parsers", "pypdfium2", "docx", "lxml.html"]
+#: How long a new worker may take to start (fork, limits, first task) before the run gives up on parsing.
+START_TIMEOUT_S = 120.0
 
 
 class _OutOfMemory(ParseError):
@@ -42,14 +48,17 @@ class _OutOfMemory(ParseError):
 
 
 def _init_worker(max_memory_mb: int, parent: int) -> None:
+    # Its own process group, so that a kill reaches the programs it runs too (tesseract): killing the worker alone
+    # would leave them orphaned, still busy, with nobody to enforce their timeout. This also keeps Ctrl-C from the
+    # terminal away from it; the parent decides what stops, and kills the group itself.
+    os.setpgid(0, 0)
     # A worker outlives a parent killed with -9 (or by the OOM killer): it waits on its task queue, whose write end
     # it holds itself, and keeps the fork server alive. So it watches the parent and leaves with it.
     threading.Thread(target=_exit_with, args=(parent,), name="rag-parse-parent-watch", daemon=True).start()
     limit = max_memory_mb * 2**20
     resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))  # a crashing parser must not write GBs of core dump
-    # Ctrl-C reaches the whole process group; the parent decides what stops, and kills the worker itself.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # in case setpgid was refused and Ctrl-C still reaches us
     # unstructured imports spaCy, whose thinc imports torch when it can: 330 MB of address space and a second of
     # import on every worker restart, for nothing a parser uses. Under RLIMIT_AS that left a genuine DOCX ~100 MB
     # from the limit in the tests' 1 GB worker; blocked, thinc takes its no-torch path.
@@ -62,9 +71,16 @@ def _exit_with(parent: int) -> None:
         try:
             os.kill(parent, 0)
         except ProcessLookupError:
+            if os.getpgid(0) == os.getpid():  # our own group (never the user's): take our children along
+                os.killpg(0, signal.SIGKILL)
             os._exit(0)
         except PermissionError:  # alive, under another user (never the case for our own parent)
             pass
+
+
+def _ready() -> bool:
+    """The first task of every worker, answered once it is up: whether it leads its own process group."""
+    return os.getpgid(0) == os.getpid()
 
 
 def _parse_in_worker(path: str, settings: Settings) -> ParsedDocument:
@@ -111,6 +127,7 @@ class ParseWorker:
         self.settings = settings
         self._pool: ProcessPoolExecutor | None = None
         self._procs: list[multiprocessing.process.BaseProcess] = []
+        self._grouped = False  # the worker leads its own process group (killed as a whole)
         self.restarts = 0
 
     def __enter__(self) -> ParseWorker:
@@ -120,11 +137,25 @@ class ParseWorker:
         self.close()
 
     def _executor(self) -> ProcessPoolExecutor:
+        """The pool, with its worker started: a start is never timed against a file's RAG_PARSE_TIMEOUT_S."""
         if self._pool is None:
             ctx = multiprocessing.get_context("forkserver")
             ctx.set_forkserver_preload(_PRELOAD)
             self._pool = ProcessPoolExecutor(max_workers=1, mp_context=ctx, initializer=_init_worker,
                                              initargs=(self.settings.parse_max_memory_mb, os.getpid()))
+            ready = self._pool.submit(_ready)
+            # The executor spawns its worker on submit; keep our own handle to read its exit code after a crash.
+            self._procs = list(self._pool._processes.values())
+            try:
+                self._grouped = ready.result(timeout=START_TIMEOUT_S)
+            except FutureTimeout:
+                self._discard(kill=True)
+                raise ParseError(f"the parser process did not start within {START_TIMEOUT_S:g} s; the machine "
+                                 "may be overloaded") from None
+            except BrokenProcessPool:
+                codes = self._discard(kill=False)
+                raise ParseError("the parser process could not start: " + death_reason(
+                    next((c for c in codes if c), None), self.settings)) from None
         return self._pool
 
     def parse(self, path: Path) -> ParsedDocument:
@@ -135,8 +166,6 @@ class ParseWorker:
             self._discard(kill=True)
             pool = self._executor()
             future = pool.submit(_parse_in_worker, str(path), self.settings)
-        # The executor spawns its worker on submit; keep our own handle to read its exit code after a crash.
-        self._procs = list(pool._processes.values()) or self._procs
         try:
             return future.result(timeout=self.settings.parse_timeout_s)
         except _OutOfMemory:
@@ -152,12 +181,16 @@ class ParseWorker:
 
     def _discard(self, *, kill: bool) -> list[int | None]:
         """Drop the executor (a fresh one starts on the next file); returns its workers' exit codes."""
-        pool, procs = self._pool, self._procs
-        self._pool, self._procs = None, []
+        pool, procs, grouped = self._pool, self._procs, self._grouped
+        self._pool, self._procs, self._grouped = None, [], False
         if pool is None:
             return []
-        if kill:
-            for p in procs:
+        for p in procs:
+            if grouped and p.pid is not None:
+                # Also after the worker's own death: a tesseract it started may still run, orphaned.
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(p.pid, signal.SIGKILL)
+            elif kill:
                 p.kill()
         pool.shutdown(wait=True, cancel_futures=True)
         for p in procs:
