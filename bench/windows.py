@@ -57,6 +57,15 @@ def unit(x: np.ndarray) -> np.ndarray:
     return x / np.linalg.norm(x, axis=1, keepdims=True)
 
 
+def _token_model(settings):
+    """The embedding model through sentence-transformers, whose encode() also gives token vectors (the product
+    runs the int8 model with onnxruntime alone, which gives pooled ones only)."""
+    from rag.index.embeddings import SentenceTransformerEmbedder
+
+    return SentenceTransformerEmbedder(settings.embedding_model, backend=settings.embedding_backend,
+                                       models_dir=settings.models_dir, batch=True, full=True)._model
+
+
 class Windows:
     """The bench's chunks embedded whole and in windows, and the ways of scoring a chunk from them."""
 
@@ -67,7 +76,7 @@ class Windows:
         texts = [h.payload["text"] for h in b.chunks]
         # --late: the chunk's own forward pass, its token vectors ([CLS] tokens [SEP]) mean-pooled over the whole
         # (what the model's pooling does) and over each window ("late chunking": no second pass).
-        tokens = ([t.float().numpy() for t in embedder._model.encode(
+        tokens = ([t.float().numpy() for t in _token_model(b.settings).encode(
             texts, batch_size=32, output_value="token_embeddings", convert_to_numpy=False)] if late else None)
         self.whole = unit(np.asarray([t.mean(0) for t in tokens]) if tokens else embedder.embed_documents(texts))
         windows, owner = [], []

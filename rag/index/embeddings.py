@@ -14,7 +14,7 @@ import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 from filelock import FileLock
@@ -22,6 +22,7 @@ from filelock import FileLock
 from rag import offline
 from rag.errors import EmbeddingModelError
 from rag.hardware import cpu_info
+from rag.index import onnx_model
 from rag.index.model_path import resolve_model_path
 from rag.index.tokens import TokenCounter
 from rag.settings import PACKAGED_EMBEDDING_MODEL, Settings
@@ -89,14 +90,13 @@ class SentenceTransformerEmbedder:
         models_dir: Path | None = None,
         threads: int | None = None,
         batch: bool = False,
+        full: bool = False,
     ) -> None:
         """``batch``: for ingestion (many texts per call, beside parsing), not for one question at a time; with
-        the int8 ONNX backend, its threads then sleep between operators instead of spinning (onnx_session_options)."""
+        the int8 ONNX backend, its threads then sleep between operators instead of spinning (onnx_session_options).
+        ``full``: the int8 model through sentence-transformers even where onnxruntime alone runs it
+        (rag/index/onnx_model.py), for tools that need its other outputs (token vectors)."""
         offline.apply()
-        import torch
-
-        if threads:
-            torch.set_num_threads(threads)
         self.model_name = model_name
         self.backend = backend
         self.query_prompt = query_prompt
@@ -108,10 +108,13 @@ class SentenceTransformerEmbedder:
         try:
             if backend == "onnx-int8":
                 self._model, self.onnx_model = _load_onnx_int8(path, model_name, models_dir or Path(".rag/models"),
-                                                               threads, spin=not batch)
+                                                               threads, spin=not batch, full=full)
             else:
+                import torch
                 from sentence_transformers import SentenceTransformer
 
+                if threads:
+                    torch.set_num_threads(threads)
                 self._model = SentenceTransformer(path, device="cpu")
         except (OSError, ValueError) as exc:
             raise EmbeddingModelError(
@@ -212,13 +215,13 @@ def onnx_session_options(threads: int | None, *, spin: bool = False):
     return opts
 
 
-def _load_onnx_int8(path: str, model_name: str, models_dir: Path, threads: int | None = None, *, spin: bool = False):
-    """Export the model to ONNX and quantize it to int8 once, into the data dir; reuse it afterwards.
+def _load_onnx_int8(path: str, model_name: str, models_dir: Path, threads: int | None = None, *, spin: bool = False,
+                    full: bool = False) -> tuple[Any, tuple[str, str]]:
+    """Export the model to ONNX and quantize it to int8 once, into the models dir; reuse it afterwards, run by
+    onnxruntime alone where it can (rag/index/onnx_model.py: seconds less to start), else by sentence-transformers.
 
     Not fused first: optimum's O2 fusions (QAttention) before quantising were tried for issue 18 and measured no
     faster here (400 corpus chunks: 12.8 CPU s either way), and a new graph would re-embed every existing index."""
-    from sentence_transformers import SentenceTransformer, export_dynamic_quantized_onnx_model
-
     target = _onnx_quantization_target()
     # avx2/arm64 quantize activations as unsigned int8 ("quint8"), avx512_vnni as signed ("qint8").
     file_name = f"onnx/model_{'qint8' if target == 'avx512_vnni' else 'quint8'}_{target}.onnx"
@@ -229,6 +232,8 @@ def _load_onnx_int8(path: str, model_name: str, models_dir: Path, threads: int |
         if not (out / file_name).exists():
             log.warning("preparing the embedding model %s for this CPU: int8 ONNX export under %s (once, "
                         "about 10 seconds)", model_name, out)
+            from sentence_transformers import SentenceTransformer, export_dynamic_quantized_onnx_model
+
             tmp = Path(tempfile.mkdtemp(prefix=".export-", dir=models_dir))
             try:
                 with _quiet_export():
@@ -241,8 +246,14 @@ def _load_onnx_int8(path: str, model_name: str, models_dir: Path, threads: int |
                 tmp.rename(out)  # atomic: a crash mid-export never leaves a half-written model in place
             finally:
                 shutil.rmtree(tmp, ignore_errors=True)
+    options = onnx_session_options(threads, spin=spin)
+    lean = None if full else onnx_model.load(out, file_name, options)
+    if lean is not None:
+        return lean, (str(out), file_name)
+    from sentence_transformers import SentenceTransformer
+
     model = SentenceTransformer(str(out), device="cpu", backend="onnx", model_kwargs={
-        "file_name": file_name, "session_options": onnx_session_options(threads, spin=spin)})
+        "file_name": file_name, "session_options": options})
     return model, (str(out), file_name)
 
 

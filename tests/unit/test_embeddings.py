@@ -60,7 +60,7 @@ def test_onnx_int8_backend_agrees_with_torch(tmp_path):
     assert any((tmp_path / "models").rglob("model_q*int8_*.onnx"))
     # A query-side embedder's threads spin between operators (one question: the wake-up is the cost) ...
     def spinning(e):
-        session = e._model[0].auto_model.model
+        session = e._model.session  # onnxruntime's own (rag/index/onnx_model.py)
         return session.get_session_options().get_session_config_entry("session.intra_op.allow_spinning")
 
     assert spinning(onnx) == "1"
