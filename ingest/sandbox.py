@@ -153,9 +153,7 @@ class ParseWorker:
                 raise ParseError(f"the parser process did not start within {START_TIMEOUT_S:g} s; the machine "
                                  "may be overloaded") from None
             except BrokenProcessPool:
-                codes = self._discard(kill=False)
-                raise ParseError("the parser process could not start: " + death_reason(
-                    next((c for c in codes if c), None), self.settings)) from None
+                raise ParseError("the parser process could not start: " + self._why_it_died()) from None
         return self._pool
 
     def parse(self, path: Path) -> ParsedDocument:
@@ -176,8 +174,12 @@ class ParseWorker:
             raise ParseError(f"timed out after {self.settings.parse_timeout_s:g} s (RAG_PARSE_TIMEOUT_S): the "
                              "parser was stopped; raise the limit if the file is genuine (long scans)") from None
         except BrokenProcessPool:
-            codes = self._discard(kill=False)
-            raise ParseError(death_reason(next((c for c in codes if c), None), self.settings)) from None
+            raise ParseError(self._why_it_died()) from None
+
+    def _why_it_died(self) -> str:
+        """After the worker died on its own: clean up what it left (its group), then say why from its exit code."""
+        codes = self._discard(kill=False)
+        return death_reason(next((c for c in codes if c), None), self.settings)
 
     def _discard(self, *, kill: bool) -> list[int | None]:
         """Drop the executor (a fresh one starts on the next file); returns its workers' exit codes."""
