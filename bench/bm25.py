@@ -1,8 +1,9 @@
-"""BM25 parameters, title handling, word pairs, query expansion and chunk-to-document aggregation on a BEIR dataset,
-by nested cross-validation.
+"""BM25 parameters, title handling, word pairs, query expansion, chunk-to-document aggregation, the title's vector
+as a second dense field and a per-question BM25 weight on a BEIR dataset, by nested cross-validation.
 
     RAG_DATA_DIR=/work/evaldata .venv/bin/python bench/bm25.py ../shared/eval/scifact --split train
     ... bench/bm25.py ../shared/eval/scifact --split train --families pairs expansion     # some grids only
+    ... bench/bm25.py ../shared/eval/scifact --split train --families titlevec calibrated
 
 Reads every chunk (text and dense vector) of the index `rag eval retrieval` built, once; then recomputes BM25 in
 memory for each setting with the product's encoder (rag.index.sparse.Bm25Encoder) and the IDF Qdrant's modifier
@@ -131,29 +132,41 @@ class Bench:
         idx = idx[np.argsort(-row[idx], kind="stable")]
         return idx[row[idx] > 0] if positive else idx
 
-    def hits(self, qi: int, bm: np.ndarray, mode: str) -> list[tuple[int, float]]:
+    def hits(self, qi: int, bm: np.ndarray, mode: str,
+             extra: Callable[[int, np.ndarray], np.ndarray] | None = None,
+             weight: Callable[[int], float] | None = None) -> list[tuple[int, float]]:
+        """``extra(qi, chunk positions)``: a further dense signal added to each candidate's ranking cosine;
+        ``weight(qi)``: the question's own BM25 weight in the fusion instead of the setting's."""
         d, s = self.top(self.cos[qi], False), self.top(bm[qi], True)
         if mode == "dense":
+            if extra is not None:
+                score = self.cos[qi, d] + extra(qi, d)
+                return [(int(i), float(x)) for i, x in sorted(zip(d, score, strict=True), key=lambda p: -p[1])]
             return [(int(i), float(self.cos[qi, i])) for i in d]
         if mode == "sparse":
             return [(int(i), float(bm[qi, i])) for i in s]
         # Ranked as Retriever._search ranks: by the cosine to the question moved toward its best dense hits
         # (RAG_HYBRID_FEEDBACK_*), every candidate re-scored against it.
         moved = feedback_vector(self.queries[qi], list(self.dense[d[:self.feedback[0]]]), self.feedback[1])
-        ranking = {str(i): float(self.dense[i] @ moved) for i in np.union1d(d, s)}
+        union = np.union1d(d, s)
+        rank = self.dense[union] @ moved + (extra(qi, union) if extra is not None else 0.0)
+        ranking = {str(i): float(x) for i, x in zip(union, rank, strict=True)}
         fused = score_fusion([Hit(str(i), float(self.cos[qi, i]), {}) for i in d],
-                             [Hit(str(i), float(bm[qi, i]), {}, float(self.cos[qi, i])) for i in s], self.weight, DEPTH,
+                             [Hit(str(i), float(bm[qi, i]), {}, float(self.cos[qi, i])) for i in s],
+                             self.weight if weight is None else weight(qi), DEPTH,
                              ranking)
         return [(int(h.id), h.score) for h in fused]
 
-    def per_query(self, bm: np.ndarray, mode: str, alpha: float = 0.0) -> dict[str, dict[str, float]]:
+    def per_query(self, bm: np.ndarray, mode: str, alpha: float = 0.0,
+                  extra: Callable[[int, np.ndarray], np.ndarray] | None = None,
+                  weight: Callable[[int], float] | None = None) -> dict[str, dict[str, float]]:
         """Documents by best chunk; with ``alpha``, best + alpha x second best chunk of the same document."""
         import pytrec_eval
 
         run = {}
         for qi, q in enumerate(self.qids):
             by_doc: dict[str, list[float]] = {}
-            for i, score in self.hits(qi, bm, mode):
+            for i, score in self.hits(qi, bm, mode, extra, weight):
                 by_doc.setdefault(self.docs[i], []).append(score)
             doc_score = {d: s[0] + alpha * (s[1] if len(s) > 1 else 0.0) for d, s in by_doc.items()}
             ranked = sorted(doc_score, key=lambda d: -doc_score[d])[:100]
@@ -182,7 +195,7 @@ class Bench:
         print(f"  nested: picked {'; '.join(picks)}; held-out nDCG@10 {statistics.fmean(held):.4f}")
 
 
-FAMILIES = ("b", "avg_len", "k", "title", "aggregation", "pairs", "expansion")
+FAMILIES = ("b", "avg_len", "k", "title", "aggregation", "pairs", "expansion", "titlevec", "calibrated")
 
 
 def main() -> None:
@@ -249,6 +262,89 @@ def main() -> None:
                 [("no expansion", b.bm25(enc))]
                 + [(f"dense top {k}, {m} terms x{w:g}", b.expanded(enc, k, m, w))
                    for k in (3, 5, 10) for m in (10, 20) for w in (0.2, 0.5)])
+
+    if "titlevec" in args.families:
+        title_vectors(b)
+    if "calibrated" in args.families:
+        calibrated(b)
+
+
+def title_vectors(b: Bench) -> None:
+    """Family titlevec: the title's vector as a second dense field."""
+    # The document's title as a second dense field: cos(question, title vector) added to every chunk's ranking
+    # cosine with a weight (BM25F's idea on the dense side), and, for comparison, the mean of the document's
+    # chunk vectors (a document vector any file has, title or not).
+    embedder = get_embedder(b.settings)
+    doc_ids = sorted(set(b.docs))
+    dpos = {d: j for j, d in enumerate(doc_ids)}
+    chunk_doc = np.asarray([dpos[d] for d in b.docs])
+    titles = [b.ds.corpus[d][0] for d in doc_ids]
+    tv = np.asarray(embedder.embed_documents(titles), dtype=np.float32)
+    tv /= np.linalg.norm(tv, axis=1, keepdims=True)
+    has_title = np.asarray([bool(t.strip()) for t in titles])
+    title_cos = (b.queries @ tv.T) * has_title[None, :]
+    mean = np.zeros((len(doc_ids), b.dense.shape[1]), dtype=np.float32)
+    np.add.at(mean, chunk_doc, b.dense)
+    mean /= np.linalg.norm(mean, axis=1, keepdims=True)
+    mean_cos = b.queries @ mean.T
+    print(f"titles: {int(has_title.sum())} of {len(doc_ids)} documents")
+
+    def add(matrix: np.ndarray, w: float) -> Callable[[int, np.ndarray], np.ndarray]:
+        return lambda qi, idx: w * matrix[qi, chunk_doc[idx]]
+
+    def lift(matrix: np.ndarray) -> Callable[[int, np.ndarray], np.ndarray]:
+        # max(chunk cosine, title cosine): the extra is what the title adds above the chunk
+        return lambda qi, idx: np.maximum(matrix[qi, chunk_doc[idx]] - b.cos[qi, idx], 0.0)
+
+    variants: dict[str, Callable[[int, np.ndarray], np.ndarray] | None] = {"chunk only": None}
+    variants |= {f"+ title x{w:g}": add(title_cos, w) for w in (0.05, 0.1, 0.15, 0.2, 0.3, 0.5)}
+    variants["max(chunk, title)"] = lift(title_cos)
+    variants |= {f"+ document mean x{w:g}": add(mean_cos, w) for w in (0.1, 0.2, 0.3)}
+    bm = b.bm25(get_sparse_encoder(b.settings))
+    for mode in ("dense", "hybrid"):
+        b.report(f"{mode}, the title's vector as a second field",
+                 {label: b.per_query(bm, mode, extra=fn) for label, fn in variants.items()}, "chunk only")
+
+
+def calibrated(b: Bench) -> None:
+    """Family calibrated: a BM25 weight per question, from how much of it the best hit matches."""
+    # BM25 divided by the most the question could score (every query term's IDF x (k + 1), a chunk that repeats
+    # each term without end) instead of by its best hit: the keyword side's say then grows with how much of the
+    # question the best chunk matches, instead of being 1 for every question's best hit.
+    enc = get_sparse_encoder(b.settings)
+    q, d = b.matrices(enc)
+    bm = np.asarray((q @ d.T).todense())
+    n = d.shape[0]
+    df = np.asarray((d > 0).sum(axis=0)).ravel()
+    idf = np.log1p((n - df + 0.5) / (df + 0.5))
+    ceiling = np.asarray(q @ (idf * 2.2)).ravel()  # k + 1, k = 1.2 (the product never sets k)
+    share = bm.max(axis=1) / np.maximum(ceiling, 1e-9)
+    print(f"best hit's share of the ceiling: median {np.median(share):.3f}, p10-p90 "
+          f"{np.percentile(share, 10):.3f}-{np.percentile(share, 90):.3f}")
+    med = float(np.median(share))
+
+    def scaled(w: float, power: float = 1.0) -> Callable[[int], float]:
+        return lambda qi: w * (share[qi] / med) ** power
+
+    # the same without IDF (which the engine keeps to itself): the share of the question's terms in its best hit
+    best = bm.argmax(axis=1)
+    qb, db = (q > 0).astype(np.float32), (d > 0).astype(np.float32)
+    cover = np.asarray([(qb[i] @ db[best[i]].T).toarray()[0, 0] / max(qb[i].sum(), 1) for i in range(q.shape[0])])
+    cmed = float(np.median(cover))
+    print(f"best hit's share of the question's terms: median {cmed:.3f}, p10-p90 "
+          f"{np.percentile(cover, 10):.3f}-{np.percentile(cover, 90):.3f}")
+
+    def covered(w: float, power: float) -> Callable[[int], float]:
+        return lambda qi: w * (cover[qi] / cmed) ** power
+
+    variants: dict[str, Callable[[int], float] | None] = {"best hit (the product)": None}
+    variants |= {f"ceiling^{p:g}, weight {w:g} at the median": scaled(w, p)
+                 for p in (0.25, 0.5, 0.75, 1.0) for w in (0.5, 0.55, 0.6)}
+    variants |= {f"terms^{p:g}, weight {w:g} at the median": covered(w, p)
+                 for p in (0.5, 1.0) for w in (0.5, 0.6)}
+    b.report("hybrid, BM25 normalised by the question's ceiling",
+             {label: b.per_query(bm, "hybrid", weight=fn) for label, fn in variants.items()},
+             "best hit (the product)")
 
 
 class WithBigrams:
