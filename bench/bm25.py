@@ -79,11 +79,12 @@ class Bench:
 
     def bm25(self, enc: SparseEncoder, text: Callable[[int], str] | None = None) -> np.ndarray:
         """queries x chunks BM25, as Qdrant scores it: document weights from ``enc``, IDF over these chunks."""
-        q, d = self.matrices(enc, text)
+        q, d, _ = self.matrices(enc, text)
         return np.asarray((q @ d.T).todense())
 
     def matrices(self, enc: SparseEncoder, text: Callable[[int], str] | None = None):
-        """The queries' term weights (queries x terms) and the chunks' BM25 weights with IDF (chunks x terms)."""
+        """The queries' term weights (queries x terms), the chunks' BM25 weights with IDF (chunks x terms), and the
+        IDF per term."""
         import scipy.sparse as sps
 
         cols: dict[int, int] = {}
@@ -102,12 +103,12 @@ class Bench:
         q = sps.csr_matrix(qe, shape=(len(self.qids), len(cols)))
         n = np.asarray((d > 0).sum(axis=0)).ravel()
         idf = np.log1p((d.shape[0] - n + 0.5) / (n + 0.5))
-        return q.tocsr(), d.multiply(idf[None, :]).tocsr()
+        return q.tocsr(), d.multiply(idf[None, :]).tocsr(), idf
 
     def expanded(self, enc: SparseEncoder, hits: int, terms: int, weight: float) -> np.ndarray:
         """BM25 of each query plus ``weight`` x the ``terms`` heaviest terms (BM25 x IDF, scaled to 1 at the
         heaviest) of its best ``hits`` dense chunks: keyword-side feedback taken from the dense side."""
-        q, d = self.matrices(enc)
+        q, d, _ = self.matrices(enc)
         rows = []
         for qi in range(len(self.qids)):
             mean = np.asarray(d[self.top(self.cos[qi], False)[:hits]].mean(axis=0)).ravel()
@@ -270,10 +271,9 @@ def main() -> None:
 
 
 def title_vectors(b: Bench) -> None:
-    """Family titlevec: the title's vector as a second dense field."""
-    # The document's title as a second dense field: cos(question, title vector) added to every chunk's ranking
-    # cosine with a weight (BM25F's idea on the dense side), and, for comparison, the mean of the document's
-    # chunk vectors (a document vector any file has, title or not).
+    """Family titlevec: the document's title as a second dense field, cos(question, title vector) added to every
+    chunk's ranking cosine with a weight (BM25F's idea on the dense side), and, for comparison, the mean of the
+    document's chunk vectors (a document vector any file has, title or not)."""
     embedder = get_embedder(b.settings)
     doc_ids = sorted(set(b.docs))
     dpos = {d: j for j, d in enumerate(doc_ids)}
@@ -307,16 +307,12 @@ def title_vectors(b: Bench) -> None:
 
 
 def calibrated(b: Bench) -> None:
-    """Family calibrated: a BM25 weight per question, from how much of it the best hit matches."""
-    # BM25 divided by the most the question could score (every query term's IDF x (k + 1), a chunk that repeats
-    # each term without end) instead of by its best hit: the keyword side's say then grows with how much of the
-    # question the best chunk matches, instead of being 1 for every question's best hit.
-    enc = get_sparse_encoder(b.settings)
-    q, d = b.matrices(enc)
+    """Family calibrated: a BM25 weight per question. BM25 divided by the most the question could score (every
+    query term's IDF x (k + 1), a chunk that repeats each term without end) instead of by its best hit: the keyword
+    side's say then grows with how much of the question the best chunk matches, instead of being 1 for every
+    question's best hit."""
+    q, d, idf = b.matrices(get_sparse_encoder(b.settings))
     bm = np.asarray((q @ d.T).todense())
-    n = d.shape[0]
-    df = np.asarray((d > 0).sum(axis=0)).ravel()
-    idf = np.log1p((n - df + 0.5) / (df + 0.5))
     ceiling = np.asarray(q @ (idf * 2.2)).ravel()  # k + 1, k = 1.2 (the product never sets k)
     share = bm.max(axis=1) / np.maximum(ceiling, 1e-9)
     print(f"best hit's share of the ceiling: median {np.median(share):.3f}, p10-p90 "
