@@ -27,7 +27,7 @@ from rag.generation.support import SupportScorer, check_answer
 from rag.generation.window import WindowPacker
 from rag.llm.endpoints import OpenAICompatibleEndpoint
 from rag.ops import metrics
-from rag.retrieval.retriever import StoreRetriever, passage_of
+from rag.retrieval.retriever import StoreRetriever, passages_of
 from rag.security.auth import Identity
 from rag.types import Answer, as_messages
 
@@ -128,7 +128,7 @@ class Graph:
         docs = retriever.invoke(x["standalone"], config)
         rerank = docs[0].metadata.get("rerank_seconds", 0.0) if docs else 0.0
         timings = {**x["timings"], "retrieve": time.perf_counter() - t, "rerank": rerank}
-        return {**x, "passages": [passage_of(d) for d in docs], "timings": timings}
+        return {**x, "passages": passages_of(docs), "timings": timings}
 
     def answer(self, inputs: Iterator[dict], config: RunnableConfig) -> Iterator[AddableDict]:
         for x in inputs:

@@ -29,8 +29,8 @@ def similarity(a: set, b: set) -> float:
 
 # --- merging adjacent passages ------------------------------------------------------------------
 def adjacent(a: Passage, b: Passage) -> bool:
-    if a.path != b.path:
-        return False
+    if a.path != b.path or not (a.char_end and b.char_end):
+        return False  # another retriever's passage may not say where it stands: merging could lose its text
     if abs(a.chunk_index - b.chunk_index) == 1:
         return True
     return a.char_start < b.char_end and b.char_start < a.char_end  # overlapping spans

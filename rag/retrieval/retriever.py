@@ -238,6 +238,23 @@ def document_of(p: Passage) -> Document:
     )
 
 
+def passages_of(docs: Sequence[Document]) -> list[Passage]:
+    """Documents from any retriever as passages with distinct ids, which the packer tells passages apart by.
+    Another retriever's documents often carry no id and no chunk index, so two of one file would share
+    ``path#0``: a repeat of the same text is dropped, a different text under a taken id gets a suffix."""
+    out: list[Passage] = []
+    texts: dict[str, str] = {}
+    for doc in docs:
+        p = passage_of(doc)
+        if p.id in texts:
+            if texts[p.id] == p.text:
+                continue
+            p = replace(p, id=f"{p.id}~{len(out)}")
+        texts[p.id] = p.text
+        out.append(p)
+    return out
+
+
 def passage_of(doc: Document) -> Passage:
     """A document from any retriever as a passage the packer takes: ours round-trip exactly; another
     retriever's documents need at least a ``source`` or ``path`` in their metadata to be citable by name."""

@@ -175,3 +175,24 @@ def test_used_is_exact_with_a_real_tokenizer(embedder):
                   counter=counter)
         joined = "\n\n".join(format_source(99, s) for s in pk.sources)
         assert pk.used == counter.count(joined)
+
+
+def test_another_retrievers_documents_are_all_packed():
+    """A LangChain retriever's documents usually have no id, no chunk index and no offsets: two of one file
+    must stay two sources (each its own text), not one repeated while the other is lost."""
+    from langchain_core.documents import Document
+
+    from rag.retrieval.retriever import passages_of
+
+    short = Document("Hotel cap is 150 EUR per night in Lisbon.", metadata={"source": "/kb/travel.md"})
+    long_ = Document(" ".join(f"word{i}" for i in range(900)), metadata={"source": "/kb/travel.md"})
+    numbered = [Document(f"part {i} " + "text " * 20, metadata={"source": "/kb/b.md", "chunk_index": i})
+                for i in (3, 4)]
+    passages = passages_of([short, long_, short, *numbered])
+    assert len({p.id for p in passages}) == len(passages) == 4  # the repeat of `short` is dropped
+    pk = pack(passages, **{**BASE, "context_window": 420})
+    assert pk.used <= pk.budget
+    sent = "\n".join(format_source(s.n, s) for s in pk.sources)  # what the model is sent
+    assert sent.count("Hotel cap is 150 EUR") == 1
+    assert "word0 word1" in sent  # the long one, trimmed to the room left: not `short` again
+    assert "part 3" in sent and "part 4" in sent  # chunk numbers without offsets: not merged into one
