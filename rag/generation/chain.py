@@ -34,7 +34,7 @@ from rag.errors import AccessDenied, RagError
 from rag.evidence.pages import RenderedPage, render_page
 from rag.evidence.text import CONTEXT_CHARS, TextWindow, text_window
 from rag.generation import condense as condensing
-from rag.generation.generate import FailOver, failure
+from rag.generation.generate import FailOver, failure, own_model_failure
 from rag.generation.packing import Packing
 from rag.generation.prompts import CONDENSE, SYSTEM_PROMPT, answer_prompt
 from rag.generation.window import WindowPacker, as_pairs
@@ -232,6 +232,8 @@ class RAG:
                 try:
                     out = (CONDENSE | llm).invoke(variables, config)
                 except Exception as exc:  # noqa: BLE001 - every client failure becomes one actionable line
+                    if model is not None:
+                        raise own_model_failure(model, exc) from exc
                     err = failure(self.pool, lease, exc)
                     if isinstance(err, FailOver):
                         continue

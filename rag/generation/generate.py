@@ -50,6 +50,13 @@ def failure(pool: EndpointPool, lease: Lease, exc: BaseException) -> Exception:
     return err
 
 
+def own_model_failure(model: Runnable, exc: BaseException) -> EndpointError:
+    """A developer's own chat model failed: say so, and count nothing against the configured endpoints, which
+    did not take part (their circuit breakers would otherwise stop answers for every other caller)."""
+    return EndpointError(f"this chain's own chat model ({model.get_name()}) failed: {api_message(exc)}; check the "
+                         "server that model points at (the RAG_LLM_* settings only size the prompt for it)")
+
+
 @dataclass
 class Attempt:
     """One try on one endpoint; the steps of its sequence record here what the answer reports."""
@@ -121,6 +128,7 @@ class Generator:
         self.pool = pool
         self.packer = packer
         self.model = model
+        self.own_model = model if isinstance(model, Runnable) else None
         self.max_tokens = max_tokens
 
     def sequence(self, attempt: Attempt, window: int | None, extra_margin: int) -> Runnable:
@@ -146,6 +154,8 @@ class Generator:
                 if n is None and "No generation chunks" in str(exc):
                     n = self._probe_overflow(attempt, x["question"])
                 if n is None or retries:
+                    if self.own_model is not None:
+                        raise own_model_failure(self.own_model, exc) from exc
                     raise failure(self.pool, lease, exc) from exc
                 retries += 1
                 assert attempt.packing is not None  # it was sent
@@ -176,6 +186,8 @@ class Generator:
         try:
             yield from stream
         except Exception as exc:  # noqa: BLE001
+            if self.own_model is not None:
+                raise own_model_failure(self.own_model, exc) from exc
             err = lease.endpoint.explain(exc)
             if is_failover_error(exc):
                 lease.failed(str(err), trip=is_timeout(exc))

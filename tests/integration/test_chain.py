@@ -267,6 +267,27 @@ def test_prompt_and_model_are_replaced_in_one_line(rag, request):
     assert answer.usage["source"] == ("server" if other == "vllm" else "counted")
 
 
+def test_a_replaced_models_failure_is_its_own_and_trips_no_endpoint(rag):
+    """The developer's model is down, the configured servers are not: the error names that model, and its
+    failures neither fail over nor open the configured endpoints' circuits for every other caller."""
+    from langchain_openai import ChatOpenAI
+
+    base = rag.endpoint.base_url
+    dead = f"http://127.0.0.1:{_free_port()}/v1"
+    model = ChatOpenAI(base_url=dead, api_key="none", model="m", max_retries=0)
+    with rag.with_settings(llm_endpoints=[base, base.replace("127.0.0.1", "localhost")],
+                           llm_failure_threshold=2) as r:
+        chain = r.chain(model=model)
+        for _ in range(3):
+            with pytest.raises(EndpointError, match=r"own chat model \(ChatOpenAI\) failed") as err:
+                chain.invoke({"question": "How many vacation days do full-time employees get?"})
+            assert base not in str(err.value)
+        with pytest.raises(EndpointError, match="own chat model"):  # condensing a follow-up, the same
+            r.condense("And part-time?", [("user", "Vacation days?"), ("assistant", "25 [1].")], model=model)
+        answer = r.ask("How many vacation days do full-time employees get?")
+        assert answer.text and not answer.failovers
+
+
 def test_retriever_is_replaced_in_one_line_and_a_replaced_one_refuses_groups(rag):
     from rag.errors import AccessDenied
     from rag.retrieval.retriever import StoreRetriever
