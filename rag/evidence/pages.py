@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import difflib
 import io
+import threading
 from dataclasses import dataclass, field
 
 import pypdfium2 as pdfium
@@ -28,6 +29,10 @@ HIGHLIGHT_ALPHA = 110
 #: Rendering is bounded whatever the page claims to be (a 20,000 x 20,000 pt page is a memory bomb).
 MAX_PIXELS = 6_000_000
 _CLOSING = ".,;:!?)]}\"'\u2019\u201d"
+#: pdfium is not thread-safe, not even across documents (pypdfium2's docs): the API and the UI render pages from
+#: several threads, and two renders at once crashed the whole server (SIGSEGV). Parsing for ingest needs none:
+#: it runs one file at a time in its own process (ingest/sandbox.py).
+_PDFIUM = threading.Lock()
 
 
 class PreviewError(RagError):
@@ -86,6 +91,18 @@ def passage_spans(page_text: str, passage: str) -> tuple[list[tuple[int, int]], 
 
 def render_page(pdf_bytes: bytes, page: int, highlight: str | None = None, *, scale: float = 1.5) -> RenderedPage:
     """Page ``page`` (1-based) of the PDF as PNG, ``highlight`` marked where the page holds it."""
+    with _PDFIUM:
+        image, n, boxes, found = _render(pdf_bytes, page, highlight, scale)
+    _paint(image, boxes)  # PIL from here on: other renders need not wait for it
+    out = io.BytesIO()
+    image.save(out, format="PNG")
+    return RenderedPage(out.getvalue(), page, n, image.width, image.height, boxes, found)
+
+
+def _render(pdf_bytes: bytes, page: int, highlight: str | None,
+            scale: float) -> tuple[Image.Image, int, list[Box], float]:
+    """The page's pixels (a copy, no longer pdfium's), its document's page count and the highlight's boxes;
+    every pdfium object is closed before it returns, so no finalizer touches pdfium later outside the lock."""
     try:
         pdf = pdfium.PdfDocument(pdf_bytes)
     except pdfium.PdfiumError as exc:
@@ -95,17 +112,18 @@ def render_page(pdf_bytes: bytes, page: int, highlight: str | None = None, *, sc
         if not 1 <= page <= n:
             raise PreviewError(f"no page {page}: the document has {n} page{'s' if n != 1 else ''}")
         pg = pdf[page - 1]
-        width_pt, height_pt = pg.get_size()
-        scale = min(scale, 0.999 * (MAX_PIXELS / max(width_pt * height_pt, 1.0)) ** 0.5)
-        image = pg.render(scale=scale).to_pil().convert("RGB")
-        boxes: list[Box] = []
-        found = 0.0
-        if highlight:
-            boxes, found = _boxes(pg, highlight, scale, height_pt)
-            _paint(image, boxes)
-        out = io.BytesIO()
-        image.save(out, format="PNG")
-        return RenderedPage(out.getvalue(), page, n, image.width, image.height, boxes, found)
+        try:
+            width_pt, height_pt = pg.get_size()
+            scale = min(scale, 0.999 * (MAX_PIXELS / max(width_pt * height_pt, 1.0)) ** 0.5)
+            bitmap = pg.render(scale=scale)
+            try:
+                image = bitmap.to_pil().convert("RGB")
+            finally:
+                bitmap.close()
+            boxes, found = _boxes(pg, highlight, scale, height_pt) if highlight else ([], 0.0)
+            return image, n, boxes, found
+        finally:
+            pg.close()
     finally:
         pdf.close()
 
