@@ -43,6 +43,7 @@ from ingest.pipeline import FileIssue, IngestReport, ProgressCallback, file_sha2
 from rag.errors import RagError
 from rag.index.embeddings import Embedder, get_embedder
 from rag.index.store import Store, open_store
+from rag.security.files import private_dir
 from rag.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -128,7 +129,7 @@ def ingest_uploads(
     files = list(files)
     sizes = [_size(data) for _, data in files]
     _check_batch(len(files), sum(sizes), settings)
-    folder = uploads_folder(settings)
+    folder = private_dir(uploads_folder(settings))
     own_store = store is None
     store = store or open_store(settings)
     try:

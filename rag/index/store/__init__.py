@@ -41,5 +41,7 @@ def open_store(settings: Settings) -> Store:
         return QdrantServerStore(settings.collection, url=settings.qdrant_url, api_key=key,
                                  timeout=settings.qdrant_timeout, index=index)
     from rag.index.store.edge import EdgeStore
+    from rag.security.files import private_dir
 
+    private_dir(settings.data_dir)  # the store keeps every chunk's text in plain files below it
     return EdgeStore(settings.store_dir, index)
