@@ -11,6 +11,7 @@ composition of the graph is audited like the shells' calls.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
@@ -33,6 +34,8 @@ from rag.types import Answer, as_messages
 
 if TYPE_CHECKING:
     from rag.generation.chain import RAG
+
+log = logging.getLogger(__name__)
 
 
 def store_groups(user: Identity | None, groups: Sequence[str] | None) -> Sequence[str] | None:
@@ -82,16 +85,21 @@ class Graph:
         # RAG_AUDIT_REQUIRED: not one piece of text goes out before its audit line is written.
         withhold = self.rag.audit is not None and self.rag.audit.required
         held: list[AddableDict] = []
+        recorded, shown, outcome = False, 0, "abandoned"
         try:
             for chunk in chunks:
                 if "answer" in chunk:  # recorded before it is handed on: the reader may stop at it
                     self._record(chunk["answer"], user, x.get("audit_extra"))
+                    recorded = True
                     yield from held
                 elif withhold:
                     held.append(chunk)
                     continue
+                else:
+                    shown += len(chunk.get("text", ""))
                 yield chunk
         except Exception as exc:
+            outcome = "error"
             # Which endpoint failed is in the message; several may have (failover), so label the primary.
             metrics.observe_error(primary, exc)
             raise
@@ -100,6 +108,8 @@ class Graph:
             if close is not None:
                 close()
             metrics.IN_FLIGHT.dec()
+            if not recorded:  # a reader who stopped part-way (a client that disconnected) has still read it
+                self._record_unfinished(state, user, x.get("audit_extra"), outcome, shown, primary)
 
     def _record(self, answer: Answer, user: Identity | None, audit_extra: dict[str, Any] | None) -> None:
         endpoint = answer.endpoint or self.rag.endpoint.base_url
@@ -109,6 +119,16 @@ class Graph:
                              latency_ms=(answer.timings.get("total") or 0) * 1000, model=answer.model,
                              endpoint=endpoint,
                              extra={"refused": answer.refused, "sources": len(answer.sources), **(audit_extra or {})})
+
+    def _record_unfinished(self, state: dict, user: Identity | None, audit_extra: dict[str, Any] | None,
+                           outcome: str, shown: int, endpoint: str) -> None:
+        """The audit line of a run that ended without its answer: who asked what, and how much text went out."""
+        try:
+            self.rag.audit_event("ask", user, question=state["question"], endpoint=endpoint,
+                                 latency_ms=(time.perf_counter() - state["started"]) * 1000,
+                                 extra={"outcome": outcome, "chars_shown": shown, **(audit_extra or {})})
+        except RagError as exc:  # the run's own error, or the reader's leaving, is what the caller must see
+            log.error("audit log: %s", exc)
 
     def condense(self, x: dict, config: RunnableConfig) -> dict:
         if not x["question"]:

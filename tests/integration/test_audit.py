@@ -14,7 +14,7 @@ import pytest
 
 from conftest import ROOT
 from rag.security.audit import AuditLog, safe_endpoint
-from rag.errors import AuditLogError
+from rag.errors import AuditLogError, RagError
 from rag.settings import Settings
 
 FIELDS = {"time", "event", "user", "question", "cited", "endpoint", "model", "latency_ms", "extra"}
@@ -187,3 +187,29 @@ def test_required_audit_prints_no_search_results_it_cannot_log(group_index, tmp_
     assert r.returncode == 2 and "No space left" in r.stderr and not r.stdout.strip()
     r = rag_cmd("search", "IT Service Desk", "--json", env=env)
     assert r.returncode == 0 and "it-security.md" in r.stdout and "audit log" in r.stderr
+
+
+def test_an_answer_read_part_way_or_failed_is_still_audited(sample_index, llm_server, tmp_path):
+    """A reader who stops part-way (a client that disconnects before the final chunk, which comes after the
+    citation check) has read what was sent: that question is in the audit log, as is one that failed."""
+    from rag.generation.chain import RAG
+
+    s = sample_index.model_copy(update={"llm_base_url": llm_server, "llm_context_window": 1024,
+                                        "llm_max_tokens": 48, "llm_temperature": 0.0,
+                                        "audit_log_override": str(tmp_path / "audit.jsonl")})
+    question = "What is the meals allowance per day?"
+    with RAG.from_settings(s) as rag:
+        assert rag.audit is not None and rag.audit.path == tmp_path / "audit.jsonl"
+        chunks = rag.chain().stream({"question": question, "audit_extra": {"via": "test"}})
+        shown = ""
+        for chunk in chunks:
+            shown += chunk.get("text", "")
+            if len(shown) > 5:
+                break
+        chunks.close()
+        (line,) = lines_of(rag.audit)
+        assert line["event"] == "ask" and line["question"] == question and line["latency_ms"] > 0
+        assert line["extra"] == {"outcome": "abandoned", "chars_shown": len(shown), "via": "test"}
+        with rag.with_settings(llm_model="no-such-model") as broken, pytest.raises(RagError):
+            broken.ask(question)
+        assert lines_of(rag.audit)[-1]["extra"] == {"outcome": "error", "chars_shown": 0}
