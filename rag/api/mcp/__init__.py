@@ -6,7 +6,8 @@ may read is also a resource (resources.py: ``rag://document/<path>``, its text a
 
 Who the caller is decides everything they get back, exactly as in ``rag serve`` (server.py): over streamable HTTP
 the API key of a user of ``RAG_USERS_FILE`` (``Authorization: Bearer rag_…``, checked on every request, not once
-per session, so a revoked key stops working at once), and their groups filter retrieval inside the store query;
+per session, so a revoked key stops working at once; a session belongs to the user who opened it, and is unknown
+to anyone else's key), and their groups filter retrieval inside the store query;
 over stdio the identity fixed at start (``rag mcp --as USER``, or the operator, who sees everything).
 ``RAG_AUTH=none`` serves everything to everyone, as the API does. Every tool call and resource read is in the
 audit log with ``"via": "mcp"`` in ``extra``.

@@ -15,7 +15,7 @@ from mcp.types import ReadResourceResult, TextResourceContents
 from mcp.types import Resource as MCPResource
 
 from rag.api.mcp.calls import for_resource
-from rag.api.mcp.schemas import NOT_READABLE, path_of_uri, resource_uri, sorted_chunks
+from rag.api.mcp.schemas import ECHO_CHARS, NOT_READABLE, path_of_uri, resource_uri, shown, sorted_chunks
 from rag.security.auth import Identity
 
 if TYPE_CHECKING:
@@ -80,8 +80,8 @@ class DocumentResources:
                     extra={"found": text is not None})
         if text is None:
             # The same words whether the document exists or not: no probing for names.
-            raise MCPError(code=INVALID_PARAMS, message=f"{uri}: {NOT_READABLE}; resources/list shows what you "
-                                                        "may read", data={"uri": uri})
+            raise MCPError(code=INVALID_PARAMS, message=f"{shown(uri)}: {NOT_READABLE}; resources/list shows "
+                                                        "what you may read", data={"uri": uri[:ECHO_CHARS]})
         return ReadResourceResult(contents=[TextResourceContents(uri=uri, text=text, mime_type="text/plain")])
 
 

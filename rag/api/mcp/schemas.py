@@ -18,6 +18,9 @@ RESOURCE_PREFIX = "rag://document"
 NOT_READABLE = "no such passage or document, or you may not read it"
 #: How far get_source reaches either side of the passage asked for, at most.
 MAX_NEIGHBOURS = 5
+#: How much of a caller's text (a query, an id, a URI) an error message repeats: enough to recognise it, and a
+#: megabyte sent is not a megabyte echoed back (a path, hence an id, rarely comes near it).
+ECHO_CHARS = 200
 
 
 class Hit(BaseModel):
@@ -95,6 +98,13 @@ class CollectionsResult(BaseModel):
 # --- ids --------------------------------------------------------------------------------------------------------
 
 
+def shown(text: str, limit: int = ECHO_CHARS) -> str:
+    """``text`` quoted for an error message, cut to its first ``limit`` characters if longer."""
+    if len(text) <= limit:
+        return repr(text)
+    return f"{text[:limit]!r}… ({len(text)} characters)"
+
+
 def passage_id(path: str, chunk_index: int) -> str:
     """Stable as long as the document is not re-ingested changed; readable, so a model can quote it."""
     return f"{path}#{chunk_index}"
@@ -103,7 +113,7 @@ def passage_id(path: str, chunk_index: int) -> str:
 def parse_passage_id(pid: str) -> tuple[str, int]:
     path, sep, index = pid.rpartition("#")
     if not sep or not path or not index.isdigit():
-        raise ToolError(f"{pid!r} is not a passage id: use an id exactly as search or ask returned it "
+        raise ToolError(f"{shown(pid)} is not a passage id: use an id exactly as search or ask returned it "
                         "(PATH#NUMBER)")
     return path, int(index)
 

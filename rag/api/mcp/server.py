@@ -8,9 +8,12 @@ from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
 
 import anyio
+from mcp.server.auth.middleware.bearer_auth import AuthenticatedUser
+from mcp.server.auth.provider import AccessToken
 from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
 from mcp.server.transport_security import TransportSecuritySettings
+from starlette.authentication import AuthCredentials
 from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -19,6 +22,7 @@ from rag.api.collections import Collections
 from rag.api.identity import identify_headers
 from rag.api.mcp.calls import tool_error
 from rag.api.mcp.resources import DocumentResources
+from rag.api.mcp.schemas import shown
 from rag.api.mcp.tools import add_tools
 from rag.errors import RagError
 from rag.generation.chain import RAG
@@ -81,7 +85,7 @@ class RagMCP(DocumentResources, MCPServer):
     def collection(self, collection: str | None) -> tuple[str, RAG]:
         name = collection or self.pool.names[0]
         if name not in self.pool.names:
-            raise ToolError(f"there is no collection {name!r}: use one of {', '.join(self.pool.names)} "
+            raise ToolError(f"there is no collection {shown(name)}: use one of {', '.join(self.pool.names)} "
                             "(list_collections), or leave collection out for the default")
         try:
             return name, self.pool.get(name)
@@ -116,7 +120,12 @@ class RagMCP(DocumentResources, MCPServer):
 
 class ApiKeyGuard:
     """Refuses a request without a valid key with 401 before it reaches the MCP session, so a client with a
-    wrong key fails at connect time with a clear message instead of at its first tool call."""
+    wrong key fails at connect time with a clear message instead of at its first tool call.
+
+    A valid request carries its user on, as the SDK's own bearer-auth middleware would (``scope["user"]``): the
+    SDK's session manager binds each session to the user who opened it and answers another user's request on it
+    (another key's ``DELETE`` included) with 404 "Session not found", as if the id did not exist, so an id that
+    leaks (logs, a proxy) is no use to anyone else."""
 
     def __init__(self, app: ASGIApp, server: RagMCP) -> None:
         self.app, self.server = app, server
@@ -132,7 +141,15 @@ class ApiKeyGuard:
                                     status_code=401, headers={"WWW-Authenticate": "Bearer"})
                 await resp(scope, receive, send)
                 return
+            scope["user"], scope["auth"] = session_owner(who), AuthCredentials([])
         await self.app(scope, receive, send)
+
+
+def session_owner(who: Identity) -> AuthenticatedUser:
+    """The principal the SDK compares a session's requests against: the user's name, not the key, so that the
+    same user through another key (or, in proxy mode, the proxy's headers) keeps their session. The key itself
+    is left out: nothing that reads the scope needs the secret."""
+    return AuthenticatedUser(AccessToken(token="", client_id=who.name, subject=who.name, scopes=[]))
 
 
 def create_server(settings: Settings, *, user: Identity | None = None, collections: Sequence[str] | None = None,

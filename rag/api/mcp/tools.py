@@ -22,16 +22,23 @@ from rag.api.mcp.schemas import (
     SourceResult,
     Turn,
     parse_passage_id,
+    shown,
     sorted_chunks,
     to_ask_result,
     to_hit,
 )
 from rag.generation.chain import Answer
+from rag.retrieval.retriever import Retrieved
+from rag.settings import RetrievalMode
 
 if TYPE_CHECKING:
     from rag.api.mcp.server import RagMCP
 
 READ_ONLY = ToolAnnotations(read_only_hint=True, open_world_hint=False, idempotent_hint=True)
+#: What each search mode is for, as the "nothing found" error suggests the modes the search did not use.
+MODE_HINTS: dict[RetrievalMode, str] = {"sparse": "mode='sparse' for exact names and codes",
+                                         "hybrid": "mode='hybrid' for meaning and keywords together",
+                                         "dense": "mode='dense' for the meaning alone"}
 
 
 def add_tools(server: RagMCP) -> None:
@@ -56,15 +63,29 @@ def add_search(server: RagMCP) -> None:
                                                             "default: the first.")] = None,
     ) -> SearchResult:
         user, name, rag = server.target(ctx, collection)
-        found = await for_tool(lambda: rag.retriever_core.retrieve(query, top_k=k, groups=user.groups_any,
-                                                                   mode=mode))
+        # The cap on what an ask may send, for the same reason: embedding and tokenizing a query costs time in
+        # proportion to its length, before any search.
+        if conversation_error(server.rag_settings, [query]) is not None:
+            raise ToolError(f"the query holds {len(query)} characters, more than this server accepts "
+                            f"(RAG_API_MAX_CHARS={server.rag_settings.api_max_chars}): search for a few keywords "
+                            "or one sentence, several searches if need be")
+
+        def run() -> tuple[Retrieved, list[RetrievalMode]]:
+            core = rag.retriever_core
+            found = core.retrieve(query, top_k=k, groups=user.groups_any, mode=mode)
+            # A store without BM25 vectors answers dense queries alone: no other mode to suggest there.
+            modes: list[RetrievalMode] = list(MODE_HINTS) if rag.store.has_sparse else ["dense"]
+            return found, [m for m in modes if m != (mode or core.effective_mode)]
+
+        found, other_modes = await for_tool(run)
         server.record("search", user, "search", question=query,
                       cited=list(dict.fromkeys(p.path for p in found.passages)),
                       latency_ms=found.seconds * 1000, extra={"collection": name})
         if not found.passages:
-            raise ToolError(f"nothing relevant found for {query!r} in the documents you may read: try other "
-                            "words or mode='sparse' for exact names and codes, or another collection "
-                            "(list_collections). Do not answer from memory as if the documents said it.")
+            tries = ["other words", *(MODE_HINTS[m] for m in other_modes), "another collection (list_collections)"]
+            raise ToolError(f"nothing relevant found for {shown(query)} in the documents you may read: try "
+                            f"{', '.join(tries[:-1])} or {tries[-1]}. Do not answer from memory as if the "
+                            "documents said it.")
         return SearchResult(query=query, collection=name, results=[to_hit(p) for p in found.passages])
 
 
@@ -125,7 +146,7 @@ def add_get_source(server: RagMCP) -> None:
         server.record("download", user, "get_source", cited=[path] if at is not None else [],
                       extra={"collection": name, "id": id, "found": at is not None})
         if at is None:
-            raise ToolError(f"{id}: {NOT_READABLE}. Use an id from a recent search or ask (ids change when a "
+            raise ToolError(f"{shown(id)}: {NOT_READABLE}. Use an id from a recent search or ask (ids change when a "
                             "document is re-ingested).")
         first = hits[0].payload if hits else {}
         return SourceResult(id=id, path=path, source=first.get("source") or path.rsplit("/", 1)[-1],
