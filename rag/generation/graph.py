@@ -28,7 +28,7 @@ from rag.generation.support import SupportScorer, check_answer
 from rag.generation.window import WindowPacker
 from rag.llm.endpoints import OpenAICompatibleEndpoint
 from rag.ops import metrics
-from rag.retrieval.retriever import StoreRetriever, passages_of
+from rag.retrieval.retriever import StoreRetriever, group_names, passages_of
 from rag.security.auth import Identity
 from rag.types import Answer, as_messages
 
@@ -44,7 +44,7 @@ def store_groups(user: Identity | None, groups: Sequence[str] | None) -> Sequenc
         if groups is not None:
             raise ValueError("pass either user or groups, not both")
         return user.groups_any
-    return groups
+    return None if groups is None else group_names(groups)
 
 
 class Graph:
@@ -133,7 +133,8 @@ class Graph:
     def condense(self, x: dict, config: RunnableConfig) -> dict:
         if not x["question"]:
             raise RagError("the question is empty")
-        self.rag.pool.check_usable()
+        if x["history"] and self.rag.settings.condense_questions:
+            self.rag.pool.check_usable()  # condensing asks the LLM: fail at once, with the reason
         t = time.perf_counter()
         standalone = self.rag.condense(x["question"], x["history"], model=self.model, config=config)
         return {**x, "standalone": standalone, "timings": {**x["timings"], "condense": time.perf_counter() - t}}
@@ -159,6 +160,8 @@ class Graph:
             yield AddableDict(text=NO_ANSWER)
             yield AddableDict(answer=self._no_answer(x))
             return
+        # Only now: a question the documents do not answer is refused without the LLM, even while it is down.
+        self.rag.pool.check_usable()
         failovers: list[str] = []
         for lease in self.rag.pool.attempts():
             failovers += lease.skipped

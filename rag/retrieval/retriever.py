@@ -133,7 +133,7 @@ class Retriever:
         reranker = self.reranker if rerank else None
         vector = self.embedder.embed_query(query)
         sparse = self.sparse.embed_query(query) if mode != "dense" and self.sparse is not None else None
-        flt = SearchFilter(groups_any=tuple(groups)) if groups is not None else None
+        flt = SearchFilter(groups_any=group_names(groups)) if groups is not None else None
         limit = max(k, self.rerank_candidates) if reranker is not None else k
         hits = self._search(vector.tolist(), sparse, limit, flt, mode)
         threshold = self.min_score if min_score is None else min_score
@@ -236,6 +236,14 @@ def document_of(p: Passage) -> Document:
                   "section": p.section, "score": p.score, "rerank_score": p.rerank_score,
                   "chunk_index": p.chunk_index, "char_start": p.char_start, "char_end": p.char_end},
     )
+
+
+def group_names(groups: Sequence[str]) -> tuple[str, ...]:
+    """``groups`` as the store filter takes them. A lone string is refused: as a sequence it is its letters, and
+    a user of group "admins" would silently see only what groups "a", "d", ... may read."""
+    if isinstance(groups, str):
+        raise TypeError(f"groups is a list of group names: groups=[{groups!r}], not groups={groups!r}")
+    return tuple(groups)
 
 
 def passages_of(docs: Sequence[Document]) -> list[Passage]:

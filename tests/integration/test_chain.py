@@ -119,6 +119,23 @@ def test_endpoint_down_is_one_clear_line(rag):
     r.close()
 
 
+def test_with_the_llm_down_a_question_the_documents_do_not_answer_is_still_refused(rag):
+    """A refusal needs no LLM call, so it needs no LLM either; a question with sources fails with the reason."""
+    with rag.with_settings(llm_base_url=f"http://127.0.0.1:{_free_port()}/v1") as r:
+        a = r.ask("What is the airspeed velocity of an unladen swallow?")
+        assert a.refused and a.text == NO_ANSWER and a.usage["source"] == "no LLM call"
+        with pytest.raises(EndpointError, match="is the server running"):
+            r.ask("How many vacation days do full-time employees get?")
+
+
+def test_a_lone_group_string_is_refused_not_read_letter_by_letter(rag):
+    with pytest.raises(TypeError, match=r"groups=\['hr'\]"):
+        rag.ask("How many vacation days do full-time employees get?", groups="hr")
+    with pytest.raises(TypeError, match=r"groups=\['hr'\]"):
+        rag.retrieve("vacation days", groups="hr")
+    assert rag.retrieve("vacation days", groups=["hr"]).passages == []  # no group of the sample index: nothing
+
+
 def test_wrong_model_name(rag):
     with rag.with_settings(llm_model="llama-3-70b") as r, \
             pytest.raises(EndpointError, match="smollm2-135m.*RAG_LLM_MODEL"):
