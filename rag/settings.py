@@ -6,6 +6,7 @@ Precedence (highest first): explicit keyword arguments, environment, ``rag.toml`
 
 from __future__ import annotations
 
+import difflib
 import os
 from pathlib import Path
 from collections.abc import Mapping
@@ -77,6 +78,32 @@ def check_config_file(path: Path) -> None:
             "its contents), or set RAG_CONFIG to a file you trust.")
 
 
+def _unknown(key: str) -> str:
+    """An unknown setting, with the one it most likely meant."""
+    names = {n: n for n in Settings.model_fields}
+    names.update({f.alias.lower(): n for n, f in Settings.model_fields.items() if f.alias})
+    near = difflib.get_close_matches(key.lower().removeprefix("rag_"), list(names), n=1)
+    if not near:
+        return f"{key}: no such setting"
+    meant = names[near[0]]
+    return f"{key}: no such setting (did you mean {f'RAG_{meant.upper()}' if key.isupper() else meant}?)"
+
+
+#: RAG_* variables that are not settings: read by the scripts, the engines' installers and the config lookup.
+OTHER_VARIABLES = frozenset({"RAG_CONFIG", "RAG_DEMO_ENGINE", "RAG_DEMO_HOST", "RAG_DEMO_LLM_PORT", "RAG_DEMO_UI_PORT",
+                             "RAG_ENGINES_DIR", "RAG_INSTALL_ENGINES", "RAG_LLAMA_CMAKE_ARGS", "RAG_VLLM_DTYPE",
+                             "RAG_API_KEY"})
+
+
+def unknown_variables(environ: Mapping[str, str]) -> list[str]:
+    """The RAG_* variables in ``environ`` that nothing reads (a typo: RAG_TOPK), each with what it likely meant.
+    The environment holds variables of other programs too, so these are warnings, not errors."""
+    known = {f"RAG_{n}".upper() for n in Settings.model_fields}
+    known |= {f.alias.upper() for f in Settings.model_fields.values() if f.alias}
+    return [_unknown(k) for k in sorted(environ) if k.upper().startswith("RAG_")
+            and k.upper() not in known | OTHER_VARIABLES]
+
+
 def settings_error(exc: Exception) -> str:
     """Why the settings are invalid, without the offending values: one of them may be an API key, the proxy
     secret or a URL with its password (pydantic quotes each input otherwise)."""
@@ -85,7 +112,8 @@ def settings_error(exc: Exception) -> str:
     errors = getattr(exc, "errors", None)
     if callable(errors):
         try:
-            return "; ".join(f"{'.'.join(map(str, e['loc'])) or 'settings'}: {e['msg']}"
+            return "; ".join(_unknown(str(e["loc"][0])) if e["type"] == "extra_forbidden" and len(e["loc"]) == 1
+                             else f"{'.'.join(map(str, e['loc'])) or 'settings'}: {e['msg']}"
                              for e in errors(include_input=False, include_url=False))
         except Exception:  # noqa: BLE001 - not a pydantic error after all
             pass
@@ -97,7 +125,9 @@ _URL_FIELDS = frozenset({"llm_base_url", "qdrant_url", "rerank_url", "embedding_
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="RAG_", extra="ignore", validate_default=True)
+    # forbid: a misspelt key in rag.toml or Settings(...) is an error naming it, not a default silently in force.
+    model_config = SettingsConfigDict(env_prefix="RAG_", extra="forbid", populate_by_name=True,
+                                      validate_default=True)
 
     # --- storage -------------------------------------------------------------------------------
     data_dir: Path = Field(Path(".rag"), description="Embedded store, ONNX exports and any other state.")
@@ -229,7 +259,7 @@ class Settings(BaseSettings):
     # --- retrieval -----------------------------------------------------------------------------
     top_k: int = Field(20, ge=1, le=500, description="Candidates retrieved per question, before packing.")
     min_score: float = Field(
-        0.25, description="Cosine similarity below which a chunk is not relevant; none left = no answer."
+        0.25, ge=-1.0, le=1.0, description="Cosine similarity below which a chunk is not relevant; none left = no answer."
     )
 
     # SciFact train nDCG@10 through `rag eval retrieval`: dense 0.676, BM25 0.698, hybrid with RRF k=5 0.726 (k=60
@@ -511,18 +541,20 @@ class Settings(BaseSettings):
         return v.expanduser()
 
     def model_copy(self, *, update: Mapping[str, Any] | None = None, deep: bool = False) -> Settings:
-        # model_copy does not validate: a URL given here (RAG.with_settings) is scrubbed as the fields would.
-        if update:
-            update = {k: SecretUrl(v) if k in _URL_FIELDS and isinstance(v, str) else v for k, v in update.items()}
-        return super().model_copy(update=update, deep=deep)
+        # pydantic's model_copy does not validate: RAG.with_settings(top_k=0) or (topk=3) would pass unchecked.
+        if not update:
+            return super().model_copy(deep=deep)
+        fields = type(self).model_fields
+        unknown = [k for k in update if k not in fields]
+        if unknown:
+            raise ValueError("; ".join(_unknown(k) for k in unknown))
+        copy = super().model_copy(deep=deep)
+        return type(self).model_validate({**{k: getattr(copy, k) for k in fields}, **update})
 
     def llm_endpoint_list(self) -> list[LLMEndpoint]:
         """The LLM endpoints to use, each with the global defaults filled in: RAG_LLM_ENDPOINTS, or the one
         RAG_LLM_BASE_URL."""
-        # (model_copy(update=...) does not validate: entries may still be dicts or URLs there)
-        entries = [e if isinstance(e, LLMEndpoint) else LLMEndpoint.model_validate(
-            {"base_url": e} if isinstance(e, str) else e) for e in self.llm_endpoints
-        ] or [LLMEndpoint(base_url=self.llm_base_url)]
+        entries = list(self.llm_endpoints) or [LLMEndpoint(base_url=self.llm_base_url)]
         return [e.model_copy(update={"api_key": e.api_key or self.llm_api_key, "model": e.model or self.llm_model,
                                      "context_window": e.context_window or self.llm_context_window})
                 for e in entries]

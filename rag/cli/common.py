@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -10,7 +11,7 @@ from rich.console import Console
 from rich.text import Text
 
 from rag.errors import RagError
-from rag.settings import Settings, settings_error
+from rag.settings import Settings, settings_error, unknown_variables
 
 out = Console(soft_wrap=True)
 err = Console(stderr=True, soft_wrap=True)
@@ -28,6 +29,8 @@ def fail(exc: BaseException) -> typer.Exit:
 
 
 def load_settings() -> Settings:
+    for problem in unknown_variables(os.environ):
+        err.print(Text(f"warning: {problem}; it is ignored", style="yellow"))
     try:
         return Settings()
     except Exception as exc:  # pydantic ValidationError: name the variable that is wrong

@@ -78,3 +78,47 @@ def test_the_command_line_exits_with_the_reason(cwd, capsys):
         load_settings()
     assert info.value.exit_code == 2
     assert "chmod go-w" in capsys.readouterr().err.replace("\n", "")
+
+
+def test_a_misspelt_setting_is_an_error_that_names_the_right_one(cwd, capsys):
+    """A typo used to be dropped in silence (extra="ignore"), leaving the default in force: in rag.toml, in
+    Settings(...), and in RAG.with_settings (model_copy, which pydantic does not validate)."""
+    import typer
+    from pydantic import ValidationError
+
+    from rag.cli.common import load_settings
+
+    (cwd / "rag.toml").write_text("topk = 3\nmin_score = 0.3\n")
+    os.chmod(cwd / "rag.toml", 0o600)
+    with pytest.raises(typer.Exit) as info:
+        load_settings()
+    assert info.value.exit_code == 2
+    assert "topk: no such setting (did you mean top_k?)" in capsys.readouterr().err.replace("\n", "")
+    (cwd / "rag.toml").unlink()
+
+    with pytest.raises(ValidationError, match="audit_log"):
+        Settings(audit_log="")  # the field is audit_log_override (RAG_AUDIT_LOG); audit_log is derived
+    assert Settings(audit_log_override="").audit_log is None  # fields by name too, not only by RAG_* alias
+    with pytest.raises(ValidationError):
+        Settings(min_score=5)  # a cosine: every question would be refused
+
+    s = Settings()
+    assert s.model_copy(update={"top_k": 4}).top_k == 4
+    with pytest.raises(ValueError, match=r"topk: no such setting \(did you mean top_k\?\)"):
+        s.model_copy(update={"topk": 3})
+    for bad in ({"top_k": 0}, {"retrieval_mode": "nonsense"}):
+        with pytest.raises(ValidationError):
+            s.model_copy(update=bad)
+    assert str(s.model_copy(update={"llm_base_url": "http://u:pw@gpu1/v1"}).llm_base_url) == "http://***@gpu1/v1"
+
+
+def test_a_misspelt_variable_is_warned_about(cwd, monkeypatch, capsys):
+    from rag.cli.common import load_settings
+
+    monkeypatch.setenv("RAG_TOPK", "3")
+    monkeypatch.setenv("RAG_DEMO_ENGINE", "llamacpp")  # read by scripts/demo.sh: not a typo
+    monkeypatch.setenv("RAG_AUDIT_LOG", "")  # a setting by its alias
+    assert load_settings().top_k != 3
+    warned = capsys.readouterr().err.replace("\n", "")
+    assert "RAG_TOPK: no such setting (did you mean RAG_TOP_K?); it is ignored" in warned
+    assert "RAG_DEMO_ENGINE" not in warned and "RAG_AUDIT_LOG" not in warned
