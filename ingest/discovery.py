@@ -27,6 +27,9 @@ class Discovered:
     file_roots: dict[Path, Path] = field(default_factory=dict)
     #: Every .rag-access.toml seen in the walked folders (all are checked, even those no document needs).
     policy_files: list[Path] = field(default_factory=list)
+    #: Folders the walk could not list: what was ingested from them stays (reported as failed), since their
+    #: files are not known to be gone.
+    unreadable: list[Path] = field(default_factory=list)
 
     def add(self, f: Path, root: Path) -> None:
         if not _utf8(f):
@@ -63,6 +66,12 @@ def discover(paths: Iterable[str | Path]) -> tuple[list[Path], list[Path], list[
     return d.files, d.roots, d.skipped, d.failed
 
 
+def absolute_path(raw: str | Path) -> Path:
+    """A path as the index records it: absolute and normalised (``a/../a`` is ``a``), so one file has one name
+    however it is given; links are left as they are (a link is not its target, see :func:`walk`)."""
+    return Path(os.path.abspath(Path(raw).expanduser()))
+
+
 def root_folder(root: Path) -> Path:
     return root if root.is_dir() else root.parent
 
@@ -79,7 +88,7 @@ def walk(paths: Iterable[str | Path]) -> Discovered:
     """
     d = Discovered()
     for raw in paths:
-        p = Path(raw).expanduser().absolute()
+        p = absolute_path(raw)
         if p.is_symlink() and p.is_file():
             # The link's folder must not lend its groups to what it points at: the target is what is ingested.
             p = Path(os.path.realpath(p))
@@ -102,7 +111,15 @@ def walk(paths: Iterable[str | Path]) -> Discovered:
 
 def _walk_folder(root: Path, d: Discovered) -> None:
     real_root = Path(os.path.realpath(root))  # the root itself may be a link (the user named it): compare targets
-    for dirpath, dirnames, filenames in os.walk(root):  # followlinks=False: linked folders are listed, not entered
+
+    def unreadable(exc: OSError) -> None:
+        folder = Path(exc.filename)
+        d.unreadable.append(folder)
+        d.failed.append(FileIssue(str(folder), f"cannot read folder: {exc.strerror}; what was ingested from it "
+                                               "stays in the index as it was: fix its permissions and run again"))
+
+    # followlinks=False: linked folders are listed, not entered
+    for dirpath, dirnames, filenames in os.walk(root, onerror=unreadable):
         kept = []
         for dn in sorted(dirnames):
             if dn.startswith("."):

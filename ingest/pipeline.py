@@ -134,7 +134,7 @@ def ingest(
                 f"at {store.location} was created before them. Ingest into a new store (another RAG_DATA_DIR, or "
                 "RAG_COLLECTION on a Qdrant server), or unset RAG_DENSE_WINDOWS.")
         with WriterLease(store, settings.ingest_writer_ttl_s) as lease:
-            _run(files, roots, settings, access, store, lease, fan_out, report, progress)
+            _run(files, roots, settings, access, store, lease, fan_out, report, progress, found.unreadable)
         # The index kind follows the chunk count: (re)build what it needs now rather than in the first query's
         # path (a no-op for exact search and for an index already built).
         report.index = store.build_index().to_dict()
@@ -163,9 +163,10 @@ def _fan_out(settings: Settings, embedder: Embedder | None) -> FanOut:
 
 
 def _run(files: list[Path], roots: list[Path], settings: Settings, access: dict[str, dict], store: Store,
-         lease: WriterLease, fan_out: FanOut, report: IngestReport, progress: ProgressCallback | None) -> None:
+         lease: WriterLease, fan_out: FanOut, report: IngestReport, progress: ProgressCallback | None,
+         unreadable: list[Path]) -> None:
     registry = store.documents()
-    damaged = sweep(store, registry, files, roots, report)
+    damaged = sweep(store, registry, files, roots, report, unreadable)
     # Every chunk gets its BM25 vector whatever the retrieval mode, so switching modes needs no re-index.
     sparse = get_sparse_encoder(settings) if store.has_sparse else None
     sig = config_signature(settings, fan_out.model, sparse)
@@ -288,9 +289,12 @@ def _update_access(store: Store, w: Work, report: IngestReport) -> None:
 
 def _fail(store: Store, w: Work, report: IngestReport) -> None:
     # Its content changed (or it became unreadable): the old chunks describe text that is no longer there.
+    reason = w.error or "unknown error"
     if w.previous is not None:
         remove_document(store, w.path, report)
-    report.failed.append(FileIssue(w.path, w.error or "unknown error"))
+        report.removed += 1
+        reason += "; its earlier version is taken out of the index"
+    report.failed.append(FileIssue(w.path, reason))
 
 
 def _text_key(text: str) -> bytes:

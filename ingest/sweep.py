@@ -9,6 +9,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from ingest.discovery import absolute_path
 from ingest.report import FileIssue, IngestReport
 from ingest.writers import sweep_orphans
 from rag.index.store import DocumentRecord, Store, open_store
@@ -16,17 +17,20 @@ from rag.settings import Settings
 
 
 def sweep(store: Store, registry: dict[str, DocumentRecord], files: list[Path], roots: list[Path],
-           report: IngestReport) -> set[str]:
+           report: IngestReport, unreadable: Sequence[Path] = ()) -> set[str]:
     """Before anything is parsed: remove what is gone, and what an interrupted run left half-written; returns
-    the documents of this run that lack chunks or have extra ones, to be redone."""
+    the documents of this run that lack chunks or have extra ones, to be redone. Nothing under an
+    ``unreadable`` folder is removed: its files could not be listed, not found missing."""
     current = {str(f) for f in files}
     # Files that disappeared from an ingested folder (or a folder or file that is gone as a whole).
     removed_under: dict[Path, int] = {r: 0 for r in roots}
     for path in list(registry):
-        if path in current or regular_file(path):
+        if path in current or any(_under(path, u) for u in unreadable):
             continue
-        root = next((r for r in roots if path == str(r) or path.startswith(str(r) + os.sep)), None)
+        root = next((r for r in roots if _under(path, r)), None)
         if root is None:
+            continue
+        if regular_file(path) and not _behind_link(root, path):
             continue
         remove_document(store, path, report)
         report.removed += 1
@@ -42,6 +46,21 @@ def sweep(store: Store, registry: dict[str, DocumentRecord], files: list[Path], 
     report.warnings += [FileIssue(p, f"{counts.get(p, 0)} chunks in the index instead of {registry[p].chunks}: "
                                   "ingested again") for p in sorted(damaged)]
     return damaged
+
+
+def _under(path: str, folder: Path) -> bool:
+    return path == str(folder) or path.startswith(str(folder) + os.sep)
+
+
+def _behind_link(root: Path, path: str) -> bool:
+    """Whether a folder between ``root`` and the file became a symbolic link: the walk does not enter it, so
+    what was ingested through it is gone from the folder, whatever the link points at."""
+    folder = root
+    for part in Path(path).relative_to(root).parent.parts:
+        folder = folder / part
+        if folder.is_symlink():
+            return True
+    return False
 
 
 def regular_file(path: str) -> bool:
@@ -69,7 +88,7 @@ def forget(paths: Sequence[str | Path], settings: Settings, *, store: Store | No
     try:
         registry = store.documents()
         for raw in paths:
-            p = str(Path(raw).expanduser().absolute())
+            p = str(absolute_path(raw))
             matches = [k for k in registry if k == p or k.startswith(p.rstrip(os.sep) + os.sep)]
             if not matches:
                 report.failed.append(FileIssue(p, "not in the index"))

@@ -164,7 +164,7 @@ def _access_rows(registry: dict[str, Any], paths: list[Path]) -> tuple[list[dict
     rows: list[dict[str, Any]] = []
     missing: list[str] = []
     for raw in paths:
-        p = str(raw.expanduser().absolute())
+        p = os.path.abspath(raw.expanduser())  # as the index records it: "a/../a" is "a"
         found = sorted(k for k in registry if k == p or k.startswith(p.rstrip(os.sep) + os.sep))
         if not found:
             missing.append(p)

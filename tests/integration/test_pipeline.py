@@ -176,3 +176,64 @@ def test_cli_reports_locked_store(docs, tmp_path):
 def test_cli_invalid_settings(tmp_path):
     res = rag_cmd("status", env={"RAG_DATA_DIR": str(tmp_path), "RAG_CHUNK_TOKENS": "many"})
     assert res.returncode == 2 and "RAG_" in res.stderr and "Traceback" not in res.stderr
+
+
+def test_an_unreadable_folder_keeps_its_documents_and_is_reported(docs, settings, embedder):
+    """A permission glitch (or an NFS hiccup) on a subfolder removed everything ingested from it, with exit 0
+    and no word; now the folder is a failure (exit 1) and its documents stay."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import pytest
+
+    sub = docs / "archive"
+    sub.mkdir()
+    (sub / "zeta.txt").write_text("The Zeta archive is kept in building 9.\n")
+    assert ingest([docs], settings, embedder=embedder).added == 6
+    cmd = [str(Path(sys.executable).parent / "rag"), "ingest", str(docs), "--json"]
+    if os.geteuid() == 0:  # root reads any folder: run without the capabilities that let it
+        if not shutil.which("setpriv"):
+            pytest.skip("needs util-linux's setpriv to drop root's read-anything capabilities")
+        caps = "-dac_override,-dac_read_search"
+        cmd = ["setpriv", f"--inh-caps={caps}", f"--bounding-set={caps}", *cmd]
+    sub.chmod(0)
+    try:
+        r = subprocess.run(cmd, capture_output=True, text=True, timeout=600,
+                           env={**os.environ, "RAG_DATA_DIR": str(settings.data_dir)})
+    finally:
+        sub.chmod(0o755)
+    assert r.returncode == 1, r.stderr
+    out = json.loads(r.stdout)
+    assert out["removed"] == 0 and [f["path"] for f in out["failed"]] == [str(sub)]
+    assert "cannot read folder" in out["failed"][0]["reason"] and "stays in the index" in out["failed"][0]["reason"]
+    assert str(sub / "zeta.txt") in _count(settings)[1]
+
+
+def test_a_path_is_one_document_however_it_is_written(docs, settings, embedder, monkeypatch):
+    monkeypatch.chdir(docs)
+    assert ingest([docs], settings, embedder=embedder).added == 5
+    r = ingest([f"../{docs.name}", f"{docs}/../{docs.name}/"], settings, embedder=embedder)
+    assert (r.added, r.unchanged) == (0, 5)
+    assert len(_count(settings)[1]) == 5
+    assert forget([f"../{docs.name}/office-faq.txt"], settings).removed == 1
+
+
+def test_a_folder_swapped_for_a_link_takes_its_documents_out(docs, settings, embedder, tmp_path):
+    sub = docs / "archive"
+    sub.mkdir()
+    (sub / "zeta.txt").write_text("The Zeta archive is kept in building 9.\n")
+    assert ingest([docs], settings, embedder=embedder).added == 6
+    sub.rename(tmp_path / "moved")
+    sub.symlink_to(tmp_path / "moved")  # links are never followed inside a walk: the document left the folder
+    r = ingest([docs], settings, embedder=embedder)
+    assert r.removed == 1 and str(sub / "zeta.txt") not in _count(settings)[1]
+
+
+def test_a_document_that_turns_bad_is_counted_as_removed(docs, settings, embedder):
+    ingest([docs], settings, embedder=embedder)
+    (docs / "employee-handbook.pdf").write_bytes(b"%PDF-1.7\n garbage")
+    r = ingest([docs], settings, embedder=embedder)
+    assert r.removed == 1 and len(r.failed) == 1
+    assert "earlier version is taken out of the index" in r.failed[0].reason
