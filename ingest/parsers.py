@@ -12,6 +12,7 @@ An empty result is always an error, never a silently empty document.
 
 from __future__ import annotations
 
+import importlib
 import io
 import re
 import shutil
@@ -305,6 +306,17 @@ def _parse_text(path: Path) -> ParsedDocument:
     text = decode_text(path.read_bytes()).replace("\r\n", "\n").replace("\r", "\n")
     paragraphs = [p for p in re.split(r"\n\s*\n", text) if p.strip()]
     return ParsedDocument(path, [Block(p.strip()) for p in paragraphs], title=None)
+
+
+def warm_up(ext: str, settings: Settings) -> None:
+    """Import what parsing a file of type ``ext`` needs: unstructured's partitioners take seconds to import the
+    first time (3.5 s for Markdown measured), which a worker's first such file must not be charged for."""
+    module = ("unstructured.partition.html" if ext in HTML_EXT else "unstructured.partition.md" if ext in MD_EXT
+              else "unstructured.partition.docx" if ext == ".docx"
+              else "unstructured.partition.pdf" if ext == ".pdf" and settings.pdf_parser == "unstructured" else None)
+    if module is not None:
+        offline.patch_unstructured()
+        importlib.import_module(module)
 
 
 # --- HTML, Markdown, DOCX (unstructured) ---------------------------------------------------------

@@ -31,7 +31,7 @@ from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from types import TracebackType
 
-from ingest.parsers import ParsedDocument, parse
+from ingest.parsers import ParsedDocument, parse, warm_up
 from rag.errors import ParseError
 from rag.settings import Settings
 
@@ -128,6 +128,7 @@ class ParseWorker:
         self._pool: ProcessPoolExecutor | None = None
         self._procs: list[multiprocessing.process.BaseProcess] = []
         self._grouped = False  # the worker leads its own process group (killed as a whole)
+        self._warm: set[str] = set()  # file types whose parser the current worker has imported
         self.restarts = 0
 
     def __enter__(self) -> ParseWorker:
@@ -159,10 +160,12 @@ class ParseWorker:
     def parse(self, path: Path) -> ParsedDocument:
         pool = self._executor()
         try:
+            self._warm_up(pool, path.suffix.lower())
             future = pool.submit(_parse_in_worker, str(path), self.settings)
         except BrokenProcessPool:  # died between two files
             self._discard(kill=True)
             pool = self._executor()
+            self._warm_up(pool, path.suffix.lower())
             future = pool.submit(_parse_in_worker, str(path), self.settings)
         try:
             return future.result(timeout=self.settings.parse_timeout_s)
@@ -176,6 +179,24 @@ class ParseWorker:
         except BrokenProcessPool:
             raise ParseError(self._why_it_died()) from None
 
+    def _warm_up(self, pool: ProcessPoolExecutor, ext: str) -> None:
+        """The file type's parser imported in this worker before the file's clock starts, like the worker's own
+        start (parsers.warm_up). A failed import is left for the parse to report."""
+        if ext in self._warm:
+            return
+        future = pool.submit(warm_up, ext, self.settings)  # BrokenProcessPool: died between files, replaced
+        try:
+            future.result(timeout=START_TIMEOUT_S)
+        except FutureTimeout:
+            self._discard(kill=True)
+            raise ParseError(f"the parser for {ext} files did not load within {START_TIMEOUT_S:g} s; the machine "
+                             "may be overloaded") from None
+        except BrokenProcessPool:
+            raise ParseError(self._why_it_died()) from None
+        except Exception:  # noqa: BLE001 - the parse meets it again and says what it is
+            pass
+        self._warm.add(ext)
+
     def _why_it_died(self) -> str:
         """After the worker died on its own: clean up what it left (its group), then say why from its exit code."""
         codes = self._discard(kill=False)
@@ -185,6 +206,7 @@ class ParseWorker:
         """Drop the executor (a fresh one starts on the next file); returns its workers' exit codes."""
         pool, procs, grouped = self._pool, self._procs, self._grouped
         self._pool, self._procs, self._grouped = None, [], False
+        self._warm.clear()
         if pool is None:
             return []
         for p in procs:
