@@ -8,12 +8,15 @@ from __future__ import annotations
 
 import difflib
 import os
+import re
+import tomllib
 from pathlib import Path
 from collections.abc import Mapping
 from typing import Annotated, Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 from pydantic_settings import (
+    SettingsError,
     BaseSettings,
     PydanticBaseSettingsSource,
     NoDecode,
@@ -64,6 +67,10 @@ def check_config_file(path: Path) -> None:
     try:
         st = path.stat()
     except FileNotFoundError:
+        if "RAG_CONFIG" in os.environ:  # named on purpose: its settings silently missing would be worse
+            raise UntrustedConfigError(f"RAG_CONFIG names {path}, which does not exist: fix the path, set "
+                                       "RAG_CONFIG= (empty) to read no config file, or unset it to read ./rag.toml"
+                                       ) from None
         return
     me = os.geteuid()
     if st.st_uid not in (me, 0):
@@ -109,6 +116,15 @@ def settings_error(exc: Exception) -> str:
     secret or a URL with its password (pydantic quotes each input otherwise)."""
     if isinstance(exc, UntrustedConfigError):  # names a file and the fix, no value from it
         return str(exc)
+    if isinstance(exc, tomllib.TOMLDecodeError):  # "Invalid value (at line 1, column 9)": no value in it
+        return f"{os.environ.get('RAG_CONFIG', 'rag.toml')} is not valid TOML: {exc}"
+    if isinstance(exc, SettingsError):  # 'error parsing value for field "x" from source "EnvSettingsSource"'
+        field = re.search(r'field "(\w+)"', str(exc))
+        name = field.group(1) if field else "a setting"
+        f = Settings.model_fields.get(name)
+        var = (f.alias if f is not None and f.alias else f"RAG_{name.upper()}") if field else name
+        return (f"{var} is not valid JSON, which a list or table setting must be in the environment: e.g. "
+                f"{var}='[\"a\", \"b\"]'")
     errors = getattr(exc, "errors", None)
     if callable(errors):
         try:
@@ -595,8 +611,11 @@ class Settings(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
-        # The one place that reads a file location from the environment: which config file to use.
-        toml_path = Path(os.environ.get("RAG_CONFIG", "rag.toml"))
+        # The one place that reads a file location from the environment: which config file to use ("": none).
+        named = os.environ.get("RAG_CONFIG", "rag.toml")
+        if not named:
+            return init_settings, env_settings, file_secret_settings
+        toml_path = Path(named)
         check_config_file(toml_path)
         return (
             init_settings,

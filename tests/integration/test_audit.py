@@ -182,7 +182,7 @@ def test_required_audit_prints_no_search_results_it_cannot_log(group_index, tmp_
 
     data = tmp_path / "data"
     shutil.copytree(group_index.data_dir, data)
-    env = {"RAG_DATA_DIR": str(data), "RAG_AUDIT_LOG": "/dev/full", "RAG_CONFIG": str(tmp_path / "none.toml")}
+    env = {"RAG_DATA_DIR": str(data), "RAG_AUDIT_LOG": "/dev/full", "RAG_CONFIG": ""}
     r = rag_cmd("search", "IT Service Desk", "--json", env={**env, "RAG_AUDIT_REQUIRED": "true"})
     assert r.returncode == 2 and "No space left" in r.stderr and not r.stdout.strip()
     r = rag_cmd("search", "IT Service Desk", "--json", env=env)

@@ -33,7 +33,7 @@ RAG = str(Path(sys.executable).parent / "rag")
 def _env(tmp_path: Path, **extra: str) -> dict[str, str]:
     """A clean RAG_* environment: an empty data dir, an LLM port where nothing listens, no rag.toml."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAG_")}
-    env.update(RAG_DATA_DIR=str(tmp_path / "data"), RAG_CONFIG=str(tmp_path / "no-rag.toml"),
+    env.update(RAG_DATA_DIR=str(tmp_path / "data"), RAG_CONFIG="",
                RAG_LLM_BASE_URL=f"http://127.0.0.1:{_free_port()}/v1", RAG_USERS_FILE=str(tmp_path / "users.toml"))
     env.update(extra)
     return env
@@ -147,7 +147,7 @@ def ui_page(tmp_path, monkeypatch):
     from streamlit import config
 
     monkeypatch.setenv("RAG_DATA_DIR", str(tmp_path / "data"))
-    monkeypatch.setenv("RAG_CONFIG", str(tmp_path / "no-rag.toml"))
+    monkeypatch.setenv("RAG_CONFIG", "")
     monkeypatch.setenv("RAG_LLM_BASE_URL", f"http://127.0.0.1:{_free_port()}/v1")
     monkeypatch.delenv("RAG_AUTH", raising=False)
     before = config.get_option("server.address")

@@ -54,7 +54,7 @@ def base_env(group_index, tmp_path_factory):
     users = UserDirectory(data / "users.toml")
     keys = {name: users.issue_api_key(name) for name in ("alice", "bob")}
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAG_") or k == "RAG_MODELS_DIR"}
-    env.update(RAG_DATA_DIR=str(data), RAG_AUTH="password", RAG_CONFIG=str(root / "no-rag.toml"),
+    env.update(RAG_DATA_DIR=str(data), RAG_AUTH="password", RAG_CONFIG="",
                RAG_LLM_CONTEXT_WINDOW="2048", RAG_LLM_MAX_TOKENS="32", RAG_AUDIT_LOG="")
     return env, keys
 

@@ -46,7 +46,7 @@ def mcp_url(request, group_index, tmp_path_factory):
     keys = {name: UserDirectory(data / "users.toml").issue_api_key(name) for name in ("alice", "bob")}
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAG_") or k == "RAG_MODELS_DIR"}
     env.update(RAG_DATA_DIR=str(data), RAG_USERS_FILE=str(data / "users.toml"), RAG_AUTH="password",
-               RAG_CONFIG=str(root / "no-rag.toml"), RAG_AUDIT_LOG="",
+               RAG_CONFIG="", RAG_AUDIT_LOG="",
                RAG_LLM_BASE_URL=f"http://127.0.0.1:{_free_port()}/v1")  # no test here reaches an LLM
     port = _free_port()
     url = f"http://127.0.0.1:{port}/mcp"

@@ -28,7 +28,7 @@ def api(group_index, tmp_path_factory):
     shutil.copytree(group_index.data_dir, data)
     key = UserDirectory(data / "users.toml").issue_api_key("alice")
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAG_") or k == "RAG_MODELS_DIR"}
-    env.update(RAG_DATA_DIR=str(data), RAG_AUTH="password", RAG_CONFIG=str(root / "no-rag.toml"), RAG_AUDIT_LOG="",
+    env.update(RAG_DATA_DIR=str(data), RAG_AUTH="password", RAG_CONFIG="", RAG_AUDIT_LOG="",
                RAG_LLM_BASE_URL=f"http://127.0.0.1:{_free_port()}/v1")
     port = _free_port()
     url = f"http://127.0.0.1:{port}"

@@ -122,3 +122,25 @@ def test_a_misspelt_variable_is_warned_about(cwd, monkeypatch, capsys):
     warned = capsys.readouterr().err.replace("\n", "")
     assert "RAG_TOPK: no such setting (did you mean RAG_TOP_K?); it is ignored" in warned
     assert "RAG_DEMO_ENGINE" not in warned and "RAG_AUDIT_LOG" not in warned
+
+
+@pytest.mark.parametrize("env,toml,expected", [
+    ({}, "top_k = \n", "rag.toml is not valid TOML: Invalid value (at line 1, column 9)"),
+    ({"RAG_DEFAULT_GROUPS": "finance"}, None, """RAG_DEFAULT_GROUPS is not valid JSON, which a list or table setting """
+                                              """must be in the environment: e.g. RAG_DEFAULT_GROUPS='["a", "b"]'"""),
+    ({"RAG_CONFIG": "/nonexistent/rag.toml"}, None, "RAG_CONFIG names /nonexistent/rag.toml, which does not exist"),
+])
+def test_a_settings_error_names_the_variable_or_file_and_where(cwd, monkeypatch, capsys, env, toml, expected):
+    """These said only 'TOMLDecodeError' or 'SettingsError', and a RAG_CONFIG naming no file was ignored."""
+    import typer
+
+    from rag.cli.common import load_settings
+
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    if toml is not None:
+        (cwd / "rag.toml").write_text(toml)
+        os.chmod(cwd / "rag.toml", 0o600)
+    with pytest.raises(typer.Exit):
+        load_settings()
+    assert expected in capsys.readouterr().err.replace("\n", "")

@@ -337,7 +337,7 @@ def _settings_from(env: dict[str, str], monkeypatch, tmp_path) -> Settings:
     for k in list(os.environ):
         if k.startswith("RAG_"):
             monkeypatch.delenv(k)
-    monkeypatch.setenv("RAG_CONFIG", str(tmp_path / "no-rag.toml"))
+    monkeypatch.setenv("RAG_CONFIG", "")
     rag_env = {k: v for k, v in env.items() if k.startswith("RAG_")}
     for k, v in rag_env.items():
         monkeypatch.setenv(k, v)
