@@ -96,6 +96,11 @@ class EdgeStore:
             self._lock.acquire(timeout=0)
         except Timeout:
             holder = _read_holder(self.root / ".holder")
+            if holder == f" (pid {os.getpid()})":
+                raise StoreLockedError(
+                    f"the embedded store at {self.location} is already open in this process: close the other "
+                    "opener first (RAG.close(), or a with block), or derive variants from it with "
+                    "rag.with_settings(...), which share the open store") from None
             raise StoreLockedError(
                 f"the embedded store at {self.location} is open in another process{holder}. "
                 "Stop that process, add documents through the running UI instead, or run a Qdrant server "
