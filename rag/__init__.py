@@ -8,7 +8,7 @@ The library is the product; ``rag`` (CLI) and ``ui/`` are thin shells over it::
         print(answer.text, [(c.n, c.path, c.page) for c in answer.cited])
 """
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rag import offline as _offline
 
@@ -20,6 +20,10 @@ from rag.settings import Settings  # noqa: E402
 __all__ = ["RAG", "Answer", "Citation", "Settings"]
 __version__ = "0.1.0"
 
+if TYPE_CHECKING:  # type checkers see the real classes; at run time they load on first use (below)
+    from rag.generation.chain import RAG
+    from rag.types import Answer, Citation
+
 
 def __getattr__(name: str) -> Any:
     # The chain pulls in LangChain (about a second): only when asked for.
@@ -28,3 +32,8 @@ def __getattr__(name: str) -> Any:
 
         return getattr(chain, name)
     raise AttributeError(f"module 'rag' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    # dir(rag) and help(rag) list the lazily loaded names too.
+    return sorted({*globals(), *__all__})

@@ -34,3 +34,16 @@ def test_ingestion_writes_exactly_the_schema(tmp_path, embedder):
         (hit,) = store.chunks_of(str(docs / "a.md"))
     assert set(hit.payload) == set(ChunkPayload.__dataclass_fields__)
     assert ChunkPayload.from_dict(hit.payload).to_dict() == hit.payload
+
+
+def test_the_public_names_are_listed_where_developers_look():
+    """RAG, Answer and Citation load lazily (LangChain takes a second); dir() and help() did not show them."""
+    import pydoc
+    from pathlib import Path
+
+    import rag
+
+    assert {"RAG", "Answer", "Citation", "Settings"} <= set(dir(rag))
+    text = pydoc.render_doc(rag, renderer=pydoc.plaintext)
+    assert "rag.generation.chain.RAG" in text and "rag.types.Answer" in text
+    assert (Path(rag.__file__).parent / "py.typed").exists()  # PEP 561: a developer's mypy reads our types
