@@ -22,7 +22,7 @@ already shown.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -279,7 +279,12 @@ class RAG:
                 if chunk.get("text"):
                     yield chunk["text"]
 
-        return self.chain() | RunnableGenerator(text, name="text")
+        async def atext(chunks: AsyncIterator[dict]) -> AsyncIterator[str]:
+            async for chunk in chunks:
+                if chunk.get("text"):
+                    yield chunk["text"]
+
+        return self.chain() | RunnableGenerator(text, atext, name="text")
 
     def stream(self, question: str, history: HistoryLike | None = None, *, user: Identity | None = None,
                groups: Sequence[str] | None = None, audit_extra: dict[str, Any] | None = None,

@@ -11,10 +11,11 @@ composition of the graph is audited like the shells' calls.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
-from collections.abc import Iterator, Sequence
-from typing import TYPE_CHECKING, Any
+from collections.abc import AsyncIterator, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from langchain_core.prompts import BasePromptTemplate
 from langchain_core.retrievers import BaseRetriever
@@ -36,6 +37,7 @@ if TYPE_CHECKING:
     from rag.generation.chain import RAG
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 def store_groups(user: Identity | None, groups: Sequence[str] | None) -> Sequence[str] | None:
@@ -45,6 +47,26 @@ def store_groups(user: Identity | None, groups: Sequence[str] | None) -> Sequenc
             raise ValueError("pass either user or groups, not both")
         return user.groups_any
     return None if groups is None else group_names(groups)
+
+
+_END = object()
+
+
+def _shape(x: object) -> str:
+    return f"a dict with {sorted(map(str, x))}" if isinstance(x, dict) else f"a {type(x).__name__}"
+
+
+async def in_thread(gen: Iterator[T]) -> AsyncIterator[T]:
+    """A blocking generator (store, tokenizer and HTTP calls) driven from an event loop: each step runs in a worker
+    thread, so ``ainvoke``/``astream`` never block the loop; closed there too when the reader stops early."""
+    try:
+        while True:
+            item = await asyncio.to_thread(next, gen, _END)
+            if item is _END:
+                return
+            yield cast(T, item)
+    finally:
+        await asyncio.to_thread(getattr(gen, "close", lambda: None))
 
 
 class Graph:
@@ -68,13 +90,21 @@ class Graph:
             for x in inputs:
                 yield from self.observed(steps, x, config)
 
-        return RunnableGenerator(observed, name="rag")  # type: ignore[arg-type]
+        async def aobserved(inputs: AsyncIterator[dict], config: RunnableConfig) -> AsyncIterator[AddableDict]:
+            async for x in inputs:
+                async for chunk in in_thread(self.observed(steps, x, config)):
+                    yield chunk
+
+        return RunnableGenerator(observed, aobserved, name="rag")  # type: ignore[arg-type]
 
     def _model_for(self, *, endpoint: OpenAICompatibleEndpoint, context_window: int | None) -> Runnable:
         return self.rag.llm(context_window=context_window, endpoint=endpoint)
 
     def observed(self, steps: Runnable, x: dict, config: RunnableConfig) -> Iterator[AddableDict]:
         """Run the steps, counted in the metrics and audited, for every caller of the graph alike."""
+        if not isinstance(x, dict) or "question" not in x:
+            raise RagError(f"the chain's input is a dict with a 'question' (and optionally 'history', 'user' or "
+                           f"'groups'), e.g. chain.invoke({{'question': ...}}); got {_shape(x)}")
         user = x.get("user")
         state: dict[str, Any] = {"question": str(x["question"]).strip(), "history": as_messages(x.get("history")),
                                  "user": user, "groups": store_groups(user, x.get("groups")),

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from rag.errors import RagError
 from rag.generation.chain import RAG, Answer
 from rag.llm.endpoints import EndpointError
 from rag.generation.prompts import NO_ANSWER
@@ -165,6 +166,37 @@ def test_runnable_and_retriever_compose(rag):
     assert chain.invoke({"question": "What is the airspeed velocity of an unladen swallow?"}) == NO_ANSWER
     docs = rag.retriever.invoke("vacation days")
     assert docs and isinstance(docs[0], Document) and docs[0].metadata["path"].endswith(".pdf")
+
+
+def test_the_chain_runs_from_an_event_loop(rag):
+    """ainvoke/astream/abatch, as an async server (FastAPI, LangServe) calls a runnable: they raised
+    NotImplementedError ("only supports sync methods")."""
+    import asyncio
+
+    question = {"question": "How many vacation days do full-time employees get?"}
+
+    async def main():
+        chunks = [c async for c in rag.chain().astream(question)]
+        whole = await rag.chain().ainvoke(question, {"callbacks": [runs.handler]})
+        text = await rag.as_runnable().ainvoke(question)
+        both = await rag.chain().abatch([question, {"question": "What is the airspeed velocity of a swallow?"}])
+        return chunks, whole, text, both
+
+    runs = RunLog()
+    chunks, whole, text, both = asyncio.run(main())
+    root = runs.root()  # callbacks still see every step as a child of the chain's run
+    for run in runs.of("retriever") + runs.of("chat_model") + runs.of("chain", "pack"):
+        assert root in runs.ancestors(run), runs.runs
+    assert len([c for c in chunks if c.get("text")]) > 1 and chunks[-1]["answer"].sources
+    assert whole["text"] == whole["answer"].text and whole["answer"].sources
+    assert isinstance(text, str) and text
+    assert both[0]["answer"].sources and both[1]["answer"].refused
+
+
+def test_a_wrong_input_says_what_the_chain_takes(rag):
+    for wrong in ("How many vacation days?", {"query": "How many vacation days?"}):
+        with pytest.raises(RagError, match=r"a dict with a 'question'.*got a (str|dict with \['query'\])"):
+            rag.chain().invoke(wrong)
 
 
 def test_endpoint_describes_server_failures():
