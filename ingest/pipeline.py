@@ -138,8 +138,9 @@ def ingest(
         # The index kind follows the chunk count: (re)build what it needs now rather than in the first query's
         # path (a no-op for exact search and for an index already built).
         report.index = store.build_index().to_dict()
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
         report.interrupted = True
+        exc.report = report  # type: ignore[attr-defined]  # what was done so far, for `rag ingest --json`
         raise
     finally:
         fan_out.close()

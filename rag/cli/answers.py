@@ -15,7 +15,7 @@ from rag.cli.common import check_rerank_option, AsUser, err, fail, identity_for,
 
 def search(
     query: Annotated[str, typer.Argument(help="What to look for.")],
-    top_k: Annotated[int, typer.Option("--top-k", "-k", help="How many chunks to show.")] = 5,
+    top_k: Annotated[int, typer.Option("--top-k", "-k", min=1, help="How many chunks to show.")] = 5,
     mode: Annotated[str | None, typer.Option(help="dense, sparse or hybrid (default: RAG_RETRIEVAL_MODE).")] = None,
     rerank: Annotated[bool | None, typer.Option("--rerank/--no-rerank", help="Reorder the candidates with the "
                                                 "configured reranker (default: on when RAG_RERANK_MODEL or "
@@ -28,6 +28,9 @@ def search(
     from rag.retrieval.retriever import Retriever
     from rag.index.store import open_store
 
+    if not query.strip():
+        err.print(Text("error: the query is empty: give the words to look for", style="bold red"))
+        raise typer.Exit(2)
     settings = load_settings()
     if mode is not None:
         if mode not in RETRIEVAL_MODES:
@@ -42,6 +45,7 @@ def search(
             overrides: dict[str, Any] = {"reranker": None} if rerank is False else {}
             found = Retriever.from_settings(settings, store, embedder, top_k=top_k, min_score=float("-inf"),
                                             **overrides).retrieve(query, groups=user.groups_any if user else None)
+            empty = not found.passages and store.count_chunks() == 0
     except RagError as exc:
         raise fail(exc) from None
     _audit_search(settings, user, query, found)
@@ -55,7 +59,9 @@ def search(
                                    "reranked": found.reranked, "rerank_seconds": round(found.rerank_seconds, 4)}))
         return
     if not results:
-        out.print("Nothing found: the index is empty. Run [bold]rag ingest PATH[/] first.")
+        out.print("Nothing found: the index is empty. Run [bold]rag ingest PATH[/] first." if empty else
+                  f"Nothing found: no document {as_user or 'here'} may read matches (`rag access` shows who may "
+                  "read what).")
         return
     if found.reranker:
         out.print(Text(f"reranked by {found.reranker}: best {found.reranked} candidates in "

@@ -46,7 +46,7 @@ def ingest(
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar; print only failures.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object (for scripts).")] = False,
     ray: Annotated[str | None, typer.Option("--ray", metavar="ADDRESS", help=(
-        "Parse, chunk and embed on a Ray cluster (needs the [ray] extra): its address (host:port, auto, "
+        "Parse, chunk and embed on a Ray cluster (needs the \\[ray] extra): its address (host:port, auto, "
         "ray://host:10001), or \"local\" to start one on this machine for the run. This process still writes "
         "the store. Default RAG_INGEST_RAY."))] = None,
 ) -> None:
@@ -60,16 +60,16 @@ def ingest(
     try:
         with _ingest_progress(show=not quiet and not as_json and err.is_terminal) as on_progress:
             report = run_ingest(paths, settings, groups=group_list, progress=on_progress)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
+        so_far = getattr(exc, "report", None)  # the pipeline's report so far (ingest/pipeline.py)
+        if as_json and so_far is not None:
+            _print_json_report(so_far)
         err.print("interrupted: documents finished so far are stored; run the same command again to continue")
         raise typer.Exit(130) from None
     except RagError as exc:
         raise fail(exc) from None
     if as_json:
-        d = report.to_dict()
-        for key in ("failed", "skipped", "warnings"):
-            d[key] = [{"path": f["path"], "reason": f["reason"]} for f in d[key]]
-        out.print_json(json.dumps(d))
+        _print_json_report(report)
     else:
         _print_ingest_report(report, quiet)
     raise typer.Exit(0 if report.ok else 1)
@@ -155,6 +155,13 @@ def access(
         for m in missing:
             err.print(Text.assemble(("not indexed ", "yellow"), rel(m)))
     raise typer.Exit(1 if missing else 0)
+
+
+def _print_json_report(report: Any) -> None:
+    d = report.to_dict()
+    for key in ("failed", "skipped", "warnings"):
+        d[key] = [{"path": f["path"], "reason": f["reason"]} for f in d[key]]
+    out.print_json(json.dumps(d))
 
 
 def _access_rows(registry: dict[str, Any], paths: list[Path]) -> tuple[list[dict[str, Any]], list[str]]:

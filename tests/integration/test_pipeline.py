@@ -237,3 +237,37 @@ def test_a_document_that_turns_bad_is_counted_as_removed(docs, settings, embedde
     r = ingest([docs], settings, embedder=embedder)
     assert r.removed == 1 and len(r.failed) == 1
     assert "earlier version is taken out of the index" in r.failed[0].reason
+
+
+def test_ingest_json_reports_what_was_done_when_interrupted(tmp_path):
+    """Ctrl-C used to leave `rag ingest --json` with an empty stdout: its "interrupted" field could never be true."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    docs = tmp_path / "many"
+    docs.mkdir()
+    for i in range(400):
+        (docs / f"note-{i:03}.md").write_text(f"# Note {i}\n\nMeeting room {i} is on floor {i % 7}.\n")
+    proc = subprocess.Popen([str(Path(sys.executable).parent / "rag"), "ingest", str(docs), "--json"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "RAG_DATA_DIR": str(tmp_path / "data")})
+    time.sleep(8)  # the model loads, then files are parsed one by one: 400 take far longer than this
+    assert proc.poll() is None, "the run ended before it could be interrupted"
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    report = json.loads(out)
+    assert report["interrupted"] is True and report["files_seen"] == 400 and report["added"] < 400
+
+
+def test_search_refuses_what_it_cannot_answer(tmp_path):
+    """An empty query returned ranked results, and -k 0 on a full index said "the index is empty"."""
+    env = {"RAG_DATA_DIR": str(tmp_path / "data")}
+    r = rag_cmd("search", "  ", env=env)
+    assert r.returncode == 2 and "the query is empty" in r.stderr
+    r = rag_cmd("search", "vacation", "-k", "0", env=env)
+    assert r.returncode == 2 and "--top-k" in r.stderr
