@@ -50,3 +50,8 @@ class AuditLogError(RagError):
 
 class AccessDenied(RagError):
     """The asking user may not read this document (or it does not exist: the message does not say which)."""
+
+
+class QuestionTooLongError(RagError):
+    """The question does not fit the model's context window beside the prompt and the answer's reserve: the asker's
+    to shorten (the HTTP API answers 400), not a fault of the server."""

@@ -15,19 +15,26 @@ filter retrieval. In proxy mode the proxy's headers are accepted as well.
 from __future__ import annotations
 
 import contextlib
+import logging
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from fastapi.utils import is_body_allowed_for_status_code
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.middleware.base import BaseHTTPMiddleware
 from starlette.middleware.trustedhost import TrustedHostMiddleware
 
-from rag.api.collections import ApiError, Collections
+from rag.api.collections import ApiError, Collections, as_api_error
 from rag.api.identity import request_identifier
 from rag.api.limits import RequestLimits
 from rag.api.routes import chat, health, models, sources
+from rag.errors import RagError
 from rag.ops import metrics
 from rag.security.exposure import allowed_hosts
 from rag.settings import Settings
+
+log = logging.getLogger(__name__)
 
 
 def create_app(settings: Settings, *, collections: list[str] | None = None, mcp: bool = False,
@@ -38,7 +45,9 @@ def create_app(settings: Settings, *, collections: list[str] | None = None, mcp:
     pool = Collections(settings, collections or settings.api_collections or [settings.collection])
     identify = request_identifier(settings)
     mcp_server = _mcp_server(settings, pool) if mcp else None
-    app = FastAPI(title="onprem-rag", version="0.1.0", docs_url=None, redoc_url=None,
+    # No OpenAPI schema: it would be served without a key, and no client or check reads it (the deploy checks
+    # read app.routes).
+    app = FastAPI(title="onprem-rag", version="0.1.0", docs_url=None, redoc_url=None, openapi_url=None,
                   lifespan=_lifespan(pool, mcp_server))
     if mcp_server is not None:
         from starlette.routing import Route
@@ -53,7 +62,13 @@ def create_app(settings: Settings, *, collections: list[str] | None = None, mcp:
     if hosts is not None:
         # Added last, so it runs first: a rebinding page is refused before any route or count sees it.
         app.add_middleware(TrustedHostMiddleware, allowed_hosts=hosts)
+    # Every error in OpenAI's shape, which the SDKs parse into their exceptions: ours, the library's (a RagError a
+    # route does not map itself), FastAPI's validation and routing errors, and a crash.
     app.add_exception_handler(ApiError, _api_error)  # type: ignore[arg-type]  # Starlette types handlers for Exception; ours takes its subclass
+    app.add_exception_handler(RagError, _rag_error)  # type: ignore[arg-type]
+    app.add_exception_handler(RequestValidationError, _invalid_request)  # type: ignore[arg-type]
+    app.add_exception_handler(StarletteHTTPException, _http_error)  # type: ignore[arg-type]
+    app.add_exception_handler(Exception, _crash)
     # Straight onto the app, not through include_router: FastAPI wraps included routers in objects without a
     # path, and both the request metrics and the deploy checks read each route's path.
     health.add_routes(app, pool)
@@ -83,6 +98,58 @@ def _lifespan(pool: Collections, mcp_server):
 
 async def _api_error(_: Request, exc: ApiError) -> JSONResponse:
     return exc.response()
+
+
+async def _rag_error(_: Request, exc: RagError) -> JSONResponse:
+    error = as_api_error(exc)
+    if error.status >= 500:  # the operator's to fix (an audit log that cannot be written, ...): say so in the log
+        log.warning("request failed: %s", exc)
+    return error.response()
+
+
+async def _invalid_request(_: Request, exc: RequestValidationError) -> JSONResponse:
+    errors = exc.errors()
+    first = errors[0]
+    where, *inside = first["loc"]
+    more = f" (and {len(errors) - 1} more problem{'s' if len(errors) > 2 else ''})" if len(errors) > 1 else ""
+    if first["type"] == "json_invalid":
+        # Its loc is the character where decoding stopped, not a field.
+        why = first.get("ctx", {}).get("error", first["msg"])
+        at = f" at character {inside[0]}" if inside else ""
+        message = f"the request body is not valid JSON ({why}{at}): send a JSON object"
+        return ApiError(422, message, "invalid_request_error", "invalid_json").response()
+    # OpenAI's notation, which its clients show: messages.[0].content
+    param = ".".join(f"[{p}]" if isinstance(p, int) else str(p) for p in inside) or None
+    why = first["msg"].removeprefix("Value error, ")  # pydantic's prefix for a validator's own message
+    if param is None:
+        message = ("the request body is missing: send a JSON object" if first["type"] == "missing"
+                   else f"invalid request body: {why}{more}")
+    else:
+        what = {"body": "field", "query": "query parameter"}.get(str(where), str(where))
+        message = f"invalid {what} {param!r}: {why}{more}"
+    return ApiError(422, message, "invalid_request_error", param=param).response()
+
+
+async def _http_error(request: Request, exc: StarletteHTTPException) -> Response:
+    if not is_body_allowed_for_status_code(exc.status_code):
+        return Response(status_code=exc.status_code, headers=exc.headers)
+    route = f"{request.method} {request.url.path}"
+    if exc.status_code == 404:
+        # The usual causes: an OpenAI client whose base URL lacks /v1, or an endpoint this API does not have.
+        served = ", ".join(sorted({path for r in request.app.routes if (path := getattr(r, "path", None))}))
+        message = f"no such endpoint: {route}; this API serves {served} (an OpenAI client's base URL ends in /v1)"
+    elif exc.status_code == 405:
+        message = f"{route} is not allowed: use {(exc.headers or {}).get('Allow', 'another method')}"
+    else:
+        message = str(exc.detail)
+    kind = "invalid_request_error" if exc.status_code < 500 else "api_error"
+    return ApiError(exc.status_code, message, kind, headers=exc.headers).response()
+
+
+async def _crash(_: Request, exc: Exception) -> JSONResponse:
+    # Starlette logs the traceback once this is sent; the client learns nothing of the internals (paths, hosts).
+    return ApiError(500, "internal error of the RAG API: the operator finds the details in its log", "api_error",
+                    "internal_error").response()
 
 
 class _CountRequests(BaseHTTPMiddleware):

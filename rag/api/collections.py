@@ -4,24 +4,28 @@ RAG each, and the error an HTTP client gets back."""
 from __future__ import annotations
 
 import threading
+from collections.abc import Mapping
 
 from fastapi.responses import JSONResponse
 
-from rag.errors import RagError, StoreLockedError
+from rag.errors import QuestionTooLongError, RagError, StoreLockedError, StoreUnavailableError
 from rag.generation.chain import RAG
 from rag.llm.failures import EndpointError
 from rag.settings import Settings
 
 
 class ApiError(Exception):
-    def __init__(self, status: int, message: str, type_: str, code: str | None = None) -> None:
+    """An error in OpenAI's shape; ``param`` names the request field at fault, as OpenAI's do."""
+
+    def __init__(self, status: int, message: str, type_: str, code: str | None = None, *,
+                 param: str | None = None, headers: Mapping[str, str] | None = None) -> None:
         super().__init__(message)
         self.status, self.message, self.type, self.code = status, message, type_, code
+        self.param, self.headers = param, headers
 
     def response(self) -> JSONResponse:
-        return JSONResponse({"error": {"message": self.message, "type": self.type, "param": None,
-                                       "code": self.code}}, status_code=self.status)
-
+        return JSONResponse({"error": {"message": self.message, "type": self.type, "param": self.param,
+                                       "code": self.code}}, status_code=self.status, headers=self.headers)
 
 
 class Collections:
@@ -60,8 +64,11 @@ def open_rag(pool: Collections, name: str) -> RAG:
 
 
 def as_api_error(exc: RagError) -> ApiError:
+    if isinstance(exc, QuestionTooLongError):
+        # OpenAI's code for a prompt over the window: clients that handle it (trim, retry shorter) work unchanged.
+        return ApiError(400, str(exc), "invalid_request_error", "context_length_exceeded", param="messages")
     if isinstance(exc, EndpointError):
         return ApiError(502, f"the LLM behind this API failed: {exc}", "api_error", "llm_unavailable")
-    if isinstance(exc, StoreLockedError):
+    if isinstance(exc, StoreLockedError | StoreUnavailableError):
         return ApiError(503, str(exc), "api_error", "store_unavailable")
     return ApiError(500, str(exc), "api_error", None)

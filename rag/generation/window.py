@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 from langchain_core.messages import BaseMessage
 from langchain_core.prompts import BasePromptTemplate
 
-from rag.errors import RagError
+from rag.errors import QuestionTooLongError, RagError
 from rag.generation.packing import Packing, format_source, join_sources, pack
 from rag.generation.prompts import NO_SOURCES
 from rag.settings import Settings
@@ -86,8 +86,9 @@ class WindowPacker:
                 turn_overhead=overhead.per_turn, margin=margin, history_share=self.settings.history_share,
             )
             if packing.budget <= 0:
-                raise RagError(f"the question is too long for the model's {window}-token context window "
-                               f"({max_out} of it reserved for the answer); shorten it or lower RAG_LLM_MAX_TOKENS")
+                raise QuestionTooLongError(
+                    f"the question is too long for the model's {window}-token context window ({max_out} of it "
+                    "reserved for the answer); shorten it or lower RAG_LLM_MAX_TOKENS")
             total = ep.prompt_tokens(as_pairs(self.messages(packing, question)))
             if total <= limit:
                 packing.prompt_tokens = total

@@ -17,7 +17,7 @@ from openai.types.chat import ChatCompletion, ChatCompletionChunk, ChatCompletio
 from openai.types.chat.chat_completion import Choice
 from openai.types.chat.chat_completion_chunk import Choice as ChunkChoice
 from openai.types.chat.chat_completion_chunk import ChoiceDelta
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from rag.api.collections import ApiError, Collections, as_api_error, open_rag
 from rag.api.limits import conversation_error
@@ -29,10 +29,34 @@ from rag.security.auth import Identity
 log = logging.getLogger(__name__)
 
 
+class ContentPart(BaseModel):
+    """A part of a message's content. Only text parts count (retrieval and the prompt are text): images, audio and
+    files are accepted and left out, as the client's system prompt is."""
+    model_config = ConfigDict(extra="allow")
+    type: str
+    text: str | None = None
+
+    @model_validator(mode="after")
+    def _text_part_has_text(self) -> ContentPart:
+        if self.type == "text" and self.text is None:
+            raise ValueError('a text part needs its text: {"type": "text", "text": "..."}')
+        return self
+
+
 class ChatMessage(BaseModel):
     model_config = ConfigDict(extra="allow")
     role: str
-    content: str | list[dict[str, Any]] | None = None
+    content: list[ContentPart] | None = None
+
+    @field_validator("content", mode="before")
+    @classmethod
+    def _string_is_one_text_part(cls, content: Any) -> Any:
+        # One shape to validate, so that an error names the part at fault (a union would report every branch).
+        if isinstance(content, str):
+            return [{"type": "text", "text": content}]
+        if content is not None and not isinstance(content, list):
+            raise ValueError("content must be a string or a list of content parts")
+        return content
 
 
 class StreamOptions(BaseModel):
@@ -71,10 +95,8 @@ def add_routes(app: FastAPI, pool: Collections, identify: Callable[[Request], Id
                                  media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
 
 
-def _text(content: str | list[dict[str, Any]] | None) -> str:
-    if isinstance(content, list):  # [{"type": "text", "text": ...}, ...]
-        return "".join(part.get("text", "") for part in content if part.get("type") == "text")
-    return content or ""
+def _text(content: list[ContentPart] | None) -> str:
+    return "".join(part.text or "" for part in content or () if part.type == "text")
 
 
 def _question_and_history(messages: list[ChatMessage]) -> tuple[str, list[tuple[str, str]]]:
