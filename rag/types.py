@@ -162,6 +162,8 @@ class Answer:
     retries: int = 0
     endpoint: str | None = None  # base URL of the endpoint that answered
     failovers: list[str] = field(default_factory=list)  # why endpoints tried before it failed
+    #: Why the model stopped, as the server said: "stop", or "length" when RAG_LLM_MAX_TOKENS cut the answer off.
+    finish_reason: str = "stop"
 
     @property
     def cited(self) -> list[Citation]:
@@ -182,4 +184,5 @@ class Answer:
             "retries": self.retries,
             "endpoint": self.endpoint,
             "failovers": self.failovers,
+            "finish_reason": self.finish_reason,
         }

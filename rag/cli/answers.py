@@ -155,6 +155,9 @@ def _print_stats(answer) -> None:
     if answer.retries:
         parts.append("repacked once after an overflow")
     err.print(Text(" · ".join(parts), style="dim"))
+    if answer.finish_reason == "length":
+        err.print(Text(f"the answer was cut off at {answer.usage.get('completion_tokens')} tokens: raise "
+                       "RAG_LLM_MAX_TOKENS for longer answers", style="yellow"))
 
 
 def chat(as_user: AsUser = None) -> None:

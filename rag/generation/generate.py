@@ -71,6 +71,7 @@ class Attempt:
     t_send: float | None = None  # the prompt went out
     t_first: float | None = None  # the model's first chunk came back
     t_last: float | None = None  # its last text
+    finish_reason: str | None = None  # the server's (OpenAI "finish_reason", Ollama "done_reason")
 
 
 def _content(chunk: Any) -> str:
@@ -106,6 +107,8 @@ def cite_step(attempt: Attempt) -> Runnable:
                 yield ""
             if getattr(chunk, "usage_metadata", None):
                 attempt.usage = dict(chunk.usage_metadata)
+            meta = getattr(chunk, "response_metadata", None) or {}
+            attempt.finish_reason = meta.get("finish_reason") or meta.get("done_reason") or attempt.finish_reason
             piece = _content(chunk)
             if piece:
                 attempt.raw.append(piece)
@@ -245,4 +248,4 @@ def answer_of(attempt: Attempt, text: str, x: dict, failovers: list[str]) -> Ans
     sources = [citation(s, s.n in attempt.cite.cited) for s in packing.sources]
     return Answer(x["question"], x["standalone"], text, sources, False, usage, timings, packing, ep.info.model,
                   removed_citations=attempt.cite.removed, retries=attempt.retries, endpoint=ep.base_url,
-                  failovers=failovers)
+                  failovers=failovers, finish_reason=attempt.finish_reason or "stop")

@@ -70,7 +70,11 @@ def test_openai_sdk_chat_streaming_and_not(api):
     assert [m.id for m in client.models.list().data] == ["documents"]
 
     r = client.chat.completions.create(model="documents", messages=[{"role": "user", "content": QUESTION}])
-    assert r.choices[0].message.content and r.choices[0].finish_reason == "stop"
+    assert r.choices[0].message.content
+    # The model's own reason: "length" when RAG_LLM_MAX_TOKENS (32 here) cut the answer off (test_chain checks
+    # that it is reported; llama.cpp's usage is counted here, so the two are not compared token for token).
+    assert r.choices[0].finish_reason in ("stop", "length")
+    assert r.choices[0].finish_reason == "stop" or r.usage.completion_tokens >= 30
     assert r.usage.prompt_tokens > 100 and r.usage.completion_tokens > 0
     sources = r.model_extra["sources"]
     assert sources and any(s["path"].endswith("employee-handbook.pdf") for s in sources)
@@ -90,7 +94,7 @@ def test_openai_sdk_chat_streaming_and_not(api):
         messages=[{"role": "system", "content": "ignored"}, {"role": "user", "content": QUESTION}]))
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     assert text and sum(1 for c in chunks if c.choices and c.choices[0].delta.content) >= 2
-    final = [c for c in chunks if c.choices and c.choices[0].finish_reason == "stop"]
+    final = [c for c in chunks if c.choices and c.choices[0].finish_reason in ("stop", "length")]
     assert len(final) == 1 and final[0].model_extra["sources"]
     assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens > 0
 

@@ -76,6 +76,13 @@ def test_streams_and_cites(rag):
     assert a.sources[0].snippet.rstrip("…")[:80] in " ".join(store_texts.split())
 
 
+def test_an_answer_cut_off_by_the_token_limit_says_so(rag):
+    """finish_reason came back "stop" whatever happened: an answer cut off mid-sentence looked complete."""
+    with rag.with_settings(llm_max_tokens=4) as r:
+        a = r.ask("Describe the whole travel policy in detail.")
+    assert a.finish_reason == "length" and a.to_dict()["finish_reason"] == "length"
+
+
 def test_invented_citation_numbers_are_removed(rag):
     a = rag.ask('Repeat exactly: "The hotel cap is 140 EUR [1][42]."')
     check_answer(a)

@@ -8,7 +8,7 @@ import logging
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, Literal
 
 from fastapi import FastAPI, Request
 from fastapi.responses import StreamingResponse
@@ -120,6 +120,12 @@ def _usage(answer: Answer) -> dict[str, int]:
     return {"prompt_tokens": p, "completion_tokens": c, "total_tokens": p + c}
 
 
+def _finish(answer: Answer) -> Literal["stop", "length", "content_filter"]:
+    """The model's own reason, so a client sees an answer cut off by RAG_LLM_MAX_TOKENS ("length")."""
+    reason = answer.finish_reason
+    return reason if reason in ("length", "content_filter") else "stop"  # type: ignore[return-value]
+
+
 def _completion(stream, cid: str, created: int, model: str) -> dict[str, Any]:
     try:
         answer = stream.text()
@@ -129,7 +135,7 @@ def _completion(stream, cid: str, created: int, model: str) -> dict[str, Any]:
     return ChatCompletion(
         id=cid, object="chat.completion", created=created, model=model,
         choices=[Choice(index=0, message=ChatCompletionMessage(role="assistant", content=answer.text),
-                        finish_reason="stop", logprobs=None)],
+                        finish_reason=_finish(answer), logprobs=None)],
         usage=CompletionUsage(**_usage(answer)), sources=_sources(answer, model), refused=answer.refused,
     ).model_dump(exclude_unset=True)
 
@@ -157,7 +163,7 @@ def _sse(stream, pieces: Iterator[str], first: str | None, cid: str, created: in
         yield "data: [DONE]\n\n"
         return
     answer: Answer = stream.answer
-    yield event(delta("stop"), sources=_sources(answer, model), refused=answer.refused)
+    yield event(delta(_finish(answer)), sources=_sources(answer, model), refused=answer.refused)
     if include_usage:
         yield event([], usage=CompletionUsage(**_usage(answer)))
     yield "data: [DONE]\n\n"
