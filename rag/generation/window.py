@@ -46,6 +46,17 @@ class WindowPacker:
     def __init__(self, settings: Settings, prompt: BasePromptTemplate) -> None:
         self.settings = settings
         self.prompt = prompt
+        names = {*prompt.input_variables, *getattr(prompt, "optional_variables", ())}
+        wrong = sorted(names - {"history", "sources", "question"})
+        missing = sorted({"sources", "question"} - names)
+        if wrong or missing:  # else the first question fails with a bare KeyError
+            raise RagError(
+                "the answer prompt's variables are {history} (optional), {sources} and {question}"
+                + (f"; it uses {', '.join('{' + w + '}' for w in wrong)}" if wrong else "")
+                + (f"; it lacks {', '.join('{' + m + '}' for m in missing)}" if missing else "")
+                + " (LangChain's usual {context} and {input} are {sources} and {question} here)")
+        #: A prompt without {history} never sends it, so no room is kept for it either.
+        self.uses_history = "history" in names
 
     def variables(self, packing: Packing, question: str) -> dict:
         """The prompt's input for a packing: its kept history, its numbered source blocks, the question."""
@@ -81,7 +92,8 @@ class WindowPacker:
         system, frame = self._frame(question)
         for _ in range(4):
             packing = pack(
-                passages, question=frame, system_prompt=system, history=history, context_window=window,
+                passages, question=frame, system_prompt=system, history=history if self.uses_history else [],
+                context_window=window,
                 max_output_tokens=max_out, counter=ep, template_overhead=overhead.base,
                 turn_overhead=overhead.per_turn, margin=margin, history_share=self.settings.history_share,
             )

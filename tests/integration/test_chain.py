@@ -15,6 +15,7 @@ import pytest
 
 from rag.errors import RagError
 from rag.generation.chain import RAG, Answer
+from rag.types import Message
 from rag.llm.endpoints import EndpointError
 from rag.generation.prompts import NO_ANSWER
 
@@ -81,6 +82,20 @@ def test_an_answer_cut_off_by_the_token_limit_says_so(rag):
     with rag.with_settings(llm_max_tokens=4) as r:
         a = r.ask("Describe the whole travel policy in detail.")
     assert a.finish_reason == "length" and a.to_dict()["finish_reason"] == "length"
+
+
+def test_a_prompt_without_history_keeps_no_room_for_it(rag):
+    """Its history was budgeted (and reported as kept) though never sent: room the sources could have had."""
+    from langchain_core.prompts import ChatPromptTemplate
+
+    from rag.generation.window import WindowPacker
+
+    question = "How many vacation days do full-time employees get?"
+    passages = rag.retrieve(question).passages
+    history = [Message("user", "Tell me about the travel policy. " * 60), Message("assistant", "It says... " * 60)]
+    prompt = ChatPromptTemplate.from_messages([("system", "Cite [n]."), ("human", "{sources}\n\nQ: {question}")])
+    packing = WindowPacker(rag.settings, prompt).pack(passages, question, history, endpoint=rag.endpoint)
+    assert packing.history == [] and packing.prompt_tokens <= WINDOW - MAX_TOKENS
 
 
 def test_invented_citation_numbers_are_removed(rag):

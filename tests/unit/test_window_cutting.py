@@ -51,3 +51,22 @@ def test_a_window_too_small_to_mean_anything_is_refused():
     assert Settings(dense_windows=96).dense_windows == 96 and Settings().dense_windows == 0
     with pytest.raises(ValidationError, match="RAG_DENSE_WINDOWS"):
         Settings(dense_windows=8)
+
+
+def test_a_prompt_with_other_variables_is_refused_at_once_with_the_names_it_needs():
+    """LangChain's usual {context}/{input} failed at the first question with a bare KeyError: 'context'."""
+    import pytest
+    from langchain_core.prompts import ChatPromptTemplate
+
+    from rag.errors import RagError
+    from rag.generation.window import WindowPacker
+    from rag.settings import Settings
+
+    wrong = ChatPromptTemplate.from_messages([("system", "Use the context: {context}"), ("human", "{input}")])
+    with pytest.raises(RagError, match=r"it uses \{context\}, \{input\}; it lacks \{question\}, \{sources\}"):
+        WindowPacker(Settings(), wrong)
+    right = ChatPromptTemplate.from_messages([("system", "Cite [n]."), ("placeholder", "{history}"),
+                                              ("human", "{sources}\n\n{question}")])
+    assert WindowPacker(Settings(), right).uses_history
+    no_history = ChatPromptTemplate.from_messages([("human", "{sources}\n\n{question}")])
+    assert not WindowPacker(Settings(), no_history).uses_history
