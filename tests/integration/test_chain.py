@@ -92,7 +92,7 @@ def test_a_prompt_without_history_keeps_no_room_for_it(rag):
 
     question = "How many vacation days do full-time employees get?"
     passages = rag.retrieve(question).passages
-    history = [Message("user", "Tell me about the travel policy. " * 60), Message("assistant", "It says... " * 60)]
+    history = [Message("user", "Tell me about the travel policy."), Message("assistant", "It covers hotels [1].")]
     prompt = ChatPromptTemplate.from_messages([("system", "Cite [n]."), ("human", "{sources}\n\nQ: {question}")])
     packing = WindowPacker(rag.settings, prompt).pack(passages, question, history, endpoint=rag.endpoint)
     assert packing.history == [] and packing.prompt_tokens <= WINDOW - MAX_TOKENS
