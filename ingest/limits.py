@@ -33,7 +33,8 @@ def check_zip(path: Path, settings: Settings) -> None:
         with zipfile.ZipFile(path) as zf:
             infos = zf.infolist()
     except (zipfile.BadZipFile, OSError, ValueError) as exc:
-        raise ParseError(f"not a readable DOCX file (not a zip archive: {exc})") from None
+        raise ParseError(f"not a readable DOCX file (not a zip archive: {exc}): it is damaged or not really a DOCX; "
+                         "open and save it again in a word processor") from None
     inflated = sum(i.file_size for i in infos)
     packed = max(1, sum(i.compress_size for i in infos))
     if inflated > settings.max_uncompressed_mb * 2**20:

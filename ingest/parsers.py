@@ -69,7 +69,7 @@ def parse(path: Path, settings: Settings) -> ParsedDocument:
     try:
         size = path.stat().st_size
     except OSError as exc:
-        raise ParseError(f"cannot read file: {exc.strerror or exc}") from exc
+        raise ParseError(f"cannot read file: {exc.strerror or exc}; give the account running rag read access") from exc
     if size == 0:
         raise ParseError("empty file (0 bytes)")
     if size > settings.max_file_mb * 1024 * 1024:
@@ -104,7 +104,8 @@ def _parse_pdf(path: Path, settings: Settings) -> ParsedDocument:
         msg = str(exc)
         if "password" in msg.lower():
             raise ParseError("encrypted PDF (a password is required to open it)") from exc
-        raise ParseError(f"not a readable PDF ({msg})") from exc
+        raise ParseError(f"not a readable PDF ({msg}): it is damaged or not really a PDF; print it to a new PDF or "
+                         "get a good copy") from exc
     try:
         n_pages = len(pdf)
         if n_pages == 0:

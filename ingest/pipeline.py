@@ -266,7 +266,8 @@ def _check(f: Path, previous: DocumentRecord | None, sig: str, access: dict, set
                 f"file is {st.st_size / 2**20:,.0f} MB, over the {settings.max_file_mb:g} MB limit (RAG_MAX_FILE_MB)"))
         sha = file_sha256(f)
     except OSError as exc:
-        return Work(str(f), 0, 0.0, "", previous, access, error=f"cannot read file: {exc.strerror or exc}")
+        return Work(str(f), 0, 0.0, "", previous, access, error=f"cannot read file: {exc.strerror or exc}; "
+                                                                           "give the account running rag read access")
     w = Work(str(f), st.st_size, st.st_mtime, sha, previous, access)
     w.stale = previous is None or previous.sha256 != sha or previous.config_sig != sig or redo
     return w

@@ -115,10 +115,12 @@ def _print_ingest_report(report, quiet: bool) -> None:
         return
     for f in report.warnings:
         err.print(Text.assemble(("warning ", "yellow"), (rel(f.path), "bold"), f": {f.reason}"))
-    if report.skipped:
-        err.print(f"skipped {len(report.skipped)} unsupported file(s)"
-                  + (": " + ", ".join(rel(f.path) for f in report.skipped[:5]) if report.skipped else "")
-                  + (" …" if len(report.skipped) > 5 else ""))
+    links = [f for f in report.skipped if f.reason.startswith("symbolic link")]
+    others = [f for f in report.skipped if f not in links]
+    for what, found in (("unsupported or policy file(s)", others), ("symbolic link(s), not followed", links)):
+        if found:
+            err.print(f"skipped {len(found)} {what}: " + ", ".join(rel(f.path) for f in found[:5])
+                      + (" …" if len(found) > 5 else "") + " (--json lists each reason)")
     rate = report.chunks / report.seconds if report.seconds else 0
     out.print(
         f"[bold]{report.added}[/] added, [bold]{report.updated}[/] updated, "

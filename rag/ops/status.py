@@ -14,6 +14,7 @@ def index_info(store: Store, settings: Settings) -> dict[str, Any]:
     meta = store.meta() or {}
     docs = store.documents()
     index = store.index_state()
+    sparse = store.has_sparse or not meta
     return {
         "backend": store.backend,
         "location": store.location,
@@ -26,8 +27,9 @@ def index_info(store: Store, settings: Settings) -> dict[str, Any]:
         "embedding_dimension": meta.get("dimension"),
         "embedding_backend": describe_embedder(settings),
         "sparse_vectors": store.has_sparse,
-        "retrieval_mode": settings.retrieval_mode if store.has_sparse else "dense",
-        "fusion": describe_fusion(settings) if store.has_sparse and settings.retrieval_mode == "hybrid" else None,
+        # A store not created yet (no meta) will get BM25 vectors at its first ingest: the setting applies.
+        "retrieval_mode": settings.retrieval_mode if sparse else "dense",
+        "fusion": describe_fusion(settings) if sparse and settings.retrieval_mode == "hybrid" else None,
         "reranker": describe_reranker(settings),
         "windows": describe_windows(store, settings),
         "index_kind": index.kind,

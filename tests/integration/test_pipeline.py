@@ -271,3 +271,10 @@ def test_search_refuses_what_it_cannot_answer(tmp_path):
     assert r.returncode == 2 and "the query is empty" in r.stderr
     r = rag_cmd("search", "vacation", "-k", "0", env=env)
     assert r.returncode == 2 and "--top-k" in r.stderr
+
+
+def test_status_of_a_new_index_shows_the_mode_it_will_use(tmp_path):
+    """A store not created yet said "retrieval mode dense" though the setting (hybrid) applies from its first ingest."""
+    r = rag_cmd("status", "--json", env={"RAG_DATA_DIR": str(tmp_path / "data")})
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["retrieval_mode"] == "hybrid"
