@@ -95,6 +95,16 @@ def rag_cmd(*args: str, env: dict | None = None, cwd: Path | None = None, timeou
                           timeout=timeout)
 
 
+class OnePool:
+    """The one collection "documents" over ``rag``: what an in-process MCP server (RagMCP) serves."""
+
+    def __init__(self, rag) -> None:
+        self.names, self._rag = ["documents"], rag
+
+    def get(self, name: str):
+        return self._rag
+
+
 def _free_port() -> int:
     from rag.llm.local.process import free_port
 

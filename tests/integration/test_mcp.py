@@ -28,7 +28,7 @@ from mcp import Client, StdioServerParameters
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.exceptions import MCPError
 
-from conftest import SAMPLE_DOCS, SAMPLE_GROUPS, USERS, _free_port, rag_cmd, readable_by
+from conftest import SAMPLE_DOCS, SAMPLE_GROUPS, USERS, OnePool, _free_port, rag_cmd, readable_by
 
 RAG = str(Path(sys.executable).parent / "rag")
 TOOLS = {"search", "ask", "get_source", "list_collections"}
@@ -303,14 +303,6 @@ GROUPS = ["hr", "it", "finance", "legal", "everyone"]
 TEAMS = ["alpha", "bravo", "charlie", "delta", "echo", "foxtrot"]
 
 
-class _OnePool:
-    def __init__(self, rag) -> None:
-        self.names, self._rag = ["documents"], rag
-
-    def get(self, name: str):
-        return self._rag
-
-
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory, embedder):
     from ingest import ingest
@@ -358,7 +350,7 @@ def test_two_users_never_see_each_others_documents_through_any_tool_or_resource(
     async def seen_by(groups: set[str], name: str) -> set[str]:
         user = identity_of(User(name=name, groups=tuple(sorted(groups))), "api_key")
         allowed = {p for p, g in doc_groups.items() if g & set(user.groups)}
-        server = RagMCP(rag.settings, _OnePool(rag), user=user)
+        server = RagMCP(rag.settings, OnePool(rag), user=user)
         seen: set[str] = set()
         async with Client(server) as client:
             r = await client.call_tool("search", {"query": "project budget code", "k": 50, "mode": mode})

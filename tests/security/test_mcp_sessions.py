@@ -26,7 +26,7 @@ import httpx
 import pytest
 from mcp import Client
 
-from conftest import _free_port
+from conftest import OnePool, _free_port
 
 RAG = str(Path(sys.executable).parent / "rag")
 ACCEPT = "application/json, text/event-stream"
@@ -140,14 +140,6 @@ def test_each_user_keeps_their_own_session(mcp_url):
 
 # --- search: the query cap, short echoes, the modes suggested (in process) ------------------------------------
 
-class _OnePool:
-    def __init__(self, rag) -> None:
-        self.names, self._rag = ["documents"], rag
-
-    def get(self, name: str):
-        return self._rag
-
-
 @pytest.fixture(scope="module")
 def chain(tmp_path_factory, embedder):
     """A RAG over two small documents, with BM25 vectors (hybrid settings), that finds nothing relevant for
@@ -164,7 +156,7 @@ def chain(tmp_path_factory, embedder):
     for team in ("alpha", "bravo"):
         (docs / f"{team}.md").write_text(f"# Project {team}\n\nThe {team} project budget is approved by the "
                                          "steering board.\n")
-    settings = Settings(data_dir=root / "data", retrieval_mode="hybrid", min_score=2.0, audit_log_override="",
+    settings = Settings(data_dir=root / "data", retrieval_mode="hybrid", min_score=1.0, audit_log_override="",
                         llm_base_url="http://127.0.0.1:9/v1")  # no tool of these tests reaches an LLM
     store = EdgeStore(settings.store_dir)
     assert ingest([docs], settings, store=store, embedder=embedder).added == 2
@@ -180,7 +172,7 @@ def _search(chain, **arguments):
     from rag.security.auth import local_identity
 
     async def main():
-        async with Client(RagMCP(chain.settings, _OnePool(chain), user=local_identity())) as client:
+        async with Client(RagMCP(chain.settings, OnePool(chain), user=local_identity())) as client:
             return await client.call_tool("search", arguments)
 
     return anyio.run(main)
@@ -210,7 +202,7 @@ def test_errors_repeat_only_the_start_of_what_was_sent(chain):
         from rag.api.mcp import RagMCP
         from rag.security.auth import local_identity
 
-        async with Client(RagMCP(chain.settings, _OnePool(chain), user=local_identity())) as client:
+        async with Client(RagMCP(chain.settings, OnePool(chain), user=local_identity())) as client:
             return await client.call_tool("get_source", {"id": pid})
 
     for pid in (long, f"/{long}#0"):  # not an id at all; an id of no passage
