@@ -37,6 +37,7 @@ def api(group_index, tmp_path_factory):
         yield url, key, proc
 
 
+@pytest.mark.attack(5, "views one PDF page many times at once, so pdfium (not thread-safe) crashes the server")
 def test_simultaneous_page_views_do_not_crash_the_server(api):
     url, key, proc = api
     handbook = str((SAMPLE_DOCS / "employee-handbook.pdf").absolute())

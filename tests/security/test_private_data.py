@@ -33,6 +33,7 @@ def _as_nobody(*cmd: str) -> subprocess.CompletedProcess:
     return subprocess.run(list(cmd), user=NOBODY, capture_output=True, text=True, timeout=60)
 
 
+@pytest.mark.attack(7, "reads a restricted document's text straight from the store's files with another account")
 def test_another_account_cannot_read_restricted_text_from_the_store(open_parent, embedder):
     from ingest import ingest
     from rag.settings import Settings
