@@ -174,7 +174,8 @@ def score_item(item: QAItem, answer: Answer, seconds: float) -> ItemResult:
 def evaluate_answers(rag: RAG, items: Sequence[QAItem], *,
                      on_item: Callable[[int, ItemResult], None] | None = None) -> tuple[dict[str, Any], list[ItemResult]]:
     """Ask every question (no chat history) and score it. An error on one question is recorded and the run goes
-    on; when every question fails the last error is raised, so a dead endpoint is not reported as a score."""
+    on; when no question got an answer from the model and some failed, the last error is raised, so a dead
+    endpoint is not reported as a score (questions the documents do not answer are refused without it)."""
     results: list[ItemResult] = []
     last_error: RagError | None = None
     for i, item in enumerate(items):
@@ -190,7 +191,7 @@ def evaluate_answers(rag: RAG, items: Sequence[QAItem], *,
         results.append(r)
         if on_item:
             on_item(i, r)
-    if last_error is not None and all(r.error for r in results):
+    if last_error is not None and not any(r.error is None and not r.refused for r in results):
         raise last_error
     return summarize(results), results
 

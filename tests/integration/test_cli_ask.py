@@ -32,11 +32,14 @@ def test_cli_ask_json_and_errors(sample_index, llm_server):
     # Streamed text, then the sources.
     r = rag_cmd("ask", "What is the hotel cap for business travel?", env=env)
     assert r.returncode == 0 and "Sources" in r.stdout and "[1]" in r.stdout
-    # Endpoint down: one line, exit code 3, no traceback.
-    r = rag_cmd("ask", "anything", env={**env, "RAG_LLM_BASE_URL": f"http://127.0.0.1:{_free_port()}/v1"})
+    # Endpoint down: one line, exit code 3, no traceback; a question the documents do not answer needs no LLM.
+    down = {**env, "RAG_LLM_BASE_URL": f"http://127.0.0.1:{_free_port()}/v1"}
+    r = rag_cmd("ask", "What is the hotel cap for business travel?", env=down)
     assert r.returncode == 3 and "Traceback" not in r.stderr
     assert [ln for ln in r.stderr.splitlines() if ln.startswith("error:")][0].count("\n") == 0
     assert "cannot reach" in r.stderr
+    r = rag_cmd("ask", "Which rocket engine powers the Saturn V first stage?", env=down)
+    assert r.returncode == 0 and "do not contain" in r.stdout
 
 
 def test_cli_chat_keeps_history(sample_index, llm_server):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -110,14 +112,20 @@ def test_store_locked_is_a_message(app_env, tmp_path):
     from rag.settings import Settings
     from rag.index.store import open_store
 
-    holder = open_store(Settings(data_dir=tmp_path / "data"))  # as if `rag ingest` were running
+    open_store(Settings(data_dir=tmp_path / "data")).close()
+    # Another process holds it, as a running `rag ingest` would (this one would be told to close its own).
+    code = ("import sys\nfrom rag.index.store import open_store\nfrom rag.settings import Settings\n"
+            f"s = open_store(Settings(data_dir={str(tmp_path / 'data')!r}))\nprint('open', flush=True)\n"
+            "sys.stdin.read()\ns.close()\n")
+    holder = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     try:
+        assert holder.stdout.readline().strip() == "open"
         at = app_env(tmp_path / "data", llm=None)
         assert not at.exception
         (err,) = at.error
         assert "cannot be opened" in err.value and "open in another process" in err.value
     finally:
-        holder.close()
+        holder.communicate("", timeout=60)
     st.cache_resource.clear()
     at.run()  # once the other process is gone, the next interaction opens the index
     assert not at.error and not at.exception
