@@ -22,10 +22,13 @@ def sweep(store: Store, registry: dict[str, DocumentRecord], files: list[Path], 
     the documents of this run that lack chunks or have extra ones, to be redone. Nothing under an
     ``unreadable`` folder is removed: its files could not be listed, not found missing."""
     current = {str(f) for f in files}
-    # Files that disappeared from an ingested folder (or a folder or file that is gone as a whole).
-    removed_under: dict[Path, int] = {r: 0 for r in roots}
+    vanished = _vanished_roots(registry, roots, current)
+    report.failed += [FileIssue(str(r), _kept_reason(r, n)) for r, n in vanished.items()]
+    report.failed += [FileIssue(str(r), "no such file or directory")
+                      for r in roots if r not in vanished and not r.exists()]
+    # Files that disappeared from an ingested folder.
     for path in list(registry):
-        if path in current or any(_under(path, u) for u in unreadable):
+        if path in current or any(_under(path, u) for u in [*unreadable, *vanished]):
             continue
         root = next((r for r in roots if _under(path, r)), None)
         if root is None:
@@ -34,10 +37,7 @@ def sweep(store: Store, registry: dict[str, DocumentRecord], files: list[Path], 
             continue
         remove_document(store, path, report)
         report.removed += 1
-        removed_under[root] += 1
         del registry[path]
-    report.failed += [FileIssue(str(r), "no such file or directory")
-                      for r, n in removed_under.items() if n == 0 and not r.exists()]
 
     # Chunks without a registry record were left by an interrupted run (the file, if still here, is redone), or
     # are being written by a concurrent one (spared).
@@ -46,6 +46,40 @@ def sweep(store: Store, registry: dict[str, DocumentRecord], files: list[Path], 
     report.warnings += [FileIssue(p, f"{counts.get(p, 0)} chunks in the index instead of {registry[p].chunks}: "
                                   "ingested again") for p in sorted(damaged)]
     return damaged
+
+
+def _vanished_roots(registry: dict[str, DocumentRecord], roots: list[Path], current: set[str]) -> dict[Path, int]:
+    """Roots that are gone, or empty folders, while the index holds documents from them, with how many. That is
+    what an unmounted share or a failed sync looks like to a scheduled ingest, so their documents stay: removing
+    every document of a root takes an explicit ``rag forget``. A folder that still holds anything (unsupported
+    files, links) is not empty: its documents follow it as usual."""
+    vanished = {}
+    for root in roots:
+        if any(_under(f, root) for f in current) or not _empty_or_gone(root):
+            continue
+        held = sum(1 for path in registry if _under(path, root))
+        if held:
+            vanished[root] = held
+    return vanished
+
+
+def _empty_or_gone(root: Path) -> bool:
+    if not os.path.lexists(root):
+        return True
+    if root.is_symlink() or not root.is_dir():
+        return False
+    try:
+        with os.scandir(root) as entries:
+            return not any(not e.name.startswith(".") for e in entries)  # hidden entries are never walked
+    except OSError:
+        return False  # unreadable: the walk has reported it, and what is under it stays anyway
+
+
+def _kept_reason(root: Path, held: int) -> str:
+    what = "no such file or directory" if not os.path.lexists(root) else "the folder is empty"
+    docs = "its document stays" if held == 1 else f"its {held} documents stay"
+    return (f"{what}: {docs} in the index, since an unmounted share or a failed copy looks the same; if it was "
+            f"removed on purpose, `rag forget {root}` takes {'it' if held == 1 else 'them'} out")
 
 
 def _under(path: str, folder: Path) -> bool:

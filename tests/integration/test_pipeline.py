@@ -50,11 +50,42 @@ def test_update_add_delete(docs, settings, embedder):
         # No stale chunk of an old version anywhere: the store holds exactly what the registry says.
         assert s.count_chunks() == sum(rec.chunks for rec in s.documents().values())
         assert s.chunk_paths() == {p: rec.chunks for p, rec in s.documents().items()}
-    # A folder that is gone as a whole takes its documents with it.
+    # A folder that is gone as a whole is a failure and keeps its documents (an unmounted share looks the same);
+    # taking them out is `rag forget`'s job.
     shutil.rmtree(docs)
+    r = ingest([docs], settings, embedder=embedder)
+    assert r.removed == 0 and [f.path for f in r.failed] == [str(docs)]
+    assert r.failed[0].reason.startswith("no such file or directory: its 5 documents stay")
+    assert f"rag forget {docs}" in r.failed[0].reason
+    assert len(_count(settings)[1]) == 5
+    assert forget([docs], settings).removed == 5
+    assert _count(settings) == (0, [])
+
+
+def test_an_emptied_folder_keeps_its_documents(docs, settings, embedder):
+    """A scheduled ingest of a share that is not mounted sees an empty mount point: it must not empty the index.
+    A folder that still holds something (here only an unsupported file) follows its files as usual."""
+    ingest([docs], settings, embedder=embedder)
+    for f in docs.iterdir():
+        f.unlink()
+    (docs / ".sync-state").write_text("hidden files are never walked, so they do not make the folder non-empty")
+    r = ingest([docs], settings, embedder=embedder)
+    assert r.removed == 0 and [f.reason.split(":")[0] for f in r.failed] == ["the folder is empty"]
+    assert len(_count(settings)[1]) == 5
+    (docs / "logo.png").write_bytes(b"\x89PNG\r\n\x1a\n")
     r = ingest([docs], settings, embedder=embedder)
     assert r.removed == 5 and not r.failed
     assert _count(settings) == (0, [])
+
+
+def test_a_named_file_that_is_gone_stays_until_forgotten(docs, settings, embedder):
+    pdf = docs / "employee-handbook.pdf"
+    ingest([pdf, docs / "benefits.docx"], settings, embedder=embedder)
+    pdf.unlink()
+    r = ingest([pdf, docs / "benefits.docx"], settings, embedder=embedder)
+    assert r.removed == 0 and r.unchanged == 1 and r.failed[0].path == str(pdf)
+    assert "its document stays" in r.failed[0].reason and f"rag forget {pdf}" in r.failed[0].reason
+    assert len(_count(settings)[1]) == 2
 
 
 def test_changed_chunking_settings_reingest(docs, settings, embedder):
