@@ -180,5 +180,15 @@ def resolve_access(found: Discovered, policy: AccessPolicy) -> tuple[dict[str, d
                 seen.add(pf)
                 warnings.append(FileIssue(str(pf), f"not applied to the documents under {folder}: policy files "
                                                    f"above the folder (or file) given to ingest are not read; "
-                                                   f"ingest {above} to apply it"))
+                                                   + _how_to_apply(above, folder)))
     return access, warnings
+
+
+def _how_to_apply(above: Path, folder: Path) -> str:
+    hidden = next((above.joinpath(*folder.relative_to(above).parts[:i + 1])
+                   for i, part in enumerate(folder.relative_to(above).parts) if part.startswith(".")), None)
+    if hidden is None:
+        return f"ingest {above} to apply it"
+    # Ingesting `above` would not reach these documents at all: hidden folders are never walked.
+    return (f"ingesting {above} would not apply it, since its walk skips the hidden folder {hidden}: ingest "
+            f"{hidden} itself with a policy file of its own there, or move the documents out of it")

@@ -211,6 +211,17 @@ def test_file_given_on_its_own_reads_only_its_folders_policy(tree, settings, emb
     assert all("not applied" in w.reason for w in r.warnings)
 
 
+def test_a_file_in_a_hidden_folder_gets_advice_that_works(tree, settings, embedder):
+    """"Ingest the tree to apply it" cannot work for a document in a hidden folder: the tree's walk skips it."""
+    notes = write(tree, ".drafts/plan.md", "# Plan\n\nThe offsite is in May.\n")
+    r = ingest([notes], settings, embedder=embedder)
+    assert r.added == 1
+    assert [w.path for w in r.warnings] == [str(tree / POLICY_FILE)]
+    reason = r.warnings[0].reason
+    assert f"ingest {tree / '.drafts'} itself" in reason and f"ingest {tree} to apply it" not in reason
+    assert notes not in walk([tree]).files and notes in walk([tree / ".drafts"]).files
+
+
 def test_uploads_get_exactly_the_given_groups(settings, embedder):
     write(settings.uploads_dir, POLICY_FILE, 'default = ["someone-else"]\n')
     r = ingest_uploads([("memo.md", b"# Memo\n\nThe printer on floor 2 is fixed.\n")], settings,
