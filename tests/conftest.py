@@ -111,8 +111,10 @@ def _free_port() -> int:
     return free_port()
 
 
-def wait_http(url: str, proc: subprocess.Popen, log: Path, timeout: float, what: str) -> None:
-    """Until ``url`` answers 200; fails with the process's log if it exits first or ``timeout`` passes."""
+def wait_http(url: str, proc: subprocess.Popen, log: Path, timeout: float, what: str, *,
+              any_status: bool = False) -> None:
+    """Until ``url`` answers 200 (any status with ``any_status``: a 401 without a key also means it listens);
+    fails with the process's log if it exits first or ``timeout`` passes."""
     import time
 
     import httpx
@@ -121,7 +123,7 @@ def wait_http(url: str, proc: subprocess.Popen, log: Path, timeout: float, what:
     while True:
         assert proc.poll() is None, f"{what} exited:\n{log.read_text()}"
         try:
-            if httpx.get(url, timeout=2).status_code == 200:
+            if httpx.get(url, timeout=2).status_code == 200 or any_status:
                 return
         except httpx.HTTPError:
             pass
@@ -131,13 +133,13 @@ def wait_http(url: str, proc: subprocess.Popen, log: Path, timeout: float, what:
 
 @contextmanager
 def running(cmd: list[str], log_path: Path, ready_url: str, timeout: float, what: str,
-            env: dict | None = None):
+            env: dict | None = None, *, any_status: bool = False):
     """A server process for the duration of a ``with``: started with its output in ``log_path``, ready once
-    ``ready_url`` answers, terminated afterwards."""
+    ``ready_url`` answers (200, or anything with ``any_status``), terminated afterwards."""
     log = open(log_path, "w")
     proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
     try:
-        wait_http(ready_url, proc, log_path, timeout, what)
+        wait_http(ready_url, proc, log_path, timeout, what, any_status=any_status)
         yield proc
     finally:
         proc.terminate()

@@ -19,7 +19,6 @@ import os
 import re
 import shutil
 import socket
-import subprocess
 import sys
 import threading
 import time
@@ -371,24 +370,9 @@ def mcp_slow(request, base_env, slow_llm, tmp_path_factory):
     port = _free_port()
     url = f"http://127.0.0.1:{port}/mcp"
     log = root / "mcp.log"
-    # Any answer means it listens: 401 without a key is not 200, so wait on the socket instead.
     args = ["mcp", "--http"] if request.param == "rag mcp --http" else ["serve", "--mcp"]
-    proc = subprocess.Popen([RAG, *args, "--port", str(port)], env=env, stdout=log.open("w"),
-                            stderr=subprocess.STDOUT)
-    try:
-        deadline = time.monotonic() + 90
-        while True:
-            assert proc.poll() is None, log.read_text()
-            try:
-                httpx.post(url, json={}, timeout=2)
-                break
-            except httpx.HTTPError:
-                assert time.monotonic() < deadline, log.read_text()
-                time.sleep(0.3)
+    with running([RAG, *args, "--port", str(port)], log, url, 90, request.param, env=env, any_status=True):
         yield url, keys, slow_llm.removesuffix("/v1")
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
 
 
 def _mcp(url: str, key: str) -> Client:

@@ -16,9 +16,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import anyio
@@ -26,7 +24,7 @@ import httpx
 import pytest
 from mcp import Client
 
-from conftest import OnePool, _free_port
+from conftest import OnePool, _free_port, running
 
 RAG = str(Path(sys.executable).parent / "rag")
 ACCEPT = "application/json, text/event-stream"
@@ -52,22 +50,8 @@ def mcp_url(request, group_index, tmp_path_factory):
     url = f"http://127.0.0.1:{port}/mcp"
     log = root / "server.log"
     args = ["mcp", "--http"] if request.param == "rag mcp --http" else ["serve", "--mcp"]
-    proc = subprocess.Popen([RAG, *args, "--port", str(port)], env=env, stdout=log.open("w"),
-                            stderr=subprocess.STDOUT)
-    try:
-        deadline = time.monotonic() + 90
-        while True:  # any answer (401 without a key) means it listens
-            assert proc.poll() is None, log.read_text()
-            try:
-                httpx.post(url, json={}, timeout=2)
-                break
-            except httpx.HTTPError:
-                assert time.monotonic() < deadline, log.read_text()
-                time.sleep(0.3)
+    with running([RAG, *args, "--port", str(port)], log, url, 90, request.param, env=env, any_status=True):
         yield url, keys
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
     assert "Traceback" not in log.read_text(), log.read_text()
 
 
