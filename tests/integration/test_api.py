@@ -131,6 +131,8 @@ def test_permissions_and_errors(api):
 
     health = httpx.get(url + "/healthz").json()
     assert health["status"] == "ok" and health["llm"]["model"] == "smollm2-135m-demo"
+    # No key is needed here, so nothing about the documents: a user who may read 6 used to learn there are 8.
+    assert health["store"] == {"ok": True}
     m = httpx.get(url + "/metrics").text
     assert 'rag_questions_total{endpoint=' in m and 'outcome="answered"' in m
     assert 'rag_http_requests_total{route="/v1/chat/completions",status="200"}' in m
