@@ -71,7 +71,9 @@ def _conversations(key: str, settings: Settings) -> ConversationStore | None:
 
 
 def main() -> None:
-    st.set_page_config(page_title="Ask the documents · onprem-rag", page_icon=":material/description:")
+    # An emoji, not a ":material/…:" icon: Streamlit makes the browser fetch a material favicon from
+    # fonts.gstatic.com, a request off this network on every page load (emojis are drawn inline).
+    st.set_page_config(page_title="Ask the documents · onprem-rag", page_icon="📄")
     settings = _settings()
     refuse_foreign_host(settings)
     _serve_metrics(settings)

@@ -13,8 +13,9 @@ import streamlit as st
 from rag.conversations import ConversationStore
 from rag.errors import RagError
 from rag.generation.chain import RAG
+from rag.llm.failures import EndpointError
 from rag.llm.local.supervisor import notice_for
-from rag.security.auth import Identity
+from rag.security.auth import Identity, is_admin
 from rag.security.markdown import inert_markdown, inert_stream
 from rag.urls import scrub
 from ui import conversations
@@ -42,17 +43,26 @@ def page(rag: RAG, shared: Shared, identity: Identity, turns: list[Turn], store:
         _welcome(shared, identity)
     for i, turn in enumerate(turns):
         render_turn(rag, turn, i, store, identity)
+        if turn.role == "user" and (i + 1 == len(turns) or turns[i + 1].role == "user"):
+            # A click or the next question while an answer streams starts a new run and stops the one answering
+            # (Streamlit's fast reruns) before it keeps a turn. Its question would sit there unanswered, unexplained.
+            with st.chat_message("assistant"):
+                st.warning(INTERRUPTED, icon=":material/pause_circle:")
 
-    if question := st.chat_input("Ask a question about the documents"):
-        question = question.strip()
-        turns.append(Turn("user", question))
-        with st.chat_message("user"):
-            st.markdown(md(question, rag.settings.ui_link_hosts))
-        with st.chat_message("assistant"):
-            turn = ask(rag, question, turns[:-1], identity)
-            turns.append(turn)
-            conversations.save(store, identity, turn)
-            conversations.feedback_box(store, identity, turn)
+    if (question := st.chat_input("Ask a question about the documents")) is None:
+        return
+    question = question.strip()
+    if not question:  # Enter on blanks: nothing to answer, and no empty bubble in the conversation
+        st.toast("Type a question first, then press Enter.", icon=":material/edit:")
+        return
+    turns.append(Turn("user", question))
+    with st.chat_message("user"):
+        st.markdown(md(question, rag.settings.ui_link_hosts))
+    with st.chat_message("assistant"):
+        turn = ask(rag, question, turns[:-1], identity)
+        turns.append(turn)
+        conversations.save(store, identity, turn)
+        conversations.feedback_box(store, identity, turn)
 
 
 def _welcome(shared: Shared, identity: Identity) -> None:
@@ -75,10 +85,27 @@ def render_turn(rag: RAG, turn: Turn, i: int, store: ConversationStore | None = 
             return
         st.markdown(md(turn.content, rag.settings.ui_link_hosts))
         if turn.answer is not None:
-            answer_footer(turn.answer, turn.threshold)
-            render_sources(rag, turn.answer, key=str(i))
+            answer_footer(turn.answer, turn.threshold,
+                          tunable=identity is None or is_admin(identity, rag.settings.admin_group))
+            render_sources(rag, turn.answer, key=conversations.answer_key(i))
             if identity is not None:
                 conversations.feedback_box(store, identity, turn)
+
+
+INTERRUPTED = ("This answer was interrupted: the page was used (a click, or the next question) while it was being "
+               "written. Ask the question again for the whole answer, and wait for it to finish before clicking.")
+LLM_DOWN = ("The language model is not answering right now. Try again in a minute; if it keeps failing, tell "
+            "your administrator.")
+
+
+def failure_text(exc: RagError, identity: Identity, admin_group: str) -> str:
+    """What a failed answer says. The endpoint's own message names the server's internal address and the setting
+    to change: the operator's to read (the sidebar keeps both from employees too), not something an employee
+    can act on; they get what to do, and the details go to the UI's log."""
+    if isinstance(exc, EndpointError) and not is_admin(identity, admin_group):
+        log.error("answering for %s: %s", identity.name, exc)
+        return LLM_DOWN
+    return str(exc)
 
 
 def _history(turns: list[Turn]) -> list[tuple[str, str]]:
@@ -113,7 +140,7 @@ def ask(rag: RAG, question: str, turns: list[Turn], identity: Identity) -> Turn:
     except RagError as exc:
         waiting.empty()
         # A crashed demo model being restarted is a wait, not a failure: say that rather than "connection refused".
-        msg = llm_notice(rag) or str(exc)
+        msg = llm_notice(rag) or failure_text(exc, identity, rag.settings.admin_group)
         st.error(msg, icon=":material/error:")
         return Turn("assistant", "", error=msg)
     except Exception as exc:  # a bug, not a user error: full details go to the server log only
@@ -124,6 +151,6 @@ def ask(rag: RAG, question: str, turns: list[Turn], identity: Identity) -> Turn:
         return Turn("assistant", "", error=msg)
     waiting.empty()
     turn = Turn("assistant", answer.text, answer=answer, threshold=rag.settings.min_score)
-    answer_footer(answer, turn.threshold)
-    render_sources(rag, answer, key=str(len(turns) + 1))
+    answer_footer(answer, turn.threshold, tunable=is_admin(identity, rag.settings.admin_group))
+    render_sources(rag, answer, key=conversations.answer_key(len(turns) + 1))
     return turn

@@ -27,11 +27,25 @@ log = logging.getLogger("rag.ui")
 
 #: session_state: the id of the conversation shown (absent: a new chat, saved at its first answer).
 CURRENT = "conversation_id"
+#: session_state: counts the conversations shown in this session. An answer's widgets and page position are keyed
+#: by its place in the conversation; without this the next conversation's answer in that place would inherit them
+#: (its source opened in place, on the page the previous reader had turned to, without the highlight).
+ROUND = "conversation_round"
+
+
+def answer_key(i: int) -> str:
+    """The key of the widgets under the ``i``-th turn of the conversation shown."""
+    return f"{st.session_state.get(ROUND, 0)}-{i}"
+
+
+def _next_round() -> None:
+    st.session_state[ROUND] = st.session_state.get(ROUND, 0) + 1
 
 
 def new_chat() -> None:
     st.session_state.turns = []
     st.session_state.pop(CURRENT, None)
+    _next_round()
 
 
 # --- from the database to the page, and back ----------------------------------------------------------------
@@ -63,6 +77,7 @@ def open_conversation(store: ConversationStore, owner: str, conversation_id: str
         return
     st.session_state.turns = turns
     st.session_state[CURRENT] = conversation_id
+    _next_round()
 
 
 def save(store: ConversationStore | None, identity: Identity, turn: Turn) -> None:
