@@ -7,7 +7,8 @@ tokenizer or the LLM for everyone else, and the health checks answer while the L
   chat route and the MCP ``ask`` tool before any token is counted (each history message costs a tokenizer call).
 - Concurrency (``RAG_API_MAX_CONCURRENT``, ``RAG_API_MAX_CONCURRENT_PER_USER``): chat completions and MCP tool
   calls hold a slot from the first byte received to the last byte sent (a streamed answer included); one over a
-  cap waits ``RAG_API_QUEUE_SECONDS``, then gets 429 with ``Retry-After``. Every other request (``/healthz``,
+  cap waits ``RAG_API_QUEUE_SECONDS``, then gets 429 with ``Retry-After``. A chat whose client disconnects ends
+  its answer and its LLM request at once (rag/api/routes/chat.py), and only then gives the slot back. Every other request (``/healthz``,
   ``/metrics``, ``/v1/models``, MCP's handshake) never waits for a slot.
 
 Why not Starlette's ``RequestBodyLimitMiddleware``: it raises inside the app, where FastAPI renders

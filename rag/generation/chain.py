@@ -40,7 +40,7 @@ from rag.generation.prompts import CONDENSE, SYSTEM_PROMPT, answer_prompt
 from rag.generation.window import WindowPacker, as_pairs
 from rag.index.embeddings import Embedder
 from rag.index.store import Store
-from rag.llm.endpoints import OpenAICompatibleEndpoint
+from rag.llm.endpoints import Cancelled, CancelToken, OpenAICompatibleEndpoint
 from rag.llm.pool import EndpointPool
 from rag.retrieval.retriever import Retrieved, Retriever, StoreRetriever
 from rag.security.audit import AuditLog
@@ -56,28 +56,67 @@ log = logging.getLogger(__name__)
 
 
 class AnswerStream:
-    """Iterate for the answer's text as it arrives; ``.answer`` holds the full :class:`Answer` afterwards."""
+    """Iterate for the answer's text as it arrives; ``.answer`` holds the full :class:`Answer` afterwards.
+
+    :meth:`cancel` (from any thread: a server's, whose client has gone) ends it early: at once if it waits for
+    the LLM, whose request is then closed, else at the next chunk; the audit log records the run as
+    ``abandoned``. The iteration then just stops, with ``.answer`` None."""
 
     def __init__(self, chunks: Iterator[dict]) -> None:
         self._chunks = chunks
         self.answer: Answer | None = None
+        self._token = CancelToken()
+        self._cancelled = False
+        self._done = False
+
+    @property
+    def cancelled(self) -> bool:
+        """Whether :meth:`cancel` was called."""
+        return self._cancelled
+
+    def cancel(self) -> None:
+        """Stop answering; thread-safe, idempotent. Close it afterwards (:meth:`close`) if nobody iterates."""
+        self._cancelled = True
+        self._token.cancel()
 
     def __iter__(self) -> Iterator[str]:
         try:
-            for chunk in self._chunks:
+            while not self._token.cancelled:
+                try:
+                    with self._token.bound():  # every LLM call of the chain is this stream's to cancel
+                        chunk = next(self._chunks, None)
+                except Cancelled:
+                    if not self._token.cancelled:  # another token's: not ours to swallow
+                        raise
+                    return
+                if chunk is None:
+                    self._done = True
+                    return
                 if chunk.get("text"):
                     yield chunk["text"]
                 if "answer" in chunk:
                     self.answer = chunk["answer"]
         finally:  # a reader that stops early ends the request now, not when this object is collected
-            close = getattr(self._chunks, "close", None)
-            if close is not None:
-                close()
+            self.close()
+
+    def close(self) -> None:
+        """End the chain now (its LLM request, its audit record), not when it is collected; idempotent. Not
+        while another thread iterates: :meth:`cancel` is for that."""
+        close = getattr(self._chunks, "close", None)
+        if close is None:
+            return
+        if not self._done:
+            # Closed, LangChain's steps read the rest of their input: the LLM's whole answer, unless it ends now.
+            self._token.cancel(quietly=True)
+        with self._token.bound():
+            close()
 
     def text(self) -> Answer:
-        """Consume the stream; return the answer."""
+        """Consume the stream; return the answer. Raises :class:`Cancelled` if :meth:`cancel` ended it first."""
         for _ in self:
             pass
+        if self.answer is None and self._cancelled:
+            raise Cancelled
         assert self.answer is not None
         return self.answer
 

@@ -1,5 +1,9 @@
 """Self-hosted LLM endpoints behind an OpenAI-compatible API: discovery, token counting, chat models.
 
+Every HTTP call of an endpoint (discovery, token counts, the chat model's) can be ended from another thread by the
+:class:`CancelToken` of the request it is made for: a client that disconnects must not leave the LLM working, nor
+hold its slot of the API, until the answer is complete.
+
 Which kinds of server are recognised, and what each tells us, is in :mod:`rag.llm.servers` (one module per
 kind); how the window is chosen from what they say is in :mod:`rag.llm.discovery`. Where a server cannot count
 tokens, a local estimate with a safety margin stands in (:func:`rag.llm.tokens.estimate_tokens`).
@@ -7,13 +11,18 @@ tokens, a local estimate with a safety margin stands in (:func:`rag.llm.tokens.e
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import functools
 import logging
+import socket
 import threading
 import time
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import cachetools
+import httpcore
 import httpx
 
 from rag.llm import servers
@@ -26,8 +35,9 @@ from rag.settings import Settings
 from rag.urls import secret_url
 
 # Also the endpoint's vocabulary for its callers, wherever it is defined.
-__all__ = ["FALLBACK_CONTEXT_WINDOW", "ChatOverhead", "EndpointError", "EndpointInfo", "OpenAICompatibleEndpoint",
-           "describe_failure", "estimate_tokens", "max_tokens_chat_openai", "parse_overflow"]
+__all__ = ["FALLBACK_CONTEXT_WINDOW", "CancelToken", "Cancelled", "ChatOverhead", "EndpointError", "EndpointInfo",
+           "OpenAICompatibleEndpoint", "describe_failure", "estimate_tokens", "max_tokens_chat_openai",
+           "parse_overflow"]
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +48,182 @@ _TOKENIZER_BACKOFF_S = 10.0
 
 class _TokenizerDown(Exception):
     """Raised through the count cache so that an estimate made while the server is away is not kept."""
+
+
+class Cancelled(BaseException):  # noqa: N818 - named for what happened, as KeyboardInterrupt is
+    """The LLM calls of a request were ended by its :class:`CancelToken`.
+
+    Not an ``Exception``, on purpose: the openai client turns every ``Exception`` of its transport into an
+    ``APIConnectionError``, which counts against the endpoint's circuit breaker and sends the request to another
+    endpoint. A client that hangs up is no fault of the endpoint; counted as one, a few hang-ups would take it
+    out of service for everyone."""
+
+
+#: The token of the request whose LLM calls the current context makes (None: calls nobody can cancel).
+_current_token: contextvars.ContextVar[CancelToken | None] = contextvars.ContextVar("rag_llm_cancel", default=None)
+
+
+class CancelToken:
+    """Ends one request's LLM calls from another thread: those made while the token is :meth:`bound` in the
+    calling context (LangChain copies the context into each step it runs, so a chain's calls count).
+
+    :meth:`cancel` shuts the socket that a call of this request is blocked on, whether it waits for a connection's
+    answer, the server's queue or the next token; the server sees the connection close, and servers that watch
+    for it (llama.cpp's, vLLM) drop the request. Every later call raises :class:`Cancelled` at once. Connections are pooled and shared, but a
+    socket is registered here only while this request's thread reads or writes on it, and the pool cannot hand it
+    to another request before that call returns: another request's connection is never touched."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._cancelled = False
+        self._quiet = False
+        self._busy: set[_WatchedStream] = set()
+
+    @property
+    def cancelled(self) -> bool:
+        return self._cancelled
+
+    @property
+    def quiet(self) -> bool:
+        return self._quiet
+
+    def cancel(self, *, quietly: bool = False) -> None:
+        """Thread-safe and idempotent. ``quietly``: a response whose body has begun then just ends, as if
+        complete, rather than raise :class:`Cancelled`: for closing a LangChain chain, whose steps read the rest of
+        their input when they are closed (the LLM's whole answer), and would raise out of the close."""
+        with self._lock:  # held while shutting: the reading thread cannot give the connection back meanwhile
+            self._cancelled = True
+            self._quiet = self._quiet or quietly
+            for stream in self._busy:
+                stream.shut()
+
+    @contextlib.contextmanager
+    def bound(self) -> Iterator[None]:
+        """Calls made in this block (and in the contexts copied from it) are this token's."""
+        reset = _current_token.set(self)
+        try:
+            yield
+        finally:
+            _current_token.reset(reset)
+
+    @contextlib.contextmanager
+    def _io(self, stream: _WatchedStream) -> Iterator[None]:
+        with self._lock:
+            if self._cancelled:
+                raise Cancelled
+            self._busy.add(stream)
+        try:
+            yield
+        except Exception as exc:  # the socket shut under the call: the error is the cancellation's
+            if self._cancelled:
+                raise Cancelled from exc
+            raise
+        finally:
+            with self._lock:
+                self._busy.discard(stream)
+        if self._cancelled:  # an end of stream from the shut socket, or bytes nobody will read
+            raise Cancelled
+
+
+class _WatchedStream(httpcore.NetworkStream):
+    """A connection's socket, whose reads and writes the current request's :class:`CancelToken` can end."""
+
+    def __init__(self, stream: httpcore.NetworkStream) -> None:
+        self._stream = stream
+
+    def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
+        token = _current_token.get()
+        if token is None:
+            return self._stream.read(max_bytes, timeout)
+        with token._io(self):
+            return self._stream.read(max_bytes, timeout)
+
+    def write(self, buffer: bytes, timeout: float | None = None) -> None:
+        token = _current_token.get()
+        if token is None:
+            self._stream.write(buffer, timeout)
+            return
+        with token._io(self):
+            self._stream.write(buffer, timeout)
+
+    def close(self) -> None:
+        self._stream.close()
+
+    def start_tls(self, ssl_context: Any, server_hostname: str | None = None,
+                  timeout: float | None = None) -> httpcore.NetworkStream:
+        return _WatchedStream(self._stream.start_tls(ssl_context, server_hostname, timeout))
+
+    def get_extra_info(self, info: str) -> Any:
+        return self._stream.get_extra_info(info)
+
+    def shut(self) -> None:
+        """Wake the thread blocked on this socket: it reads the end of the stream, and the server sees it."""
+        sock = self._stream.get_extra_info("socket")
+        if sock is not None:
+            with contextlib.suppress(OSError):  # already closed
+                # The plain socket's shutdown, also under TLS: SSLSocket's own drops its TLS state under the reader.
+                socket.socket.shutdown(sock, socket.SHUT_RDWR)
+
+
+class _QuietBody(httpx.SyncByteStream):
+    """A response's body, which ends rather than fails once its request is cancelled quietly (the connection is
+    closed all the same: httpcore closes one whose response was not read to its end)."""
+
+    def __init__(self, body: httpx.SyncByteStream, token: CancelToken) -> None:
+        self._body, self._token = body, token
+
+    def __iter__(self) -> Iterator[bytes]:
+        try:
+            yield from self._body
+        except Cancelled:
+            if not self._token.quiet:
+                raise
+
+    def close(self) -> None:
+        self._body.close()
+
+
+def _quiet_ends(response: httpx.Response) -> None:
+    """httpx's response hook, in the requesting thread: the body of a call made for a token may end quietly."""
+    token = _current_token.get()
+    if token is not None and isinstance(response.stream, httpx.SyncByteStream):
+        response.stream = _QuietBody(response.stream, token)
+
+
+class _WatchedBackend(httpcore.NetworkBackend):
+    """httpcore's network backend, with every connection a :class:`_WatchedStream`."""
+
+    def __init__(self, backend: httpcore.NetworkBackend) -> None:
+        self._backend = backend
+
+    def connect_tcp(self, host: str, port: int, timeout: float | None = None, local_address: str | None = None,
+                    socket_options: Iterable[httpcore.SOCKET_OPTION] | None = None) -> httpcore.NetworkStream:
+        token = _current_token.get()
+        if token is not None and token.cancelled:
+            raise Cancelled
+        return _WatchedStream(self._backend.connect_tcp(host, port, timeout, local_address, socket_options))
+
+    def connect_unix_socket(self, path: str, timeout: float | None = None,
+                            socket_options: Iterable[httpcore.SOCKET_OPTION] | None = None) -> httpcore.NetworkStream:
+        return _WatchedStream(self._backend.connect_unix_socket(path, timeout, socket_options))
+
+    def sleep(self, seconds: float) -> None:
+        self._backend.sleep(seconds)
+
+
+def _watched_client(**kwargs: Any) -> httpx.Client:
+    """An ``httpx.Client`` whose calls a :class:`CancelToken` can end: its connections are opened through
+    :class:`_WatchedBackend`. httpcore's pools take a network backend for this, but httpx builds them (its own, and
+    those of proxies from the environment) without a way to pass one: so it is set on the pools httpx built,
+    before any connection is made."""
+    client = httpx.Client(event_hooks={"response": [_quiet_ends]}, **kwargs)
+    transports = [client._transport, *client._mounts.values()]
+    for transport in transports:
+        if transport is None:  # a NO_PROXY pattern: the default transport serves it
+            continue
+        pool: httpcore.ConnectionPool = transport._pool  # type: ignore[attr-defined]
+        pool._network_backend = _WatchedBackend(pool._network_backend)
+    return client
 
 
 class OpenAICompatibleEndpoint:
@@ -63,7 +249,8 @@ class OpenAICompatibleEndpoint:
         self.configured_model = model
         self.configured_window = context_window
         self.timeout = timeout
-        self._http = httpx.Client(
+        # Every call of discovery, token counts (here) and chat models (below) can be cancelled (CancelToken).
+        self._http = _watched_client(
             timeout=httpx.Timeout(timeout, connect=connect_timeout),
             headers={"Authorization": f"Bearer {api_key}"} if api_key else {},
             **self.url.client_kwargs(),
@@ -78,7 +265,13 @@ class OpenAICompatibleEndpoint:
                                                lock=threading.Lock())(self._server_count)
         self._tokenizer_down_until = 0.0
         self._at = 0.0
-        self._openai_http: tuple[httpx.Client, httpx.AsyncClient] | None = None
+        self._suspect = False  # a request failed since discovery: ask again at the next look
+        # The chat models' own pool, as the openai client would keep: llama-cpp-python closes a connection after
+        # a failed stream, and the overflow probe that follows one must not reuse it. Its connection limits are the
+        # openai client's too: the API's caps, not the pool, bound the calls at once.
+        self._chat_http = _watched_client(
+            limits=httpx.Limits(max_connections=1000, max_keepalive_connections=100), **self.url.client_kwargs())
+        self._openai_async: httpx.AsyncClient | None = None
 
     @classmethod
     def from_settings(cls, settings: Settings, **overrides: Any) -> OpenAICompatibleEndpoint:
@@ -94,10 +287,18 @@ class OpenAICompatibleEndpoint:
             # An unusable endpoint is asked again (at most every few seconds): servers restart, and a
             # long-running UI must notice when the model is back.
             stale = self._info is not None and not self._info.healthy and time.monotonic() - self._at > 5
-            if self._info is None or stale:
+            if self._info is None or stale or self._suspect:
                 self._info = self._discover()
                 self._at = time.monotonic()
+                self._suspect = False
             return self._info
+
+    def suspect(self) -> None:
+        """A request found the server gone or failing: the next look at :attr:`info` asks it again. A healthy
+        verdict was otherwise kept for the life of the process, so the sidebar, /healthz and check_usable said
+        "healthy" while every answer failed."""
+        with self._lock:
+            self._suspect = True
 
     @property
     def cached_info(self) -> EndpointInfo | None:
@@ -120,6 +321,7 @@ class OpenAICompatibleEndpoint:
         with self._lock:
             self._info = self._discover()
             self._at = time.monotonic()
+            self._suspect = False
             return self._info
 
     def _discover(self) -> EndpointInfo:
@@ -265,16 +467,16 @@ class OpenAICompatibleEndpoint:
         )
 
     def _openai_clients(self) -> dict[str, Any]:
-        """Clients that add the URL's user info and query: handed to ChatOpenAI as its base URL, they would
-        show in its repr and in the openai client's errors."""
+        """The endpoint's clients for the chat models' calls: the sync one's calls can be cancelled
+        (:class:`CancelToken`), and both add the URL's user info and query, which, handed to ChatOpenAI as its base
+        URL, would show in its repr and in the openai client's errors."""
         extra = self.url.client_kwargs()
         if not extra:
-            return {}
-        with self._lock:  # one pair per endpoint, not one per chat model (that is, per request)
-            if self._openai_http is None:
-                self._openai_http = (httpx.Client(**extra), httpx.AsyncClient(**extra))
-            sync, async_ = self._openai_http
-        return {"http_client": sync, "http_async_client": async_}
+            return {"http_client": self._chat_http}
+        with self._lock:  # one per endpoint, not one per chat model (that is, per request)
+            if self._openai_async is None:
+                self._openai_async = httpx.AsyncClient(**extra)
+        return {"http_client": self._chat_http, "http_async_client": self._openai_async}
 
     def explain(self, exc: BaseException) -> EndpointError:
         """One line a user can act on, for any failure of a chat request to this endpoint."""
@@ -282,8 +484,7 @@ class OpenAICompatibleEndpoint:
 
     def close(self) -> None:
         self._http.close()
-        if self._openai_http is not None:
-            self._openai_http[0].close()
+        self._chat_http.close()
 
 
 @functools.cache

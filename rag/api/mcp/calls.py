@@ -4,6 +4,7 @@ for tools, a protocol error for resources, which have no error result."""
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 from typing import TypeVar
 
@@ -13,6 +14,8 @@ from mcp.shared.exceptions import MCPError
 from mcp.types import INTERNAL_ERROR
 
 from rag.errors import RagError, StoreLockedError
+from rag.generation.chain import Answer, AnswerStream
+from rag.llm.endpoints import Cancelled
 from rag.llm.failures import EndpointError
 
 T = TypeVar("T")
@@ -27,11 +30,37 @@ def tool_error(exc: RagError) -> ToolError:
     return ToolError(str(exc))
 
 
-async def for_tool(fn: Callable[[], T]) -> T:
+async def for_tool(fn: Callable[[], T], *, abandon_on_cancel: bool = False) -> T:
     try:
-        return await anyio.to_thread.run_sync(fn)
+        return await anyio.to_thread.run_sync(fn, abandon_on_cancel=abandon_on_cancel)
     except RagError as exc:
         raise tool_error(exc) from None
+
+
+async def for_answer(stream: AnswerStream) -> Answer:
+    """The answer, off the loop as :func:`for_tool`. A tool call cancelled meanwhile (the client's
+    ``notifications/cancelled``, the end of its session) cancels the answer, whose LLM request is closed at once;
+    the cancellation goes on only once the answer's thread has stopped, so no LLM work outlives the call."""
+    stopped = threading.Event()
+
+    def run() -> Answer | None:
+        try:
+            return stream.text()
+        except Cancelled:
+            return None
+        finally:
+            stopped.set()
+
+    try:
+        # Abandoned on cancel, rather than shielded until the whole answer is in: so the cancel is seen at once.
+        answer = await for_tool(run, abandon_on_cancel=True)
+    except anyio.get_cancelled_exc_class():
+        stream.cancel()
+        with anyio.CancelScope(shield=True):
+            await anyio.to_thread.run_sync(stopped.wait, limiter=anyio.CapacityLimiter(1))
+        raise
+    assert answer is not None  # only a cancel ends it without one, and that raised above
+    return answer
 
 
 async def for_resource(fn: Callable[[], T]) -> T:

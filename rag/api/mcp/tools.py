@@ -11,7 +11,7 @@ from mcp.types import ToolAnnotations
 from pydantic import Field
 
 from rag.api.limits import conversation_error
-from rag.api.mcp.calls import for_tool
+from rag.api.mcp.calls import for_answer, for_tool
 from rag.api.mcp.schemas import (
     MAX_NEIGHBOURS,
     NOT_READABLE,
@@ -27,7 +27,6 @@ from rag.api.mcp.schemas import (
     to_ask_result,
     to_hit,
 )
-from rag.generation.chain import Answer
 from rag.retrieval.retriever import Retrieved
 from rag.settings import RetrievalMode
 
@@ -110,12 +109,9 @@ def add_ask(server: RagMCP) -> None:
         if (too_large := conversation_error(server.rag_settings, [c for _, c in turns] + [question])) is not None:
             raise ToolError(too_large)
 
-        def run() -> Answer:
-            # rag.ask writes the "ask" audit record itself (cited paths, model, latency); this says who shelled.
-            return rag.ask(question, turns, user=user, audit_extra={"via": "mcp", "tool": "ask",
-                                                                    "collection": name})
-
-        return to_ask_result(await for_tool(run), name)
+        # The answer writes the "ask" audit record itself (cited paths, model, latency); this says who shelled.
+        stream = rag.stream(question, turns, user=user, audit_extra={"via": "mcp", "tool": "ask", "collection": name})
+        return to_ask_result(await for_answer(stream), name)
 
 
 def add_get_source(server: RagMCP) -> None:

@@ -1,5 +1,11 @@
 """``/v1/chat/completions``: the conversation's last user message is the question, earlier user/assistant turns its
-history; the answer comes back whole or as server-sent events, with its sources in an extra ``sources`` field."""
+history; the answer comes back whole or as server-sent events, with its sources in an extra ``sources`` field.
+
+A client that disconnects cancels its answer: while the answer is prepared (retrieval, the LLM's queue, its
+first token; the whole answer when it is not streamed) the route watches for the disconnect, and the event
+stream notices it too. The request ends only once the answer's chain is closed, so its slot of
+:class:`rag.api.limits.RequestLimits` is free again then, and never while the LLM still works for nobody.
+"""
 
 from __future__ import annotations
 
@@ -8,25 +14,32 @@ import logging
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar, cast
 
+import anyio
 from fastapi import FastAPI, Request
-from fastapi.responses import StreamingResponse
+from fastapi.responses import Response, StreamingResponse
 from openai.types import CompletionUsage
 from openai.types.chat import ChatCompletion, ChatCompletionChunk, ChatCompletionMessage
 from openai.types.chat.chat_completion import Choice
 from openai.types.chat.chat_completion_chunk import Choice as ChunkChoice
 from openai.types.chat.chat_completion_chunk import ChoiceDelta
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from starlette.types import Message, Receive, Scope, Send
 
 from rag.api.collections import ApiError, Collections, as_api_error, open_rag
 from rag.api.limits import conversation_error
 from rag.api.routes.sources import view_of
 from rag.errors import RagError
-from rag.generation.chain import Answer
+from rag.generation.chain import Answer, AnswerStream
+from rag.llm.endpoints import Cancelled
 from rag.security.auth import Identity
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
+#: The status of a request whose client left before its answer (nginx's "client closed request"): nobody reads
+#: it, but the request metrics count it.
+CLIENT_GONE = 499
 
 
 class ContentPart(BaseModel):
@@ -74,25 +87,109 @@ class ChatRequest(BaseModel):
 
 def add_routes(app: FastAPI, pool: Collections, identify: Callable[[Request], Identity]) -> None:
     @app.post("/v1/chat/completions")
-    def chat(body: ChatRequest, request: Request):
-        user = identify(request)
-        # Before any token is counted: each history message would cost the tokenizer a call.
-        if (too_large := conversation_error(pool.settings, [_text(m.content) for m in body.messages])) is not None:
-            raise ApiError(413, too_large, "invalid_request_error", "conversation_too_large")
-        question, history = _question_and_history(body.messages)
-        rag = open_rag(pool, body.model)
-        cid, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
-        stream = rag.stream(question, history, user=user)
-        if not body.stream:
-            return _completion(stream, cid, created, body.model)
-        include_usage = bool(body.stream_options and body.stream_options.include_usage)
-        pieces = iter(stream)
-        try:  # the first piece before the 200: failover and errors that happen before any token get a status
-            first = next(pieces, None)
-        except RagError as exc:
-            raise as_api_error(exc) from None
-        return StreamingResponse(_sse(stream, pieces, first, cid, created, body.model, include_usage),
-                                 media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+    async def chat(body: ChatRequest, request: Request):
+        watch = _Watch()
+
+        def answer() -> Response | dict[str, Any]:  # blocks: retrieval, the LLM (a worker thread)
+            user = identify(request)
+            # Before any token is counted: each history message would cost the tokenizer a call.
+            if (too_large := conversation_error(pool.settings, [_text(m.content) for m in body.messages])) is not None:
+                raise ApiError(413, too_large, "invalid_request_error", "conversation_too_large")
+            question, history = _question_and_history(body.messages)
+            rag = open_rag(pool, body.model)
+            cid, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
+            stream = watch.started(rag.stream(question, history, user=user))
+            if not body.stream:
+                return _completion(stream, cid, created, body.model)
+            include_usage = bool(body.stream_options and body.stream_options.include_usage)
+            pieces = iter(stream)
+            try:  # the first piece before the 200: failover and errors that happen before any token get a status
+                first = next(pieces, None)
+            except RagError as exc:
+                raise as_api_error(exc) from None
+            if stream.cancelled:
+                stream.close()
+                return Response(status_code=CLIENT_GONE)
+            return _AnswerEvents(stream, _sse(stream, pieces, first, cid, created, body.model, include_usage))
+
+        return await _while_connected(request, answer, watch.client_gone)
+
+
+class _Watch:
+    """Cancels a request's answer when its client disconnects, whether the answer has started yet or not (the
+    disconnect is seen on the event loop, the answer starts in a worker thread: either may come first)."""
+
+    def __init__(self) -> None:
+        self.gone = False
+        self.stream: AnswerStream | None = None
+
+    def started(self, stream: AnswerStream) -> AnswerStream:
+        self.stream = stream
+        if self.gone:
+            stream.cancel()
+        return stream
+
+    def client_gone(self) -> None:
+        self.gone = True
+        if self.stream is not None:
+            self.stream.cancel()
+
+
+async def _while_connected(request: Request, work: Callable[[], T], client_gone: Callable[[], None]) -> T:
+    """``work()`` in a worker thread (anyio's, as FastAPI's sync routes), calling ``client_gone`` as soon as the
+    client disconnects meanwhile; ``work`` then ends early, and this returns only once it has."""
+
+    async def watch() -> None:
+        # The body has been read: what the client sends now is its disconnect (as Starlette's StreamingResponse
+        # listens for it). Waiting on it, rather than polling is_disconnected, sees it at once.
+        while (await request.receive())["type"] != "http.disconnect":
+            pass
+        client_gone()
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(watch)
+        result, error = await anyio.to_thread.run_sync(_outcome, work)
+        tg.cancel_scope.cancel()
+    if error is not None:  # raised here, not inside the task group, which would wrap it in an ExceptionGroup
+        raise error
+    return cast(T, result)
+
+
+def _outcome(work: Callable[[], T]) -> tuple[T | None, Exception | None]:
+    try:
+        return work(), None
+    except Exception as exc:  # noqa: BLE001 - raised again by the caller
+        return None, exc
+
+
+class _AnswerEvents(StreamingResponse):
+    """The answer's server-sent events. A disconnect cancels the answer at once (the next token may be long in
+    coming), and whatever ended the response, the answer's chain is closed before it returns (its LLM request,
+    its audit record), rather than when the generator is collected."""
+
+    def __init__(self, stream: AnswerStream, events: Iterator[str]) -> None:
+        super().__init__(events, media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+        self._stream, self._events = stream, events
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        async def receive_or_cancel() -> Message:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                self._stream.cancel()
+            return message
+
+        try:
+            await super().__call__(scope, receive_or_cancel, send)
+        finally:
+            # Starlette waits for a piece being read before it returns, so nobody iterates any more.
+            with anyio.CancelScope(shield=True):
+                await anyio.to_thread.run_sync(self._close)
+
+    def _close(self) -> None:
+        close = getattr(self._events, "close", None)
+        if close is not None:
+            close()
+        self._stream.close()
 
 
 def _text(content: list[ContentPart] | None) -> str:
@@ -126,11 +223,13 @@ def _finish(answer: Answer) -> Literal["stop", "length", "content_filter"]:
     return reason if reason in ("length", "content_filter") else "stop"  # type: ignore[return-value]
 
 
-def _completion(stream, cid: str, created: int, model: str) -> dict[str, Any]:
+def _completion(stream: AnswerStream, cid: str, created: int, model: str) -> Response | dict[str, Any]:
     try:
         answer = stream.text()
     except RagError as exc:
         raise as_api_error(exc) from None
+    except Cancelled:
+        return Response(status_code=CLIENT_GONE)
     # The SDK's own response type (extra fields allowed, as its clients keep them): sources and refused.
     return ChatCompletion(
         id=cid, object="chat.completion", created=created, model=model,
@@ -140,7 +239,7 @@ def _completion(stream, cid: str, created: int, model: str) -> dict[str, Any]:
     ).model_dump(exclude_unset=True)
 
 
-def _sse(stream, pieces: Iterator[str], first: str | None, cid: str, created: int, model: str,
+def _sse(stream: AnswerStream, pieces: Iterator[str], first: str | None, cid: str, created: int, model: str,
          include_usage: bool) -> Iterator[str]:
     def event(choices: list[ChunkChoice], **extra: Any) -> str:
         chunk = ChatCompletionChunk(id=cid, object="chat.completion.chunk", created=created, model=model,
@@ -162,7 +261,9 @@ def _sse(stream, pieces: Iterator[str], first: str | None, cid: str, created: in
                                                "code": "stream_failed"}}) + "\n\n"
         yield "data: [DONE]\n\n"
         return
-    answer: Answer = stream.answer
+    answer = stream.answer
+    if answer is None:  # cancelled: the client has gone
+        return
     yield event(delta(_finish(answer)), sources=_sources(answer, model), refused=answer.refused)
     if include_usage:
         yield event([], usage=CompletionUsage(**_usage(answer)))
