@@ -44,6 +44,10 @@ def failure(pool: EndpointPool, lease: Lease, exc: BaseException) -> Exception:
     may answer, else the endpoint's one-line explanation."""
     err = lease.endpoint.explain(exc)
     if is_failover_error(exc):
+        if not is_timeout(exc):
+            # Gone or failing, not just slow: what discovery found before no longer holds. Asking again at the
+            # next look tells the sidebar, /healthz and the next question (a timeout's re-check would hang too).
+            lease.endpoint.suspect()
         lease.failed(str(err), trip=is_timeout(exc))
         if pool.multi:
             return FailOver(str(err))

@@ -307,6 +307,9 @@ def test_a_server_killed_mid_run_answers_keep_coming(base, servers, warm, caplog
     # works on a question it has not seen (a prompt it must evaluate: seconds on this machine).
     servers.start(1)
     r.pool.member(b).breaker.success()  # (what the cooldown does; tests/test_pool.py checks that)
+    # B's failures made it re-discovered while down; the half-open trial after the cooldown discovers it again.
+    assert not r.pool.member(b).endpoint.cached_info.healthy
+    r.pool.member(b).endpoint.refresh()
     assert r.ask(QUESTION).endpoint == b  # B again (the least recently used); A is next
     killer = threading.Timer(1.5, servers.kill, args=(0,))
     killer.start()

@@ -2,13 +2,22 @@
 
 from __future__ import annotations
 
+import shutil
+import sys
+import time
+from pathlib import Path
+
 import httpx
 import pytest
 
+from rag.errors import RagError
+from rag.generation.chain import RAG
 from rag.llm.endpoints import FALLBACK_CONTEXT_WINDOW, OpenAICompatibleEndpoint, estimate_tokens, parse_overflow
 from rag.llm.local import MODEL_ALIAS
 
-from conftest import LLM_CTX, _free_port
+from conftest import LLM_CTX, _free_port, running
+
+QUESTION = "What are the office opening hours?"
 
 
 def test_discovers_llama_cpp_python(llm_server):
@@ -110,3 +119,31 @@ def test_status_prints_the_endpoint(llm_server, tmp_path):
     assert "smollm2-135m" in text.stdout and "sk-secret" not in text.stdout + res.stdout
     down = rag_cmd("status", env={**env, "RAG_LLM_BASE_URL": f"http://127.0.0.1:{_free_port()}/v1"})
     assert down.returncode == 0 and "unavailable" in down.stdout and "cannot reach" in down.stdout
+
+
+def test_an_endpoint_that_went_down_is_reported_down_and_back_up(sample_index, tmp_path):
+    """The sidebar, /healthz and the pool read the endpoint's discovered state. It was found healthy once and kept
+    so: after the server went away, every answer failed with "cannot reach" while they all said healthy."""
+    answer = tmp_path / "answer.md"
+    answer.write_text("The office opens at 8:30 [1].")
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}/v1"
+    server = [sys.executable, str(Path(__file__).parents[1] / "data" / "scripted_llm.py"), str(port), str(answer)]
+    settings = sample_index.model_copy(update={"llm_base_url": url, "llm_context_window": LLM_CTX,
+                                               "data_dir": tmp_path / "data"})
+    shutil.copytree(sample_index.data_dir, settings.data_dir)
+    rag = RAG.from_settings(settings)
+    try:
+        with running(server, tmp_path / "llm.log", f"{url}/models", 30, "the scripted model server"):
+            assert rag.ask(QUESTION).text
+            assert rag.endpoint.info.healthy
+        with pytest.raises(RagError, match="cannot reach"):
+            rag.ask(QUESTION)
+        info = rag.endpoint.info
+        assert not info.healthy and "cannot reach" in info.error
+        with running(server, tmp_path / "llm2.log", f"{url}/models", 30, "the scripted model server"):
+            time.sleep(5.5)  # an unusable endpoint is asked again at most every 5 s
+            assert rag.endpoint.info.healthy
+            assert rag.ask(QUESTION).text
+    finally:
+        rag.close()
