@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from conftest import SAMPLE_DOCS, _free_port, running
-from test_ui_browser import _chromium, serve_ui
+from test_ui_browser import _chromium, chat_box, serve_ui
 
 DATA = Path(__file__).resolve().parent.parent / "data"
 
@@ -105,9 +105,7 @@ def test_a_planted_image_in_an_answer_loads_nothing(attacker, scripted_llm, plan
             sync_playwright() as pw:
         browser = _chromium(pw)
         page = browser.new_page(viewport={"width": 1280, "height": 1000})
-        page.goto(url)
-        box = page.get_by_test_id("stChatInput").locator("textarea")
-        expect(box).to_be_visible(timeout=120_000)
+        box = chat_box(page, url)
         box.fill("How are travel expenses reimbursed?")
         box.press("Enter")
         answer = page.get_by_test_id("stChatMessage").nth(1)

@@ -7,7 +7,7 @@ import re
 
 import pytest
 
-from test_ui_browser import _chromium, serve_ui
+from test_ui_browser import _chromium, chat_box, serve_ui
 from ui import chat
 
 # A page that links an image in a heading: ingestion keeps the heading's text as the chunk's section, which the
@@ -40,9 +40,7 @@ def test_nothing_is_fetched_from_another_host(llm_server, embedder, tmp_path):
         ctx.route(re.compile(r"^(?!https?://(127\.0\.0\.1|localhost)[:/]).*"),
                   lambda route: (foreign.append(route.request.url), route.abort()))
         page = ctx.new_page()
-        page.goto(url)
-        box = page.get_by_test_id("stChatInput").locator("textarea")
-        expect(box).to_be_visible(timeout=120_000)
+        box = chat_box(page, url)
         box.fill("When is Zorblax soup served in the canteen?")
         box.press("Enter")
         source = page.get_by_test_id("stChatMessage").nth(1).get_by_test_id("stExpander").first
@@ -68,9 +66,7 @@ def test_a_question_cut_off_by_the_next_one_says_so(sample_index, llm_server, tm
             sync_playwright() as pw:
         browser = _chromium(pw)
         page = browser.new_page(viewport={"width": 1280, "height": 1000})
-        page.goto(url)
-        box = page.get_by_test_id("stChatInput").locator("textarea")
-        expect(box).to_be_visible(timeout=120_000)
+        box = chat_box(page, url)
         box.fill("What does the handbook say about vacation days?")
         box.press("Enter")
         # Some of the answer is on the page: it is streaming.

@@ -54,6 +54,16 @@ def _chromium(pw):
     return pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
 
 
+def chat_box(page, url: str):
+    """The chat input of the app at ``url``, once the page shows it (the first load imports the models)."""
+    from playwright.sync_api import expect
+
+    page.goto(url)
+    box = page.get_by_test_id("stChatInput").locator("textarea")
+    expect(box).to_be_visible(timeout=120_000)
+    return box
+
+
 def test_ask_in_the_browser_streams_an_answer_with_sources(ui_server, tmp_path):
     ui_server, metrics_port = ui_server
     from playwright.sync_api import expect, sync_playwright
@@ -61,9 +71,7 @@ def test_ask_in_the_browser_streams_an_answer_with_sources(ui_server, tmp_path):
     with sync_playwright() as pw:
         browser = _chromium(pw)
         page = browser.new_page(viewport={"width": 1280, "height": 1000}, accept_downloads=True)
-        page.goto(ui_server)
-        box = page.get_by_test_id("stChatInput").locator("textarea")
-        expect(box).to_be_visible(timeout=120_000)
+        box = chat_box(page, ui_server)
         expect(page.get_by_text("5 documents are searchable")).to_be_visible(timeout=60_000)
 
         # Record every text the answer shows, as the browser renders it (a MutationObserver, not polling, so
@@ -207,9 +215,7 @@ def test_a_rated_conversation_is_resumed_after_a_restart_and_its_feedback_export
         browser = _chromium(pw)
         with serve_ui(data, llm_server, tmp_path, copy=False) as (url, _):
             page = browser.new_page(viewport={"width": 1280, "height": 1000})
-            page.goto(url)
-            box = page.get_by_test_id("stChatInput").locator("textarea")
-            expect(box).to_be_visible(timeout=120_000)
+            box = chat_box(page, url)
             box.fill(question)
             box.press("Enter")
             answer = page.get_by_test_id("stChatMessage").nth(1)
