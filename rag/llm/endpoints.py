@@ -288,9 +288,7 @@ class OpenAICompatibleEndpoint:
             # long-running UI must notice when the model is back.
             stale = self._info is not None and not self._info.healthy and time.monotonic() - self._at > 5
             if self._info is None or stale or self._suspect:
-                self._info = self._discover()
-                self._at = time.monotonic()
-                self._suspect = False
+                return self._rediscover()
             return self._info
 
     def suspect(self) -> None:
@@ -319,10 +317,14 @@ class OpenAICompatibleEndpoint:
 
     def refresh(self) -> EndpointInfo:
         with self._lock:
-            self._info = self._discover()
-            self._at = time.monotonic()
-            self._suspect = False
-            return self._info
+            return self._rediscover()
+
+    def _rediscover(self) -> EndpointInfo:
+        """Ask the server now (the lock held): what is known, when, and no suspicion left."""
+        self._info = self._discover()
+        self._at = time.monotonic()
+        self._suspect = False
+        return self._info
 
     def _discover(self) -> EndpointInfo:
         return discover(self._server, configured_model=self.configured_model,
