@@ -167,7 +167,7 @@ def _run(files: list[Path], roots: list[Path], settings: Settings, access: dict[
          lease: WriterLease, fan_out: FanOut, report: IngestReport, progress: ProgressCallback | None,
          unreadable: list[Path]) -> None:
     registry = store.documents()
-    damaged = sweep(store, registry, files, roots, report, unreadable)
+    damaged = sweep(store, registry, files, roots, report, unreadable, limit=settings.ingest_removal_limit)
     # Every chunk gets its BM25 vector whatever the retrieval mode, so switching modes needs no re-index.
     sparse = get_sparse_encoder(settings) if store.has_sparse else None
     sig = config_signature(settings, fan_out.model, sparse)

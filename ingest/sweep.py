@@ -1,9 +1,14 @@
 """Taking documents out of the index: at the start of a run (what is gone from an ingested folder, what an
-interrupted run left half-written, what lost chunks since it was recorded), and on request (``rag forget``)."""
+interrupted run left half-written, what lost chunks since it was recorded), and on request (``rag forget``).
+
+A run removes only what looks deleted on purpose: a root that is gone or empty, or that lost more of its documents
+than RAG_INGEST_MAX_REMOVE allows, keeps them all and is reported, since an unmounted share or a failed sync looks
+the same to a scheduled ingest."""
 
 from __future__ import annotations
 
 import os
+import shlex
 import stat
 import time
 from collections.abc import Sequence
@@ -13,31 +18,29 @@ from ingest.discovery import absolute_path
 from ingest.report import FileIssue, IngestReport
 from ingest.writers import sweep_orphans
 from rag.index.store import DocumentRecord, Store, open_store
-from rag.settings import Settings
+from rag.settings import RemovalLimit, Settings
 
 
 def sweep(store: Store, registry: dict[str, DocumentRecord], files: list[Path], roots: list[Path],
-           report: IngestReport, unreadable: Sequence[Path] = ()) -> set[str]:
+           report: IngestReport, unreadable: Sequence[Path] = (), *, limit: RemovalLimit) -> set[str]:
     """Before anything is parsed: remove what is gone, and what an interrupted run left half-written; returns
     the documents of this run that lack chunks or have extra ones, to be redone. Nothing under an
-    ``unreadable`` folder is removed: its files could not be listed, not found missing."""
+    ``unreadable`` folder is removed: its files could not be listed, not found missing; nor anything of a root
+    that lost more of its documents than ``limit`` lets one run remove."""
     current = {str(f) for f in files}
     vanished = _vanished_roots(registry, roots, current)
     report.failed += [FileIssue(str(r), _kept_reason(r, n)) for r, n in vanished.items()]
     report.failed += [FileIssue(str(r), "no such file or directory")
                       for r in roots if r not in vanished and not r.exists()]
-    # Files that disappeared from an ingested folder.
-    for path in list(registry):
-        if path in current or any(_under(path, u) for u in [*unreadable, *vanished]):
+    for root, paths in _gone(registry, roots, current, [*unreadable, *vanished]).items():
+        held = sum(1 for path in registry if _under(path, root))
+        if not limit.allows(len(paths), held):
+            report.failed.append(FileIssue(str(root), _over_limit_reason(root, paths, held, limit, registry)))
             continue
-        root = next((r for r in roots if _under(path, r)), None)
-        if root is None:
-            continue
-        if regular_file(path) and not _behind_link(root, path):
-            continue
-        remove_document(store, path, report)
-        report.removed += 1
-        del registry[path]
+        for path in paths:
+            remove_document(store, path, report)
+            report.removed += 1
+            del registry[path]
 
     # Chunks without a registry record were left by an interrupted run (the file, if still here, is redone), or
     # are being written by a concurrent one (spared).
@@ -46,6 +49,40 @@ def sweep(store: Store, registry: dict[str, DocumentRecord], files: list[Path], 
     report.warnings += [FileIssue(p, f"{counts.get(p, 0)} chunks in the index instead of {registry[p].chunks}: "
                                   "ingested again") for p in sorted(damaged)]
     return damaged
+
+
+def _gone(registry: dict[str, DocumentRecord], roots: list[Path], current: set[str],
+          spared: list[Path]) -> dict[Path, list[str]]:
+    """The documents whose files disappeared from an ingested folder, by the root they were ingested under."""
+    gone: dict[Path, list[str]] = {}
+    for path in registry:
+        if path in current or any(_under(path, s) for s in spared):
+            continue
+        root = next((r for r in roots if _under(path, r)), None)
+        if root is None:
+            continue
+        if regular_file(path) and not _behind_link(root, path):
+            continue
+        gone.setdefault(root, []).append(path)
+    return gone
+
+
+def _over_limit_reason(root: Path, paths: list[str], held: int, limit: RemovalLimit,
+                       registry: dict[str, DocumentRecord]) -> str:
+    """Why a root's vanished documents stay, and the three ways to take them out when they went on purpose."""
+    gone = "all" if len(paths) == held else f"{len(paths):,}"
+    allowed = f"{limit} of its documents" if limit.percent is not None else f"{limit} documents"
+    where = Path(os.path.commonpath(paths))
+    # `rag forget` takes out everything under a path: name a folder only if nothing that stays is under it.
+    if sum(1 for p in registry if _under(p, where)) == len(paths):
+        forget = f"`rag forget {shlex.quote(str(where))}` takes out just them"
+    else:
+        forget = f"`rag forget PATH` takes out a file or folder that went (one: {shlex.quote(min(paths))})"
+    return (f"{gone} of its {held:,} documents ({100 * len(paths) // held}%) are gone, over the limit of {allowed} "
+            "that one run may remove (RAG_INGEST_MAX_REMOVE, or --max-remove): they stay in the index, since a "
+            "half-mounted share or an interrupted copy looks the same. If they were deleted on purpose, "
+            f"`rag ingest {shlex.quote(str(root))} --max-remove 100%` removes them (give it the --groups of this run, "
+            f"if any), a higher RAG_INGEST_MAX_REMOVE lets every run remove more, and {forget}")
 
 
 def _vanished_roots(registry: dict[str, DocumentRecord], roots: list[Path], current: set[str]) -> dict[Path, int]:

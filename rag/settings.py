@@ -10,6 +10,7 @@ import difflib
 import os
 import re
 import tomllib
+from dataclasses import dataclass
 from pathlib import Path
 from collections.abc import Mapping
 from typing import Annotated, Any, Literal, get_args
@@ -53,6 +54,48 @@ class LLMEndpoint(BaseModel):
     model: str | None = None
     context_window: int | None = Field(None, ge=256)
     priority: int = Field(0, ge=0)
+
+
+#: A percentage RAG_INGEST_MAX_REMOVE counts only when more than this many documents of a folder would go: a
+#: user deleting a handful of files from a small folder is never stopped, and what a failed sync can take out
+#: unasked is at most this many documents (seconds to ingest again) or the percentage of the folder.
+REMOVALS_ALWAYS_ALLOWED = 20
+
+_PERCENT = re.compile(r"(\d+(?:\.\d+)?)\s*%", re.ASCII)
+_COUNT = re.compile(r"\d+", re.ASCII)
+_REMOVAL_FORMS = ("a percentage of a folder's documents from 0% to 100% (\"50%\"; \"100%\" = no limit) or a "
+                  "number of documents (\"200\"; \"0\" = none)")
+
+
+@dataclass(frozen=True)
+class RemovalLimit:
+    """RAG_INGEST_MAX_REMOVE read: the most documents one ``rag ingest`` may remove from one ingested folder
+    because their files are gone, as a number of documents or as a percentage of the folder's documents."""
+
+    count: int | None = None
+    percent: float | None = None
+
+    @classmethod
+    def parse(cls, text: str, source: str = "RAG_INGEST_MAX_REMOVE") -> RemovalLimit:
+        """``source`` names where ``text`` came from in the error (the setting, or `rag ingest --max-remove`)."""
+        value = text.strip()
+        if m := _PERCENT.fullmatch(value):
+            percent = float(m.group(1))
+            if percent <= 100:
+                return cls(percent=percent)
+        elif _COUNT.fullmatch(value):
+            return cls(count=int(value))
+        raise ValueError(f"{source} is {_REMOVAL_FORMS}, not {text!r}")
+
+    def allows(self, removing: int, held: int) -> bool:
+        """Whether a run may remove ``removing`` of the ``held`` documents one folder has in the index."""
+        if self.count is not None:
+            return removing <= self.count
+        assert self.percent is not None
+        return removing <= REMOVALS_ALWAYS_ALLOWED or removing * 100 <= self.percent * held
+
+    def __str__(self) -> str:
+        return str(self.count) if self.count is not None else f"{self.percent:g}%"
 
 
 class UntrustedConfigError(ValueError):
@@ -238,6 +281,16 @@ class Settings(BaseSettings):
         600.0, ge=30, description="Seconds without a heartbeat after which another ingest run counts as dead and "
         "its unrecorded chunks are swept (concurrent ingests into one Qdrant server)."
     )
+    # A half-mounted share or an interrupted sync makes files vanish by the hundred, and removing their documents
+    # would go unnoticed (exit 0) until someone misses an answer; a folder that is gone or empty as a whole is
+    # always kept (ingest/sweep.py). 50 %: a routine run never removes half of a folder, a lost mount almost always
+    # does; above REMOVALS_ALWAYS_ALLOWED only, so a small folder's owner deleting files is never stopped.
+    ingest_max_remove: str = Field(
+        "50%", description="The most documents one `rag ingest` removes from an ingested folder because their "
+        "files are gone: a percentage of the folder's documents, counted only when more than "
+        f"{REMOVALS_ALWAYS_ALLOWED} would go (\"50%\"; \"100%\" = no limit), or a number of documents (\"200\"). "
+        "Beyond it they all stay and the folder is reported as failed; `rag ingest --max-remove` sets it for one "
+        "run.")
     ingest_ray: str | None = Field(
         None, description="Fan parsing, chunking and embedding out over a Ray cluster (`pip install onprem-rag[ray]`): "
         "its address (host:port, ray://host:10001, auto), or \"local\" for a cluster of this machine's cores started "
@@ -550,6 +603,18 @@ class Settings(BaseSettings):
         if 0 < v < 16:
             raise ValueError("RAG_DENSE_WINDOWS is 0 (off) or a window of at least 16 tokens (96 measured best)")
         return v
+
+    @field_validator("ingest_max_remove", mode="before")
+    @classmethod
+    def _max_remove(cls, v: object) -> object:
+        # A number in rag.toml (ingest_max_remove = 200) is a count; the value is kept in one spelling.
+        if isinstance(v, bool) or not isinstance(v, int | str):
+            raise ValueError(f"RAG_INGEST_MAX_REMOVE is {_REMOVAL_FORMS}, written as text")
+        return str(RemovalLimit.parse(str(v)))
+
+    @property
+    def ingest_removal_limit(self) -> RemovalLimit:
+        return RemovalLimit.parse(self.ingest_max_remove)
 
     @field_validator("data_dir", mode="after")
     @classmethod

@@ -23,7 +23,7 @@ from rich.table import Table
 from rich.text import Text
 
 from rag.errors import RagError
-from rag.settings import Settings
+from rag.settings import REMOVALS_ALWAYS_ALLOWED, RemovalLimit, Settings
 from rag.cli.common import err, fail, load_settings, out, rel
 from rag.index.store.base import describe_index
 
@@ -34,6 +34,14 @@ class _ChunkRate(ProgressColumn):
         elapsed = task.elapsed or 0
         rate = chunks / elapsed if elapsed > 0 else 0.0
         return Text(f"{chunks} chunks · {rate:.1f}/s", style="cyan")
+
+
+# Typer evaluates the option annotations as strings, so the help is built here rather than inline.
+_MAX_REMOVE_HELP = (
+    "The most documents this run may remove from a folder given here because their files are gone: a percentage "
+    "of the folder's documents (\"100%\" = no limit) or a number of documents. Beyond it they all stay and the "
+    f"folder is reported as failed. Default RAG_INGEST_MAX_REMOVE ({Settings.model_fields['ingest_max_remove'].default}"
+    f"; a percentage counts only when more than {REMOVALS_ALWAYS_ALLOWED} would go).")
 
 
 def ingest(
@@ -49,6 +57,7 @@ def ingest(
         "Parse, chunk and embed on a Ray cluster (needs the \\[ray] extra): its address (host:port, auto, "
         "ray://host:10001), or \"local\" to start one on this machine for the run. This process still writes "
         "the store. Default RAG_INGEST_RAY."))] = None,
+    max_remove: Annotated[str | None, typer.Option("--max-remove", metavar="LIMIT", help=_MAX_REMOVE_HELP)] = None,
 ) -> None:
     """Ingest files and folders: new files are added, changed ones replaced, deleted ones removed."""
     from ingest import ingest as run_ingest
@@ -56,6 +65,8 @@ def ingest(
     settings = load_settings()
     if ray:
         settings = settings.model_copy(update={"ingest_ray": ray})
+    if max_remove is not None:
+        settings = settings.model_copy(update={"ingest_max_remove": str(_checked_limit(max_remove))})
     group_list = _checked_groups(groups)
     try:
         with _ingest_progress(show=not quiet and not as_json and err.is_terminal) as on_progress:
@@ -73,6 +84,14 @@ def ingest(
     else:
         _print_ingest_report(report, quiet)
     raise typer.Exit(0 if report.ok else 1)
+
+
+def _checked_limit(text: str) -> RemovalLimit:
+    try:
+        return RemovalLimit.parse(text, "--max-remove")
+    except ValueError as exc:
+        err.print(Text(f"error: {exc}", style="bold red"))
+        raise typer.Exit(2) from None
 
 
 def _checked_groups(groups: str | None) -> list[str] | None:

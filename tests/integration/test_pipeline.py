@@ -88,6 +88,99 @@ def test_a_named_file_that_is_gone_stays_until_forgotten(docs, settings, embedde
     assert len(_count(settings)[1]) == 2
 
 
+def _notes(folder, n, first=0):
+    """``n`` small text documents in ``folder``, each with its own text."""
+    folder.mkdir(exist_ok=True)
+    for i in range(first, first + n):
+        (folder / f"note-{i:03}.txt").write_text(f"Meeting note {i}: room {i * 7 % 50} is booked for team {i}.\n")
+    return [folder / f"note-{i:03}.txt" for i in range(first, first + n)]
+
+
+def test_a_partial_loss_over_the_limit_keeps_its_documents(docs, settings, embedder):
+    """A half-mounted share (a subfolder's mount missing, a failed rsync) lost most of an ingested folder's
+    documents at once, with exit 0: now more than RAG_INGEST_MAX_REMOVE (50 % past 20 documents) stay, the folder
+    is a failure that says how to remove them on purpose, and the rest of the run goes on."""
+    archive = docs / "archive"
+    _notes(archive, 25)
+    assert ingest([docs], settings, embedder=embedder).added == 30
+    shutil.rmtree(archive)
+    md = docs / "it-security.md"
+    md.write_text(md.read_text() + "\n\n## Printers\n\nColour printing needs a cost centre code.\n")
+    (docs / "new.txt").write_text("The rooftop terrace opens in May.\n")
+    r = ingest([docs], settings, embedder=embedder)
+    assert (r.added, r.updated, r.unchanged, r.removed) == (1, 1, 4, 0)
+    assert [f.path for f in r.failed] == [str(docs)]
+    reason = r.failed[0].reason
+    assert reason.startswith("25 of its 30 documents (83%) are gone, over the limit of 50% of its documents")
+    assert "they stay in the index" in reason and "RAG_INGEST_MAX_REMOVE" in reason
+    assert f"`rag ingest {docs} --max-remove 100%` removes them" in reason
+    assert f"`rag forget {archive}` takes out just them" in reason  # the folder holds exactly what went
+    assert len(_count(settings)[1]) == 31
+    # The same run again says the same: nothing was lost in between.
+    r = ingest([docs], settings, embedder=embedder)
+    assert r.removed == 0 and r.failed[0].reason == reason.replace("30 documents (83%)", "31 documents (80%)")
+    assert forget([archive], settings).removed == 25
+    assert len(_count(settings)[1]) == 6
+    assert ingest([docs], settings, embedder=embedder).ok
+
+
+def test_removals_within_the_limit_go_as_before(docs, settings, embedder):
+    """Up to 20 documents of a folder go whatever its size; above that, up to the percentage; a count is a
+    count; 100 % is no limit."""
+    notes = _notes(docs / "notes", 45)
+    assert ingest([docs], settings, embedder=embedder).added == 50
+    for f in notes[:20]:  # 40 % of the folder, but only 20 documents
+        f.unlink()
+    r = ingest([docs], settings, embedder=embedder)
+    assert r.ok and r.removed == 20 and len(_count(settings)[1]) == 30
+    for f in notes[20:35]:  # 15 of 30 documents: exactly half
+        f.unlink()
+    strict = settings.model_copy(update={"ingest_max_remove": "10"})
+    r = ingest([docs], strict, embedder=embedder)
+    assert r.removed == 0 and [f.path for f in r.failed] == [str(docs)]
+    assert r.failed[0].reason.startswith("15 of its 30 documents (50%) are gone, over the limit of 10 documents")
+    # Scattered through a folder that keeps others: the hint names one of them, not the folder.
+    assert f"`rag forget PATH` takes out a file or folder that went (one: {notes[20]})" in r.failed[0].reason
+    r = ingest([docs], settings, embedder=embedder)
+    assert r.ok and r.removed == 15 and len(_count(settings)[1]) == 15
+    for f in notes[35:]:
+        f.unlink()
+    r = ingest([docs], settings.model_copy(update={"ingest_max_remove": "0"}), embedder=embedder)
+    assert r.removed == 0 and "over the limit of 0 documents" in r.failed[0].reason
+    r = ingest([docs], settings.model_copy(update={"ingest_max_remove": "100%"}), embedder=embedder)
+    assert r.ok and r.removed == 10 and len(_count(settings)[1]) == 5
+
+
+def test_cli_max_remove_lets_an_intended_removal_through(docs, tmp_path, settings, embedder):
+    """`rag ingest` refuses the partial loss with exit 1 and the way out; --max-remove 100% is that way out;
+    a limit that means nothing is an error saying what is accepted, before anything is done."""
+    notes = _notes(docs / "notes", 25)
+    assert ingest([docs], settings, embedder=embedder).added == 30
+    for f in notes[:22]:
+        f.unlink()
+    env = {"RAG_DATA_DIR": str(settings.data_dir)}
+    res = rag_cmd("ingest", str(docs), "--json", env=env)
+    assert res.returncode == 1, res.stderr
+    d = json.loads(res.stdout)
+    assert d["removed"] == 0 and [f["path"] for f in d["failed"]] == [str(docs)]
+    assert d["failed"][0]["reason"].startswith("22 of its 30 documents (73%) are gone")
+    assert f"rag ingest {docs} --max-remove 100%" in d["failed"][0]["reason"]
+    res = rag_cmd("ingest", str(docs), env=env)  # the human-readable report says it too
+    assert res.returncode == 1 and "22 of its 30 documents" in res.stderr and "--max-remove 100%" in res.stderr
+    for bad in (["--max-remove", "lots"], ["--max-remove", "150%"]):
+        res = rag_cmd("ingest", str(docs), *bad, env=env)
+        assert res.returncode == 2 and "Traceback" not in res.stderr
+        assert "--max-remove is a percentage of a folder's documents" in res.stderr and "number of documents" in res.stderr
+    res = rag_cmd("ingest", str(docs), env=env | {"RAG_INGEST_MAX_REMOVE": "half"})
+    assert res.returncode == 2 and "RAG_INGEST_MAX_REMOVE is a percentage" in res.stderr
+    assert len(_count(settings)[1]) == 30
+    res = rag_cmd("ingest", str(docs), "--max-remove", "100%", "--json", env=env)
+    assert res.returncode == 0, res.stderr
+    d = json.loads(res.stdout)
+    assert d["removed"] == 22 and d["failed"] == [] and d["unchanged"] == 8
+    assert len(_count(settings)[1]) == 8
+
+
 def test_changed_chunking_settings_reingest(docs, settings, embedder):
     ingest([docs], settings, embedder=embedder)
     smaller = settings.model_copy(update={"chunk_tokens": 64})
