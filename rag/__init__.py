@@ -17,12 +17,12 @@ _offline.apply()
 
 from rag.settings import Settings  # noqa: E402
 
-__all__ = ["RAG", "Answer", "Citation", "Settings"]
+__all__ = ["RAG", "Answer", "Citation", "Sampling", "Settings"]
 __version__ = "0.1.0"
 
 if TYPE_CHECKING:  # type checkers see the real classes; at run time they load on first use (below)
     from rag.generation.chain import RAG
-    from rag.types import Answer, Citation
+    from rag.types import Answer, Citation, Sampling
 
 
 def __getattr__(name: str) -> Any:
@@ -31,6 +31,10 @@ def __getattr__(name: str) -> Any:
         from rag.generation import chain
 
         return getattr(chain, name)
+    if name == "Sampling":
+        from rag.types import Sampling
+
+        return Sampling
     raise AttributeError(f"module 'rag' has no attribute {name!r}")
 
 

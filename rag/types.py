@@ -101,6 +101,47 @@ def as_messages(history: HistoryLike | None) -> list[Message]:
     return out
 
 
+@dataclass(frozen=True)
+class Sampling:
+    """One request's say in how its answer is generated; None leaves the operator's ``RAG_LLM_*`` setting.
+
+    ``max_tokens`` can only lower ``RAG_LLM_MAX_TOKENS`` (the operator's budget per answer): a larger value is
+    capped there, and a smaller one leaves more of the window to sources. A developer's own chat model
+    (``RAG.chain(model=...)``) is configured by the developer, so it ignores these."""
+
+    max_tokens: int | None = None
+    temperature: float | None = None
+    top_p: float | None = None
+    seed: int | None = None
+
+    def __post_init__(self) -> None:
+        checks = [(self.max_tokens, "max_tokens", "at least 1", lambda v: v >= 1),
+                  (self.temperature, "temperature", "0 to 2", lambda v: 0 <= v <= 2),
+                  (self.top_p, "top_p", "above 0, at most 1", lambda v: 0 < v <= 1)]
+        bad = [f"{name}={value!r} ({allowed})" for value, name, allowed, ok in checks
+               if value is not None and not ok(value)]
+        if bad:
+            raise ValueError("sampling: " + "; ".join(bad))
+
+    @classmethod
+    def of(cls, value: Sampling | dict | None) -> Sampling:
+        """Accept a Sampling, a dict of its fields, or None (the settings decide everything)."""
+        if value is None:
+            return cls()
+        if isinstance(value, Sampling):
+            return value
+        if not isinstance(value, dict):
+            raise TypeError(f"got a {type(value).__name__}")
+        unknown = sorted(set(value) - {f.name for f in fields(cls)})
+        if unknown:
+            raise ValueError(f"sampling: unknown {', '.join(unknown)} (known: max_tokens, temperature, top_p, seed)")
+        return cls(**value)
+
+    def answer_tokens(self, budget: int) -> int:
+        """The answer's token limit under the operator's ``budget`` (``RAG_LLM_MAX_TOKENS``)."""
+        return min(self.max_tokens or budget, budget)
+
+
 def check_group(name: object, where: str = "") -> str:
     """A valid group name, or an error. Commas are refused because groups travel comma-separated (--groups,
     X-Forwarded-Groups); control characters because they end up in logs and headers."""

@@ -48,7 +48,7 @@ from rag.security.auth import Identity
 from rag.security.downloads import read_indexed
 from rag.settings import Settings
 from rag.generation.graph import Graph, store_groups
-from rag.types import Answer, ChunkPayload, Citation, HistoryLike, Passage, as_messages
+from rag.types import Answer, ChunkPayload, Citation, HistoryLike, Passage, Sampling, as_messages
 
 __all__ = ["RAG", "Answer", "AnswerStream", "Citation", "as_messages"]
 
@@ -194,11 +194,14 @@ class RAG:
         return StoreRetriever(retriever=self.retriever_core)
 
     def llm(self, *, max_tokens: int | None = None, streaming: bool = True, context_window: int | None = None,
-            endpoint: OpenAICompatibleEndpoint | None = None):
-        """A LangChain chat model on ``endpoint`` (default: :attr:`endpoint`)."""
-        return (endpoint or self.endpoint).chat_model(max_tokens=max_tokens or self.settings.llm_max_tokens,
-                                                      temperature=self.settings.llm_temperature,
-                                                      streaming=streaming, context_window=context_window)
+            endpoint: OpenAICompatibleEndpoint | None = None, sampling: Sampling | None = None):
+        """A LangChain chat model on ``endpoint`` (default: :attr:`endpoint`), with the settings' sampling or a
+        request's (:class:`~rag.types.Sampling`)."""
+        sampling = sampling or Sampling()
+        temperature = self.settings.llm_temperature if sampling.temperature is None else sampling.temperature
+        return (endpoint or self.endpoint).chat_model(
+            max_tokens=max_tokens or sampling.answer_tokens(self.settings.llm_max_tokens), temperature=temperature,
+            top_p=sampling.top_p, seed=sampling.seed, streaming=streaming, context_window=context_window)
 
     def retrieve(self, query: str, *, groups: Sequence[str] | None = None, user: Identity | None = None) -> Retrieved:
         """``user`` (or ``groups``) restricts retrieval, inside the store query, to what they may read."""
@@ -300,7 +303,8 @@ class RAG:
     def chain(self, *, prompt: BasePromptTemplate | None = None, model: Runnable | None = None,
               retriever: BaseRetriever | None = None) -> Runnable:
         """The answer path as a LangChain ``Runnable``. Input: ``{"question", "history"?, "user"?, "groups"?,
-        "audit_extra"?}``; output chunks ``{"text": piece}``, then ``{"answer": Answer}`` (``invoke`` gives
+        "audit_extra"?, "sampling"?}`` (``sampling``: a :class:`~rag.types.Sampling` or a dict of its fields,
+        this run's max_tokens, temperature, top_p, seed); output chunks ``{"text": piece}``, then ``{"answer": Answer}`` (``invoke`` gives
         both, the text whole).
 
         ``prompt`` replaces the answer prompt (variables ``history``, ``sources``, ``question``); ``model`` the
@@ -327,23 +331,25 @@ class RAG:
 
     def stream(self, question: str, history: HistoryLike | None = None, *, user: Identity | None = None,
                groups: Sequence[str] | None = None, audit_extra: dict[str, Any] | None = None,
-               config: RunnableConfig | None = None) -> AnswerStream:
+               config: RunnableConfig | None = None, sampling: Sampling | None = None) -> AnswerStream:
         """Answer ``question`` as it is generated. ``user``: who asks (their groups filter retrieval, and the
         audit log names them); ``groups`` instead of a user restricts retrieval the same way. Neither = no
         filter, for a developer's own scripts over their own store. ``audit_extra`` goes into the audit
         record's ``extra`` (which shell asked: ``{"via": "mcp"}``). ``config``: LangChain's run config
-        (callbacks, tags, metadata), passed to every step."""
+        (callbacks, tags, metadata), passed to every step. ``sampling``: this answer's max_tokens, temperature,
+        top_p or seed instead of the settings' (max_tokens only below ``RAG_LLM_MAX_TOKENS``)."""
         store_groups(user, groups)  # a wrong call fails here, not at the first piece
         if self._chain is None:
             self._chain = self.chain()
         return AnswerStream(self._chain.stream({"question": question, "history": history, "user": user,
-                                                "groups": groups, "audit_extra": audit_extra}, config))
+                                                "groups": groups, "audit_extra": audit_extra,
+                                                "sampling": sampling}, config))
 
     def ask(self, question: str, history: HistoryLike | None = None, *, user: Identity | None = None,
             groups: Sequence[str] | None = None, audit_extra: dict[str, Any] | None = None,
-            config: RunnableConfig | None = None) -> Answer:
+            config: RunnableConfig | None = None, sampling: Sampling | None = None) -> Answer:
         return self.stream(question, history, user=user, groups=groups, audit_extra=audit_extra,
-                           config=config).text()
+                           config=config, sampling=sampling).text()
 
     # --- the steps ------------------------------------------------------------------------------
     def audit_event(self, event: str, user: Identity | None, **fields: Any) -> None:

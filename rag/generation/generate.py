@@ -30,7 +30,7 @@ from rag.generation.window import WindowPacker, as_pairs
 from rag.llm.endpoints import OpenAICompatibleEndpoint
 from rag.llm.failures import EndpointError, api_message, is_failover_error, is_timeout, parse_overflow
 from rag.llm.pool import EndpointPool, Lease
-from rag.types import Answer, Citation
+from rag.types import Answer, Citation, Sampling
 
 log = logging.getLogger(__name__)
 
@@ -86,13 +86,14 @@ def _content(chunk: Any) -> str:
 
 
 def pack_step(packer: WindowPacker, attempt: Attempt, endpoint: OpenAICompatibleEndpoint, *,
-              context_window: int | None, extra_margin: int) -> Runnable:
-    """Input ``{"passages", "question", "history"}`` -> the prompt's variables, packed for ``endpoint``."""
+              context_window: int | None, extra_margin: int, max_tokens: int) -> Runnable:
+    """Input ``{"passages", "question", "history"}`` -> the prompt's variables, packed for ``endpoint`` with
+    ``max_tokens`` left for the answer."""
 
     def run(x: dict) -> dict:
         t = time.perf_counter()
         packing = packer.pack(x["passages"], x["question"], x["history"], endpoint=endpoint,
-                              context_window=context_window, extra_margin=extra_margin)
+                              context_window=context_window, extra_margin=extra_margin, max_tokens=max_tokens)
         attempt.packing, attempt.cite = packing, CitationFilter(s.n for s in packing.sources)
         attempt.t_send = time.perf_counter()
         attempt.pack_seconds = attempt.t_send - t
@@ -138,20 +139,29 @@ class Generator:
         self.own_model = model if isinstance(model, Runnable) else None
         self.max_tokens = max_tokens
 
-    def sequence(self, attempt: Attempt, window: int | None, extra_margin: int) -> Runnable:
+    def sequence(self, attempt: Attempt, window: int | None, extra_margin: int, sampling: Sampling) -> Runnable:
         ep = attempt.lease.endpoint
-        model = self.model if isinstance(self.model, Runnable) else self.model(endpoint=ep, context_window=window)
-        return (pack_step(self.packer, attempt, ep, context_window=window, extra_margin=extra_margin)
+        model = (self.model if isinstance(self.model, Runnable)
+                 else self.model(endpoint=ep, context_window=window, sampling=sampling))
+        return (pack_step(self.packer, attempt, ep, context_window=window, extra_margin=extra_margin,
+                          max_tokens=self.answer_tokens(sampling))
                 | self.packer.prompt | model | cite_step(attempt))
+
+    def answer_tokens(self, sampling: Sampling) -> int:
+        """Room kept for the answer. A developer's own model has its own max_tokens, which we cannot read, so it
+        gets the setting's."""
+        return self.max_tokens if self.own_model is not None else sampling.answer_tokens(self.max_tokens)
 
     def start(self, lease: Lease, x: dict, config: RunnableConfig | None) -> tuple[Attempt, Iterator[str]]:
         """Send on the leased endpoint; return once the model's first chunk is in. A context overflow is learned
         and the prompt repacked once; raises :class:`FailOver` for a failure another endpoint may not have."""
         ep = lease.endpoint
+        sampling: Sampling = x.get("sampling") or Sampling()
+        max_out = self.answer_tokens(sampling)
         window, extra_margin, retries = ep.info.context_window, 0, 0
         while True:
             attempt = Attempt(lease, retries=retries)
-            stream = self.sequence(attempt, window, extra_margin).stream(x, config)
+            stream = self.sequence(attempt, window, extra_margin, sampling).stream(x, config)
             try:
                 next(stream, None)
             except Exception as exc:  # noqa: BLE001
@@ -168,12 +178,12 @@ class Generator:
                 assert attempt.packing is not None  # it was sent
                 packed = attempt.packing.prompt_tokens or 0
                 log.warning("the LLM server says its context is %d tokens; we packed %d + %d for the answer into "
-                            "%s; repacking once", n, packed, self.max_tokens, window)
+                            "%s; repacking once", n, packed, max_out, window)
                 ep.learn_window(n)
                 if n < (window or n + 1):
                     window = n
                 else:  # same window, so our count was off: hold back what it was over by, and 2% more
-                    extra_margin += max(packed + self.max_tokens - n, 0) + n // 50
+                    extra_margin += max(packed + max_out - n, 0) + n // 50
                 continue
             lease.ok()
             return attempt, stream

@@ -31,7 +31,7 @@ from rag.llm.endpoints import OpenAICompatibleEndpoint
 from rag.ops import metrics
 from rag.retrieval.retriever import StoreRetriever, group_names, passages_of
 from rag.security.auth import Identity
-from rag.types import Answer, as_messages
+from rag.types import Answer, Sampling, as_messages
 
 if TYPE_CHECKING:
     from rag.generation.chain import RAG
@@ -97,8 +97,9 @@ class Graph:
 
         return RunnableGenerator(observed, aobserved, name="rag")  # type: ignore[arg-type]
 
-    def _model_for(self, *, endpoint: OpenAICompatibleEndpoint, context_window: int | None) -> Runnable:
-        return self.rag.llm(context_window=context_window, endpoint=endpoint)
+    def _model_for(self, *, endpoint: OpenAICompatibleEndpoint, context_window: int | None,
+                   sampling: Sampling) -> Runnable:
+        return self.rag.llm(context_window=context_window, endpoint=endpoint, sampling=sampling)
 
     def observed(self, steps: Runnable, x: dict, config: RunnableConfig) -> Iterator[AddableDict]:
         """Run the steps, counted in the metrics and audited, for every caller of the graph alike."""
@@ -106,8 +107,12 @@ class Graph:
             raise RagError(f"the chain's input is a dict with a 'question' (and optionally 'history', 'user' or "
                            f"'groups'), e.g. chain.invoke({{'question': ...}}); got {_shape(x)}")
         user = x.get("user")
+        try:
+            sampling = Sampling.of(x.get("sampling"))
+        except (TypeError, ValueError) as exc:
+            raise RagError(f"the chain's 'sampling' is a rag.types.Sampling or a dict of its fields: {exc}") from None
         state: dict[str, Any] = {"question": str(x["question"]).strip(), "history": as_messages(x.get("history")),
-                                 "user": user, "groups": store_groups(user, x.get("groups")),
+                                 "user": user, "groups": store_groups(user, x.get("groups")), "sampling": sampling,
                                  "started": time.perf_counter(), "timings": {}}
         primary = self.rag.endpoint.base_url
         metrics.IN_FLIGHT.inc()

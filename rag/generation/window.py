@@ -77,12 +77,13 @@ class WindowPacker:
 
     def pack(self, passages: Sequence[Passage], question: str, history: Sequence[Message], *,
              endpoint: OpenAICompatibleEndpoint, context_window: int | None = None,
-             extra_margin: int = 0) -> Packing:
+             extra_margin: int = 0, max_tokens: int | None = None) -> Packing:
         """The packing whose whole rendered prompt fits ``context_window`` (default: the endpoint's) with room
-        for the answer; its ``prompt_tokens`` is that prompt's exact count."""
+        for an answer of ``max_tokens`` (default: the setting's); its ``prompt_tokens`` is that prompt's exact
+        count."""
         ep = endpoint
         window = context_window or ep.info.context_window or 2048
-        max_out = self.settings.llm_max_tokens
+        max_out = max_tokens or self.settings.llm_max_tokens
         if max_out >= window - 64:
             raise RagError(f"RAG_LLM_MAX_TOKENS={max_out} leaves no room in the model's {window}-token context; "
                            f"lower it (a quarter of the window is typical)")

@@ -443,7 +443,7 @@ class OpenAICompatibleEndpoint:
 
     # --- chat ----------------------------------------------------------------------------------
     def chat_model(self, *, max_tokens: int, temperature: float = 0.1, streaming: bool = True,
-                   context_window: int | None = None):
+                   context_window: int | None = None, top_p: float | None = None, seed: int | None = None):
         """A LangChain chat model bound to this endpoint and its discovered model.
 
         Ollama gets its native API (langchain-ollama) with ``num_ctx`` set to the window we packed for: its
@@ -453,8 +453,9 @@ class OpenAICompatibleEndpoint:
             raise EndpointError(info.error or f"LLM endpoint {self.base_url} is not usable")
         if info.kind == ollama.kind:
             return ollama.chat_model(root=self.root, model=info.model, num_ctx=context_window or info.context_window,
-                                     max_tokens=max_tokens, temperature=temperature, timeout=self.timeout,
-                                     api_key=self.api_key, client_kwargs=self.url.client_kwargs())
+                                     max_tokens=max_tokens, temperature=temperature, top_p=top_p, seed=seed,
+                                     timeout=self.timeout, api_key=self.api_key,
+                                     client_kwargs=self.url.client_kwargs())
         return max_tokens_chat_openai()(
             base_url=self._bare,
             **self._openai_clients(),
@@ -462,6 +463,8 @@ class OpenAICompatibleEndpoint:
             model=info.model,
             max_tokens=max_tokens,
             temperature=temperature,
+            top_p=top_p,
+            seed=seed,
             timeout=self.timeout,
             max_retries=0,  # failover and retries are ours to decide, not hidden inside the client
             streaming=streaming,

@@ -6,7 +6,8 @@ the way a real model's tokens split it.
 
 DELAY_SECONDS: how long each chat completion waits before its answer, a slow model that keeps requests in
 flight (the API's concurrency caps are tested with it); GET /in_flight says how many are waiting now. The
-one-token probes a client measures the chat template with answer at once.
+one-token probes a client measures the chat template with answer at once. GET /requests returns the bodies of the
+chat completions asked so far (probes aside), so a test sees what reached the model.
 """
 
 import json
@@ -19,6 +20,7 @@ from pathlib import Path
 ANSWER = Path(sys.argv[2]).read_text()
 DELAY = float(sys.argv[3]) if len(sys.argv) > 3 else 0.0
 IN_FLIGHT = [0]
+REQUESTS: list[dict] = []
 LOCK = threading.Lock()
 PIECE = 4  # characters per streamed chunk: "![x](http://..." arrives as "![x]", "(htt", ...
 
@@ -39,6 +41,9 @@ class Handler(BaseHTTPRequestHandler):
             self._json(200, {"object": "list", "data": [{"id": "scripted", "object": "model"}]})
         elif self.path == "/in_flight":
             self._json(200, {"in_flight": IN_FLIGHT[0]})
+        elif self.path == "/requests":
+            with LOCK:
+                self._json(200, REQUESTS)
         else:
             self._json(404, {"error": "not found"})
 
@@ -52,6 +57,7 @@ class Handler(BaseHTTPRequestHandler):
             return
         with LOCK:
             IN_FLIGHT[0] += 1
+            REQUESTS.append(request)
         try:
             time.sleep(DELAY)
             self._answer(request)

@@ -99,6 +99,17 @@ def test_openai_sdk_chat_streaming_and_not(api):
     assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens > 0
 
 
+def test_a_clients_max_tokens_is_what_the_model_generates(api):
+    import openai
+
+    url, keys = api
+    client = openai.OpenAI(base_url=url + "/v1", api_key=keys["bob"])
+    r = client.chat.completions.create(model="documents", max_tokens=3, seed=1,
+                                       messages=[{"role": "user", "content": QUESTION}])
+    # The server's own count: 3 tokens, not the operator's 32, and the client is told the answer was cut.
+    assert r.usage.completion_tokens <= 3 and r.choices[0].finish_reason == "length", r
+
+
 def test_permissions_and_errors(api):
     import openai
 

@@ -1,8 +1,13 @@
-"""The chunk payload: one schema for the writer (ingestion) and the readers (retrieval, the MCP server)."""
+"""The chunk payload: one schema for the writer (ingestion) and the readers (retrieval, the MCP server); a request's
+sampling."""
 
 from __future__ import annotations
 
-from rag.types import ChunkPayload
+import re
+
+import pytest
+
+from rag.types import ChunkPayload, Sampling
 
 
 def test_round_trip_and_the_keys_the_store_filters_on():
@@ -47,3 +52,22 @@ def test_the_public_names_are_listed_where_developers_look():
     text = pydoc.render_doc(rag, renderer=pydoc.plaintext)
     assert "rag.generation.chain.RAG" in text and "rag.types.Answer" in text
     assert (Path(rag.__file__).parent / "py.typed").exists()  # PEP 561: a developer's mypy reads our types
+
+
+# --- Sampling: a request's say in generation ------------------------------------------------------------------
+
+def test_sampling_accepts_a_dict_and_caps_max_tokens_at_the_budget():
+    s = Sampling.of({"max_tokens": 64, "temperature": 0, "seed": 3})
+    assert (s.max_tokens, s.temperature, s.top_p, s.seed) == (64, 0, None, 3)
+    assert s.answer_tokens(512) == 64 and s.answer_tokens(32) == 32
+    assert Sampling.of(None).answer_tokens(512) == 512 and Sampling.of(s) is s
+
+
+@pytest.mark.parametrize("value, says", [({"temperature": 2.5}, "temperature=2.5 (0 to 2)"),
+                                         ({"top_p": 0}, "top_p=0 (above 0, at most 1)"),
+                                         ({"max_tokens": 0}, "max_tokens=0 (at least 1)"),
+                                         ({"temprature": 1}, "unknown temprature"),
+                                         ("hot", "got a str")])
+def test_sampling_refuses_what_it_cannot_send(value, says):
+    with pytest.raises((TypeError, ValueError), match=re.escape(says)):
+        Sampling.of(value)

@@ -34,6 +34,7 @@ from rag.errors import RagError
 from rag.generation.chain import Answer, AnswerStream
 from rag.llm.endpoints import Cancelled
 from rag.security.auth import Identity
+from rag.types import Sampling
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -77,12 +78,35 @@ class StreamOptions(BaseModel):
 
 
 class ChatRequest(BaseModel):
-    # Sampling knobs of the OpenAI API are accepted and ignored: the operator's settings decide.
+    # The sampling fields below are the client's to set; the other OpenAI fields (stop, penalties, tools, ...) are
+    # accepted and ignored: the answer is grounded text with checked citations.
     model_config = ConfigDict(extra="allow")
     model: str
     messages: list[ChatMessage] = Field(min_length=1)
     stream: bool = False
     stream_options: StreamOptions | None = None
+    n: int = Field(1, ge=1)
+    max_tokens: int | None = Field(None, ge=1)
+    max_completion_tokens: int | None = Field(None, ge=1)  # OpenAI's newer name for max_tokens
+    temperature: float | None = Field(None, ge=0, le=2)
+    top_p: float | None = Field(None, gt=0, le=1)
+    seed: int | None = None
+
+    def sampling(self) -> Sampling:
+        """The client's say in generation; what cannot be honoured is a 400 rather than a surprise later."""
+        if self.n > 1:  # several choices would each need their own citations checked: not offered, and said so
+            raise ApiError(400, f"n={self.n}: this API gives one answer per request; leave n out (or send 1) and "
+                           "send the request again for another answer", "invalid_request_error",
+                           "unsupported_value", param="n")
+        wanted = (self.model_extra or {}).get("response_format")
+        kind = wanted.get("type") if isinstance(wanted, dict) else wanted
+        if wanted is not None and kind != "text":  # a JSON parser on the client would fail on prose, later
+            raise ApiError(400, f"response_format {kind!r}: answers are prose with numbered citations, not JSON; "
+                           'leave response_format out (or send {"type": "text"}), and parse the answer and its '
+                           "sources field instead", "invalid_request_error", "unsupported_value",
+                           param="response_format")
+        return Sampling(max_tokens=self.max_completion_tokens or self.max_tokens, temperature=self.temperature,
+                        top_p=self.top_p, seed=self.seed)
 
 
 def add_routes(app: FastAPI, pool: Collections, identify: Callable[[Request], Identity]) -> None:
@@ -92,13 +116,14 @@ def add_routes(app: FastAPI, pool: Collections, identify: Callable[[Request], Id
 
         def answer() -> Response | dict[str, Any]:  # blocks: retrieval, the LLM (a worker thread)
             user = identify(request)
+            sampling = body.sampling()
             # Before any token is counted: each history message would cost the tokenizer a call.
             if (too_large := conversation_error(pool.settings, [_text(m.content) for m in body.messages])) is not None:
                 raise ApiError(413, too_large, "invalid_request_error", "conversation_too_large")
             question, history = _question_and_history(body.messages)
             rag = open_rag(pool, body.model)
             cid, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
-            stream = watch.started(rag.stream(question, history, user=user))
+            stream = watch.started(rag.stream(question, history, user=user, sampling=sampling))
             if not body.stream:
                 return _completion(stream, cid, created, body.model)
             include_usage = bool(body.stream_options and body.stream_options.include_usage)

@@ -45,12 +45,13 @@ def render(http: ServerHttp, model: str | None, messages: Turns) -> int | None:
 
 
 def chat_model(*, root: str, model: str | None, num_ctx: int | None, max_tokens: int, temperature: float,
-               timeout: float, api_key: str | None, client_kwargs: dict[str, Any] | None = None):
+               timeout: float, api_key: str | None, client_kwargs: dict[str, Any] | None = None,
+               top_p: float | None = None, seed: int | None = None):
     """langchain-ollama's chat model with ``num_ctx`` set to the window we packed for."""
     from langchain_ollama import ChatOllama
 
     return ChatOllama(
         base_url=root, model=model, num_ctx=num_ctx, num_predict=max_tokens, temperature=temperature,
-        client_kwargs={"timeout": timeout, **(client_kwargs or {}),
+        top_p=top_p, seed=seed, client_kwargs={"timeout": timeout, **(client_kwargs or {}),
                        **({"headers": {"Authorization": f"Bearer {api_key}"}} if api_key else {})},
     )
