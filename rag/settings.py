@@ -544,6 +544,11 @@ class Settings(BaseSettings):
         60.0, ge=0, description="A UI session signed in with a password (RAG_AUTH=password) is signed out after this "
         "long without a click, its download links too; 0 = never.",
     )
+    ui_stay_signed_in: bool = Field(
+        True, description="RAG_AUTH=password: a reload or a new tab of the UI resumes the browser's sign-in (a "
+        "random token in a session cookie, ended by sign-out, the idle timeout, a password change or a restart of "
+        "`rag ui`); false = every tab signs in on its own.",
+    )
 
     # --- conversations and feedback (rag/conversations) ---------------------------------------
     database_url: SecretStr | None = Field(

@@ -13,7 +13,7 @@ from rag.errors import RagError
 from rag.security.auth import Identity, authenticate_password
 from rag.security.exposure import allowed_hosts, host_allowed
 from rag.settings import Settings
-from ui import signin
+from ui import remember, signin
 from ui.state import Auth
 
 
@@ -32,9 +32,14 @@ def refuse_foreign_host(settings: Settings) -> None:
 
 def settle_identity(settings: Settings, auth: Auth) -> Identity:
     """The identity of this run; without one the page stops here, showing the form or the proxy's refusal."""
+    _write_cookie()
     try:
         headers = st.context.headers if settings.auth == "proxy" else None  # never read in other modes
         identity = signin.current_identity(settings, st.session_state, headers, auth.directory)
+        if identity is None and auth.sign_ins is not None and _resumed(auth):
+            identity = signin.current_identity(settings, st.session_state, None, auth.directory)
+        elif identity is not None and auth.sign_ins is not None and (token := signin.token_of(st.session_state)):
+            auth.sign_ins.touch(token)  # this browser's other tabs, and its next reload, count this activity
     except RagError as exc:  # an unreadable or broken users file
         st.error(f"Sign-in is unavailable: {exc}", icon=":material/lock:")
         st.stop()
@@ -50,6 +55,23 @@ def settle_identity(settings: Settings, auth: Auth) -> Identity:
             login_page(settings, auth)
         st.stop()
     return identity
+
+
+def _resumed(auth: Auth) -> bool:
+    """A reload, or another tab, of a browser that signed in (ui/remember.py): its cookie resumes that sign-in."""
+    assert auth.sign_ins is not None
+    token = remember.token_from(st.context.cookies)
+    if not signin.resume(st.session_state, token, auth.sign_ins, auth.directory):
+        return False
+    auth.record("login_ok", st.session_state[signin.SIGNED_IN]["name"], extra={"via": "password", "resumed": True})
+    return True
+
+
+def _write_cookie() -> None:
+    """Set (or delete) the browser's stay-signed-in cookie, as the last sign-in or sign-out asked."""
+    if signin.COOKIE_TO_SET in st.session_state:
+        token = st.session_state.pop(signin.COOKIE_TO_SET)
+        st.html(remember.cookie_script(token or None), unsafe_allow_javascript=True)
 
 
 def login_page(settings: Settings, auth: Auth) -> None:
@@ -85,6 +107,6 @@ def login_page(settings: Settings, auth: Auth) -> None:
         return
     auth.throttle.succeeded(keys)
     # Re-read: a successful login may have upgraded the stored hash (argon2 parameters), which changes it.
-    signin.sign_in(st.session_state, auth.directory.get(user.name) or user)
+    signin.sign_in(st.session_state, auth.directory.get(user.name) or user, sign_ins=auth.sign_ins)
     auth.record("login_ok", user.name, extra={"via": "password"})
     st.rerun()

@@ -77,7 +77,7 @@ def fill_list(side: Side, store: ConversationStore | None, identity: Identity) -
 
 
 def _sign_out(auth: Auth, name: str) -> None:
-    signin.sign_out(st.session_state)
+    signin.sign_out(st.session_state, auth.sign_ins)  # the browser's other tabs, and its reloads, too
     auth.record("logout", name)
 
 

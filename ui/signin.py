@@ -16,6 +16,7 @@ anything is shown.
 from __future__ import annotations
 
 import hashlib
+import hmac
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, MutableMapping, Sequence
@@ -27,6 +28,7 @@ from rag.security.auth import Identity, identity_from_headers, identity_of, loca
 from rag.errors import AccessDenied
 from rag.settings import Settings
 from rag.security.users import User, UserDirectory
+from ui.remember import SignIns
 
 NONE_MODE_NOTE = ("Single-user local mode: no sign-in, every indexed document is visible. Set RAG_AUTH=password "
                   "or proxy for several users.")
@@ -45,7 +47,8 @@ OWNER = "_owner"
 GRANT = "_grant"
 SESSION_ID = "_session_id"
 IDLE_OUT = "_idle_out"  # the login form then says why the user has to sign in again
-_KEEP_ON_UNBIND = (SIGNED_IN, SESSION_ID, IDLE_OUT)
+COOKIE_TO_SET = "_cookie_to_set"  # the stay-signed-in token the next run writes to the browser ("" deletes it)
+_KEEP_ON_UNBIND = (SIGNED_IN, SESSION_ID, IDLE_OUT, COOKIE_TO_SET)
 
 
 def password_fingerprint(user: User) -> str:
@@ -122,10 +125,38 @@ def current_identity(settings: Settings, state: MutableMapping[str, Any], header
     return identity_of(user, "password")
 
 
-def sign_in(state: MutableMapping[str, Any], user: User, *, now: float | None = None) -> None:
+def sign_in(state: MutableMapping[str, Any], user: User, *, now: float | None = None,
+            sign_ins: SignIns | None = None) -> None:
+    """``sign_ins``: also issue the token a reload of this browser resumes with (ui/remember.py)."""
     state[SIGNED_IN] = {"name": user.name, "password": password_fingerprint(user),
                         "seen": time.time() if now is None else now}
     state.pop(IDLE_OUT, None)
+    if sign_ins is not None:
+        state[SIGNED_IN]["token"] = state[COOKIE_TO_SET] = sign_ins.issue(user.name, password_fingerprint(user))
+
+
+def resume(state: MutableMapping[str, Any], token: str | None, sign_ins: SignIns, directory: UserDirectory, *,
+           now: float | None = None) -> bool:
+    """Sign this (new) session in with the browser's stay-signed-in token, if it names a live sign-in of a user
+    who is still enabled and has the same password; a token that fails those checks is revoked."""
+    entry = sign_ins.resume(token)
+    if entry is None:
+        return False
+    user = directory.get(entry.name)
+    if (user is None or user.disabled or user.password_hash is None
+            or not hmac.compare_digest(password_fingerprint(user), entry.password)):
+        sign_ins.revoke(token)
+        return False
+    state[SIGNED_IN] = {"name": user.name, "password": entry.password, "seen": time.time() if now is None else now,
+                        "token": token}
+    state.pop(IDLE_OUT, None)
+    return True
+
+
+def token_of(state: Mapping[str, Any]) -> str | None:
+    """The stay-signed-in token of this session's sign-in, if it has one."""
+    signed = state.get(SIGNED_IN)
+    return signed.get("token") if isinstance(signed, dict) else None
 
 
 def bind_session(state: MutableMapping[str, Any], identity: Identity | None) -> bool:
@@ -141,8 +172,12 @@ def bind_session(state: MutableMapping[str, Any], identity: Identity | None) -> 
     return True
 
 
-def sign_out(state: MutableMapping[str, Any]) -> None:
-    """Forget the signed-in user and everything of theirs in this session (chat, results, widget values)."""
+def sign_out(state: MutableMapping[str, Any], sign_ins: SignIns | None = None) -> None:
+    """Forget the signed-in user and everything of theirs in this session (chat, results, widget values); with
+    ``sign_ins``, the browser's stay-signed-in token too, for every tab of it."""
+    if sign_ins is not None and (token := token_of(state)):
+        sign_ins.revoke(token)
+        state[COOKIE_TO_SET] = ""
     state.pop(SIGNED_IN, None)
     _drop(state)
 

@@ -22,6 +22,7 @@ from rag.security.auth import Identity
 from rag.security.users import UserDirectory
 from rag.settings import Settings
 from ui import signin
+from ui.remember import SignIns
 
 log = logging.getLogger("rag.ui")
 
@@ -63,6 +64,7 @@ class Auth:
     directory: UserDirectory
     audit: AuditLog | None
     throttle: signin.LoginThrottle
+    sign_ins: SignIns | None = None  # RAG_AUTH=password with RAG_UI_STAY_SIGNED_IN: what a reload resumes
 
     def record(self, event: str, user: str | None, **fields: Any) -> None:
         if self.audit is None:
@@ -114,4 +116,6 @@ def conversations_for(key: str, _settings: Settings) -> ConversationStore:
 
 @st.cache_resource(max_entries=4)
 def auth_for(key: str, _settings: Settings) -> Auth:
-    return Auth(UserDirectory.from_settings(_settings), AuditLog.from_settings(_settings), signin.LoginThrottle())
+    remembered = _settings.auth == "password" and _settings.ui_stay_signed_in
+    return Auth(UserDirectory.from_settings(_settings), AuditLog.from_settings(_settings), signin.LoginThrottle(),
+                SignIns(_settings.ui_session_idle_minutes * 60) if remembered else None)
