@@ -22,13 +22,14 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from fastapi.utils import is_body_allowed_for_status_code
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.middleware.base import BaseHTTPMiddleware
 from starlette.middleware.trustedhost import TrustedHostMiddleware
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from rag.api.collections import ApiError, Collections, as_api_error
 from rag.api.identity import request_identifier
 from rag.api.limits import RequestLimits
 from rag.api.routes import chat, health, models, sources
+from rag.api.routes.chat import CLIENT_GONE
 from rag.errors import RagError
 from rag.ops import metrics
 from rag.security.exposure import allowed_hosts
@@ -152,9 +153,26 @@ async def _crash(_: Request, exc: Exception) -> JSONResponse:
                     "internal_error").response()
 
 
-class _CountRequests(BaseHTTPMiddleware):
-    async def dispatch(self, request: Request, call_next):
-        response = await call_next(request)
-        route = request.scope.get("route")
-        metrics.HTTP_REQUESTS.labels(getattr(route, "path", "unmatched"), str(response.status_code)).inc()
-        return response
+class _CountRequests:
+    """rag_http_requests_total by route and status; a request whose client left before any response counts as
+    499. Plain ASGI: Starlette's BaseHTTPMiddleware raised "No response returned" for those (an MCP call cancelled
+    on the 2026-07-28 wire, whose handler then sends nothing), a traceback in the log for each."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        status = CLIENT_GONE
+
+        async def send_counted(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        await self.app(scope, receive, send_counted)  # a crash is not counted: the outermost handler answers it
+        route = scope.get("route")  # the router sets it on this scope
+        metrics.HTTP_REQUESTS.labels(getattr(route, "path", "unmatched"), str(status)).inc()

@@ -8,7 +8,8 @@ tokenizer or the LLM for everyone else, and the health checks answer while the L
 - Concurrency (``RAG_API_MAX_CONCURRENT``, ``RAG_API_MAX_CONCURRENT_PER_USER``): chat completions and MCP tool
   calls hold a slot from the first byte received to the last byte sent (a streamed answer included); one over a
   cap waits ``RAG_API_QUEUE_SECONDS``, then gets 429 with ``Retry-After``. A chat whose client disconnects ends
-  its answer and its LLM request at once (rag/api/routes/chat.py), and only then gives the slot back. Every other request (``/healthz``,
+  its answer and its LLM request at once (rag/api/routes/chat.py), and only then gives the slot back; so does an
+  MCP tool call whose request ends before its tool (:class:`ToolWork`). Every other request (``/healthz``,
   ``/metrics``, ``/v1/models``, MCP's handshake) never waits for a slot.
 
 Why not Starlette's ``RequestBodyLimitMiddleware``: it raises inside the app, where FastAPI renders
@@ -20,9 +21,11 @@ JSON anyway, so this costs no memory they would not spend.
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextvars import ContextVar
 from typing import Any
 
 import anyio
@@ -106,6 +109,64 @@ class Slots:
             event.set()
 
 
+class ToolWork:
+    """What an MCP tool call runs off the event loop (a search, an LLM answer), as the HTTP request that carries
+    the call sees it: :class:`RequestLimits` gives one to each ``tools/call`` request (:func:`tool_work`, in the
+    tool's context), and the tool runs its work inside :meth:`running`.
+
+    The session transport (protocol versions up to 2025-11-25) runs a tool in the session's task, not in the
+    request's: a client that drops its connection ends the request and its slot, not the tool, whose LLM request
+    went on for nobody (no event store is configured, so no client can resume the stream to fetch the result),
+    while the same user's next calls got slots. So when the request ends, whatever its tool still runs is
+    abandoned (cancelled: an answer closes its LLM request at once), and the slot is free only once it has
+    stopped. The per-request transport of 2026-07-28 already cancels the tool when its client leaves; a call that
+    ends normally has nothing left running. Event-loop only, like :class:`Slots`."""
+
+    def __init__(self) -> None:
+        self.abandoned = False
+        self._running = 0
+        self._cancels: list[Callable[[], None]] = []
+        self._wake: anyio.Event | None = None
+
+    @contextlib.contextmanager
+    def running(self, cancel: Callable[[], None] | None = None) -> Iterator[None]:
+        """Around a piece of the tool's work; ``cancel`` (thread-safe) ends it early, at once if the call is
+        already abandoned. The request waits for the block to end before it gives its slot back."""
+        if cancel is not None:
+            self._cancels.append(cancel)
+            if self.abandoned:
+                cancel()
+        self._running += 1
+        try:
+            yield
+        finally:
+            self._running -= 1
+            if cancel is not None:
+                self._cancels.remove(cancel)
+            if self._wake is not None:
+                self._wake.set()
+
+    def abandon(self) -> None:
+        """The request has ended: nobody will receive what the tool still computes."""
+        self.abandoned = True
+        for cancel in list(self._cancels):
+            cancel()
+
+    async def stopped(self) -> None:
+        while self._running:
+            self._wake = anyio.Event()
+            await self._wake.wait()
+
+
+_tool_work: ContextVar[ToolWork | None] = ContextVar("rag_mcp_tool_work", default=None)
+
+
+def tool_work() -> ToolWork | None:
+    """The work of the MCP tool call being served (None outside an HTTP request of :class:`RequestLimits`, e.g.
+    over stdio). The MCP SDK runs each request's handler in the context of the ASGI task that delivered it."""
+    return _tool_work.get()
+
+
 class _TooLarge(Exception):
     pass
 
@@ -148,9 +209,16 @@ class RequestLimits:
             metrics.HTTP_REJECTED.labels(reason).inc()
             await _refuse(scope, receive, send, 429, mcp, rpc_id, self._busy_message(reason))
             return
+        work = ToolWork() if mcp else None
+        reset = _tool_work.set(work)
         try:
             await self.app(scope, replay, send)
         finally:
+            _tool_work.reset(reset)
+            if work is not None:  # what its tool still runs is for nobody: ended, and waited for
+                work.abandon()
+                with anyio.CancelScope(shield=True):
+                    await work.stopped()
             self.slots.release(user)
 
     async def _read_body(self, scope: Scope, receive: Receive) -> bytes:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import anyio
 
-from rag.api.limits import Slots, conversation_error
+from rag.api.limits import Slots, ToolWork, conversation_error
 from rag.settings import Settings
 
 
@@ -44,6 +44,37 @@ def test_a_queued_request_gets_the_slot_freed_while_it_waits_and_gives_up_after_
         assert await slots.acquire("carol", 0.3) == "busy_overall"
         assert 0.25 < anyio.current_time() - t < 2
         assert not slots._waiters  # a waiter that gave up leaves nothing behind
+
+    anyio.run(main)
+
+
+def test_abandoned_tool_work_is_cancelled_and_waited_for():
+    """What an MCP tool call still runs when its request ends is cancelled, and the request waits for it to stop
+    (the attack on a live server is in tests/security/test_api_disconnects.py)."""
+    async def main() -> None:
+        work = ToolWork()
+        cancelled: list[str] = []
+        stopped_at: list[str] = []
+        release = anyio.Event()
+
+        async def answer() -> None:
+            with work.running(cancel=lambda: (cancelled.append("answer"), release.set())):
+                await release.wait()
+                await anyio.sleep(0.2)  # a cancelled answer takes a moment to close its LLM request
+            stopped_at.append("answer")
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(answer)
+            await anyio.sleep(0.1)
+            work.abandon()
+            assert cancelled == ["answer"] and not stopped_at
+            await work.stopped()
+            assert stopped_at == ["answer"]
+        # Work that starts after the request ended is cancelled at once; the request has nothing to wait for.
+        with work.running(cancel=lambda: cancelled.append("late")):
+            assert cancelled == ["answer", "late"]
+        with anyio.fail_after(1):
+            await work.stopped()
 
     anyio.run(main)
 

@@ -1,9 +1,12 @@
 """The store and the LLM block; an MCP handler runs on the event loop. Every handler runs its library calls
 through here, off the loop, and a library failure comes back as what a model can act on: a tool error (``isError``)
-for tools, a protocol error for resources, which have no error result."""
+for tools, a protocol error for resources, which have no error result. A tool's work is its HTTP request's
+(:func:`rag.api.limits.tool_work`): that request keeps its slot until the work has stopped, and ends it if the
+request ends first."""
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from collections.abc import Callable
 from typing import TypeVar
@@ -13,6 +16,7 @@ from mcp.server.mcpserver.exceptions import ToolError
 from mcp.shared.exceptions import MCPError
 from mcp.types import INTERNAL_ERROR
 
+from rag.api.limits import tool_work
 from rag.errors import RagError, StoreLockedError
 from rag.generation.chain import Answer, AnswerStream
 from rag.llm.endpoints import Cancelled
@@ -30,17 +34,24 @@ def tool_error(exc: RagError) -> ToolError:
     return ToolError(str(exc))
 
 
+def _work(cancel: Callable[[], None] | None = None) -> contextlib.AbstractContextManager[None]:
+    work = tool_work()
+    return contextlib.nullcontext() if work is None else work.running(cancel)
+
+
 async def for_tool(fn: Callable[[], T], *, abandon_on_cancel: bool = False) -> T:
-    try:
-        return await anyio.to_thread.run_sync(fn, abandon_on_cancel=abandon_on_cancel)
-    except RagError as exc:
-        raise tool_error(exc) from None
+    with _work():
+        try:
+            return await anyio.to_thread.run_sync(fn, abandon_on_cancel=abandon_on_cancel)
+        except RagError as exc:
+            raise tool_error(exc) from None
 
 
 async def for_answer(stream: AnswerStream) -> Answer:
     """The answer, off the loop as :func:`for_tool`. A tool call cancelled meanwhile (the client's
-    ``notifications/cancelled``, the end of its session) cancels the answer, whose LLM request is closed at once;
-    the cancellation goes on only once the answer's thread has stopped, so no LLM work outlives the call."""
+    ``notifications/cancelled``, the end of its session, its request's connection closed) cancels the answer,
+    whose LLM request is closed at once; the cancellation goes on, and the request's slot is given back, only
+    once the answer's thread has stopped, so no LLM work outlives the call."""
     stopped = threading.Event()
 
     def run() -> Answer | None:
@@ -51,15 +62,17 @@ async def for_answer(stream: AnswerStream) -> Answer:
         finally:
             stopped.set()
 
-    try:
-        # Abandoned on cancel, rather than shielded until the whole answer is in: so the cancel is seen at once.
-        answer = await for_tool(run, abandon_on_cancel=True)
-    except anyio.get_cancelled_exc_class():
-        stream.cancel()
-        with anyio.CancelScope(shield=True):
-            await anyio.to_thread.run_sync(stopped.wait, limiter=anyio.CapacityLimiter(1))
-        raise
-    assert answer is not None  # only a cancel ends it without one, and that raised above
+    with _work(cancel=stream.cancel):
+        try:
+            # Abandoned on cancel, rather than shielded until the whole answer is in: so the cancel is seen at once.
+            answer = await for_tool(run, abandon_on_cancel=True)
+        except anyio.get_cancelled_exc_class():
+            stream.cancel()
+            with anyio.CancelScope(shield=True):
+                await anyio.to_thread.run_sync(stopped.wait, limiter=anyio.CapacityLimiter(1))
+            raise
+    if answer is None:  # its request ended first (tool_work): nobody receives this error
+        raise ToolError("the call was abandoned: its client disconnected before the answer")
     return answer
 
 
