@@ -34,7 +34,8 @@ class TurnRow(Base):
     """One question and its answer (or the error that took its place)."""
 
     __tablename__ = "turns"
-    __table_args__ = (UniqueConstraint("conversation_id", "position"),)
+    # AUTOINCREMENT: SQLite would otherwise give a deleted answer's id to the next one (migration 0003).
+    __table_args__ = (UniqueConstraint("conversation_id", "position"), {"sqlite_autoincrement": True})
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     conversation_id: Mapped[str] = mapped_column(ForeignKey("conversations.id", ondelete="CASCADE"))

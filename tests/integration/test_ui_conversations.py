@@ -139,3 +139,51 @@ def test_another_user_never_reaches_a_conversation_in_the_ui(app_env, data, llm_
     assert [t.question for t in store.turns("alice", alice_conv)] == [QUESTION]
     assert store.export() == []  # bob's rating of alice's answer was not stored
     store.close()
+
+
+def test_a_tab_showing_a_conversation_deleted_in_another_tab_answers_on(app_env, sample_index, tmp_path):  # noqa: F811
+    """SQLite gave a deleted answer's id to the next answer: a tab still showing a conversation deleted in another
+    tab then held two answers with one id, and the next question failed the whole page (two thumbs buttons with
+    one key: "This app has encountered an error"); a thumbs click on the old answer would have rated the new one."""
+    data_dir = tmp_path / "data"
+    shutil.copytree(sample_index.data_dir, data_dir, ignore=shutil.ignore_patterns("conversations.sqlite3*"))
+    store = _store(data_dir)
+    conv = store.create("local", "Vacation days")
+    store.append_turn("local", conv.id, question="How many vacation days do employees get?", answer="25.")
+    # Nothing scores this high: the answer is refused without an LLM (the follow-up is not rewritten by one
+    # either), and saved like any answer.
+    at = app_env(data_dir, None, RAG_MIN_SCORE="0.99", RAG_CONDENSE_QUESTIONS="false")
+    at.sidebar.button(key=f"conv-{conv.id}").click().run()
+    store.delete("local", conv.id)  # in the other tab
+    at.chat_input[0].set_value("And how many can be carried over?").run()
+    assert not at.exception, [e.value for e in at.exception]
+    ids = [t.turn_id for t in at.session_state.turns if t.role == "assistant"]
+    assert len(ids) == 2 and len(set(ids)) == 2, ids
+    # The answer went into a new conversation of its own.
+    (kept,) = store.conversations("local")
+    assert kept.id != conv.id and [t.question for t in store.turns("local", kept.id)] == [
+        "And how many can be carried over?"]
+    store.close()
+
+
+def test_a_database_from_before_keeps_its_feedback_and_stops_reusing_ids(tmp_path):
+    """The migration that stops SQLite reusing answer ids rebuilds the table: the ratings stay linked."""
+    from rag.conversations.store import make_engine, migrate
+
+    url = f"sqlite:///{tmp_path / 'conversations.sqlite3'}"
+    engine = make_engine(url)
+    migrate(engine, "0002")  # the schema before
+    old = ConversationStore(engine)
+    conv = old.create("alice", "Vacation")
+    first = old.append_turn("alice", conv.id, question="How many days?", answer="25.")
+    last = old.append_turn("alice", conv.id, question="And carried over?", answer="5.")
+    old.add_feedback("alice", first.id, -1, "wrong")
+    engine.dispose()
+
+    store = ConversationStore.open(Settings(data_dir=tmp_path), url=url)
+    assert [(r.turn_id, r.comment) for r in store.export()] == [(first.id, "wrong")]
+    assert [t.rating for t in store.turns("alice", conv.id)] == [-1, None]
+    store.delete("alice", conv.id)
+    again = store.create("alice", "Again")
+    assert store.append_turn("alice", again.id, question="q", answer="a").id > last.id
+    store.close()
