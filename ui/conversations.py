@@ -19,9 +19,9 @@ from rag.conversations import ConversationNotFound, ConversationStore, StoredTur
 from rag.errors import RagError
 from rag.generation.chain import RAG
 from rag.security.auth import Identity
-from rag.security.markdown import inert_markdown
 from rag.types import Answer, Citation
 from ui.state import Turn
+from ui.text import plain
 
 log = logging.getLogger("rag.ui")
 
@@ -111,6 +111,12 @@ def _append(store: ConversationStore, owner: str, conversation_id: str, answer: 
 
 # --- the sidebar --------------------------------------------------------------------------------------------
 
+#: More conversations than this are listed in a scrolling box of LIST_HEIGHT pixels: sixty buttons pushed the
+#: assistant's state, the documents and the upload box thousands of pixels down the sidebar.
+LIST_ROWS = 8
+LIST_HEIGHT = 360
+
+
 def sidebar_list(store: ConversationStore | None, identity: Identity) -> None:
     """The user's conversations, newest first; the one shown can be renamed or deleted."""
     if store is None:
@@ -124,24 +130,39 @@ def sidebar_list(store: ConversationStore | None, identity: Identity) -> None:
     current = st.session_state.get(CURRENT)
     if not mine:
         st.caption("Your conversations appear here, kept on the server.")
-    for c in mine:
-        st.button(inert_markdown(c.title), key=f"conv-{c.id}", on_click=open_conversation, args=(store, identity.name, c.id),
-                  type="primary" if c.id == current else "secondary", width="stretch",
-                  help=time.strftime("Last used %Y-%m-%d %H:%M", time.localtime(c.updated_at)))
+    # Titles are the user's text (a question, a name they typed): shown as written, never as Markdown.
+    with st.container(height=LIST_HEIGHT) if len(mine) > LIST_ROWS else contextlib.nullcontext():
+        for c in mine:
+            st.button(plain(c.title), key=f"conv-{c.id}", on_click=open_conversation,
+                      args=(store, identity.name, c.id), type="primary" if c.id == current else "secondary",
+                      width="stretch", help=time.strftime("Last used %Y-%m-%d %H:%M", time.localtime(c.updated_at)))
     shown = next((c for c in mine if c.id == current), None)
     if shown is not None:
         # A bordered box, not an expander: the page's expanders are the answers' sources.
         with st.container(border=True):
-            st.text_input("Title of this conversation", value=shown.title, key=f"conv-title-{shown.id}",
-                          max_chars=80)
+            # No max_chars: the browser drops a pasted text longer than that whole, without a word; the store
+            # shortens a long title itself (with "…").
+            st.text_input("Title of this conversation", value=shown.title, key=f"conv-title-{shown.id}")
             left, right = st.columns(2)
-            left.button("Rename", key="conv-rename", on_click=_rename, args=(store, identity.name, shown.id))
-            right.button("Delete", key="conv-delete", on_click=_delete, args=(store, identity.name, shown.id),
-                         icon=":material/delete:")
+            left.button("Rename", key="conv-rename", on_click=_rename,
+                        args=(store, identity.name, shown.id, shown.title))
+            # Deleting takes a second click: one click next to "Rename" must not lose a conversation for good.
+            with right.popover("Delete"):  # no icon: with one the narrow column cut the label to "Del…"
+                st.caption("Delete this conversation and its answers? This cannot be undone.")
+                st.button("Delete it", key="conv-delete", type="primary", on_click=_delete,
+                          args=(store, identity.name, shown.id))
 
 
-def _rename(store: ConversationStore, owner: str, conversation_id: str) -> None:
-    title = st.session_state.get(f"conv-title-{conversation_id}", "")
+EMPTY_TITLE = "A conversation needs a title: it keeps its old one."
+
+
+def _rename(store: ConversationStore, owner: str, conversation_id: str, old_title: str) -> None:
+    key = f"conv-title-{conversation_id}"
+    title = st.session_state.get(key, "")
+    if not title.strip():  # the store would call it "New chat", the label of the button that starts one
+        st.session_state[key] = old_title
+        st.toast(EMPTY_TITLE, icon=":material/edit:")
+        return
     try:
         store.rename(owner, conversation_id, title)
     except ConversationNotFound:
@@ -210,10 +231,10 @@ def worst_rated_page(store: ConversationStore | None, rag: RAG, identity: Identi
         st.dataframe([{"document": p, "answers rated down": n}
                       for p, n in sorted(tally.items(), key=lambda kv: -kv[1])], hide_index=True)
     for r in records:
-        # Questions, answers and passages are untrusted text: inert, never Markdown that could load a URL.
+        # Questions, models and passages are untrusted text: shown as written (ui/text.py), never as Markdown.
         when = time.strftime('%Y-%m-%d', time.localtime(r.created_at))
-        with st.expander(f"{when} · {inert_markdown(r.question[:100])}"):
-            st.markdown("**Answer** (" + inert_markdown(r.model or "model unknown") + ")")
+        with st.expander(f"{when} · {plain(r.question[:100])}"):
+            st.markdown("**Answer** (" + plain(r.model or "model unknown") + ")")
             st.text(r.answer)
             if r.comment:
                 st.markdown("**Comment**")
@@ -221,6 +242,6 @@ def worst_rated_page(store: ConversationStore | None, rag: RAG, identity: Identi
             readable = [s for s in r.sources if rag.readable(s.get("path", ""), user=identity)]
             for s in readable:
                 page = f", p. {s['page']}" if s.get("page") else ""
-                st.caption(inert_markdown(f"[{s.get('n', '?')}] {s['path']}{page}: {s.get('snippet', '')[:300]}"))
+                st.caption(plain(f"[{s.get('n', '?')}] {s['path']}{page}: {s.get('snippet', '')[:300]}"))
             if len(readable) < len(r.sources):
                 st.caption(f"{len(r.sources) - len(readable)} more sources in documents not shared with you.")

@@ -7,7 +7,6 @@ from __future__ import annotations
 import html
 import logging
 import mimetypes
-import re
 from collections.abc import Collection
 from pathlib import Path
 
@@ -21,6 +20,7 @@ from rag.generation.chain import RAG, Answer, Citation
 from rag.generation.support import UNSUPPORTED
 from rag.security.markdown import inert_markdown
 from ui import signin
+from ui.text import plain
 
 log = logging.getLogger("rag.ui")
 
@@ -33,18 +33,6 @@ def _quote(text: str, link_hosts: Collection[str] = ()) -> str:
         escaped = escaped.replace(ch, "\\" + ch)
     return "\n".join("> " + line if line.strip() else ">"
                      for line in inert_markdown(escaped, link_hosts).splitlines())
-
-
-# What would be markup in a label or caption, where Streamlit renders Markdown too (images included): links and
-# images, HTML, LaTeX, colour spans, emphasis, code, autolinks (the colon of "https://", "@" of an address).
-_ACTIVE = re.compile(r"([\\`*_\[\]()<>!$~|{}:&#@^])")
-
-
-def _plain(text: str) -> str:
-    """A heading or a file name, which whoever wrote the document chose, as one line of text shown as written: a
-    heading "Menu ![](https://evil/p.png)" would otherwise be an image the reader's browser fetches unasked."""
-    escaped = _ACTIVE.sub(r"\\\1", " ".join(text.split()))
-    return re.sub(r"(?i)\bwww\.", lambda m: m.group()[:-1] + "\\.", escaped)  # "www.x.com" autolinks too
 
 
 def _where(c: Citation) -> str:
@@ -81,7 +69,7 @@ def render_sources(rag: RAG, answer: Answer, key: str) -> None:
     for c in shown:
         # Open while shown in place: the rerun the toggle causes draws the answer anew, and a fresh expander
         # would start closed over what the reader just asked to see.
-        with st.expander(f"[{c.n}] {_plain(_where(c))}" + (f" — {_plain(c.section)}" if c.section else "")
+        with st.expander(f"[{c.n}] {plain(_where(c))}" + (f" — {plain(c.section)}" if c.section else "")
                          + _verdict_label(c),
                          expanded=bool(st.session_state.get(f"inplace-{key}-{c.n}"))):
             if c.verdict == UNSUPPORTED:
@@ -89,12 +77,12 @@ def render_sources(rag: RAG, answer: Answer, key: str) -> None:
                            f"(support {c.support:.2f}). Check the answer against it.", icon=":material/help:")
             st.markdown(_quote(c.text or c.snippet, rag.settings.ui_link_hosts))
             path = Path(c.path)
-            st.caption(f"{_plain(c.path)} · relevance {c.score:.2f}" + _support_caption(c)
+            st.caption(f"{plain(c.path)} · relevance {c.score:.2f}" + _support_caption(c)
                        + (" · shortened to fit the context" if c.trimmed else ""))
             if st.toggle("Show in the document", key=f"inplace-{key}-{c.n}"):
                 show_in_place(rag, c, grant, f"{key}-{c.n}")
             if path.is_file():
-                st.download_button(f"Download {_plain(path.name)}", data=lambda p=c.path: grant.read(rag, p),
+                st.download_button(f"Download {plain(path.name)}", data=lambda p=c.path: grant.read(rag, p),
                                    file_name=path.name,
                                    mime=mimetypes.guess_type(path.name)[0] or "application/octet-stream",
                                    key=f"dl-{key}-{c.n}", icon=":material/download:",

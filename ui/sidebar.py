@@ -3,6 +3,7 @@ for administrators the retrieval controls and the worst-rated answers."""
 
 from __future__ import annotations
 
+import logging
 from typing import Any, NamedTuple
 
 import streamlit as st
@@ -20,6 +21,8 @@ from ui.chat import llm_notice
 from ui.conversations import new_chat, sidebar_list
 from ui.state import Auth, Shared
 from ui.upload import upload_box
+
+log = logging.getLogger("rag.ui")
 
 
 class Side(NamedTuple):
@@ -139,13 +142,17 @@ def _index_status(shared: Shared, identity: Identity, *, details: bool) -> None:
         documents, chunks = shared.readable_counts(identity)
         st.markdown(f"**{documents}** documents · **{chunks:,}** chunks"
                     + ("" if identity.unrestricted else " you may read"))
-        st.caption(f"{idx['embedding_model']} ({idx['embedding_backend']}) · {idx['backend']} at "
-                   f"{idx['location']}")
-        if details:  # what an operator sizes and tunes by; `rag status` says the same
+        if details:  # what an operator sizes and tunes by (`rag status` says the same); the store's path or
+            # server address is no employee's business, as the model's address is not
+            st.caption(f"{idx['embedding_model']} ({idx['embedding_backend']}) · {idx['backend']} at "
+                       f"{idx['location']}")
             st.caption(f"search index: {describe_index(idx['index'])}"
                        + (f" · hybrid fusion: {idx['fusion']}" if idx["fusion"] else ""))
     except RagError as exc:
-        st.caption(f"unavailable: {exc}")
+        if not details:
+            log.error("index status: %s", exc)
+        st.caption(f"unavailable: {exc}" if details else "unavailable right now: try again in a minute, or tell your "
+                   "administrator.")
 
 
 def _retrieval_controls(settings: Settings) -> tuple[int, str, float]:

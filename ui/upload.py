@@ -6,11 +6,15 @@ from __future__ import annotations
 
 import logging
 import math
+import secrets
+import threading
 import time
 from pathlib import Path
 from typing import Any
 
 import streamlit as st
+from cachetools import TTLCache
+from streamlit.runtime.scriptrunner_utils.exceptions import ScriptControlException
 
 from ingest.parsers import SUPPORTED_EXTENSIONS
 from ingest.uploads import MB, delete_upload, ingest_uploads, list_uploads, safe_name, size_text, uploads_folder
@@ -27,8 +31,37 @@ UNEXPECTED = ("The upload failed unexpectedly ({kind}); nothing of it was kept. 
               "tell an administrator (the server's log has the details).")
 
 
+#: Results of uploads whose run was stopped before it could show them (a click or a reload while the files were
+#: indexed), by the session's UPLOAD_TOKEN: that session's next run shows them.
+_FINISHED: TTLCache[str, dict[str, Any]] = TTLCache(maxsize=1024, ttl=3600)
+_FINISHED_LOCK = threading.Lock()
+#: The sessions (UPLOAD_TOKEN) whose upload is being indexed, in a run that may have been stopped meanwhile.
+_RUNNING: set[str] = set()
+UPLOAD_TOKEN = "upload_token"
+STILL_INDEXING = "Your upload is still being indexed; its result appears here when it is done."
+
+
+@st.fragment(run_every=2)
+def _still_indexing(token: str) -> None:
+    """While this session's upload goes on in a run that was stopped (the user clicked elsewhere meanwhile): say
+    so, and show the whole page again, with the result and the new counts, once it is done."""
+    with _FINISHED_LOCK:
+        done = token in _FINISHED or token not in _RUNNING
+    if done:
+        st.rerun()
+    st.caption(STILL_INDEXING)
+
+
 def upload_box(shared: Shared, settings: Settings, identity: Identity, auth: Auth) -> None:
     round_ = st.session_state.setdefault("upload_round", 0)
+    token = st.session_state.setdefault(UPLOAD_TOKEN, secrets.token_hex(16))
+    with _FINISHED_LOCK:
+        finished, running = _FINISHED.pop(token, None), token in _RUNNING
+    if finished is not None:
+        st.session_state.upload_result = finished
+        st.session_state.upload_round = round_ = round_ + 1  # the files it took are no longer offered
+    elif running:
+        _still_indexing(token)
     target = signin.upload_settings(settings, identity)
     # The browser refuses larger files itself, before they are sent and held in this process's memory.
     files = st.file_uploader("PDF, Word, HTML, Markdown or text", accept_multiple_files=True,
@@ -42,24 +75,56 @@ def upload_box(shared: Shared, settings: Settings, identity: Identity, auth: Aut
                                 help=f"Your uploads are always readable by you (user:{identity.name}); add any "
                                      "of your groups to share them.")
     if files and st.button("Add to the index", type="primary", icon=":material/upload:"):
-        _add(files, chosen, shared, target, identity, auth)
-        st.session_state.upload_round = round_ + 1  # a fresh, empty uploader
+        with _FINISHED_LOCK:
+            _RUNNING.add(token)
+        try:
+            result, interrupted = _add(files, chosen, shared, target, identity, auth)
+            try:
+                st.session_state.upload_result = result
+                st.session_state.upload_round = round_ + 1  # a fresh, empty uploader
+            except ScriptControlException:  # this run was stopped meanwhile: the session's next run shows it
+                with _FINISHED_LOCK:
+                    _FINISHED[token] = result
+                raise
+        finally:
+            with _FINISHED_LOCK:
+                _RUNNING.discard(token)
+        if interrupted is not None:  # the click that came meanwhile gets its run now
+            raise interrupted
         st.rerun()
     _show_result(st.session_state.get("upload_result"))
     _own_uploads(shared, target, identity, auth)
 
 
 def _add(files: list[Any], chosen: list[str], shared: Shared, target: Settings, identity: Identity,
-         auth: Auth) -> None:
+         auth: Auth) -> tuple[dict[str, Any], ScriptControlException | None]:
+    """Save and index the files and record the upload in the audit log; the result to show, and what stopped
+    this run meanwhile, if anything.
+
+    A click anywhere in the page, or a reload, while the files are indexed makes Streamlit stop this run at its
+    next call into Streamlit: the progress bar's (or the session state's). Stopped there, the upload used to end
+    half-way without a word: the files indexed so far stayed in the index unaudited, the others were rolled
+    back, and neither the result nor the new counts were shown. So nothing here touches Streamlit once it has
+    said stop: the upload finishes and is recorded, and the caller raises the stop afterwards."""
     groups = signin.upload_groups(identity, chosen)
+    interrupted: list[ScriptControlException] = []
+
+    def draw(fraction: float, text: str) -> None:
+        if interrupted:
+            return
+        try:
+            bar.progress(fraction, text=text)
+        except ScriptControlException as exc:
+            interrupted.append(exc)
+
     bar = st.progress(0.0, text="Waiting for another upload to finish…")
     with shared.ingest_lock:
         def on_progress(p) -> None:
             name = Path(p.current).name if p.current else ""
-            bar.progress(min(p.bytes_done / max(p.bytes_total, 1), 1.0),
-                         text=f"{p.files_done}/{p.files_total} files · {p.chunks_done} chunks · {name}")
+            draw(min(p.bytes_done / max(p.bytes_total, 1), 1.0),
+                 f"{p.files_done}/{p.files_total} files · {p.chunks_done} chunks · {name}")
 
-        bar.progress(0.0, text="Reading the files…")
+        draw(0.0, "Reading the files…")
         t0 = time.perf_counter()
         report = None
         try:
@@ -67,12 +132,12 @@ def _add(files: list[Any], chosen: list[str], shared: Shared, target: Settings, 
             report = ingest_uploads([(f.name, f) for f in files], target, groups=groups,
                                     store=shared.rag.store, embedder=shared.rag.embedder, progress=on_progress)
         except RagError as exc:
-            st.session_state.upload_result = {"error": str(exc)}
+            result: dict[str, Any] = {"error": str(exc)}
         except Exception as exc:  # whatever one upload does, the page stays up for everyone
             log.exception("upload by %s failed", identity.name)
-            st.session_state.upload_result = {"error": UNEXPECTED.format(kind=exc.__class__.__name__)}
+            result = {"error": UNEXPECTED.format(kind=exc.__class__.__name__)}
         else:
-            st.session_state.upload_result = {
+            result = {
                 "summary": f"{report.added} added, {report.updated} updated, {report.unchanged} unchanged "
                            f"· {report.chunks} chunks in {report.seconds:.1f} s",
                 "failed": [(Path(f.path).name, f.reason) for f in report.failed],
@@ -87,6 +152,7 @@ def _add(files: list[Any], chosen: list[str], shared: Shared, target: Settings, 
     auth.record("upload", identity.name, cited=indexed, latency_ms=(time.perf_counter() - t0) * 1000,
                 extra={"groups": groups if groups is not None else list(target.default_groups),
                        "files": len(files), "indexed": len(indexed), "error": report is None})
+    return result, (interrupted[0] if interrupted else None)
 
 
 def _show_result(result: dict[str, Any] | None) -> None:

@@ -6,6 +6,8 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+import streamlit as st
+
 from conftest import SAMPLE_DOCS, USERS
 from rag.conversations import ConversationStore
 from rag.security.auth import local_identity
@@ -13,7 +15,7 @@ from rag.settings import Settings
 from rag.types import Citation
 from test_ui import app_env  # noqa: F401 - app_env is a fixture
 from test_ui_auth import _sign_in, _text, data  # noqa: F401 - data is a fixture
-from ui import chat
+from ui import chat, conversations
 from ui.state import Turn
 
 
@@ -100,3 +102,33 @@ def test_nothing_found_tells_an_employee_what_they_can_do(app_env, data):  # noq
     # The threshold is in the operator's sidebar only: an employee is told what is within their reach.
     assert "lower the threshold" not in advice and "administrator" in advice, advice
     assert not at.sidebar.slider
+
+
+def test_a_blank_title_does_not_rename_a_conversation(app_env, tmp_path):  # noqa: F811
+    """Renaming to blanks called the conversation "New chat", the label of the button that starts one, and left
+    the blanks in the title box."""
+    store = ConversationStore.open(Settings(data_dir=tmp_path / "data"))
+    conv = store.create(local_identity().name, "Vacation days")
+    at = app_env(tmp_path / "data", None)
+    at.sidebar.button(key=f"conv-{conv.id}").click().run()
+    at.sidebar.text_input(key=f"conv-title-{conv.id}").input("   ")
+    at.sidebar.button(key="conv-rename").click().run()
+    assert not at.exception
+    assert [c.title for c in store.conversations(local_identity().name)] == ["Vacation days"]
+    assert at.sidebar.text_input(key=f"conv-title-{conv.id}").value == "Vacation days"
+    assert conversations.EMPTY_TITLE in [t.value for t in at.toast]
+    store.close()
+
+
+def test_an_employee_is_not_shown_where_the_index_is_kept(app_env, data):  # noqa: F811
+    """The sidebar showed every employee the store's path on the server (or the Qdrant server's address) and the
+    embedding model: the operator's details, like the model's address the sidebar already kept from them."""
+    at = app_env(data, None, RAG_AUTH="password")
+    _sign_in(at, "alice", USERS["alice"][1])
+    side = " ".join(c.value for c in at.sidebar.caption)
+    assert str(data) not in side and "qdrant-edge" not in side and "all-MiniLM" not in side, side
+    assert any("3** documents" in m.value for m in at.sidebar.markdown)  # what they may read, still
+    # The operator (here the local user of RAG_AUTH=none) sees it.
+    st.cache_resource.clear()  # a new process, as after a restart: the store admits one opener
+    at = app_env(data, None, RAG_AUTH="none")
+    assert any("qdrant-edge at" in c.value for c in at.sidebar.caption), [c.value for c in at.sidebar.caption]
