@@ -114,8 +114,7 @@ def current_identity(settings: Settings, state: MutableMapping[str, Any], header
         state[IDLE_OUT] = True
         return None
     user = directory.get(signed["name"])
-    if (user is None or user.disabled or user.password_hash is None
-            or password_fingerprint(user) != signed["password"]):
+    if not _still_valid(user, signed["password"]):
         state.pop(SIGNED_IN, None)
         return None
     signed["seen"] = now
@@ -125,14 +124,27 @@ def current_identity(settings: Settings, state: MutableMapping[str, Any], header
     return identity_of(user, "password")
 
 
+def _still_valid(user: User | None, fingerprint: str) -> bool:
+    """Whether a sign-in made with the password of ``fingerprint`` still holds: the user is there, enabled, and
+    has that password still."""
+    return (user is not None and not user.disabled and user.password_hash is not None
+            and hmac.compare_digest(password_fingerprint(user), fingerprint))
+
+
+def _signed_in(state: MutableMapping[str, Any], user: User, now: float | None, token: str | None) -> None:
+    state[SIGNED_IN] = {"name": user.name, "password": password_fingerprint(user),
+                        "seen": time.time() if now is None else now,
+                        **({"token": token} if token is not None else {})}
+    state.pop(IDLE_OUT, None)
+
+
 def sign_in(state: MutableMapping[str, Any], user: User, *, now: float | None = None,
             sign_ins: SignIns | None = None) -> None:
     """``sign_ins``: also issue the token a reload of this browser resumes with (ui/remember.py)."""
-    state[SIGNED_IN] = {"name": user.name, "password": password_fingerprint(user),
-                        "seen": time.time() if now is None else now}
-    state.pop(IDLE_OUT, None)
-    if sign_ins is not None:
-        state[SIGNED_IN]["token"] = state[COOKIE_TO_SET] = sign_ins.issue(user.name, password_fingerprint(user))
+    token = None if sign_ins is None else sign_ins.issue(user.name, password_fingerprint(user))
+    _signed_in(state, user, now, token)
+    if token is not None:
+        state[COOKIE_TO_SET] = token
 
 
 def resume(state: MutableMapping[str, Any], token: str | None, sign_ins: SignIns, directory: UserDirectory, *,
@@ -143,13 +155,10 @@ def resume(state: MutableMapping[str, Any], token: str | None, sign_ins: SignIns
     if entry is None:
         return False
     user = directory.get(entry.name)
-    if (user is None or user.disabled or user.password_hash is None
-            or not hmac.compare_digest(password_fingerprint(user), entry.password)):
+    if not _still_valid(user, entry.password):
         sign_ins.revoke(token)
         return False
-    state[SIGNED_IN] = {"name": user.name, "password": entry.password, "seen": time.time() if now is None else now,
-                        "token": token}
-    state.pop(IDLE_OUT, None)
+    _signed_in(state, user, now, token)
     return True
 
 
