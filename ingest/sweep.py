@@ -33,7 +33,7 @@ def sweep(store: Store, registry: dict[str, DocumentRecord], files: list[Path], 
     report.failed += [FileIssue(str(r), "no such file or directory")
                       for r in roots if r not in vanished and not r.exists()]
     for root, paths in _gone(registry, roots, current, [*unreadable, *vanished]).items():
-        held = sum(1 for path in registry if _under(path, root))
+        held = _held(registry, root)
         if not limit.allows(len(paths), held):
             report.failed.append(FileIssue(str(root), _over_limit_reason(root, paths, held, limit, registry)))
             continue
@@ -74,7 +74,7 @@ def _over_limit_reason(root: Path, paths: list[str], held: int, limit: RemovalLi
     allowed = f"{limit} of its documents" if limit.percent is not None else f"{limit} documents"
     where = Path(os.path.commonpath(paths))
     # `rag forget` takes out everything under a path: name a folder only if nothing that stays is under it.
-    if sum(1 for p in registry if _under(p, where)) == len(paths):
+    if _held(registry, where) == len(paths):
         forget = f"`rag forget {shlex.quote(str(where))}` takes out just them"
     else:
         forget = f"`rag forget PATH` takes out a file or folder that went (one: {shlex.quote(min(paths))})"
@@ -83,6 +83,11 @@ def _over_limit_reason(root: Path, paths: list[str], held: int, limit: RemovalLi
             "half-mounted share or an interrupted copy looks the same. If they were deleted on purpose, "
             f"`rag ingest {shlex.quote(str(root))} --max-remove 100%` removes them (give it the --groups of this run, "
             f"if any), a higher RAG_INGEST_MAX_REMOVE lets every run remove more, and {forget}")
+
+
+def _held(registry: dict[str, DocumentRecord], folder: Path) -> int:
+    """How many documents of the index come from under ``folder``."""
+    return sum(1 for path in registry if _under(path, folder))
 
 
 def _vanished_roots(registry: dict[str, DocumentRecord], roots: list[Path], current: set[str]) -> dict[Path, int]:
@@ -94,7 +99,7 @@ def _vanished_roots(registry: dict[str, DocumentRecord], roots: list[Path], curr
     for root in roots:
         if any(_under(f, root) for f in current) or not _empty_or_gone(root):
             continue
-        held = sum(1 for path in registry if _under(path, root))
+        held = _held(registry, root)
         if held:
             vanished[root] = held
     return vanished
